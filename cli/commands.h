@@ -1,0 +1,12 @@
+// Entry points of the `grpo` subcommand groups. Each takes the arguments after its group name
+// and returns the process exit code (0 ok, 1 runtime error, 2 usage error).
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace grpo::cli {
+
+int RunModelCommand(const std::vector<std::string>& args);
+
+}  // namespace grpo::cli

@@ -1,0 +1,35 @@
+// grpo: one executable, many subcommands. `grpo --help` lists them; `grpo CMD --help` explains one.
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cli/commands.h"
+
+namespace {
+
+constexpr char kUsage[] =
+    "grpo: GRPO post-training for Mixture-of-Experts language models.\n"
+    "\n"
+    "usage: grpo <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  model init       create a randomly initialized model (HF config.json + safetensors)\n"
+    "  model logprobs   per-token logprobs of token sequences under a model\n"
+    "  model generate   sample continuations of token sequences\n"
+    "  model info       print a model's configuration and parameter count\n"
+    "\n"
+    "Run `grpo <command> --help` for a command's options.\n";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+    std::fputs(kUsage, args.empty() ? stderr : stdout);
+    return args.empty() ? 2 : 0;
+  }
+  if (args[0] == "model") return grpo::cli::RunModelCommand({args.begin() + 1, args.end()});
+  std::fprintf(stderr, "grpo: unknown command '%s'\n\n%s", args[0].c_str(), kUsage);
+  return 2;
+}

@@ -1,0 +1,144 @@
+#include "kernels/cpu/gemm.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "common/status.h"
+#include "oneapi/dnnl/dnnl.h"
+
+namespace grpo::cpu {
+namespace {
+
+template <typename Real>
+inline Real At(const Real* X, bool trans, int64_t ld, int64_t r, int64_t c) {
+  return trans ? X[c * ld + r] : X[r * ld + c];
+}
+
+template <typename Real>
+void ScaleC(int64_t M, int64_t N, Real beta, Real* C, int64_t ldc) {
+  for (int64_t i = 0; i < M; ++i) {
+    Real* row = C + i * ldc;
+    if (beta == Real(0)) {
+      std::fill(row, row + N, Real(0));
+    } else if (beta != Real(1)) {
+      for (int64_t j = 0; j < N; ++j) row[j] *= beta;
+    }
+  }
+}
+
+// Plain loop GEMM. Used for double, and for float when M is tiny (decode, GEMV-like shapes).
+// For !trans_b the inner loop runs over contiguous rows of B (axpy form); for trans_b over
+// contiguous rows of A and B (dot form); both vectorize.
+template <typename Real>
+void LoopGemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, Real alpha,
+              const Real* A, int64_t lda, const Real* B, int64_t ldb, Real beta, Real* C,
+              int64_t ldc) {
+  ScaleC(M, N, beta, C, ldc);
+  const bool parallel = !omp_in_parallel() && M * N * K > (1 << 15);
+  if (trans_b) {
+    // C[i,j] += alpha * sum_k op(A)[i,k] * B[j,k]: parallel over j (N is the large side for GEMV).
+#pragma omp parallel for schedule(static) if (parallel)
+    for (int64_t j = 0; j < N; ++j) {
+      const Real* brow = B + j * ldb;
+      for (int64_t i = 0; i < M; ++i) {
+        Real acc = 0;
+        if (!trans_a) {
+          const Real* arow = A + i * lda;
+          for (int64_t k = 0; k < K; ++k) acc += arow[k] * brow[k];
+        } else {
+          for (int64_t k = 0; k < K; ++k) acc += A[k * lda + i] * brow[k];
+        }
+        C[i * ldc + j] += alpha * acc;
+      }
+    }
+  } else {
+    // C[i,:] += alpha * op(A)[i,k] * B[k,:]: parallel over i, or over column blocks when M is tiny.
+    const int64_t kColBlock = 256;
+    const int64_t num_col_blocks = (N + kColBlock - 1) / kColBlock;
+#pragma omp parallel for collapse(2) schedule(static) if (parallel)
+    for (int64_t i = 0; i < M; ++i) {
+      for (int64_t cb = 0; cb < num_col_blocks; ++cb) {
+        const int64_t j0 = cb * kColBlock, j1 = std::min(N, j0 + kColBlock);
+        Real* crow = C + i * ldc;
+        for (int64_t k = 0; k < K; ++k) {
+          const Real a = alpha * At(A, trans_a, lda, i, k);
+          if (a == Real(0)) continue;
+          const Real* brow = B + k * ldb;
+          for (int64_t j = j0; j < j1; ++j) crow[j] += a * brow[j];
+        }
+      }
+    }
+  }
+}
+
+// Below this many rows the oneDNN call costs more than the arithmetic (measured: M = 1 decode).
+constexpr int64_t kSmallM = 4;
+
+}  // namespace
+
+template <>
+void Gemm<float>(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                 const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+                 int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    ScaleC(M, N, beta, C, ldc);
+    return;
+  }
+  if (M <= kSmallM) {
+    LoopGemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  if (beta == 0.0f) ScaleC(M, N, 0.0f, C, ldc);  // sgemm multiplies C by 0: NaN * 0 = NaN
+  dnnl_status_t st = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', M, N, K, alpha, A, lda,
+                                B, ldb, beta, C, ldc);
+  GRPO_CHECK_MSG(st == dnnl_success, "dnnl_sgemm failed");
+}
+
+template <>
+void Gemm<double>(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, double alpha,
+                  const double* A, int64_t lda, const double* B, int64_t ldb, double beta,
+                  double* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  LoopGemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+template <typename Real>
+void LinearForward(Real* y, const Real* x, const Real* W, const Real* b, int64_t T, int64_t in,
+                   int64_t out) {
+  Gemm<Real>(false, true, T, out, in, Real(1), x, in, W, in, Real(0), y, out);
+  if (b != nullptr) {
+#pragma omp parallel for schedule(static) if (T * out > 65536 && !omp_in_parallel())
+    for (int64_t t = 0; t < T; ++t) {
+      Real* row = y + t * out;
+      for (int64_t o = 0; o < out; ++o) row[o] += b[o];
+    }
+  }
+}
+
+template <typename Real>
+void LinearBackward(Real* dx, Real* dW, Real* db, const Real* dy, const Real* x, const Real* W,
+                    int64_t T, int64_t in, int64_t out) {
+  if (T == 0) return;
+  if (dx != nullptr) Gemm<Real>(false, false, T, in, out, Real(1), dy, out, W, in, Real(1), dx, in);
+  if (dW != nullptr) Gemm<Real>(true, false, out, in, T, Real(1), dy, out, x, in, Real(1), dW, in);
+  if (db != nullptr) {
+    for (int64_t t = 0; t < T; ++t) {
+      const Real* row = dy + t * out;
+      for (int64_t o = 0; o < out; ++o) db[o] += row[o];
+    }
+  }
+}
+
+template void LinearForward<float>(float*, const float*, const float*, const float*, int64_t,
+                                   int64_t, int64_t);
+template void LinearForward<double>(double*, const double*, const double*, const double*, int64_t,
+                                    int64_t, int64_t);
+template void LinearBackward<float>(float*, float*, float*, const float*, const float*,
+                                    const float*, int64_t, int64_t, int64_t);
+template void LinearBackward<double>(double*, double*, double*, const double*, const double*,
+                                     const double*, int64_t, int64_t, int64_t);
+
+}  // namespace grpo::cpu

@@ -1,0 +1,29 @@
+// Dense matrix multiply on the CPU, row-major, for float (oneDNN sgemm, or a GEMV path when M is
+// tiny and the call overhead would cost more than the work) and double (a plain blocked loop:
+// the fp64 reference path used by gradient checks, not meant to be fast).
+#pragma once
+
+#include <cstdint>
+
+namespace grpo::cpu {
+
+// C[M,N] = alpha * op(A)[M,K] @ op(B)[K,N] + beta * C[M,N], all row-major.
+// op(A) = A (stored [M,K], lda >= K) or A^T (stored [K,M], lda >= M); likewise B.
+// beta == 0 overwrites C (NaNs in C do not leak through).
+// Threads: uses the OpenMP pool; called inside a parallel region it runs on the calling thread.
+template <typename Real>
+void Gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, Real alpha, const Real* A,
+          int64_t lda, const Real* B, int64_t ldb, Real beta, Real* C, int64_t ldc);
+
+// y[T,out] = x[T,in] @ W[out,in]^T (+ b[out]); nn.Linear layout.
+template <typename Real>
+void LinearForward(Real* y, const Real* x, const Real* W, const Real* b, int64_t T, int64_t in,
+                   int64_t out);
+
+// Backward of LinearForward. Accumulates: dx += dy @ W, dW += dy^T @ x, db += sum_t dy.
+// dx, dW, db may each be null to skip.
+template <typename Real>
+void LinearBackward(Real* dx, Real* dW, Real* db, const Real* dy, const Real* x, const Real* W,
+                    int64_t T, int64_t in, int64_t out);
+
+}  // namespace grpo::cpu
