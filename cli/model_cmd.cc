@@ -1,11 +1,235 @@
+// `grpo model ...`: init, logprobs, generate, info. Thin wrappers over model/; every user error
+// is one line on stderr naming the file, line or flag, and exit code 1 (2 for usage errors).
 #include <cstdio>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "cli/commands.h"
+#include "cli/flags.h"
+#include "common/json_util.h"
+#include "common/status.h"
+#include "model/checkpoint.h"
+#include "model/generate.h"
+#include "model/model.h"
+#include "model/params.h"
 
 namespace grpo::cli {
+namespace {
+
+// Reads `{"tokens":[...]}` lines; blank lines are skipped. Errors name file and line.
+absl::StatusOr<std::vector<std::vector<int32_t>>> ReadTokenLines(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open for reading"));
+  std::vector<std::vector<int32_t>> seqs;
+  std::string line;
+  for (int64_t line_no = 1; std::getline(in, line); ++line_no) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const std::string where = absl::StrCat(path, ":", line_no);
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::parse_error& e) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": not valid JSON: ", e.what()));
+    }
+    auto it = j.is_object() ? j.find("tokens") : j.end();
+    if (!j.is_object() || it == j.end() || !it->is_array()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": expected an object {\"tokens\": [ids...]}"));
+    }
+    std::vector<int32_t> seq;
+    for (const auto& v : *it) {
+      if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > INT32_MAX) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, ": \"tokens\" must hold non-negative integer ids"));
+      }
+      seq.push_back(static_cast<int32_t>(v.get<int64_t>()));
+    }
+    seqs.push_back(std::move(seq));
+  }
+  return seqs;
+}
+
+absl::Status WriteLines(const std::string& path, const std::vector<nlohmann::json>& lines) {
+  std::string text;
+  for (const auto& j : lines) absl::StrAppend(&text, j.dump(), "\n");
+  return WriteFileAtomic(path, text);
+}
+
+// Parses flags; on --help prints help and returns 0 through *exit_code.
+bool ParseOrExit(Flags& flags, const std::vector<std::string>& args, int* exit_code) {
+  absl::Status s = flags.Parse(args);
+  if (!s.ok()) {
+    std::fprintf(stderr, "grpo: %s\n\n%s", std::string(s.message()).c_str(), flags.Help().c_str());
+    *exit_code = 2;
+    return false;
+  }
+  if (flags.help_requested()) {
+    std::fputs(flags.Help().c_str(), stdout);
+    *exit_code = 0;
+    return false;
+  }
+  return true;
+}
+
+int Fail(const absl::Status& s) {
+  std::fprintf(stderr, "grpo: error: %s\n", std::string(s.message()).c_str());
+  return 1;
+}
+
+absl::Status Init(const Flags& f) {
+  ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(f.Get("config")));
+  ASSIGN_OR_RETURN(int64_t seed, f.GetInt("seed"));
+  ASSIGN_OR_RETURN(double std, f.GetDouble("init-std"));
+  SaveOptions save;
+  const std::string dtype = f.Get("dtype");
+  if (dtype == "bf16") {
+    save.dtype = Dtype::kBF16;
+  } else if (dtype != "f32") {
+    return absl::InvalidArgumentError("--dtype must be f32 or bf16");
+  }
+  ASSIGN_OR_RETURN(auto model, Model<float>::Create(config));
+  InitParams(model->layout(), static_cast<uint64_t>(seed), static_cast<float>(std),
+             model->params());
+  RETURN_IF_ERROR(SaveModel(*model, f.Get("out"), save));
+  std::printf("wrote %s: %s, %lld parameters\n", f.Get("out").c_str(), config.model_type.c_str(),
+              static_cast<long long>(model->num_params()));
+  return absl::OkStatus();
+}
+
+absl::Status Logprobs(const Flags& f) {
+  ASSIGN_OR_RETURN(auto model, LoadModel(f.Get("model")));
+  ASSIGN_OR_RETURN(auto seqs, ReadTokenLines(f.Get("tokens")));
+  ASSIGN_OR_RETURN(double temperature, f.GetDouble("temperature"));
+  ASSIGN_OR_RETURN(int64_t max_tokens, f.GetInt("max-batch-tokens"));
+  const bool entropy = f.Get("entropy") == "true";
+  std::vector<nlohmann::json> lines(seqs.size());
+  ForwardOptions opt;
+  opt.temperature = static_cast<float>(temperature);
+  for (size_t i = 0; i < seqs.size();) {
+    TokenBatch batch;
+    size_t j = i;
+    while (j < seqs.size() && (j == i || batch.num_tokens() + static_cast<int64_t>(seqs[j].size()) <= max_tokens)) {
+      batch.Add(seqs[j++]);
+    }
+    ForwardResult<float> r;
+    absl::Status s = model->Forward(batch, opt, &r);
+    if (!s.ok()) return WithContext(s, absl::StrCat(f.Get("tokens"), ": sequences ", i + 1, "..", j));
+    for (size_t b = 0; b < j - i; ++b) {
+      const int64_t begin = batch.offsets[b], end = batch.offsets[b + 1];
+      std::vector<float> lp, ent;
+      for (int64_t p = begin; p + 1 < end; ++p) {
+        lp.push_back(r.logprobs[p]);
+        ent.push_back(r.entropy[p]);
+      }
+      lines[i + b] = {{"logprobs", lp}};
+      if (entropy) lines[i + b]["entropy"] = ent;
+    }
+    i = j;
+  }
+  return WriteLines(f.Get("out"), lines);
+}
+
+absl::Status GenerateCmd(const Flags& f) {
+  ASSIGN_OR_RETURN(auto model, LoadModel(f.Get("model")));
+  ASSIGN_OR_RETURN(auto prompts, ReadTokenLines(f.Get("tokens")));
+  GenerateOptions opt;
+  ASSIGN_OR_RETURN(opt.max_new_tokens, f.GetInt("max-new-tokens"));
+  ASSIGN_OR_RETURN(double temperature, f.GetDouble("temperature"));
+  ASSIGN_OR_RETURN(int64_t seed, f.GetInt("seed"));
+  opt.temperature = static_cast<float>(temperature);
+  opt.seed = static_cast<uint64_t>(seed);
+  if (!f.Get("stop-token").empty()) {
+    ASSIGN_OR_RETURN(int64_t stop, f.GetInt("stop-token"));
+    opt.stop_tokens.push_back(static_cast<int32_t>(stop));
+  }
+  auto out = Generate(*model, prompts, opt);
+  if (!out.ok()) return WithContext(out.status(), f.Get("tokens"));
+  std::vector<nlohmann::json> lines;
+  for (const auto& gen : *out) lines.push_back({{"tokens", gen}});
+  return WriteLines(f.Get("out"), lines);
+}
+
+absl::Status Info(const Flags& f) {
+  ASSIGN_OR_RETURN(ModelConfig c, LoadModelConfig(f.Get("model") + "/config.json"));
+  std::printf("model_type %s\nlayers %lld (MoE %lld)\nhidden %lld, heads %lld/%lld x %lld\n"
+              "experts %lld top-%lld, expert width %lld\nvocab %lld\nparameters %lld\n",
+              c.model_type.c_str(), (long long)c.num_hidden_layers, (long long)c.NumMoeLayers(),
+              (long long)c.hidden_size, (long long)c.num_attention_heads,
+              (long long)c.num_key_value_heads, (long long)c.head_dim, (long long)c.num_experts,
+              (long long)c.num_experts_per_tok, (long long)c.moe_intermediate_size,
+              (long long)c.vocab_size, (long long)c.NumParameters());
+  return absl::OkStatus();
+}
+
+constexpr char kModelUsage[] =
+    "usage: grpo model <init|logprobs|generate|info> [options]\n"
+    "Run `grpo model <subcommand> --help` for its options.\n";
+
+}  // namespace
 
 int RunModelCommand(const std::vector<std::string>& args) {
-  std::fprintf(stderr, "grpo model: not built yet\n");
+  if (args.empty() || args[0] == "--help" || args[0] == "-h") {
+    std::fputs(kModelUsage, args.empty() ? stderr : stdout);
+    return args.empty() ? 2 : 0;
+  }
+  const std::string sub = args[0];
+  const std::vector<std::string> rest(args.begin() + 1, args.end());
+  int code = 0;
+  if (sub == "init") {
+    Flags f("grpo model init --config CONFIG.json --seed S --out DIR",
+            "Creates a randomly initialized model in Hugging Face layout: DIR/config.json and "
+            "DIR/model.safetensors.\nCONFIG.json is a HF config.json (model_type qwen3_moe, "
+            "qwen2_moe, qwen3, qwen2 or llama).");
+    f.Add("config", "HF config.json describing the architecture", "", true);
+    f.Add("seed", "random seed for the initial weights", "0");
+    f.Add("out", "output directory (created)", "", true);
+    f.Add("init-std", "standard deviation of the normal init of linear/embedding weights", "0.02");
+    f.Add("dtype", "weight dtype to write: f32 or bf16", "f32");
+    if (!ParseOrExit(f, rest, &code)) return code;
+    absl::Status s = Init(f);
+    return s.ok() ? 0 : Fail(s);
+  }
+  if (sub == "logprobs") {
+    Flags f("grpo model logprobs --model DIR --tokens IN.jsonl --out OUT.jsonl",
+            "For each input line {\"tokens\":[t0..tn]} writes {\"logprobs\":[lp1..lpn]} with\n"
+            "lp_i = log p(t_i | t_<i) at the temperature (log-softmax of logits / T, fp32).");
+    f.Add("model", "model directory (config.json + safetensors)", "", true);
+    f.Add("tokens", "input JSONL, one {\"tokens\": [...]} per line", "", true);
+    f.Add("out", "output JSONL", "", true);
+    f.Add("temperature", "temperature T (> 0)", "1.0");
+    f.Add("entropy", "also write \"entropy\" per position: true or false", "false");
+    f.Add("max-batch-tokens", "tokens per forward batch", "8192");
+    if (!ParseOrExit(f, rest, &code)) return code;
+    absl::Status s = Logprobs(f);
+    return s.ok() ? 0 : Fail(s);
+  }
+  if (sub == "generate") {
+    Flags f("grpo model generate --model DIR --tokens IN.jsonl --max-new-tokens N --out OUT.jsonl",
+            "For each prompt line {\"tokens\":[...]} writes {\"tokens\":[generated...]} (the "
+            "continuation only).\nTemperature 0 is greedy; otherwise sampling is seeded per "
+            "line, so results do not depend on batching.");
+    f.Add("model", "model directory (config.json + safetensors)", "", true);
+    f.Add("tokens", "input JSONL of prompts", "", true);
+    f.Add("out", "output JSONL", "", true);
+    f.Add("max-new-tokens", "tokens to generate per prompt", "", true);
+    f.Add("temperature", "sampling temperature; 0 = greedy", "0");
+    f.Add("seed", "sampling seed", "0");
+    f.Add("stop-token", "token id that ends a sequence (kept in the output)", "");
+    if (!ParseOrExit(f, rest, &code)) return code;
+    absl::Status s = GenerateCmd(f);
+    return s.ok() ? 0 : Fail(s);
+  }
+  if (sub == "info") {
+    Flags f("grpo model info --model DIR", "Prints a model's architecture and parameter count.");
+    f.Add("model", "model directory", "", true);
+    if (!ParseOrExit(f, rest, &code)) return code;
+    absl::Status s = Info(f);
+    return s.ok() ? 0 : Fail(s);
+  }
+  std::fprintf(stderr, "grpo model: unknown subcommand '%s'\n%s", sub.c_str(), kModelUsage);
   return 2;
 }
 

@@ -3,6 +3,8 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstring>
 
 #include "common/status.h"
@@ -73,6 +75,30 @@ void LoopGemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, Real 
   }
 }
 
+std::atomic<bool> g_stats_enabled{false};
+GemmStats g_stats;  // written only outside parallel regions, from one thread at a time
+
+class StatsScope {
+ public:
+  StatsScope(int64_t M, int64_t N, int64_t K)
+      : active_(g_stats_enabled.load(std::memory_order_relaxed) && !omp_in_parallel()),
+        flops_(2.0 * M * N * K) {
+    if (active_) start_ = std::chrono::steady_clock::now();
+  }
+  ~StatsScope() {
+    if (!active_) return;
+    g_stats.seconds +=
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    g_stats.flops += flops_;
+    g_stats.calls += 1;
+  }
+
+ private:
+  bool active_;
+  double flops_;
+  std::chrono::steady_clock::time_point start_;
+};
+
 // Below this many rows the oneDNN call costs more than the arithmetic (measured: M = 1 decode).
 constexpr int64_t kSmallM = 4;
 
@@ -83,6 +109,7 @@ void Gemm<float>(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, fl
                  const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
                  int64_t ldc) {
   if (M == 0 || N == 0) return;
+  StatsScope stats(M, N, K);
   if (K == 0) {
     ScaleC(M, N, beta, C, ldc);
     return;
@@ -104,6 +131,10 @@ void Gemm<double>(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, d
   if (M == 0 || N == 0) return;
   LoopGemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
+
+void SetGemmStatsEnabled(bool enabled) { g_stats_enabled.store(enabled); }
+GemmStats GetGemmStats() { return g_stats; }
+void ResetGemmStats() { g_stats = GemmStats{}; }
 
 template <typename Real>
 void LinearForward(Real* y, const Real* x, const Real* W, const Real* b, int64_t T, int64_t in,

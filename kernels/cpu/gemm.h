@@ -26,4 +26,15 @@ template <typename Real>
 void LinearBackward(Real* dx, Real* dW, Real* db, const Real* dy, const Real* x, const Real* W,
                     int64_t T, int64_t in, int64_t out);
 
+// Optional accounting for benchmarks: FLOPs and wall time of Gemm calls made outside parallel
+// regions (calls inside one, e.g. attention's per-block products, are not counted). Off by default.
+struct GemmStats {
+  double flops = 0;
+  double seconds = 0;
+  int64_t calls = 0;
+};
+void SetGemmStatsEnabled(bool enabled);
+GemmStats GetGemmStats();
+void ResetGemmStats();
+
 }  // namespace grpo::cpu

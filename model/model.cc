@@ -1,0 +1,442 @@
+// Model<Real>: embedding, decoder layers (attention here, FFN/MoE in model_ffn.cc), final norm,
+// logprob head; Forward / Backward / Extend. See model.h for the contract.
+#include "model/model.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "kernels/cpu/gemm.h"
+#include "kernels/cpu/ops.h"
+#include "model/model_internal.h"
+
+namespace grpo {
+
+using cpu::LinearBackward;
+using cpu::LinearForward;
+
+void TokenBatch::Add(absl::Span<const int32_t> seq) {
+  tokens.insert(tokens.end(), seq.begin(), seq.end());
+  offsets.push_back(static_cast<int64_t>(tokens.size()));
+}
+
+template <typename Real>
+KvCache<Real>::KvCache(const ModelConfig& c, int64_t num_slots, int64_t max_len)
+    : max_len_(max_len), row_(c.num_key_value_heads * c.head_dim), length_(num_slots, 0) {
+  k_.resize(c.num_hidden_layers);
+  v_.resize(c.num_hidden_layers);
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    k_[l].assign(num_slots * max_len * row_, Real(0));
+    v_[l].assign(num_slots * max_len * row_, Real(0));
+  }
+}
+
+template <typename Real>
+Model<Real>::Model(const ModelConfig& config)
+    : config_(config), layout_(ParamLayout::Build(config)), acts_(std::make_unique<Acts>()) {
+  params_.assign(layout_.total, Real(0));
+  grads_.assign(layout_.total, Real(0));
+}
+
+template <typename Real>
+Model<Real>::~Model() = default;
+
+template <typename Real>
+absl::StatusOr<std::unique_ptr<Model<Real>>> Model<Real>::Create(const ModelConfig& config) {
+  RETURN_IF_ERROR(config.Validate());
+  return std::unique_ptr<Model<Real>>(new Model<Real>(config));
+}
+
+template <typename Real>
+void Model<Real>::ZeroGrads() {
+  std::fill(grads_.begin(), grads_.end(), Real(0));
+}
+
+template <typename Real>
+void Model<Real>::EnsureRope(int64_t max_pos) {
+  if (max_pos <= rope_len_) return;
+  const int64_t n = std::max<int64_t>(max_pos, std::min<int64_t>(2 * rope_len_, config_.max_position_embeddings));
+  const int64_t half = config_.head_dim / 2;
+  const std::vector<float> inv = config_.RopeInvFreq();
+  rope_cos_.resize(n * half);
+  rope_sin_.resize(n * half);
+  cpu::RopeTable<Real>(rope_cos_.data(), rope_sin_.data(), inv.data(), n, half);
+  rope_len_ = n;
+}
+
+template <typename Real>
+absl::Status Model<Real>::CheckTokens(absl::Span<const int32_t> tokens) const {
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (tokens[i] < 0 || tokens[i] >= config_.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("token ", tokens[i], " at position ", i,
+                                                     " is outside the vocabulary [0, ",
+                                                     config_.vocab_size, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+template <typename Real>
+void Model<Real>::LayerForward(int64_t l, LayerActs& a, Real* x, int64_t T, const int32_t* pos,
+                               const std::vector<int64_t>& offsets, KvCache<Real>* cache,
+                               absl::Span<const int64_t> slots, const int32_t* forced,
+                               bool save) {
+  const ModelConfig& c = config_;
+  const LayerOffsets& o = layout_.layers[l];
+  const Real* P = params_.data();
+  const int64_t H = c.hidden_size, hd = c.head_dim, nh = c.num_attention_heads,
+                nkv = c.num_key_value_heads, qd = nh * hd, kvd = nkv * hd;
+  auto bias = [&](int64_t off) { return off >= 0 ? P + off : nullptr; };
+
+  if (save) a.x_in.assign(x, x + T * H);
+  Resize(a.ln1, T * H);
+  Resize(a.rstd1, T);
+  cpu::RmsNormForward<Real>(a.ln1.data(), a.rstd1.data(), x, P + o.ln1, T, H, c.rms_norm_eps);
+
+  Resize(a.q, T * qd);
+  Resize(a.k, T * kvd);
+  Resize(a.v, T * kvd);
+  if (c.qk_norm) {
+    Resize(a.q_raw, T * qd);
+    Resize(a.k_raw, T * kvd);
+    Resize(a.rstd_q, T * nh);
+    Resize(a.rstd_k, T * nkv);
+    LinearForward<Real>(a.q_raw.data(), a.ln1.data(), P + o.q, bias(o.qb), T, H, qd);
+    LinearForward<Real>(a.k_raw.data(), a.ln1.data(), P + o.k, bias(o.kb), T, H, kvd);
+    cpu::RmsNormForward<Real>(a.q.data(), a.rstd_q.data(), a.q_raw.data(), P + o.q_norm, T * nh,
+                              hd, c.rms_norm_eps);
+    cpu::RmsNormForward<Real>(a.k.data(), a.rstd_k.data(), a.k_raw.data(), P + o.k_norm,
+                              T * nkv, hd, c.rms_norm_eps);
+  } else {
+    LinearForward<Real>(a.q.data(), a.ln1.data(), P + o.q, bias(o.qb), T, H, qd);
+    LinearForward<Real>(a.k.data(), a.ln1.data(), P + o.k, bias(o.kb), T, H, kvd);
+  }
+  LinearForward<Real>(a.v.data(), a.ln1.data(), P + o.v, bias(o.vb), T, H, kvd);
+  cpu::RopeForward<Real>(a.q.data(), pos, rope_cos_.data(), rope_sin_.data(), T, nh, hd);
+  cpu::RopeForward<Real>(a.k.data(), pos, rope_cos_.data(), rope_sin_.data(), T, nkv, hd);
+
+  const int64_t B = static_cast<int64_t>(offsets.size()) - 1;
+  std::vector<cpu::AttnSeq<Real>> seqs(B);
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t begin = offsets[b], len = offsets[b + 1] - offsets[b];
+    if (cache == nullptr) {
+      seqs[b] = {begin, len, a.k.data() + begin * kvd, a.v.data() + begin * kvd, len};
+    } else {
+      const int64_t slot = slots[b], past = cache->length(slot);
+      Real* ck = cache->k(l, slot);
+      Real* cv = cache->v(l, slot);
+      std::memcpy(ck + past * kvd, a.k.data() + begin * kvd, sizeof(Real) * len * kvd);
+      std::memcpy(cv + past * kvd, a.v.data() + begin * kvd, sizeof(Real) * len * kvd);
+      seqs[b] = {begin, len, ck, cv, past + len};
+    }
+  }
+  Resize(a.attn, T * qd);
+  Resize(a.lse, T * nh);
+  const Real scale = Real(1) / std::sqrt(Real(hd));
+  cpu::AttentionForward<Real>(a.attn.data(), a.lse.data(), a.q.data(), seqs.data(), B, nh, nkv,
+                              hd, scale);
+  Resize(a.tmp, T * H);
+  LinearForward<Real>(a.tmp.data(), a.attn.data(), P + o.o, bias(o.ob), T, qd, H);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < T * H; ++i) x[i] += a.tmp[i];
+
+  if (save) a.x_mid.assign(x, x + T * H);
+  Resize(a.ln2, T * H);
+  Resize(a.rstd2, T);
+  cpu::RmsNormForward<Real>(a.ln2.data(), a.rstd2.data(), x, P + o.ln2, T, H, c.rms_norm_eps);
+  FfnForward(l, a, a.ln2.data(), a.tmp.data(), T, forced);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < T * H; ++i) x[i] += a.tmp[i];
+}
+
+template <typename Real>
+void Model<Real>::LayerBackward(int64_t l, LayerActs& a, Real* dx, int64_t T,
+                                const std::vector<int64_t>& offsets) {
+  const ModelConfig& c = config_;
+  const LayerOffsets& o = layout_.layers[l];
+  const Real* P = params_.data();
+  Real* G = grads_.data();
+  Acts& s = *acts_;
+  const int64_t H = c.hidden_size, hd = c.head_dim, nh = c.num_attention_heads,
+                nkv = c.num_key_value_heads, qd = nh * hd, kvd = nkv * hd;
+  auto gbias = [&](int64_t off) { return off >= 0 ? G + off : nullptr; };
+
+  // FFN branch: out = mid + ffn(rmsnorm(mid)).
+  ZeroResize(s.dln, T * H);
+  FfnBackward(l, a, dx, s.dln.data(), T);
+  cpu::RmsNormBackward<Real>(dx, G + o.ln2, s.dln.data(), a.x_mid.data(), P + o.ln2,
+                             a.rstd2.data(), T, H);
+
+  // Attention branch: mid = in + o_proj(attention(rope(norm(q)), rope(norm(k)), v)).
+  ZeroResize(s.dattn, T * qd);
+  LinearBackward<Real>(s.dattn.data(), G + o.o, gbias(o.ob), dx, a.attn.data(), P + o.o, T, qd, H);
+  ZeroResize(s.dq, T * qd);
+  ZeroResize(s.dk, T * kvd);
+  ZeroResize(s.dv, T * kvd);
+  const int64_t B = static_cast<int64_t>(offsets.size()) - 1;
+  std::vector<cpu::AttnSeq<Real>> seqs(B);
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t begin = offsets[b], len = offsets[b + 1] - offsets[b];
+    seqs[b] = {begin, len, a.k.data() + begin * kvd, a.v.data() + begin * kvd, len};
+  }
+  const Real scale = Real(1) / std::sqrt(Real(hd));
+  cpu::AttentionBackward<Real>(s.dq.data(), s.dk.data(), s.dv.data(), s.dattn.data(),
+                               a.attn.data(), a.lse.data(), a.q.data(), seqs.data(), B, nh, nkv,
+                               hd, scale);
+  const int32_t* pos = s.pos.data();
+  cpu::RopeBackward<Real>(s.dq.data(), pos, rope_cos_.data(), rope_sin_.data(), T, nh, hd);
+  cpu::RopeBackward<Real>(s.dk.data(), pos, rope_cos_.data(), rope_sin_.data(), T, nkv, hd);
+  const Real* dq = s.dq.data();
+  const Real* dk = s.dk.data();
+  if (c.qk_norm) {
+    ZeroResize(s.dq_raw, T * qd);
+    ZeroResize(s.dk_raw, T * kvd);
+    cpu::RmsNormBackward<Real>(s.dq_raw.data(), G + o.q_norm, dq, a.q_raw.data(), P + o.q_norm,
+                               a.rstd_q.data(), T * nh, hd);
+    cpu::RmsNormBackward<Real>(s.dk_raw.data(), G + o.k_norm, dk, a.k_raw.data(), P + o.k_norm,
+                               a.rstd_k.data(), T * nkv, hd);
+    dq = s.dq_raw.data();
+    dk = s.dk_raw.data();
+  }
+  ZeroResize(s.dln, T * H);
+  LinearBackward<Real>(s.dln.data(), G + o.q, gbias(o.qb), dq, a.ln1.data(), P + o.q, T, H, qd);
+  LinearBackward<Real>(s.dln.data(), G + o.k, gbias(o.kb), dk, a.ln1.data(), P + o.k, T, H, kvd);
+  LinearBackward<Real>(s.dln.data(), G + o.v, gbias(o.vb), s.dv.data(), a.ln1.data(), P + o.v, T,
+                       H, kvd);
+  cpu::RmsNormBackward<Real>(dx, G + o.ln1, s.dln.data(), a.x_in.data(), P + o.ln1,
+                             a.rstd1.data(), T, H);
+}
+
+template <typename Real>
+absl::Status Model<Real>::Forward(const TokenBatch& batch, const ForwardOptions& opt,
+                                  ForwardResult<Real>* result) {
+  const ModelConfig& c = config_;
+  Acts& s = *acts_;
+  s.valid = false;
+  const int64_t T = batch.num_tokens(), B = batch.num_seqs();
+  const int64_t H = c.hidden_size, V = c.vocab_size, K = c.num_experts_per_tok;
+  const int64_t num_moe = c.NumMoeLayers();
+  if (T == 0 || B <= 0) return absl::InvalidArgumentError("forward: empty batch");
+  if (batch.offsets.front() != 0 || batch.offsets.back() != T) {
+    return absl::InvalidArgumentError("forward: batch offsets must start at 0 and end at T");
+  }
+  int64_t max_len = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t len = batch.offsets[b + 1] - batch.offsets[b];
+    if (len < 0) return absl::InvalidArgumentError("forward: batch offsets must not decrease");
+    max_len = std::max(max_len, len);
+  }
+  if (max_len > c.max_position_embeddings) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("forward: a sequence of ", max_len, " tokens exceeds max_position_embeddings (",
+                     c.max_position_embeddings, ")"));
+  }
+  if (!(opt.temperature > 0) || !std::isfinite(opt.temperature)) {
+    return absl::InvalidArgumentError("forward: temperature must be a positive finite number");
+  }
+  RETURN_IF_ERROR(CheckTokens(batch.tokens));
+  if (!opt.replay_routing.empty()) {
+    if (static_cast<int64_t>(opt.replay_routing.size()) != num_moe * T * K) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "forward: replay_routing has ", opt.replay_routing.size(), " ids, expected ", num_moe,
+          " MoE layers x ", T, " tokens x ", K, " = ", num_moe * T * K));
+    }
+    for (size_t i = 0; i < opt.replay_routing.size(); ++i) {
+      const int32_t e = opt.replay_routing[i];
+      const size_t row = i / K * K;
+      bool dup = false;
+      for (size_t j = row; j < i; ++j) dup |= opt.replay_routing[j] == e;
+      if (e < 0 || e >= c.num_experts || dup) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "forward: replay_routing[", i, "] = ", e, " is not a valid distinct expert id in [0, ",
+            c.num_experts, ")"));
+      }
+    }
+  }
+
+  EnsureRope(max_len);
+  s.T = T;
+  s.temperature = opt.temperature;
+  s.aux_coef = opt.aux_loss_coef;
+  s.tokens = batch.tokens;
+  s.offsets = batch.offsets;
+  s.pos.resize(T);
+  s.targets.resize(T);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t p = batch.offsets[b]; p < batch.offsets[b + 1]; ++p) {
+      s.pos[p] = static_cast<int32_t>(p - batch.offsets[b]);
+      s.targets[p] = p + 1 < batch.offsets[b + 1] ? batch.tokens[p + 1] : -1;
+    }
+  }
+  Resize(s.x, T * H);
+  cpu::EmbeddingForward<Real>(s.x.data(), s.tokens.data(), params_.data() + layout_.embed, T, H);
+
+  const bool save = opt.for_backward;
+  if (save) s.layers.resize(c.num_hidden_layers);
+  if (opt.record_routing) result->routing.assign(num_moe * T * K, 0);
+  // Load-balancing statistics over all MoE layers' tokens (HF concatenates layers).
+  std::vector<double> count(c.num_experts, 0.0), prob_sum(c.num_experts, 0.0);
+  int64_t moe_idx = 0;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    LayerActs& a = save ? s.layers[l] : s.scratch;
+    const bool moe = layout_.layers[l].moe;
+    const int32_t* forced =
+        moe && !opt.replay_routing.empty() ? opt.replay_routing.data() + moe_idx * T * K : nullptr;
+    LayerForward(l, a, s.x.data(), T, s.pos.data(), s.offsets, nullptr, {}, forced, save);
+    if (moe) {
+      if (opt.record_routing) {
+        std::copy(a.idx.begin(), a.idx.end(), result->routing.begin() + moe_idx * T * K);
+      }
+      if (opt.aux_loss_coef > 0) {
+        for (int64_t i = 0; i < T * K; ++i) count[a.idx[i]] += 1;
+        for (int64_t t = 0; t < T; ++t)
+          for (int64_t e = 0; e < c.num_experts; ++e) prob_sum[e] += a.probs[t * c.num_experts + e];
+      }
+      ++moe_idx;
+    }
+  }
+  result->aux_loss = 0;
+  if (opt.aux_loss_coef > 0 && num_moe > 0) {
+    // L = E * sum_{j,e} f[j,e] * Pm[e], f = count / T_all, Pm = prob_sum / T_all.
+    const double t_all = static_cast<double>(num_moe * T), E = static_cast<double>(c.num_experts);
+    double loss = 0;
+    s.aux_dprobs.assign(c.num_experts, Real(0));
+    for (int64_t e = 0; e < c.num_experts; ++e) {
+      loss += count[e] * prob_sum[e];
+      s.aux_dprobs[e] = static_cast<Real>(opt.aux_loss_coef * E * count[e] / t_all / t_all);
+    }
+    result->aux_loss = static_cast<Real>(E * loss / (t_all * t_all));
+  }
+
+  // Final norm and the logprob head. Without backward, logits are made a chunk at a time.
+  const Real* Wlm = params_.data() + layout_.lm_head;
+  Resize(s.lnf, T * H);
+  Resize(s.rstdf, T);
+  if (save) s.x_final = s.x;
+  cpu::RmsNormForward<Real>(s.lnf.data(), s.rstdf.data(), s.x.data(),
+                            params_.data() + layout_.norm, T, H, c.rms_norm_eps);
+  result->logprobs.assign(T, Real(0));
+  result->entropy.assign(T, Real(0));
+  Resize(s.lse, T);
+  const int64_t chunk = save ? T : std::max<int64_t>(1, (int64_t{1} << 24) / V);
+  Resize(s.logits, std::min(chunk, T) * V);
+  for (int64_t t0 = 0; t0 < T; t0 += chunk) {
+    const int64_t n = std::min(chunk, T - t0);
+    LinearForward<Real>(s.logits.data(), s.lnf.data() + t0 * H, Wlm, nullptr, n, H, V);
+    cpu::LogprobForward<Real>(result->logprobs.data() + t0, result->entropy.data() + t0,
+                              s.lse.data() + t0, s.logits.data(), s.targets.data() + t0, n, V,
+                              opt.temperature);
+  }
+  s.valid = save;
+  return absl::OkStatus();
+}
+
+template <typename Real>
+absl::Status Model<Real>::Backward(absl::Span<const Real> dlogprobs,
+                                   absl::Span<const Real> dentropy) {
+  Acts& s = *acts_;
+  if (!s.valid) {
+    return absl::FailedPreconditionError(
+        "backward: no activations; call Forward with for_backward = true first (once per "
+        "Backward)");
+  }
+  const ModelConfig& c = config_;
+  const int64_t T = s.T, H = c.hidden_size, V = c.vocab_size;
+  if (static_cast<int64_t>(dlogprobs.size()) != T ||
+      (!dentropy.empty() && static_cast<int64_t>(dentropy.size()) != T)) {
+    return absl::InvalidArgumentError(absl::StrCat("backward: expected ", T, " gradients, got ",
+                                                   dlogprobs.size(), " / ", dentropy.size()));
+  }
+  s.valid = false;
+  Real* G = grads_.data();
+  const Real* P = params_.data();
+  cpu::LogprobBackwardInPlace<Real>(s.logits.data(), dlogprobs.data(),
+                                    dentropy.empty() ? nullptr : dentropy.data(), s.lse.data(),
+                                    s.targets.data(), T, V, s.temperature);
+  ZeroResize(s.dffn, T * H);
+  LinearBackward<Real>(s.dffn.data(), G + layout_.lm_head, nullptr, s.logits.data(),
+                       s.lnf.data(), P + layout_.lm_head, T, H, V);
+  ZeroResize(s.dx, T * H);
+  cpu::RmsNormBackward<Real>(s.dx.data(), G + layout_.norm, s.dffn.data(), s.x_final.data(),
+                             P + layout_.norm, s.rstdf.data(), T, H);
+  for (int64_t l = c.num_hidden_layers - 1; l >= 0; --l) {
+    LayerBackward(l, s.layers[l], s.dx.data(), T, s.offsets);
+  }
+  cpu::EmbeddingBackward<Real>(G + layout_.embed, s.tokens.data(), s.dx.data(), T, H, V);
+  return absl::OkStatus();
+}
+
+template <typename Real>
+absl::Status Model<Real>::Extend(KvCache<Real>* cache, absl::Span<const int64_t> slots,
+                                 absl::Span<const absl::Span<const int32_t>> new_tokens,
+                                 Real* logits, std::vector<int32_t>* routing) {
+  const ModelConfig& c = config_;
+  Acts& s = *acts_;
+  s.valid = false;  // Extend reuses the scratch buffers
+  const int64_t B = static_cast<int64_t>(slots.size());
+  const int64_t H = c.hidden_size, V = c.vocab_size, K = c.num_experts_per_tok;
+  if (B == 0 || new_tokens.size() != slots.size()) {
+    return absl::InvalidArgumentError("extend: need one token list per slot, and at least one");
+  }
+  std::vector<int64_t> offsets = {0};
+  std::vector<int32_t> tokens, pos;
+  int64_t max_pos = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t slot = slots[b];
+    if (slot < 0 || slot >= cache->num_slots()) {
+      return absl::InvalidArgumentError(absl::StrCat("extend: slot ", slot, " out of range"));
+    }
+    for (int64_t j = 0; j < b; ++j) {
+      if (slots[j] == slot) {
+        return absl::InvalidArgumentError(absl::StrCat("extend: slot ", slot, " listed twice"));
+      }
+    }
+    const int64_t n = static_cast<int64_t>(new_tokens[b].size()), past = cache->length(slot);
+    if (n == 0) return absl::InvalidArgumentError(absl::StrCat("extend: slot ", slot, " has no new tokens"));
+    if (past + n > cache->max_len() || past + n > c.max_position_embeddings) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "extend: slot ", slot, " would hold ", past + n, " tokens; the cache holds ",
+          cache->max_len(), " and the model ", c.max_position_embeddings));
+    }
+    RETURN_IF_ERROR(CheckTokens(new_tokens[b]));
+    tokens.insert(tokens.end(), new_tokens[b].begin(), new_tokens[b].end());
+    for (int64_t i = 0; i < n; ++i) pos.push_back(static_cast<int32_t>(past + i));
+    offsets.push_back(static_cast<int64_t>(tokens.size()));
+    max_pos = std::max(max_pos, past + n);
+  }
+  const int64_t T = static_cast<int64_t>(tokens.size());
+  EnsureRope(max_pos);
+  std::vector<Real> x(T * H);
+  cpu::EmbeddingForward<Real>(x.data(), tokens.data(), params_.data() + layout_.embed, T, H);
+  if (routing != nullptr) routing->assign(c.NumMoeLayers() * T * K, 0);
+  int64_t moe_idx = 0;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    LayerForward(l, s.scratch, x.data(), T, pos.data(), offsets, cache, slots, nullptr, false);
+    if (layout_.layers[l].moe) {
+      if (routing != nullptr) {
+        std::copy(s.scratch.idx.begin(), s.scratch.idx.end(), routing->begin() + moe_idx * T * K);
+      }
+      ++moe_idx;
+    }
+  }
+  for (int64_t b = 0; b < B; ++b) cache->Advance(slots[b], offsets[b + 1] - offsets[b]);
+  std::vector<Real> last(B * H), last_norm(B * H), rstd(B);
+  for (int64_t b = 0; b < B; ++b) {
+    std::copy_n(x.data() + (offsets[b + 1] - 1) * H, H, last.data() + b * H);
+  }
+  cpu::RmsNormForward<Real>(last_norm.data(), rstd.data(), last.data(),
+                            params_.data() + layout_.norm, B, H, c.rms_norm_eps);
+  LinearForward<Real>(logits, last_norm.data(), params_.data() + layout_.lm_head, nullptr, B, H, V);
+  return absl::OkStatus();
+}
+
+template class KvCache<float>;
+template class KvCache<double>;
+template class Model<float>;
+template class Model<double>;
+
+}  // namespace grpo

@@ -1,0 +1,138 @@
+// The decoder model on the CPU: forward over a batch of packed variable-length sequences giving
+// per-token logprobs and entropies at a temperature, an explicit backward for every parameter,
+// routing record / replay for MoE layers, the Switch load-balancing loss, and incremental decode
+// with a KV cache. Templated on the scalar: float for real work, double as the fp64 reference
+// that gradient checks run against. Math matches Hugging Face transformers (FORMATS.md A2).
+//
+// Not here: checkpoint files (model/checkpoint.h), sampling policy, training logic.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+#include "model/config.h"
+#include "model/params.h"
+
+namespace grpo {
+
+// Sequences packed end to end: sequence b is tokens[offsets[b] .. offsets[b+1]).
+struct TokenBatch {
+  std::vector<int32_t> tokens;            // (T)
+  std::vector<int64_t> offsets = {0};     // (B+1), offsets[0] == 0, non-decreasing
+  int64_t num_tokens() const { return static_cast<int64_t>(tokens.size()); }
+  int64_t num_seqs() const { return static_cast<int64_t>(offsets.size()) - 1; }
+  void Add(absl::Span<const int32_t> seq);
+};
+
+struct ForwardOptions {
+  float temperature = 1.0f;
+  // Keep what Backward() needs. Off: activations are not kept and Backward() must not be called.
+  bool for_backward = false;
+  // Return the chosen experts per (MoE layer, token, k) in ForwardResult::routing.
+  bool record_routing = false;
+  // Replay: if non-empty, forced expert ids, (num_moe_layers, T, K) flattened. The router still
+  // computes gate weights (softmax over its logits, gathered at the forced ids) and gets gradients.
+  absl::Span<const int32_t> replay_routing;
+  // Switch load-balancing loss coefficient; > 0 computes ForwardResult::aux_loss and adds
+  // coef * d(aux_loss) to the router gradients in Backward().
+  double aux_loss_coef = 0.0;
+};
+
+template <typename Real>
+struct ForwardResult {
+  // Position p holds log p(tokens[p+1] | tokens[..p]) within p's sequence; a sequence's last
+  // position holds 0 (nothing follows it). (T)
+  std::vector<Real> logprobs;
+  // Entropy of the next-token distribution at p (at the temperature). (T)
+  std::vector<Real> entropy;
+  std::vector<int32_t> routing;  // (num_moe_layers, T, K) when record_routing
+  Real aux_loss = 0;             // unscaled Switch loss (HF load_balancing_loss_func)
+};
+
+// Keys and values of many sequences for incremental decode: per layer, slot s owns rows
+// [0, max_len) of a (max_len, nkv, hd) block.
+template <typename Real>
+class KvCache {
+ public:
+  KvCache(const ModelConfig& config, int64_t num_slots, int64_t max_len);
+  int64_t num_slots() const { return static_cast<int64_t>(length_.size()); }
+  int64_t max_len() const { return max_len_; }
+  int64_t length(int64_t slot) const { return length_[slot]; }
+  void Reset(int64_t slot) { length_[slot] = 0; }
+  Real* k(int64_t layer, int64_t slot) { return k_[layer].data() + slot * max_len_ * row_; }
+  Real* v(int64_t layer, int64_t slot) { return v_[layer].data() + slot * max_len_ * row_; }
+  void Advance(int64_t slot, int64_t n) { length_[slot] += n; }
+
+ private:
+  int64_t max_len_;
+  int64_t row_;  // nkv * hd
+  std::vector<int64_t> length_;
+  std::vector<std::vector<Real>> k_, v_;  // per layer (num_slots, max_len, nkv, hd)
+};
+
+template <typename Real>
+class Model {
+ public:
+  // Parameters are zero until loaded or initialized. Validates the config.
+  static absl::StatusOr<std::unique_ptr<Model>> Create(const ModelConfig& config);
+  ~Model();
+
+  const ModelConfig& config() const { return config_; }
+  const ParamLayout& layout() const { return layout_; }
+  int64_t num_params() const { return layout_.total; }
+  Real* params() { return params_.data(); }
+  const Real* params() const { return params_.data(); }
+  // Gradients, same layout as params(); Backward() accumulates into them.
+  Real* grads() { return grads_.data(); }
+  void ZeroGrads();
+
+  // Errors: token ids outside [0, vocab), sequences longer than max_position_embeddings, bad
+  // replay shape or ids, empty batch.
+  absl::Status Forward(const TokenBatch& batch, const ForwardOptions& options,
+                       ForwardResult<Real>* result);
+  // dlogprobs (T) = d(loss)/d(logprobs), same layout as ForwardResult::logprobs; dentropy (T) or
+  // empty. Uses the activations of the last Forward(for_backward = true); accumulates grads().
+  absl::Status Backward(absl::Span<const Real> dlogprobs, absl::Span<const Real> dentropy);
+
+  // Runs new tokens for some cache slots through the model (prefill or decode, mixed freely),
+  // appending their keys/values, and writes the raw (temperature 1) logits of each slot's last
+  // new token to logits (slots.size(), V). Routing of the new tokens, (num_moe_layers, T_new, K),
+  // goes to *routing when non-null.
+  absl::Status Extend(KvCache<Real>* cache, absl::Span<const int64_t> slots,
+                      absl::Span<const absl::Span<const int32_t>> new_tokens, Real* logits,
+                      std::vector<int32_t>* routing = nullptr);
+
+ private:
+  struct Acts;
+  struct LayerActs;
+  explicit Model(const ModelConfig& config);
+  absl::Status CheckTokens(absl::Span<const int32_t> tokens) const;
+  // One decoder layer over the packed hidden state x (T, H), updated in place.
+  void LayerForward(int64_t l, LayerActs& a, Real* x, int64_t T, const int32_t* pos,
+                    const std::vector<int64_t>& seq_offsets, KvCache<Real>* cache,
+                    absl::Span<const int64_t> slots, const int32_t* forced, bool save);
+  void LayerBackward(int64_t l, LayerActs& a, Real* dx, int64_t T,
+                     const std::vector<int64_t>& seq_offsets);
+  void FfnForward(int64_t l, LayerActs& a, const Real* in, Real* out, int64_t T,
+                  const int32_t* forced);
+  void FfnBackward(int64_t l, LayerActs& a, const Real* dout, Real* din, int64_t T);
+  void EnsureRope(int64_t max_pos);
+
+  ModelConfig config_;
+  ParamLayout layout_;
+  std::vector<Real> params_;
+  std::vector<Real> grads_;
+  std::vector<Real> rope_cos_, rope_sin_;  // (rope_len_, hd/2)
+  int64_t rope_len_ = 0;
+  std::unique_ptr<Acts> acts_;
+};
+
+extern template class Model<float>;
+extern template class Model<double>;
+extern template class KvCache<float>;
+extern template class KvCache<double>;
+
+}  // namespace grpo

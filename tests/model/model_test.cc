@@ -1,0 +1,248 @@
+// Model behaviour: KV-cache decode equals the full forward, causality, routing record / replay,
+// float vs double agreement, input validation, generation.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+
+#include "model/generate.h"
+#include "tests/model/tiny_models.h"
+
+namespace grpo {
+namespace {
+
+using testing::MakeModel;
+using testing::MustParse;
+using testing::RandomBatch;
+
+double LogSoftmaxAt(const float* logits, int64_t V, int32_t target) {
+  double mx = logits[0];
+  for (int64_t v = 1; v < V; ++v) mx = std::max<double>(mx, logits[v]);
+  double s = 0;
+  for (int64_t v = 0; v < V; ++v) s += std::exp(logits[v] - mx);
+  return logits[target] - mx - std::log(s);
+}
+
+TEST_CASE("KV-cache decode gives the full forward's next-token logprobs", "[model][decode]") {
+  for (const auto& j : {testing::TinyQwen3MoeJson(), testing::TinyQwen2MoeJson(),
+                        testing::TinyLlamaJson()}) {
+    ModelConfig c = MustParse(j);
+    INFO(c.model_type);
+    auto model = MakeModel<float>(c, 21);
+    TokenBatch batch = RandomBatch({7, 12, 3}, c.vocab_size, 22);
+    ForwardResult<float> full;
+    REQUIRE(model->Forward(batch, ForwardOptions{}, &full).ok());
+
+    // Prefill different prompt lengths per slot, then decode one token at a time, all slots
+    // together, checking every next-token logprob against the full forward.
+    const std::vector<int64_t> prompt = {3, 1, 2};
+    KvCache<float> cache(c, 3, 16);
+    std::vector<int64_t> slots = {0, 1, 2};
+    std::vector<absl::Span<const int32_t>> feed;
+    for (int b = 0; b < 3; ++b) feed.push_back({batch.tokens.data() + batch.offsets[b], size_t(prompt[b])});
+    std::vector<float> logits(3 * c.vocab_size);
+    std::vector<int64_t> done = prompt;
+    double worst = 0;
+    int compared = 0;
+    while (!slots.empty()) {
+      REQUIRE(model->Extend(&cache, slots, feed, logits.data()).ok());
+      std::vector<int64_t> next_slots;
+      std::vector<absl::Span<const int32_t>> next_feed;
+      for (size_t j2 = 0; j2 < slots.size(); ++j2) {
+        const int64_t b = slots[j2], len = batch.offsets[b + 1] - batch.offsets[b];
+        const int64_t p = batch.offsets[b] + done[b] - 1;  // position whose next token we predict
+        if (done[b] < len) {
+          const double lp = LogSoftmaxAt(logits.data() + j2 * c.vocab_size, c.vocab_size,
+                                         batch.tokens[p + 1]);
+          worst = std::max(worst, std::abs(lp - full.logprobs[p]));
+          ++compared;
+          next_slots.push_back(b);
+          next_feed.push_back({batch.tokens.data() + p + 1, 1});
+          ++done[b];
+        }
+      }
+      slots = next_slots;
+      feed = next_feed;
+    }
+    CHECK(compared == (7 - 3) + (12 - 1) + (3 - 2));
+    // fp32: different GEMM shapes round differently; logprobs are O(1), 1e-5 is ~100 ulp.
+    CHECK(worst < 1e-5);
+  }
+}
+
+TEST_CASE("later tokens never change earlier logprobs", "[model][causal]") {
+  ModelConfig c = MustParse(testing::TinyQwen3MoeJson());
+  auto model = MakeModel<double>(c, 31);
+  TokenBatch a = RandomBatch({10, 8}, c.vocab_size, 32);
+  TokenBatch b = a;
+  b.tokens[6] = (b.tokens[6] + 5) % c.vocab_size;  // change token 6 of sequence 0
+  b.tokens[12] = (b.tokens[12] + 3) % c.vocab_size;  // and token 2 of sequence 1
+  ForwardResult<double> ra, rb;
+  REQUIRE(model->Forward(a, ForwardOptions{}, &ra).ok());
+  REQUIRE(model->Forward(b, ForwardOptions{}, &rb).ok());
+  // Positions 0..4 of seq 0 predict tokens 1..5 and see only tokens 0..4: unchanged.
+  for (int p = 0; p < 5; ++p) CHECK(std::abs(ra.logprobs[p] - rb.logprobs[p]) < 1e-12);
+  for (int p = 10; p < 11; ++p) CHECK(std::abs(ra.logprobs[p] - rb.logprobs[p]) < 1e-12);
+  // Position 5 predicts the changed token: its logprob must change (the test can fail).
+  CHECK(std::abs(ra.logprobs[5] - rb.logprobs[5]) > 1e-6);
+  CHECK(std::abs(ra.logprobs[8] - rb.logprobs[8]) > 1e-9);  // sees the changed token
+}
+
+TEST_CASE("float and double models agree", "[model]") {
+  ModelConfig c = MustParse(testing::TinyQwen2MoeJson());
+  auto mf = MakeModel<float>(c, 41);
+  auto md = MakeModel<double>(c, 41);
+  TokenBatch batch = RandomBatch({9, 4}, c.vocab_size, 42);
+  ForwardResult<float> rf;
+  ForwardResult<double> rd;
+  ForwardOptions opt;
+  opt.record_routing = true;
+  REQUIRE(mf->Forward(batch, opt, &rf).ok());
+  REQUIRE(md->Forward(batch, opt, &rd).ok());
+  CHECK(rf.routing == rd.routing);
+  for (size_t t = 0; t < rf.logprobs.size(); ++t) {
+    CHECK(std::abs(rf.logprobs[t] - rd.logprobs[t]) < 1e-5);
+    CHECK(std::abs(rf.entropy[t] - rd.entropy[t]) < 1e-5);
+  }
+}
+
+TEST_CASE("routing record and replay", "[model][routing]") {
+  ModelConfig c = MustParse(testing::TinyQwen3MoeJson());
+  auto model = MakeModel<double>(c, 51);
+  TokenBatch batch = RandomBatch({8, 5}, c.vocab_size, 52);
+  const int64_t T = batch.num_tokens(), K = c.num_experts_per_tok;
+  ForwardOptions rec;
+  rec.record_routing = true;
+  ForwardResult<double> r0;
+  REQUIRE(model->Forward(batch, rec, &r0).ok());
+  REQUIRE(r0.routing.size() == size_t(c.NumMoeLayers() * T * K));
+  for (int32_t e : r0.routing) CHECK((e >= 0 && e < c.num_experts));
+
+  // Replaying the recorded routing reproduces the forward exactly.
+  ForwardOptions rep = rec;
+  rep.replay_routing = r0.routing;
+  ForwardResult<double> r1;
+  REQUIRE(model->Forward(batch, rep, &r1).ok());
+  CHECK(r1.routing == r0.routing);
+  for (int64_t t = 0; t < T; ++t) CHECK(r1.logprobs[t] == r0.logprobs[t]);
+
+  // Replaying other experts changes the output and is reported back as the routing used.
+  std::vector<int32_t> other = r0.routing;
+  for (auto& e : other) e = static_cast<int32_t>((e + 2) % c.num_experts);
+  rep.replay_routing = other;
+  ForwardResult<double> r2;
+  REQUIRE(model->Forward(batch, rep, &r2).ok());
+  CHECK(r2.routing == other);
+  double diff = 0;
+  for (int64_t t = 0; t < T; ++t) diff += std::abs(r2.logprobs[t] - r0.logprobs[t]);
+  CHECK(diff > 1e-3);
+
+  // Bad replay input: wrong size, out-of-range id, duplicate id in one token's top-k.
+  std::vector<int32_t> short_ids(other.begin(), other.end() - 1);
+  rep.replay_routing = short_ids;
+  CHECK(model->Forward(batch, rep, &r2).code() == absl::StatusCode::kInvalidArgument);
+  std::vector<int32_t> bad = r0.routing;
+  bad[3] = static_cast<int32_t>(c.num_experts);
+  rep.replay_routing = bad;
+  CHECK(model->Forward(batch, rep, &r2).code() == absl::StatusCode::kInvalidArgument);
+  bad = r0.routing;
+  bad[1] = bad[0];
+  rep.replay_routing = bad;
+  CHECK(model->Forward(batch, rep, &r2).code() == absl::StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("Extend records the same routing as the full forward", "[model][routing][decode]") {
+  ModelConfig c = MustParse(testing::TinyQwen2MoeJson());
+  auto model = MakeModel<double>(c, 55);
+  TokenBatch batch = RandomBatch({6}, c.vocab_size, 56);
+  ForwardOptions rec;
+  rec.record_routing = true;
+  ForwardResult<double> full;
+  REQUIRE(model->Forward(batch, rec, &full).ok());
+  KvCache<double> cache(c, 1, 8);
+  std::vector<double> logits(c.vocab_size);
+  std::vector<int32_t> routing;
+  std::vector<int64_t> slots = {0};
+  std::vector<absl::Span<const int32_t>> feed = {batch.tokens};
+  REQUIRE(model->Extend(&cache, slots, feed, logits.data(), &routing).ok());
+  CHECK(routing == full.routing);
+}
+
+TEST_CASE("bad inputs are errors, not crashes", "[model]") {
+  ModelConfig c = MustParse(testing::TinyQwen3MoeJson());
+  auto model = MakeModel<float>(c, 61);
+  ForwardResult<float> r;
+  TokenBatch empty;
+  CHECK(model->Forward(empty, ForwardOptions{}, &r).code() == absl::StatusCode::kInvalidArgument);
+  TokenBatch oov;
+  oov.Add(std::vector<int32_t>{1, 2, int32_t(c.vocab_size)});
+  absl::Status s = model->Forward(oov, ForwardOptions{}, &r);
+  CHECK(s.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(std::string(s.message()).find("outside the vocabulary") != std::string::npos);
+  TokenBatch too_long = RandomBatch({int(c.max_position_embeddings) + 1}, c.vocab_size, 1);
+  CHECK(model->Forward(too_long, ForwardOptions{}, &r).code() == absl::StatusCode::kInvalidArgument);
+  // Backward without a for_backward forward.
+  std::vector<float> d(3, 0.f);
+  CHECK(model->Backward(d, {}).code() == absl::StatusCode::kFailedPrecondition);
+  // KV cache overflow.
+  KvCache<float> cache(c, 1, 4);
+  std::vector<float> logits(c.vocab_size);
+  std::vector<int32_t> five = {1, 2, 3, 4, 5};
+  std::vector<int64_t> slots = {0};
+  std::vector<absl::Span<const int32_t>> feed = {five};
+  CHECK(model->Extend(&cache, slots, feed, logits.data()).code() ==
+        absl::StatusCode::kResourceExhausted);
+}
+
+TEST_CASE("generation: greedy matches argmax of the full forward, sampling is seeded", "[model][generate]") {
+  ModelConfig c = MustParse(testing::TinyQwen3MoeJson());
+  auto model = MakeModel<float>(c, 71);
+  std::vector<std::vector<int32_t>> prompts = {{1, 2, 3}, {4}, {5, 6}};
+  GenerateOptions opt;
+  opt.max_new_tokens = 6;
+  auto greedy = Generate(*model, prompts, opt);
+  REQUIRE(greedy.ok());
+  // Each greedy token must be the argmax of the full forward over prompt + generated prefix:
+  // its logprob is the max over the vocabulary.
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    REQUIRE((*greedy)[i].size() == 6);
+    std::vector<int32_t> seq = prompts[i];
+    seq.insert(seq.end(), (*greedy)[i].begin(), (*greedy)[i].end());
+    for (size_t g = 0; g < 6; ++g) {
+      // Compare the chosen token's logprob against every alternative at that position.
+      const size_t p = prompts[i].size() + g - 1;
+      double chosen = 0, best = -1e30;
+      for (int32_t v = 0; v < c.vocab_size; ++v) {
+        std::vector<int32_t> alt(seq.begin(), seq.begin() + p + 1);
+        alt.push_back(v);
+        TokenBatch b;
+        b.Add(alt);
+        ForwardResult<float> r;
+        REQUIRE(model->Forward(b, ForwardOptions{}, &r).ok());
+        best = std::max<double>(best, r.logprobs[p]);
+        if (v == seq[p + 1]) chosen = r.logprobs[p];
+      }
+      CHECK(chosen >= best - 1e-5);
+    }
+  }
+  opt.temperature = 1.0f;
+  opt.seed = 9;
+  auto s1 = Generate(*model, prompts, opt);
+  opt.max_batch = 1;  // batching must not change samples
+  auto s2 = Generate(*model, prompts, opt);
+  opt.seed = 10;
+  auto s3 = Generate(*model, prompts, opt);
+  REQUIRE((s1.ok() && s2.ok() && s3.ok()));
+  CHECK(*s1 == *s2);
+  CHECK(*s1 != *s3);
+  // Stop tokens end a sequence right after they are emitted.
+  opt.temperature = 0;
+  opt.seed = 0;
+  opt.max_batch = 64;
+  opt.stop_tokens = {(*greedy)[0][1]};
+  auto stopped = Generate(*model, prompts, opt);
+  REQUIRE(stopped.ok());
+  CHECK((*stopped)[0].size() <= 2);
+}
+
+}  // namespace
+}  // namespace grpo
