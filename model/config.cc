@@ -321,7 +321,11 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const json& j, const std::string& s
   c.qk_norm = qwen3;
 
   if (moe) {
-    RETURN_IF_ERROR(GetInt(j, source, "num_experts", &c.num_experts, true));
+    // transformers v5 writes Qwen3-MoE's expert count as `num_local_experts`.
+    const char* experts_field = j.contains("num_experts") || !j.contains("num_local_experts")
+                                    ? "num_experts"
+                                    : "num_local_experts";
+    RETURN_IF_ERROR(GetInt(j, source, experts_field, &c.num_experts, true));
     RETURN_IF_ERROR(GetInt(j, source, "num_experts_per_tok", &c.num_experts_per_tok, true));
     RETURN_IF_ERROR(GetInt(j, source, "moe_intermediate_size", &c.moe_intermediate_size, true));
     RETURN_IF_ERROR(GetInt(j, source, "decoder_sparse_step", &c.decoder_sparse_step));
