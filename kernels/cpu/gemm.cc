@@ -10,6 +10,10 @@
 #include "common/status.h"
 #include "oneapi/dnnl/dnnl.h"
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 namespace grpo::cpu {
 namespace {
 
@@ -75,6 +79,67 @@ void LoopGemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, Real 
   }
 }
 
+// GCC 12 warns about an uninitialized temporary inside its own _mm512_reduce_add_ps.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+// dots[r] = <a, B[r, :]> for NJ rows of B (row stride ldb), K elements each.
+template <int NJ>
+inline void DotRows(const float* a, const float* B, int64_t ldb, int64_t K, float* dots) {
+#if defined(__AVX512F__)
+  __m512 acc[NJ];
+  for (int r = 0; r < NJ; ++r) acc[r] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    const __m512 av = _mm512_loadu_ps(a + k);
+    for (int r = 0; r < NJ; ++r) acc[r] = _mm512_fmadd_ps(av, _mm512_loadu_ps(B + r * ldb + k), acc[r]);
+  }
+  if (k < K) {
+    const __mmask16 mask = static_cast<__mmask16>((1u << (K - k)) - 1);
+    const __m512 av = _mm512_maskz_loadu_ps(mask, a + k);
+    for (int r = 0; r < NJ; ++r) {
+      acc[r] = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(mask, B + r * ldb + k), acc[r]);
+    }
+  }
+  for (int r = 0; r < NJ; ++r) dots[r] = _mm512_reduce_add_ps(acc[r]);
+#else
+  for (int r = 0; r < NJ; ++r) {
+    const float* b = B + r * ldb;
+    float s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t k = 0; k < K; ++k) s += a[k] * b[k];
+    dots[r] = s;
+  }
+#endif
+}
+
+#pragma GCC diagnostic pop
+
+// C (M, N) = alpha * A (M, K) @ B (N, K)^T + beta * C for small M (decode, tiny expert groups):
+// B, the weight, is streamed from memory once; each block of 8 of its rows is reused from L1 for
+// every row of A. This is the shape where a oneDNN call costs more than the work.
+void SmallMGemmNT(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                  const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  constexpr int kRows = 8;
+  const int64_t num_blocks = (N + kRows - 1) / kRows;
+  const bool parallel = !omp_in_parallel() && M * N * K > (1 << 16);
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t blk = 0; blk < num_blocks; ++blk) {
+    const int64_t j0 = blk * kRows, nj = std::min<int64_t>(kRows, N - j0);
+    const float* Bj = B + j0 * ldb;
+    for (int64_t m = 0; m < M; ++m) {
+      float dots[kRows];
+      if (nj == kRows) {
+        DotRows<kRows>(A + m * lda, Bj, ldb, K, dots);
+      } else {
+        for (int64_t r = 0; r < nj; ++r) DotRows<1>(A + m * lda, Bj + r * ldb, ldb, K, dots + r);
+      }
+      float* c = C + m * ldc + j0;
+      for (int64_t r = 0; r < nj; ++r) c[r] = alpha * dots[r] + (beta == 0.0f ? 0.0f : beta * c[r]);
+    }
+  }
+}
+
 std::atomic<bool> g_stats_enabled{false};
 GemmStats g_stats;  // written only outside parallel regions, from one thread at a time
 
@@ -99,8 +164,9 @@ class StatsScope {
   std::chrono::steady_clock::time_point start_;
 };
 
-// Below this many rows the oneDNN call costs more than the arithmetic (measured: M = 1 decode).
+// Below this many rows the oneDNN call costs more than the arithmetic (measured: decode shapes).
 constexpr int64_t kSmallM = 4;
+constexpr int64_t kSmallMNT = 16;
 
 }  // namespace
 
@@ -112,6 +178,10 @@ void Gemm<float>(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, fl
   StatsScope stats(M, N, K);
   if (K == 0) {
     ScaleC(M, N, beta, C, ldc);
+    return;
+  }
+  if (!trans_a && trans_b && M <= kSmallMNT) {
+    SmallMGemmNT(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
   if (M <= kSmallM) {
