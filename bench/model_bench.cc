@@ -136,6 +136,13 @@ int main(int argc, char** argv) {
   const double gemm_gflops = gs.flops / gs.seconds / 1e9;
   std::printf("GEMM parts: %.1f GFLOP/s over %.0f%% of step time = %.0f%% of the sgemm baseline\n",
               gemm_gflops, 100.0 * gs.seconds / total, 100.0 * gemm_gflops / sgemm_ref);
+  const char* kLayouts[4] = {"NN", "NT", "TN", "TT"};
+  for (int i = 0; i < 4; ++i) {
+    if (gs.layout_seconds[i] == 0) continue;
+    std::printf("  %s: %.1f GFLOP/step at %.1f GFLOP/s (%.2f s/step)\n", kLayouts[i],
+                gs.layout_flops[i] / steps / 1e9, gs.layout_flops[i] / gs.layout_seconds[i] / 1e9,
+                gs.layout_seconds[i] / steps);
+  }
 
   // Decode: B prompts of prompt_len tokens, decode_tokens new tokens each, greedy.
   std::vector<std::vector<int32_t>> prompts(B);

@@ -145,21 +145,26 @@ GemmStats g_stats;  // written only outside parallel regions, from one thread at
 
 class StatsScope {
  public:
-  StatsScope(int64_t M, int64_t N, int64_t K)
+  StatsScope(bool ta, bool tb, int64_t M, int64_t N, int64_t K)
       : active_(g_stats_enabled.load(std::memory_order_relaxed) && !omp_in_parallel()),
+        layout_(ta * 2 + tb),
         flops_(2.0 * M * N * K) {
     if (active_) start_ = std::chrono::steady_clock::now();
   }
   ~StatsScope() {
     if (!active_) return;
-    g_stats.seconds +=
+    const double sec =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    g_stats.seconds += sec;
     g_stats.flops += flops_;
     g_stats.calls += 1;
+    g_stats.layout_seconds[layout_] += sec;
+    g_stats.layout_flops[layout_] += flops_;
   }
 
  private:
   bool active_;
+  int layout_;
   double flops_;
   std::chrono::steady_clock::time_point start_;
 };
@@ -175,7 +180,7 @@ void Gemm<float>(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, fl
                  const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
                  int64_t ldc) {
   if (M == 0 || N == 0) return;
-  StatsScope stats(M, N, K);
+  StatsScope stats(trans_a, trans_b, M, N, K);
   if (K == 0) {
     ScaleC(M, N, beta, C, ldc);
     return;
@@ -188,7 +193,6 @@ void Gemm<float>(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, fl
     LoopGemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
-  if (beta == 0.0f) ScaleC(M, N, 0.0f, C, ldc);  // sgemm multiplies C by 0: NaN * 0 = NaN
   dnnl_status_t st = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', M, N, K, alpha, A, lda,
                                 B, ldb, beta, C, ldc);
   GRPO_CHECK_MSG(st == dnnl_success, "dnnl_sgemm failed");

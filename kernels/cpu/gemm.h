@@ -32,6 +32,9 @@ struct GemmStats {
   double flops = 0;
   double seconds = 0;
   int64_t calls = 0;
+  // The same split by layout, index trans_a * 2 + trans_b (NN, NT, TN, TT).
+  double layout_flops[4] = {0, 0, 0, 0};
+  double layout_seconds[4] = {0, 0, 0, 0};
 };
 void SetGemmStatsEnabled(bool enabled);
 GemmStats GetGemmStats();
