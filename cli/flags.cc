@@ -2,13 +2,14 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/status.h"
 
 namespace grpo::cli {
 
 void Flags::Add(const std::string& name, const std::string& help, const std::string& default_value,
-                bool required) {
+                bool required, Kind kind) {
   order_.push_back(name);
-  specs_[name] = Spec{help, default_value, required, false};
+  specs_[name] = Spec{help, default_value, required, false, kind};
 }
 
 absl::Status Flags::Parse(const std::vector<std::string>& args) {
@@ -38,6 +39,8 @@ absl::Status Flags::Parse(const std::vector<std::string>& args) {
   for (const auto& name : order_) {
     const Spec& s = specs_.at(name);
     if (s.required && !s.set) return absl::InvalidArgumentError(absl::StrCat("--", name, " is required"));
+    if (s.set && s.kind == Kind::kInt) RETURN_IF_ERROR(GetInt(name).status());
+    if (s.set && s.kind == Kind::kNumber) RETURN_IF_ERROR(GetDouble(name).status());
   }
   return absl::OkStatus();
 }

@@ -14,9 +14,10 @@ namespace grpo::cli {
 class Flags {
  public:
   Flags(std::string usage, std::string summary) : usage_(std::move(usage)), summary_(std::move(summary)) {}
-  // Declares a flag; required flags have no default.
+  enum class Kind { kString, kInt, kNumber };
+  // Declares a flag; required flags have no default. kInt / kNumber values are checked by Parse.
   void Add(const std::string& name, const std::string& help, const std::string& default_value,
-           bool required = false);
+           bool required = false, Kind kind = Kind::kString);
   // Parses args; "--help" sets help_requested().
   absl::Status Parse(const std::vector<std::string>& args);
   bool help_requested() const { return help_; }
@@ -30,6 +31,7 @@ class Flags {
   struct Spec {
     std::string help, value;
     bool required = false, set = false;
+    Kind kind = Kind::kString;
   };
   std::string usage_, summary_;
   std::vector<std::string> order_;

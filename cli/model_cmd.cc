@@ -1,5 +1,6 @@
 // `grpo model ...`: init, logprobs, generate, info. Thin wrappers over model/; every user error
 // is one line on stderr naming the file, line or flag, and exit code 1 (2 for usage errors).
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <memory>
@@ -10,6 +11,7 @@
 #include "cli/commands.h"
 #include "cli/flags.h"
 #include "common/json_util.h"
+#include "common/log.h"
 #include "common/status.h"
 #include "model/checkpoint.h"
 #include "model/generate.h"
@@ -106,6 +108,8 @@ absl::Status Logprobs(const Flags& f) {
   ASSIGN_OR_RETURN(int64_t max_tokens, f.GetInt("max-batch-tokens"));
   const bool entropy = f.Get("entropy") == "true";
   std::vector<nlohmann::json> lines(seqs.size());
+  const auto start = std::chrono::steady_clock::now();
+  int64_t total_tokens = 0;
   ForwardOptions opt;
   opt.temperature = static_cast<float>(temperature);
   for (size_t i = 0; i < seqs.size();) {
@@ -115,6 +119,7 @@ absl::Status Logprobs(const Flags& f) {
       batch.Add(seqs[j++]);
     }
     ForwardResult<float> r;
+    total_tokens += batch.num_tokens();
     absl::Status s = model->Forward(batch, opt, &r);
     if (!s.ok()) return WithContext(s, absl::StrCat(f.Get("tokens"), ": sequences ", i + 1, "..", j));
     for (size_t b = 0; b < j - i; ++b) {
@@ -129,6 +134,10 @@ absl::Status Logprobs(const Flags& f) {
     }
     i = j;
   }
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  GRPO_LOG(INFO, "scored %d sequences (%d tokens) in %.3f s", static_cast<int>(seqs.size()),
+           static_cast<int>(total_tokens), secs);
   return WriteLines(f.Get("out"), lines);
 }
 
@@ -145,8 +154,15 @@ absl::Status GenerateCmd(const Flags& f) {
     ASSIGN_OR_RETURN(int64_t stop, f.GetInt("stop-token"));
     opt.stop_tokens.push_back(static_cast<int32_t>(stop));
   }
+  const auto start = std::chrono::steady_clock::now();
   auto out = Generate(*model, prompts, opt);
   if (!out.ok()) return WithContext(out.status(), f.Get("tokens"));
+  int64_t generated = 0;
+  for (const auto& gen : *out) generated += static_cast<int64_t>(gen.size());
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  GRPO_LOG(INFO, "generated %d tokens for %d prompts in %.3f s", static_cast<int>(generated),
+           static_cast<int>(prompts.size()), secs);
   std::vector<nlohmann::json> lines;
   for (const auto& gen : *out) lines.push_back({{"tokens", gen}});
   return WriteLines(f.Get("out"), lines);
@@ -184,9 +200,9 @@ int RunModelCommand(const std::vector<std::string>& args) {
             "DIR/model.safetensors.\nCONFIG.json is a HF config.json (model_type qwen3_moe, "
             "qwen2_moe, qwen3, qwen2 or llama).");
     f.Add("config", "HF config.json describing the architecture", "", true);
-    f.Add("seed", "random seed for the initial weights", "0");
+    f.Add("seed", "random seed for the initial weights", "0", false, Flags::Kind::kInt);
     f.Add("out", "output directory (created)", "", true);
-    f.Add("init-std", "standard deviation of the normal init of linear/embedding weights", "0.02");
+    f.Add("init-std", "standard deviation of the normal init of linear/embedding weights", "0.02", false, Flags::Kind::kNumber);
     f.Add("dtype", "weight dtype to write: f32 or bf16", "f32");
     if (!ParseOrExit(f, rest, &code)) return code;
     absl::Status s = Init(f);
@@ -199,9 +215,9 @@ int RunModelCommand(const std::vector<std::string>& args) {
     f.Add("model", "model directory (config.json + safetensors)", "", true);
     f.Add("tokens", "input JSONL, one {\"tokens\": [...]} per line", "", true);
     f.Add("out", "output JSONL", "", true);
-    f.Add("temperature", "temperature T (> 0)", "1.0");
+    f.Add("temperature", "temperature T (> 0)", "1.0", false, Flags::Kind::kNumber);
     f.Add("entropy", "also write \"entropy\" per position: true or false", "false");
-    f.Add("max-batch-tokens", "tokens per forward batch", "8192");
+    f.Add("max-batch-tokens", "tokens per forward batch", "8192", false, Flags::Kind::kInt);
     if (!ParseOrExit(f, rest, &code)) return code;
     absl::Status s = Logprobs(f);
     return s.ok() ? 0 : Fail(s);
@@ -214,10 +230,10 @@ int RunModelCommand(const std::vector<std::string>& args) {
     f.Add("model", "model directory (config.json + safetensors)", "", true);
     f.Add("tokens", "input JSONL of prompts", "", true);
     f.Add("out", "output JSONL", "", true);
-    f.Add("max-new-tokens", "tokens to generate per prompt", "", true);
+    f.Add("max-new-tokens", "tokens to generate per prompt", "", true, Flags::Kind::kInt);
     f.Add("temperature", "sampling temperature; 0 = greedy", "0");
-    f.Add("seed", "sampling seed", "0");
-    f.Add("stop-token", "token id that ends a sequence (kept in the output)", "");
+    f.Add("seed", "sampling seed", "0", false, Flags::Kind::kInt);
+    f.Add("stop-token", "token id that ends a sequence (kept in the output)", "", false, Flags::Kind::kInt);
     if (!ParseOrExit(f, rest, &code)) return code;
     absl::Status s = GenerateCmd(f);
     return s.ok() ? 0 : Fail(s);

@@ -38,7 +38,7 @@ float RoundBf16(float x) {
 
 TEST_CASE("save then load round-trips bitwise in F32, for every family", "[checkpoint]") {
   for (const auto& j : {testing::TinyQwen3MoeJson(), testing::TinyQwen2MoeJson(),
-                        testing::TinyLlamaJson()}) {
+                        testing::TinyLlamaJson(), testing::TinyQwen2Json()}) {
     ModelConfig c = MustParse(j);
     INFO(c.model_type);
     auto model = MakeModel<float>(c, 3);

@@ -157,3 +157,15 @@ TEST_CASE("gradients match finite differences: llama (biases, llama3 rope)", "[m
 
 }  // namespace
 }  // namespace grpo
+
+namespace grpo {
+namespace {
+
+TEST_CASE("gradients match finite differences: qwen2 dense (qkv bias, tied)", "[model][grad]") {
+  LossSpec spec;
+  spec.temperature = 0.6f;
+  CheckGradients(testing::TinyQwen2Json(), spec, 16, false);
+}
+
+}  // namespace
+}  // namespace grpo

@@ -24,7 +24,7 @@ double LogSoftmaxAt(const float* logits, int64_t V, int32_t target) {
 
 TEST_CASE("KV-cache decode gives the full forward's next-token logprobs", "[model][decode]") {
   for (const auto& j : {testing::TinyQwen3MoeJson(), testing::TinyQwen2MoeJson(),
-                        testing::TinyLlamaJson()}) {
+                        testing::TinyLlamaJson(), testing::TinyQwen2Json()}) {
     ModelConfig c = MustParse(j);
     INFO(c.model_type);
     auto model = MakeModel<float>(c, 21);

@@ -43,6 +43,14 @@ inline nlohmann::json TinyLlamaJson() {
           {"tie_word_embeddings", false}};
 }
 
+// A dense Qwen2: q/k/v biases without an o_proj bias, tied embeddings.
+inline nlohmann::json TinyQwen2Json() {
+  return {{"model_type", "qwen2"}, {"vocab_size", 31}, {"hidden_size", 16},
+          {"intermediate_size", 24}, {"num_hidden_layers", 2}, {"num_attention_heads", 2},
+          {"num_key_value_heads", 2}, {"rms_norm_eps", 1e-6}, {"rope_theta", 1000000.0},
+          {"max_position_embeddings", 64}, {"tie_word_embeddings", true}};
+}
+
 inline ModelConfig MustParse(const nlohmann::json& j) {
   auto c = ParseModelConfig(j, "test config");
   if (!c.ok()) throw std::runtime_error(std::string(c.status().message()));
