@@ -1,6 +1,7 @@
 // safetensors reader (mmap + full header validation) and writer (F32/BF16, temp file + rename),
 // per FORMATS.md A1. Checkpoint directories (single file or index + shards): safetensors_dir.cc.
 #include "model/safetensors.h"
+#include "model/safetensors_internal.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -30,18 +31,10 @@ static_assert(std::endian::native == std::endian::little,
 using nlohmann::json;
 
 constexpr uint64_t kMaxHeaderSize = 100'000'000;
-constexpr const char* kFixHint = "re-download or re-save the checkpoint";
-
-absl::Status FileError(const std::string& path, const std::string& what) {
-  return absl::InvalidArgumentError(absl::StrCat(path, ": ", what));
-}
-
-absl::Status TensorError(const std::string& path, const std::string& name,
-                         const std::string& what) {
-  return absl::InvalidArgumentError(absl::StrCat(path, ": tensor '", name, "': ", what));
-}
-
-std::string ErrnoText() { return std::strerror(errno); }
+using safetensors_internal::ErrnoText;
+using safetensors_internal::FileError;
+using safetensors_internal::kFixHint;
+using safetensors_internal::TensorError;
 
 struct DtypeSpec {
   const char* name;

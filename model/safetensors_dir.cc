@@ -2,6 +2,7 @@
 // `model.safetensors.index.json`. Opening (with cross-checks between index and shards) and
 // writing (greedy sharding, index, removal of stale files). Declared in model/safetensors.h.
 #include "model/safetensors.h"
+#include "model/safetensors_internal.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -20,30 +21,18 @@
 #include "nlohmann/json.hpp"
 
 namespace grpo {
-namespace safetensors_internal {
-// Defined in safetensors.cc: validates a tensor to write and returns its byte size.
-absl::StatusOr<uint64_t> WriteByteSize(const std::string& path, const TensorToWrite& t);
-}  // namespace safetensors_internal
 
 namespace {
 
 using nlohmann::json;
+using safetensors_internal::ErrnoText;
+using safetensors_internal::FileError;
+using safetensors_internal::kFixHint;
+using safetensors_internal::TensorError;
 using safetensors_internal::WriteByteSize;
 
-constexpr const char* kFixHint = "re-download or re-save the checkpoint";
 constexpr const char* kSingleFile = "model.safetensors";
 constexpr const char* kIndexFile = "model.safetensors.index.json";
-
-absl::Status FileError(const std::string& path, const std::string& what) {
-  return absl::InvalidArgumentError(absl::StrCat(path, ": ", what));
-}
-
-absl::Status TensorError(const std::string& path, const std::string& name,
-                         const std::string& what) {
-  return absl::InvalidArgumentError(absl::StrCat(path, ": tensor '", name, "': ", what));
-}
-
-std::string ErrnoText() { return std::strerror(errno); }
 
 }  // namespace
 
