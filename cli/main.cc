@@ -1,6 +1,7 @@
 // grpo: one executable, many subcommands. `grpo --help` lists them; `grpo CMD --help` explains one.
 #include <cstdio>
 #include <cstring>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -23,7 +24,8 @@ constexpr char kUsage[] =
 
 }  // namespace
 
-int main(int argc, char** argv) {
+namespace {
+int Run(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
     std::fputs(kUsage, args.empty() ? stderr : stdout);
@@ -32,4 +34,14 @@ int main(int argc, char** argv) {
   if (args[0] == "model") return grpo::cli::RunModelCommand({args.begin() + 1, args.end()});
   std::fprintf(stderr, "grpo: unknown command '%s'\n\n%s", args[0].c_str(), kUsage);
   return 2;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return Run(argc, argv);
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "grpo: error: out of memory; use a smaller model, batch or length\n");
+    return 1;
+  }
 }

@@ -1,6 +1,7 @@
 // `grpo model ...`: init, logprobs, generate, info. Thin wrappers over model/; every user error
 // is one line on stderr naming the file, line or flag, and exit code 1 (2 for usage errors).
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <memory>
@@ -85,6 +86,9 @@ absl::Status Init(const Flags& f) {
   ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(f.Get("config")));
   ASSIGN_OR_RETURN(int64_t seed, f.GetInt("seed"));
   ASSIGN_OR_RETURN(double std, f.GetDouble("init-std"));
+  if (!(std > 0) || !std::isfinite(std)) {
+    return absl::InvalidArgumentError("--init-std must be a positive finite number");
+  }
   SaveOptions save;
   const std::string dtype = f.Get("dtype");
   if (dtype == "bf16") {
@@ -106,6 +110,9 @@ absl::Status Logprobs(const Flags& f) {
   ASSIGN_OR_RETURN(auto seqs, ReadTokenLines(f.Get("tokens")));
   ASSIGN_OR_RETURN(double temperature, f.GetDouble("temperature"));
   ASSIGN_OR_RETURN(int64_t max_tokens, f.GetInt("max-batch-tokens"));
+  if (f.Get("entropy") != "true" && f.Get("entropy") != "false") {
+    return absl::InvalidArgumentError("--entropy must be true or false");
+  }
   const bool entropy = f.Get("entropy") == "true";
   std::vector<nlohmann::json> lines(seqs.size());
   const auto start = std::chrono::steady_clock::now();
@@ -120,7 +127,8 @@ absl::Status Logprobs(const Flags& f) {
     }
     ForwardResult<float> r;
     total_tokens += batch.num_tokens();
-    absl::Status s = model->Forward(batch, opt, &r);
+    // A batch of empty sequences has nothing to score (each gets an empty list).
+    absl::Status s = batch.num_tokens() == 0 ? absl::OkStatus() : model->Forward(batch, opt, &r);
     if (!s.ok()) return WithContext(s, absl::StrCat(f.Get("tokens"), ": sequences ", i + 1, "..", j));
     for (size_t b = 0; b < j - i; ++b) {
       const int64_t begin = batch.offsets[b], end = batch.offsets[b + 1];
@@ -152,6 +160,11 @@ absl::Status GenerateCmd(const Flags& f) {
   opt.seed = static_cast<uint64_t>(seed);
   if (!f.Get("stop-token").empty()) {
     ASSIGN_OR_RETURN(int64_t stop, f.GetInt("stop-token"));
+    if (stop < 0 || stop >= model->config().vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("--stop-token ", stop,
+                                                     " is outside the vocabulary [0, ",
+                                                     model->config().vocab_size, ")"));
+    }
     opt.stop_tokens.push_back(static_cast<int32_t>(stop));
   }
   const auto start = std::chrono::steady_clock::now();
@@ -231,7 +244,7 @@ int RunModelCommand(const std::vector<std::string>& args) {
     f.Add("tokens", "input JSONL of prompts", "", true);
     f.Add("out", "output JSONL", "", true);
     f.Add("max-new-tokens", "tokens to generate per prompt", "", true, Flags::Kind::kInt);
-    f.Add("temperature", "sampling temperature; 0 = greedy", "0");
+    f.Add("temperature", "sampling temperature; 0 = greedy", "0", false, Flags::Kind::kNumber);
     f.Add("seed", "sampling seed", "0", false, Flags::Kind::kInt);
     f.Add("stop-token", "token id that ends a sequence (kept in the output)", "", false, Flags::Kind::kInt);
     if (!ParseOrExit(f, rest, &code)) return code;

@@ -1,5 +1,6 @@
 #include "model/checkpoint.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <set>
 
@@ -32,6 +33,24 @@ absl::Status LoadWeights(const std::string& dir, const ParamLayout& layout, floa
     RETURN_IF_ERROR(e.file->ReadAsFloat(*e.info, params + t.offset));
   }
   for (const std::string& name : ckpt->TensorNames()) {
+    if (name == "lm_head.weight" && layout.lm_head == layout.embed) {
+      // Some exporters write the tied head anyway; accept it only if it is the embedding.
+      CheckpointDir::Entry e = ckpt->Find(name);
+      const ParamTensor& embed = layout.tensors.front();
+      if (e.info->shape != embed.shape) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            e.file->path(), ": lm_head.weight does not match model.embed_tokens.weight's shape, "
+            "but config.json says tie_word_embeddings: true"));
+      }
+      std::vector<float> head(embed.numel);
+      RETURN_IF_ERROR(e.file->ReadAsFloat(*e.info, head.data()));
+      if (!std::equal(head.begin(), head.end(), params + embed.offset)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            e.file->path(), ": lm_head.weight differs from model.embed_tokens.weight, but "
+            "config.json says tie_word_embeddings: true; set it to false to load an untied head"));
+      }
+      continue;
+    }
     if (expected.count(name) == 0) {
       return absl::InvalidArgumentError(absl::StrCat(
           dir, ": unexpected tensor '", name,

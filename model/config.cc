@@ -1,6 +1,8 @@
 #include "model/config.h"
 
 #include <algorithm>
+#include <climits>
+#include <utility>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -198,6 +200,23 @@ absl::Status ModelConfig::Validate() const {
   RETURN_IF_ERROR(positive("num_key_value_heads", num_key_value_heads));
   RETURN_IF_ERROR(positive("head_dim", head_dim));
   RETURN_IF_ERROR(positive("max_position_embeddings", max_position_embeddings));
+  // Upper bounds keep every product below int64 and token ids within int32.
+  const int64_t kMaxDim = int64_t{1} << 24;
+  for (auto [field, v] : {std::pair<const char*, int64_t>{"hidden_size", hidden_size},
+                          {"num_hidden_layers", num_hidden_layers},
+                          {"num_attention_heads", num_attention_heads},
+                          {"head_dim", head_dim},
+                          {"intermediate_size", intermediate_size},
+                          {"moe_intermediate_size", moe_intermediate_size},
+                          {"shared_expert_intermediate_size", shared_expert_intermediate_size},
+                          {"num_experts", num_experts}}) {
+    if (v > kMaxDim) {
+      return FieldError(src, field, absl::StrCat("is implausibly large (", v, " > ", kMaxDim, ")"));
+    }
+  }
+  if (vocab_size > INT32_MAX) {
+    return FieldError(src, "vocab_size", absl::StrCat("must fit token ids in int32, got ", vocab_size));
+  }
   if (num_attention_heads % num_key_value_heads != 0) {
     return FieldError(src, "num_key_value_heads",
                       absl::StrCat("must divide num_attention_heads (", num_attention_heads,
@@ -219,6 +238,18 @@ absl::Status ModelConfig::Validate() const {
   bool any_dense = false;
   for (int64_t l = 0; l < num_hidden_layers; ++l) any_dense |= !IsMoeLayer(l);
   if (any_dense) RETURN_IF_ERROR(positive("intermediate_size", intermediate_size));
+  // Parameter count in floating point (no overflow); 2^40 floats is far beyond any CPU run.
+  {
+    const double H = hidden_size, V = vocab_size, L = num_hidden_layers;
+    const double q = double(num_attention_heads) * head_dim, kv = double(num_key_value_heads) * head_dim;
+    const double ffn = 3.0 * H * std::max<double>({double(intermediate_size),
+        double(num_experts) * moe_intermediate_size + shared_expert_intermediate_size});
+    const double total = 2 * V * H + L * (2 * H * q + 2 * H * kv + ffn);
+    if (total > std::pow(2.0, 40)) {
+      return FieldError(src, "hidden_size", absl::StrCat("the model would have ~", total,
+                                                         " parameters, beyond what grpo can hold"));
+    }
+  }
   if (IsMoeFamily(family)) {
     RETURN_IF_ERROR(positive("num_experts", num_experts));
     RETURN_IF_ERROR(positive("num_experts_per_tok", num_experts_per_tok));
@@ -284,8 +315,11 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const json& j, const std::string& s
   RETURN_IF_ERROR(GetInt(j, source, "num_attention_heads", &c.num_attention_heads, true));
   c.num_key_value_heads = c.num_attention_heads;
   RETURN_IF_ERROR(GetInt(j, source, "num_key_value_heads", &c.num_key_value_heads));
-  // Qwen3 configs default head_dim to 128 (transformers' class default); others to H / nh.
-  c.head_dim = qwen3 ? 128 : (c.num_attention_heads > 0 ? c.hidden_size / c.num_attention_heads : 0);
+  // Dense Qwen3Config defaults head_dim to 128; Qwen3-MoE attention (like the others) falls back
+  // to H / nh when the field is absent.
+  c.head_dim = c.family == ModelFamily::kQwen3
+                   ? 128
+                   : (c.num_attention_heads > 0 ? c.hidden_size / c.num_attention_heads : 0);
   RETURN_IF_ERROR(GetInt(j, source, "head_dim", &c.head_dim));
   RETURN_IF_ERROR(GetInt(j, source, "intermediate_size", &c.intermediate_size, !moe));
   double eps = c.rms_norm_eps;

@@ -46,7 +46,15 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> Generate(
       }
       max_prompt = std::max<int64_t>(max_prompt, prompts[first + i].size());
     }
-    KvCache<float> cache(c, count, max_prompt + opt.max_new_tokens);
+    // The last generated token is never fed back, so a sequence holds prompt + max_new - 1.
+    const int64_t max_len = max_prompt + opt.max_new_tokens - 1;
+    if (opt.max_new_tokens > c.max_position_embeddings || max_len > c.max_position_embeddings) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "generate: a prompt of ", max_prompt, " tokens plus ", opt.max_new_tokens,
+          " new tokens exceeds the model's max_position_embeddings (", c.max_position_embeddings,
+          "); lower max_new_tokens"));
+    }
+    KvCache<float> cache(c, count, max_len);
     std::vector<std::mt19937_64> rngs;
     for (int64_t i = 0; i < count; ++i) {
       rngs.emplace_back(opt.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(first + i));

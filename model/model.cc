@@ -39,7 +39,6 @@ template <typename Real>
 Model<Real>::Model(const ModelConfig& config)
     : config_(config), layout_(ParamLayout::Build(config)), acts_(std::make_unique<Acts>()) {
   params_.assign(layout_.total, Real(0));
-  grads_.assign(layout_.total, Real(0));
 }
 
 template <typename Real>
@@ -53,6 +52,7 @@ absl::StatusOr<std::unique_ptr<Model<Real>>> Model<Real>::Create(const ModelConf
 
 template <typename Real>
 void Model<Real>::ZeroGrads() {
+  EnsureGrads();
   std::fill(grads_.begin(), grads_.end(), Real(0));
 }
 
@@ -69,11 +69,12 @@ void Model<Real>::EnsureRope(int64_t max_pos) {
 }
 
 template <typename Real>
-absl::Status Model<Real>::CheckTokens(absl::Span<const int32_t> tokens) const {
+absl::Status Model<Real>::CheckTokens(absl::Span<const int32_t> tokens,
+                                      const std::string& what) const {
   for (size_t i = 0; i < tokens.size(); ++i) {
     if (tokens[i] < 0 || tokens[i] >= config_.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("token ", tokens[i], " at position ", i,
-                                                     " is outside the vocabulary [0, ",
+      return absl::InvalidArgumentError(absl::StrCat(what, ": token ", tokens[i], " at position ",
+                                                     i, " is outside the vocabulary [0, ",
                                                      config_.vocab_size, ")"));
     }
   }
@@ -238,7 +239,11 @@ absl::Status Model<Real>::Forward(const TokenBatch& batch, const ForwardOptions&
   if (!(opt.temperature > 0) || !std::isfinite(opt.temperature)) {
     return absl::InvalidArgumentError("forward: temperature must be a positive finite number");
   }
-  RETURN_IF_ERROR(CheckTokens(batch.tokens));
+  for (int64_t b = 0; b < B; ++b) {
+    RETURN_IF_ERROR(CheckTokens(
+        absl::MakeConstSpan(batch.tokens).subspan(batch.offsets[b], batch.offsets[b + 1] - batch.offsets[b]),
+        absl::StrCat("sequence ", b)));
+  }
   if (!opt.replay_routing.empty()) {
     if (static_cast<int64_t>(opt.replay_routing.size()) != num_moe * T * K) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -277,7 +282,11 @@ absl::Status Model<Real>::Forward(const TokenBatch& batch, const ForwardOptions&
 
   const bool save = opt.for_backward;
   if (save) s.layers.resize(c.num_hidden_layers);
-  if (opt.record_routing) result->routing.assign(num_moe * T * K, 0);
+  if (opt.record_routing) {
+    result->routing.assign(num_moe * T * K, 0);
+  } else {
+    result->routing.clear();
+  }
   // Load-balancing statistics over all MoE layers' tokens (HF concatenates layers).
   std::vector<double> count(c.num_experts, 0.0), prob_sum(c.num_experts, 0.0);
   int64_t moe_idx = 0;
@@ -352,6 +361,7 @@ absl::Status Model<Real>::Backward(absl::Span<const Real> dlogprobs,
                                                    dlogprobs.size(), " / ", dentropy.size()));
   }
   s.valid = false;
+  EnsureGrads();
   Real* G = grads_.data();
   const Real* P = params_.data();
   cpu::LogprobBackwardInPlace<Real>(s.logits.data(), dlogprobs.data(),
@@ -382,6 +392,13 @@ absl::Status Model<Real>::Extend(KvCache<Real>* cache, absl::Span<const int64_t>
   if (B == 0 || new_tokens.size() != slots.size()) {
     return absl::InvalidArgumentError("extend: need one token list per slot, and at least one");
   }
+  if (cache == nullptr || logits == nullptr) {
+    return absl::InvalidArgumentError("extend: cache and logits must not be null");
+  }
+  if (cache->num_layers() != c.num_hidden_layers ||
+      cache->row_width() != c.num_key_value_heads * c.head_dim) {
+    return absl::InvalidArgumentError("extend: the KV cache was built for another model config");
+  }
   std::vector<int64_t> offsets = {0};
   std::vector<int32_t> tokens, pos;
   int64_t max_pos = 0;
@@ -402,7 +419,7 @@ absl::Status Model<Real>::Extend(KvCache<Real>* cache, absl::Span<const int64_t>
           "extend: slot ", slot, " would hold ", past + n, " tokens; the cache holds ",
           cache->max_len(), " and the model ", c.max_position_embeddings));
     }
-    RETURN_IF_ERROR(CheckTokens(new_tokens[b]));
+    RETURN_IF_ERROR(CheckTokens(new_tokens[b], absl::StrCat("slot ", slot)));
     tokens.insert(tokens.end(), new_tokens[b].begin(), new_tokens[b].end());
     for (int64_t i = 0; i < n; ++i) pos.push_back(static_cast<int32_t>(past + i));
     offsets.push_back(static_cast<int64_t>(tokens.size()));

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -35,6 +36,8 @@ struct ForwardOptions {
   bool record_routing = false;
   // Replay: if non-empty, forced expert ids, (num_moe_layers, T, K) flattened. The router still
   // computes gate weights (softmax over its logits, gathered at the forced ids) and gets gradients.
+  // The load-balancing loss then counts the replayed ids (the load actually routed), where
+  // transformers, which has no replay, counts the router's own top-k.
   absl::Span<const int32_t> replay_routing;
   // Switch load-balancing loss coefficient; > 0 computes ForwardResult::aux_loss and adds
   // coef * d(aux_loss) to the router gradients in Backward().
@@ -58,6 +61,8 @@ template <typename Real>
 class KvCache {
  public:
   KvCache(const ModelConfig& config, int64_t num_slots, int64_t max_len);
+  int64_t num_layers() const { return static_cast<int64_t>(k_.size()); }
+  int64_t row_width() const { return row_; }
   int64_t num_slots() const { return static_cast<int64_t>(length_.size()); }
   int64_t max_len() const { return max_len_; }
   int64_t length(int64_t slot) const { return length_[slot]; }
@@ -85,8 +90,12 @@ class Model {
   int64_t num_params() const { return layout_.total; }
   Real* params() { return params_.data(); }
   const Real* params() const { return params_.data(); }
-  // Gradients, same layout as params(); Backward() accumulates into them.
-  Real* grads() { return grads_.data(); }
+  // Gradients, same layout as params(); Backward() accumulates into them. Allocated (zeroed) on
+  // first use, so inference-only models never pay for them.
+  Real* grads() {
+    EnsureGrads();
+    return grads_.data();
+  }
   void ZeroGrads();
 
   // Errors: token ids outside [0, vocab), sequences longer than max_position_embeddings, bad
@@ -109,7 +118,11 @@ class Model {
   struct Acts;
   struct LayerActs;
   explicit Model(const ModelConfig& config);
-  absl::Status CheckTokens(absl::Span<const int32_t> tokens) const;
+  // `what` names the sequence in errors ("sequence 3", "slot 1").
+  absl::Status CheckTokens(absl::Span<const int32_t> tokens, const std::string& what) const;
+  void EnsureGrads() {
+    if (grads_.empty()) grads_.assign(layout_.total, Real(0));
+  }
   // One decoder layer over the packed hidden state x (T, H), updated in place.
   void LayerForward(int64_t l, LayerActs& a, Real* x, int64_t T, const int32_t* pos,
                     const std::vector<int64_t>& seq_offsets, KvCache<Real>* cache,

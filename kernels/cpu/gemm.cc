@@ -70,7 +70,6 @@ void LoopGemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, Real 
         Real* crow = C + i * ldc;
         for (int64_t k = 0; k < K; ++k) {
           const Real a = alpha * At(A, trans_a, lda, i, k);
-          if (a == Real(0)) continue;
           const Real* brow = B + k * ldb;
           for (int64_t j = j0; j < j1; ++j) crow[j] += a * brow[j];
         }

@@ -28,6 +28,7 @@ void LinearBackward(Real* dx, Real* dW, Real* db, const Real* dy, const Real* x,
 
 // Optional accounting for benchmarks: FLOPs and wall time of Gemm calls made outside parallel
 // regions (calls inside one, e.g. attention's per-block products, are not counted). Off by default.
+// Not thread-safe: for single-threaded benchmark drivers.
 struct GemmStats {
   double flops = 0;
   double seconds = 0;

@@ -77,4 +77,12 @@ expect_error 2 "is not an integer" "$grpo" model generate --model "$work/m" --to
 cp -r "$work/m" "$work/trunc" && truncate -s 100 "$work/trunc/model.safetensors"
 expect_error 1 "model.safetensors" "$grpo" model logprobs --model "$work/trunc" --tokens "$work/in.jsonl" --out "$work/o"
 [ ! -e "$work/o" ] || fail "a failed command left an output file"
+printf '{"tokens":[]}\n' > "$work/empty.jsonl"
+"$grpo" model logprobs --model "$work/m" --tokens "$work/empty.jsonl" --out "$work/e.jsonl"
+grep -qx '{"logprobs":\[\]}' "$work/e.jsonl" || fail "an empty sequence should score to []"
+expect_error 1 "max_position_embeddings" "$grpo" model generate --model "$work/m" --tokens "$work/in.jsonl" --max-new-tokens 100000000000 --out "$work/o"
+expect_error 1 "outside the vocabulary" "$grpo" model generate --model "$work/m" --tokens "$work/in.jsonl" --max-new-tokens 2 --stop-token 4294967297 --out "$work/o"
+expect_error 2 "is not a number" "$grpo" model generate --model "$work/m" --tokens "$work/in.jsonl" --max-new-tokens 2 --temperature hot --out "$work/o"
+expect_error 1 "--entropy must be true or false" "$grpo" model logprobs --model "$work/m" --tokens "$work/in.jsonl" --out "$work/o" --entropy yes
+[ ! -e "$work/o" ] || fail "a failed command left an output file"
 echo "cli_test: all checks passed"

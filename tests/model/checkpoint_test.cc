@@ -67,6 +67,29 @@ TEST_CASE("tied embeddings: no lm_head.weight written", "[checkpoint]") {
   CHECK((*ckpt)->Find("model.layers.0.mlp.experts.3.down_proj.weight").file != nullptr);
 }
 
+TEST_CASE("tied checkpoints that also hold lm_head.weight", "[checkpoint]") {
+  ModelConfig c = MustParse(testing::TinyQwen2MoeJson());
+  auto model = MakeModel<float>(c, 12);
+  const ParamLayout& L = model->layout();
+  std::vector<TensorToWrite> ts;
+  for (const ParamTensor& t : L.tensors) ts.push_back({t.name, t.shape, model->params() + t.offset});
+  const ParamTensor& embed = L.tensors.front();
+  ts.push_back({"lm_head.weight", embed.shape, model->params() + embed.offset});
+  const std::string dir = TmpDir("tied_with_head");
+  REQUIRE(SaveModel(*model, dir).ok());
+  REQUIRE(WriteCheckpointWeights(dir, ts).ok());
+  auto ok = LoadModel(dir);
+  REQUIRE(ok.ok());  // an exact copy of the embedding is accepted
+  CHECK(std::memcmp((*ok)->params(), model->params(), sizeof(float) * model->num_params()) == 0);
+  std::vector<float> other(model->params() + embed.offset, model->params() + embed.offset + embed.numel);
+  other[3] += 1.0f;
+  ts.back().data = other.data();
+  REQUIRE(WriteCheckpointWeights(dir, ts).ok());
+  auto bad = LoadModel(dir);
+  REQUIRE_FALSE(bad.ok());
+  CHECK(Contains(bad.status(), "lm_head.weight differs"));
+}
+
 TEST_CASE("BF16 save loads back as the rounded values", "[checkpoint]") {
   ModelConfig c = MustParse(testing::TinyQwen3MoeJson());
   auto model = MakeModel<float>(c, 5);
@@ -230,6 +253,34 @@ TEST_CASE("config.json errors name the field", "[config]") {
   j.erase("shared_expert_intermediate_size");
   CHECK(Contains(bad(j), "shared_expert_intermediate_size"));
   CHECK(Contains(ParseModelConfig(nlohmann::json::array(), "cfg.json").status(), "JSON object"));
+  j = testing::TinyQwen3MoeJson();
+  j["vocab_size"] = int64_t{1} << 33;
+  CHECK(Contains(bad(j), "field 'vocab_size': must fit token ids in int32"));
+  j = testing::TinyQwen3MoeJson();
+  j["hidden_size"] = int64_t{1} << 40;
+  CHECK(Contains(bad(j), "field 'hidden_size'"));
+  j = testing::TinyQwen3MoeJson();
+  j["hidden_size"] = 1 << 20;
+  j["vocab_size"] = 1 << 30;
+  CHECK(Contains(bad(j), "parameters"));
+  // Without head_dim, Qwen3-MoE attention uses H / nh (only dense Qwen3 defaults to 128).
+  j = testing::TinyQwen3MoeJson();
+  j.erase("head_dim");
+  auto no_hd = ParseModelConfig(j, "cfg.json");
+  REQUIRE(no_hd.ok());
+  CHECK(no_hd->head_dim == 16 / 4);
+  j = {{"model_type", "qwen3"}, {"vocab_size", 10}, {"hidden_size", 16}, {"intermediate_size", 8},
+       {"num_hidden_layers", 1}, {"num_attention_heads", 2}};
+  auto dense = ParseModelConfig(j, "cfg.json");
+  REQUIRE(dense.ok());
+  CHECK(dense->head_dim == 128);
+  // transformers v5 spells the expert count num_local_experts.
+  j = testing::TinyQwen3MoeJson();
+  j["num_local_experts"] = j["num_experts"];
+  j.erase("num_experts");
+  auto v5 = ParseModelConfig(j, "cfg.json");
+  REQUIRE(v5.ok());
+  CHECK(v5->num_experts == 5);
   // Valid configs parse, with the documented defaults.
   auto ok = ParseModelConfig(testing::TinyQwen2MoeJson(), "cfg.json");
   REQUIRE(ok.ok());

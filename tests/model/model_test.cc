@@ -191,6 +191,16 @@ TEST_CASE("bad inputs are errors, not crashes", "[model]") {
   std::vector<absl::Span<const int32_t>> feed = {five};
   CHECK(model->Extend(&cache, slots, feed, logits.data()).code() ==
         absl::StatusCode::kResourceExhausted);
+  // A cache made for another config is refused, not written out of bounds.
+  KvCache<float> other(MustParse(testing::TinyLlamaJson()), 1, 8);
+  std::vector<absl::Span<const int32_t>> one = {absl::MakeConstSpan(five).subspan(0, 1)};
+  CHECK(model->Extend(&other, slots, one, logits.data()).code() == absl::StatusCode::kInvalidArgument);
+  // Errors name the sequence and the position within it.
+  TokenBatch two;
+  two.Add(std::vector<int32_t>{1, 2});
+  two.Add(std::vector<int32_t>{3, -4});
+  absl::Status named = model->Forward(two, ForwardOptions{}, &r);
+  CHECK(std::string(named.message()).find("sequence 1: token -4 at position 1") != std::string::npos);
 }
 
 TEST_CASE("generation: greedy matches argmax of the full forward, sampling is seeded", "[model][generate]") {
@@ -234,6 +244,14 @@ TEST_CASE("generation: greedy matches argmax of the full forward, sampling is se
   REQUIRE((s1.ok() && s2.ok() && s3.ok()));
   CHECK(*s1 == *s2);
   CHECK(*s1 != *s3);
+  // Asking for more tokens than the model's positions fails before any work, with a reason.
+  GenerateOptions too_long;
+  too_long.max_new_tokens = c.max_position_embeddings;
+  auto refused = Generate(*model, prompts, too_long);
+  REQUIRE_FALSE(refused.ok());
+  CHECK(std::string(refused.status().message()).find("max_position_embeddings") != std::string::npos);
+  too_long.max_new_tokens = c.max_position_embeddings - 2;  // longest prompt is 3 tokens
+  CHECK(Generate(*model, prompts, too_long).ok());
   // Stop tokens end a sequence right after they are emitted.
   opt.temperature = 0;
   opt.seed = 0;
