@@ -98,25 +98,34 @@ void Model<Real>::LayerForward(int64_t l, LayerActs& a, Real* x, int64_t T, cons
   Resize(a.rstd1, T);
   cpu::RmsNormForward<Real>(a.ln1.data(), a.rstd1.data(), x, P + o.ln1, T, H, c.rms_norm_eps);
 
+  // One GEMM for q, k and v (their weights are one matrix), then split into dense buffers.
+  const int64_t qkvd = qd + 2 * kvd;
+  Resize(a.qkv, T * qkvd);
+  LinearForward<Real>(a.qkv.data(), a.ln1.data(), P + o.q, bias(o.qb), T, H, qkvd);
   Resize(a.q, T * qd);
   Resize(a.k, T * kvd);
   Resize(a.v, T * kvd);
   if (c.qk_norm) {
     Resize(a.q_raw, T * qd);
     Resize(a.k_raw, T * kvd);
+  }
+  Real* q_dst = c.qk_norm ? a.q_raw.data() : a.q.data();
+  Real* k_dst = c.qk_norm ? a.k_raw.data() : a.k.data();
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < T; ++t) {
+    const Real* row = a.qkv.data() + t * qkvd;
+    std::copy_n(row, qd, q_dst + t * qd);
+    std::copy_n(row + qd, kvd, k_dst + t * kvd);
+    std::copy_n(row + qd + kvd, kvd, a.v.data() + t * kvd);
+  }
+  if (c.qk_norm) {
     Resize(a.rstd_q, T * nh);
     Resize(a.rstd_k, T * nkv);
-    LinearForward<Real>(a.q_raw.data(), a.ln1.data(), P + o.q, bias(o.qb), T, H, qd);
-    LinearForward<Real>(a.k_raw.data(), a.ln1.data(), P + o.k, bias(o.kb), T, H, kvd);
     cpu::RmsNormForward<Real>(a.q.data(), a.rstd_q.data(), a.q_raw.data(), P + o.q_norm, T * nh,
                               hd, c.rms_norm_eps);
     cpu::RmsNormForward<Real>(a.k.data(), a.rstd_k.data(), a.k_raw.data(), P + o.k_norm,
                               T * nkv, hd, c.rms_norm_eps);
-  } else {
-    LinearForward<Real>(a.q.data(), a.ln1.data(), P + o.q, bias(o.qb), T, H, qd);
-    LinearForward<Real>(a.k.data(), a.ln1.data(), P + o.k, bias(o.kb), T, H, kvd);
   }
-  LinearForward<Real>(a.v.data(), a.ln1.data(), P + o.v, bias(o.vb), T, H, kvd);
   cpu::RopeForward<Real>(a.q.data(), pos, rope_cos_.data(), rope_sin_.data(), T, nh, hd);
   cpu::RopeForward<Real>(a.k.data(), pos, rope_cos_.data(), rope_sin_.data(), T, nkv, hd);
 
@@ -203,11 +212,19 @@ void Model<Real>::LayerBackward(int64_t l, LayerActs& a, Real* dx, int64_t T,
     dq = s.dq_raw.data();
     dk = s.dk_raw.data();
   }
+  // Pack dq | dk | dv and run the fused projection's backward as one GEMM pair.
+  const int64_t qkvd = qd + 2 * kvd;
+  Resize(s.dqkv, T * qkvd);
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < T; ++t) {
+    Real* row = s.dqkv.data() + t * qkvd;
+    std::copy_n(dq + t * qd, qd, row);
+    std::copy_n(dk + t * kvd, kvd, row + qd);
+    std::copy_n(s.dv.data() + t * kvd, kvd, row + qd + kvd);
+  }
   ZeroResize(s.dln, T * H);
-  LinearBackward<Real>(s.dln.data(), G + o.q, gbias(o.qb), dq, a.ln1.data(), P + o.q, T, H, qd);
-  LinearBackward<Real>(s.dln.data(), G + o.k, gbias(o.kb), dk, a.ln1.data(), P + o.k, T, H, kvd);
-  LinearBackward<Real>(s.dln.data(), G + o.v, gbias(o.vb), s.dv.data(), a.ln1.data(), P + o.v, T,
-                       H, kvd);
+  LinearBackward<Real>(s.dln.data(), G + o.q, gbias(o.qb), s.dqkv.data(), a.ln1.data(), P + o.q,
+                       T, H, qkvd);
   cpu::RmsNormBackward<Real>(dx, G + o.ln1, s.dln.data(), a.x_in.data(), P + o.ln1,
                              a.rstd1.data(), T, H);
 }

@@ -21,6 +21,7 @@ inline void ZeroResize(std::vector<Real>& v, int64_t n) {
 template <typename Real>
 struct Model<Real>::LayerActs {
   std::vector<Real> x_in;                  // (T, H) layer input
+  std::vector<Real> qkv;                   // (T, nh*hd + 2*nkv*hd) scratch: fused projection
   std::vector<Real> ln1, rstd1;            // (T, H), (T)
   std::vector<Real> q_raw, k_raw;          // (T, nh*hd), (T, nkv*hd) before q/k norm
   std::vector<Real> rstd_q, rstd_k;        // (T*nh), (T*nkv)
@@ -59,7 +60,7 @@ struct Model<Real>::Acts {
   std::vector<Real> logits, lse;              // (T, V), (T)
   std::vector<Real> aux_dprobs;               // (E) d(aux)/d(probs[t, e]), same for every t
   // Backward scratch.
-  std::vector<Real> dx, dln, dattn, dq, dk, dv, dq_raw, dk_raw, dffn;
+  std::vector<Real> dx, dln, dattn, dq, dk, dv, dq_raw, dk_raw, dqkv, dffn;
   std::vector<Real> dgu, dh, dye, dw, dxe, drouter, dsy, dprobs_extra;
 };
 

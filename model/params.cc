@@ -3,6 +3,7 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "common/status.h"
 
 namespace grpo {
 namespace {
@@ -41,12 +42,16 @@ ParamLayout ParamLayout::Build(const ModelConfig& c) {
     const std::string pre = absl::StrCat("model.layers.", l, ".");
     LayerOffsets o;
     o.ln1 = p.Add(pre + "input_layernorm.weight", {H}, true);
+    // q, k, v weights back to back form one (qd + 2 kvd, H) matrix; their biases one vector.
     o.q = p.Add(pre + "self_attn.q_proj.weight", {qd, H});
-    if (c.qkv_bias) o.qb = p.Add(pre + "self_attn.q_proj.bias", {qd}, false, true);
     o.k = p.Add(pre + "self_attn.k_proj.weight", {kvd, H});
-    if (c.qkv_bias) o.kb = p.Add(pre + "self_attn.k_proj.bias", {kvd}, false, true);
     o.v = p.Add(pre + "self_attn.v_proj.weight", {kvd, H});
-    if (c.qkv_bias) o.vb = p.Add(pre + "self_attn.v_proj.bias", {kvd}, false, true);
+    GRPO_CHECK(o.k == o.q + qd * H && o.v == o.k + kvd * H);
+    if (c.qkv_bias) {
+      o.qb = p.Add(pre + "self_attn.q_proj.bias", {qd}, false, true);
+      o.kb = p.Add(pre + "self_attn.k_proj.bias", {kvd}, false, true);
+      o.vb = p.Add(pre + "self_attn.v_proj.bias", {kvd}, false, true);
+    }
     o.o = p.Add(pre + "self_attn.o_proj.weight", {H, qd});
     if (c.o_bias) o.ob = p.Add(pre + "self_attn.o_proj.bias", {H}, false, true);
     if (c.qk_norm) {

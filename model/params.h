@@ -27,6 +27,7 @@ struct LayerOffsets {
   int64_t ln1 = -1, ln2 = -1;                  // (H)
   int64_t q = -1, k = -1, v = -1, o = -1;      // (nh*hd, H), (nkv*hd, H) x2, (H, nh*hd)
   int64_t qb = -1, kb = -1, vb = -1, ob = -1;  // biases
+  // NOTES: k == q + nh*hd*H and v == k + nkv*hd*H (one fused qkv matrix); likewise the biases.
   int64_t q_norm = -1, k_norm = -1;            // (hd)
   bool moe = false;
   int64_t mlp_gate_up = -1, mlp_down = -1;     // dense: (2I, H), (H, I)
