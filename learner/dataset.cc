@@ -80,6 +80,39 @@ absl::Status DatasetConfig::Validate() const {
   return absl::OkStatus();
 }
 
+absl::StatusOr<DatasetConfig> DatasetConfigFromJson(const nlohmann::json& j) {
+  if (!j.is_object()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("dataset config must be an object, not ", JsonTypeName(j)));
+  }
+  DatasetConfig c;
+  for (const auto& [key, value] : j.items()) {
+    auto wrong = [&, &key = key, &value = value](const char* want) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "dataset \"", key, "\" must be ", want, ", not ", JsonTypeName(value)));
+    };
+    if (key == "path" || key == "on_bad_line") {
+      if (!value.is_string()) return wrong("a string");
+      (key == "path" ? c.path : c.on_bad_line) = value.get<std::string>();
+    } else if (key == "shuffle") {
+      if (!value.is_boolean()) return wrong("true or false");
+      c.shuffle = value.get<bool>();
+    } else if (key == "seed") {
+      if (!value.is_number_unsigned()) return wrong("a non-negative integer");
+      c.seed = value.get<uint64_t>();
+    } else if (key == "max_bad_line_messages") {
+      if (!value.is_number_integer()) return wrong("an integer");
+      c.max_bad_line_messages = value.get<int64_t>();
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "dataset config has unknown key \"", key,
+          "\"; expected path, seed, shuffle, on_bad_line or max_bad_line_messages"));
+    }
+  }
+  RETURN_IF_ERROR(c.Validate());
+  return c;
+}
+
 nlohmann::json DatasetPosition::ToJson() const {
   return {{"epoch", epoch}, {"index", index}, {"seed", seed}, {"num_rows", num_rows},
           {"fingerprint", fingerprint}};

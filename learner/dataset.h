@@ -46,6 +46,10 @@ struct DatasetConfig {
   absl::Status Validate() const;
 };
 
+// Reads {"path", "seed", "shuffle", "on_bad_line", "max_bad_line_messages"} ("path" required);
+// unknown keys and wrong types are errors.
+absl::StatusOr<DatasetConfig> DatasetConfigFromJson(const nlohmann::json& j);
+
 // Where a dataset stands: the next example served is row perm(seed, epoch)[index].
 // `num_rows` and `fingerprint` identify the data it was saved against, so restoring onto a
 // different file is an error instead of a silently different order.

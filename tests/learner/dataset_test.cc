@@ -221,5 +221,21 @@ TEST_CASE("restore refuses another seed, another dataset, or a bad position", "[
         std::string::npos);
 }
 
+TEST_CASE("dataset configs parse from JSON with unknown keys refused", "[dataset]") {
+  auto c = DatasetConfigFromJson(nlohmann::json::parse(
+      R"({"path": "d.jsonl", "seed": 9, "shuffle": false, "on_bad_line": "skip"})"));
+  REQUIRE(c.ok());
+  CHECK(c->path == "d.jsonl");
+  CHECK(c->seed == 9);
+  CHECK_FALSE(c->shuffle);
+  CHECK(c->on_bad_line == "skip");
+  auto bad = DatasetConfigFromJson(nlohmann::json::parse(R"({"path": "d", "sead": 1})"));
+  CHECK(bad.status().message().find("unknown key \"sead\"") != std::string::npos);
+  bad = DatasetConfigFromJson(nlohmann::json::parse(R"({"path": "d", "seed": -1})"));
+  CHECK(bad.status().message().find("non-negative integer") != std::string::npos);
+  bad = DatasetConfigFromJson(nlohmann::json::parse(R"({"seed": 1})"));
+  CHECK(bad.status().message().find("path is empty") != std::string::npos);
+}
+
 }  // namespace
 }  // namespace grpo
