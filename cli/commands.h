@@ -8,5 +8,6 @@
 namespace grpo::cli {
 
 int RunModelCommand(const std::vector<std::string>& args);
+int RunDataCommand(const std::vector<std::string>& args);
 
 }  // namespace grpo::cli
