@@ -19,6 +19,8 @@ constexpr char kUsage[] =
     "  model logprobs   per-token logprobs of token sequences under a model\n"
     "  model generate   sample continuations of token sequences\n"
     "  model info       print a model's configuration and parameter count\n"
+    "  tokenize         encode JSONL {\"text\"} lines to {\"ids\"} with a tokenizer.json\n"
+    "  detokenize       decode JSONL {\"ids\"} lines to {\"text\"} with a tokenizer.json\n"
     "\n"
     "Run `grpo <command> --help` for a command's options.\n";
 
@@ -32,6 +34,10 @@ int Run(int argc, char** argv) {
     return args.empty() ? 2 : 0;
   }
   if (args[0] == "model") return grpo::cli::RunModelCommand({args.begin() + 1, args.end()});
+  if (args[0] == "tokenize") return grpo::cli::RunTokenizeCommand({args.begin() + 1, args.end()});
+  if (args[0] == "detokenize") {
+    return grpo::cli::RunDetokenizeCommand({args.begin() + 1, args.end()});
+  }
   std::fprintf(stderr, "grpo: unknown command '%s'\n\n%s", args[0].c_str(), kUsage);
   return 2;
 }
