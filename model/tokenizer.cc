@@ -27,8 +27,11 @@ bool IsWhitespace(uint32_t c) {
 
 struct AddedToken {
   int32_t id = 0;
-  std::string content;  // as matched: normalized when `normalized` is set
-  std::string raw;      // as written in the file (what Decode emits)
+  // As matched and decoded: normalized when `normalized` is set. HF 0.23 decodes a normalized
+  // token from its normalized text too (so "nai\u0308ve" decodes as NFC "naïve" put through
+  // the byte-level table); we do the same for parity.
+  std::string content;
+  std::string raw;  // as written in the file (what TokenToId looks up)
   bool special = false, lstrip = false, rstrip = false, normalized = false;
 };
 
@@ -314,7 +317,7 @@ absl::StatusOr<std::string> TokenizerImpl::Decode(absl::Span<const int32_t> ids,
     auto it = added_by_id_.find(id);
     if (it != added_by_id_.end()) {
       if (skip_special && it->second->special) continue;
-      token = &it->second->raw;
+      token = &it->second->content;
     } else if (id >= 0 && static_cast<size_t>(id) < id_to_token.size() &&
                !id_to_token[id].empty()) {
       token = &id_to_token[id];
@@ -409,7 +412,7 @@ std::optional<int32_t> Tokenizer::TokenToId(std::string_view token) const {
 
 std::optional<std::string> Tokenizer::IdToToken(int32_t id) const {
   auto it = impl_->added_by_id_.find(id);
-  if (it != impl_->added_by_id_.end()) return it->second->raw;
+  if (it != impl_->added_by_id_.end()) return it->second->content;
   const auto& tokens = impl_->bpe_->id_to_token();
   if (id < 0 || static_cast<size_t>(id) >= tokens.size() || tokens[id].empty()) {
     return std::nullopt;

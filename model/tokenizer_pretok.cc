@@ -54,41 +54,6 @@ size_t ScanSequence(std::string_view s, size_t i, int* width) {
   return *width;
 }
 
-// Oniguruma's Unicode \s is the White_Space property, which includes U+0085 (NEL); PCRE2's
-// UCP \s does not. Rewrites \s to also match U+0085 (inside and outside classes) and \S to
-// exclude it outside classes, so splits agree with HF.
-std::string AddNelToWhitespace(const std::string& p) {
-  std::string out;
-  bool in_class = false;
-  for (size_t i = 0; i < p.size(); ++i) {
-    const char c = p[i];
-    if (c == '\\' && i + 1 < p.size()) {
-      const char n = p[i + 1];
-      if (n == 's') {
-        out += in_class ? R"(\s\x{85})" : R"([\s\x{85}])";
-      } else if (n == 'S' && !in_class) {
-        out += R"([^\s\x{85}])";
-      } else {
-        out += c;
-        out += n;
-      }
-      ++i;
-      continue;
-    }
-    if (!in_class && c == '[') {
-      in_class = true;
-      out += c;
-      // A ']' right after '[' or '[^' is a literal.
-      if (i + 1 < p.size() && p[i + 1] == '^') out += p[++i];
-      if (i + 1 < p.size() && p[i + 1] == ']') out += p[++i];
-      continue;
-    }
-    if (in_class && c == ']') in_class = false;
-    out += c;
-  }
-  return out;
-}
-
 struct MatchDataDeleter {
   void operator()(pcre2_match_data* md) const { pcre2_match_data_free(md); }
 };
@@ -228,7 +193,8 @@ absl::Status Normalizer::Apply(std::string_view in, std::string* out) const {
 absl::StatusOr<std::unique_ptr<Regex>> Regex::Compile(const std::string& pattern, bool literal) {
   std::unique_ptr<Regex> r(new Regex());
   r->pattern_ = pattern;
-  const std::string p = literal ? pattern : AddNelToWhitespace(pattern);
+  // NOTES: PCRE2's UCP \s is Unicode White_Space, U+0085 included, as Oniguruma's is (HF).
+  const std::string& p = pattern;
   int err = 0;
   PCRE2_SIZE err_offset = 0;
   const uint32_t options = PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK | (literal ? PCRE2_LITERAL : 0);

@@ -5,7 +5,7 @@ Trains three small byte-level BPE tokenizers on the text below and records HF's 
 varied corpus, which tests/model/tokenizer_test.cc must reproduce id for id:
   qwen2.json   Qwen2/Qwen3 style: NFC, Sequence[Split(Qwen2 regex, Isolated), ByteLevel(no regex)],
                <|endoftext|> <|im_start|> <|im_end|> special, <think> </think> not special,
-               a normalized added token "naïve".
+               a normalized added token "nai\\u0308ve" (decomposed; matched after NFC).
   llama3.json  Llama-3 style: no normalizer, \\p{N}{1,3} regex, ignore_merges, <|begin_of_text|>
                prepended by TemplateProcessing, an lstrip/rstrip special token <|mask|>.
   gpt2.json    ByteLevel(add_prefix_space, use_regex=GPT-2 regex) alone, merges in the legacy
@@ -44,6 +44,7 @@ TRAIN_TEXT = [
     "Numbers: 12345 3.14159 2,718 1e-9 0x1F 100% $42.00",
     "Привет, мир! Как дела? Γειά σου κόσμε. مرحبا بالعالم. नमस्ते दुनिया",
     "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>",
+    "NEL\u0085\u0085 lines \u0085\u0085word and \u0085\u0085\u0085 x \u0085y \u0085\u0085",
 ] * 3
 TRAIN_TEXT.append(open(__file__, encoding="utf-8").read())
 
@@ -80,6 +81,7 @@ CORPUS = [
     "a <|mask|> b  <|mask|>  c<|mask|>d",
     "<|begin_of_text|>explicit bos",
     "NEL\u0085char and NBSP\u00a0char and ideographic\u3000space",
+    "a \u0085b x\u0085\u0085\u0085y \u0085\u0085word \u0085\u0085 \u0085\u0085\n\u0085",
     "Kelvin \u212a and long s 'ſ and 'S",
     "mixed1234abc5678 numbers99and_letters",
     "!!!??? ... --- *** ### @@@",
@@ -118,7 +120,7 @@ def qwen2():
                             for t in ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]])
     tok.add_tokens([AddedToken("<think>", special=False, normalized=False),
                     AddedToken("</think>", special=False, normalized=False),
-                    AddedToken("naïve", special=False, normalized=True)])
+                    AddedToken("nai\u0308ve", special=False, normalized=True)])
     return tok
 
 
@@ -129,6 +131,16 @@ def llama3():
         pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(TRAIN_TEXT, trainer(1200))
+    j = json.loads(tok.to_str())
+    j["model"]["ignore_merges"] = True
+    # Whole words in the vocab with no merges to build them, as in Llama-3's vocab: only
+    # ignore_merges finds them.
+    vocab = j["model"]["vocab"]
+    assert sorted(vocab.values()) == list(range(len(vocab)))
+    for extra in ["\u0120GRPOtokenizer", "\u0120MoEparity"]:
+        assert extra not in vocab
+        vocab[extra] = len(vocab)
+    tok = Tokenizer.from_str(json.dumps(j))
     tok.add_special_tokens([AddedToken("<|begin_of_text|>", special=True, normalized=False),
                             AddedToken("<|end_of_text|>", special=True, normalized=False),
                             AddedToken("<|mask|>", special=True, normalized=False,
@@ -139,9 +151,7 @@ def llama3():
         processors.TemplateProcessing(single="<|begin_of_text|> $A",
                                       pair="<|begin_of_text|> $A <|begin_of_text|> $B",
                                       special_tokens=[("<|begin_of_text|>", bos)])])
-    j = json.loads(tok.to_str())
-    j["model"]["ignore_merges"] = True
-    return Tokenizer.from_str(json.dumps(j))
+    return tok
 
 
 def gpt2():
@@ -151,6 +161,24 @@ def gpt2():
     tok.train_from_iterator(TRAIN_TEXT, trainer(800))
     tok.add_special_tokens([AddedToken("<|endoftext|>", special=True, normalized=False)])
     return tok
+
+
+def ignore_merges_cases(tok, limit=6):
+    """Vocab tokens whose text BPE would split when ignore_merges is off: they test the flag."""
+    j = json.loads(tok.to_str())
+    j["model"]["ignore_merges"] = False
+    plain = Tokenizer.from_str(json.dumps(j))
+    found = []
+    for token, tid in sorted(tok.get_vocab(with_added_tokens=False).items(), key=lambda kv: kv[1]):
+        text = tok.decode([tid])
+        if "\ufffd" in text:
+            continue
+        if (tok.encode(text, add_special_tokens=False).ids !=
+                plain.encode(text, add_special_tokens=False).ids):
+            found.append(text)
+        if len(found) == limit:
+            break
+    return found
 
 
 def save(tok, name, legacy_merges=False):
@@ -166,7 +194,12 @@ def save(tok, name, legacy_merges=False):
 
 def main():
     os.makedirs(OUT, exist_ok=True)
-    toks = {"qwen2": save(qwen2(), "qwen2"), "llama3": save(llama3(), "llama3"),
+    llama = save(llama3(), "llama3")
+    extra = ignore_merges_cases(llama)
+    print(f"{len(extra)} strings that need ignore_merges: {extra}")
+    CORPUS.append("the GRPOtokenizer MoEparity 8642 " + " ".join(extra))
+    CORPUS.extend(extra)
+    toks = {"qwen2": save(qwen2(), "qwen2"), "llama3": llama,
             "gpt2": save(gpt2(), "gpt2", legacy_merges=True),
             "toy": Tokenizer.from_file(os.path.join(ROOT, "configs", "toy_tokenizer.json"))}
     toy_text = ["<|im_start|>user\n12+34=?<|im_end|>\n<think>\n1+2</think><answer>46</answer>",
