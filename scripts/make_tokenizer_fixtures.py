@@ -5,7 +5,8 @@ Trains three small byte-level BPE tokenizers on the text below and records HF's 
 varied corpus, which tests/model/tokenizer_test.cc must reproduce id for id:
   qwen2.json   Qwen2/Qwen3 style: NFC, Sequence[Split(Qwen2 regex, Isolated), ByteLevel(no regex)],
                <|endoftext|> <|im_start|> <|im_end|> special, <think> </think> not special,
-               a normalized added token "nai\\u0308ve" (decomposed; matched after NFC).
+               a normalized added token "nai\\u0308ve" (decomposed; matched after NFC), an
+               added token with a space ("<tool call>", decoded raw).
   llama3.json  Llama-3 style: no normalizer, \\p{N}{1,3} regex, ignore_merges, <|begin_of_text|>
                prepended by TemplateProcessing, an lstrip/rstrip special token <|mask|>.
   gpt2.json    ByteLevel(add_prefix_space, use_regex=GPT-2 regex) alone, merges in the legacy
@@ -76,6 +77,7 @@ CORPUS = [
     "Привет, мир! Γειά σου κόσμε. مرحبا بالعالم. नमस्ते दुनिया",
     "<|im_start|>user\nhi there<|im_end|>\n<|im_start|>assistant\n",
     "<think>\nreasoning here\n</think>\n\nanswer",
+    "call <tool call>{\"x\": 1}<tool call> now",
     "text<|endoftext|>more<|endoftext|><|endoftext|>",
     "partial <|im_start and <|im_end| and <| not tokens",
     "a <|mask|> b  <|mask|>  c<|mask|>d",
@@ -120,7 +122,9 @@ def qwen2():
                             for t in ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]])
     tok.add_tokens([AddedToken("<think>", special=False, normalized=False),
                     AddedToken("</think>", special=False, normalized=False),
-                    AddedToken("nai\u0308ve", special=False, normalized=True)])
+                    AddedToken("nai\u0308ve", special=False, normalized=True),
+                    # A space is not in the byte-level table: decoded as raw UTF-8.
+                    AddedToken("<tool call>", special=False, normalized=False)])
     return tok
 
 
