@@ -23,7 +23,9 @@ with open(sys.argv[1], "a", encoding="utf-8") as f:
     for c in cases:
       f.write(c["text"] + "\n\n")
 PY
-hf=$(RAYON_NUM_THREADS=1 "$PY" bench/hf_tokenizer_baseline.py --tokenizer "$tok" \
-  --text "$work/text.txt" --ids-out "$work/hf_ids.jsonl" | tee /dev/stderr | tail -n 1)
+RAYON_NUM_THREADS=1 "$PY" bench/hf_tokenizer_baseline.py --tokenizer "$tok" \
+  --text "$work/text.txt" --ids-out "$work/hf_ids.jsonl" > "$work/hf.txt"
+head -n -1 "$work/hf.txt"
+hf=$(tail -n 1 "$work/hf.txt")
 "$BUILD_DIR/bench/tokenizer_bench" --tokenizer "$tok" --text "$work/text.txt" \
   --hf-ids "$work/hf_ids.jsonl" --hf-mbps "$hf"

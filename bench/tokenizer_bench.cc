@@ -44,17 +44,27 @@ int main(int argc, char** argv) {
   int repeats = 5, threads = 4;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
-    if (k == "--tokenizer") tokenizer_path = v;
-    else if (k == "--text") text_path = v;
-    else if (k == "--hf-ids") hf_ids_path = v;
-    else if (k == "--hf-mbps") hf_mbps = std::stod(v);
-    else if (k == "--repeats") repeats = std::stoi(v);
-    else if (k == "--threads") threads = std::stoi(v);
-    else { std::fprintf(stderr, "unknown flag %s\n", k.c_str()); return 2; }
+    if (k == "--tokenizer")
+      tokenizer_path = v;
+    else if (k == "--text")
+      text_path = v;
+    else if (k == "--hf-ids")
+      hf_ids_path = v;
+    else if (k == "--hf-mbps")
+      hf_mbps = std::stod(v);
+    else if (k == "--repeats")
+      repeats = std::stoi(v);
+    else if (k == "--threads")
+      threads = std::stoi(v);
+    else {
+      std::fprintf(stderr, "unknown flag %s\n", k.c_str());
+      return 2;
+    }
   }
   if (tokenizer_path.empty() || text_path.empty()) {
-    std::fprintf(stderr, "usage: tokenizer_bench --tokenizer T.json --text FILE [--hf-ids IDS.jsonl] "
-                         "[--hf-mbps X] [--repeats N] [--threads N]\n");
+    std::fprintf(stderr,
+                 "usage: tokenizer_bench --tokenizer T.json --text FILE [--hf-ids IDS.jsonl] "
+                 "[--hf-mbps X] [--repeats N] [--threads N]\n");
     return 2;
   }
   auto tok = grpo::Tokenizer::FromFile(tokenizer_path);

@@ -61,14 +61,14 @@ absl::Status Tokenize(const Flags& f) {
   ASSIGN_OR_RETURN(int64_t threads, f.GetInt("threads"));
   const std::string in = f.Get("in");
   std::vector<int64_t> line_nos;
-  ASSIGN_OR_RETURN(auto texts,
-                   ReadField<std::string>(in, "text", "an object {\"text\": \"...\"}",
-                                          [](const nlohmann::json& v, std::string* out) {
-                                            if (!v.is_string()) return false;
-                                            *out = v.get<std::string>();
-                                            return true;
-                                          },
-                                          &line_nos));
+  ASSIGN_OR_RETURN(auto texts, ReadField<std::string>(
+                                   in, "text", "an object {\"text\": \"...\"}",
+                                   [](const nlohmann::json& v, std::string* out) {
+                                     if (!v.is_string()) return false;
+                                     *out = v.get<std::string>();
+                                     return true;
+                                   },
+                                   &line_nos));
   auto ids = tok->EncodeBatch(texts, add_special, static_cast<int>(threads));
   if (!ids.ok()) {  // find the failing line to name it
     for (size_t i = 0; i < texts.size(); ++i) {

@@ -21,8 +21,8 @@ using nlohmann::json;
 // Rust's char::is_whitespace (the White_Space property), for lstrip / rstrip.
 bool IsWhitespace(uint32_t c) {
   return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
-         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F ||
-         c == 0x205F || c == 0x3000;
+         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F ||
+         c == 0x3000;
 }
 
 struct AddedToken {
@@ -53,7 +53,8 @@ class AddedMatcher {
     });
   }
   bool empty() const {
-    for (const auto& l : by_first_byte_) if (!l.empty()) return false;
+    for (const auto& l : by_first_byte_)
+      if (!l.empty()) return false;
     return true;
   }
   // Splits `text` into added-token and text segments, appended to *out.
@@ -126,9 +127,9 @@ class TokenizerImpl {
 absl::Status TokenizerImpl::ParsePostProcessor(const json& j, const std::string& source) {
   if (j.is_null()) return absl::OkStatus();
   const std::string where = absl::StrCat(source, ": post_processor");
-  const std::string type =
-      j.is_object() && j.contains("type") && j["type"].is_string() ? j["type"].get<std::string>()
-                                                                   : "";
+  const std::string type = j.is_object() && j.contains("type") && j["type"].is_string()
+                               ? j["type"].get<std::string>()
+                               : "";
   if (type == "ByteLevel") return absl::OkStatus();  // adds no tokens; offsets only
   if (type == "Sequence" && j.contains("processors") && j["processors"].is_array()) {
     for (const json& p : j["processors"]) RETURN_IF_ERROR(ParsePostProcessor(p, source));
@@ -158,9 +159,8 @@ absl::Status TokenizerImpl::ParsePostProcessor(const json& j, const std::string&
       ++num_sequences;
       continue;
     }
-    if (!item.is_object() || !item.contains("SpecialToken") ||
-        !item["SpecialToken"].is_object() || !item["SpecialToken"].contains("id") ||
-        !item["SpecialToken"]["id"].is_string()) {
+    if (!item.is_object() || !item.contains("SpecialToken") || !item["SpecialToken"].is_object() ||
+        !item["SpecialToken"].contains("id") || !item["SpecialToken"]["id"].is_string()) {
       return absl::InvalidArgumentError(absl::StrCat(
           where, ": TemplateProcessing single items must be {\"SpecialToken\"|\"Sequence\": ...}"));
     }
@@ -168,8 +168,8 @@ absl::Status TokenizerImpl::ParsePostProcessor(const json& j, const std::string&
     const json& st = j["special_tokens"];
     if (!st.contains(name) || !st[name].is_object() || !st[name].contains("ids") ||
         !st[name]["ids"].is_array()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          where, ": special token \"", name, "\" is missing from special_tokens"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": special token \"", name, "\" is missing from special_tokens"));
     }
     for (const json& id : st[name]["ids"]) {
       if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX) {
@@ -186,8 +186,8 @@ absl::Status TokenizerImpl::ParsePostProcessor(const json& j, const std::string&
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<TokenizerImpl>> TokenizerImpl::FromJson(
-    const json& j, const std::string& source) {
+absl::StatusOr<std::unique_ptr<TokenizerImpl>> TokenizerImpl::FromJson(const json& j,
+                                                                       const std::string& source) {
   if (!j.is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": tokenizer.json must be an object"));
   }
@@ -202,8 +202,7 @@ absl::StatusOr<std::unique_ptr<TokenizerImpl>> TokenizerImpl::FromJson(
   }
   auto impl = std::make_unique<TokenizerImpl>();
   ASSIGN_OR_RETURN(impl->bpe_, Bpe::FromJson(j["model"], source));
-  ASSIGN_OR_RETURN(impl->normalizer_,
-                   Normalizer::FromJson(j.value("normalizer", json()), source));
+  ASSIGN_OR_RETURN(impl->normalizer_, Normalizer::FromJson(j.value("normalizer", json()), source));
   ASSIGN_OR_RETURN(impl->pretok_, PreTokenizer::FromJson(j.value("pre_tokenizer", json()), source));
   const json decoder = j.value("decoder", json());
   if (!decoder.is_object() || decoder.value("type", "") != "ByteLevel") {
@@ -263,8 +262,8 @@ absl::StatusOr<std::unique_ptr<TokenizerImpl>> TokenizerImpl::FromJson(
   }
   for (int32_t id : impl->prefix_ids_) {
     if (id >= impl->vocab_size_) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          source, ": post_processor id ", id, " is outside the vocabulary"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, ": post_processor id ", id, " is outside the vocabulary"));
     }
   }
   return impl;
@@ -274,8 +273,7 @@ absl::StatusOr<std::vector<int32_t>> TokenizerImpl::Encode(std::string_view text
                                                            bool add_special) const {
   const int64_t bad = FindInvalidUtf8(text);
   if (bad >= 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("text is not valid UTF-8 at byte offset ", bad));
+    return absl::InvalidArgumentError(absl::StrCat("text is not valid UTF-8 at byte offset ", bad));
   }
   std::vector<int32_t> ids;
   if (add_special) ids = prefix_ids_;
@@ -322,9 +320,8 @@ absl::StatusOr<std::string> TokenizerImpl::Decode(absl::Span<const int32_t> ids,
                !id_to_token[id].empty()) {
       token = &id_to_token[id];
     } else {
-      return absl::InvalidArgumentError(
-          absl::StrCat("id ", id, " at position ", i, " is not in the vocabulary (size ",
-                       vocab_size_, ")"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "id ", id, " at position ", i, " is not in the vocabulary (size ", vocab_size_, ")"));
     }
     // Every character maps back to a byte, or else the token is taken as raw UTF-8.
     const size_t mark = bytes.size();
@@ -363,7 +360,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(const nlohmann::j
     ASSIGN_OR_RETURN(auto impl, TokenizerImpl::FromJson(j, source));
     return std::unique_ptr<Tokenizer>(new Tokenizer(std::move(impl)));
   } catch (const nlohmann::json::exception& e) {  // a field of an unexpected type
-    return absl::InvalidArgumentError(absl::StrCat(source, ": malformed tokenizer.json: ", e.what()));
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": malformed tokenizer.json: ", e.what()));
   }
 }
 
@@ -434,19 +432,24 @@ nlohmann::json ToyTokenizerJson() {
     const char* content;
     bool special;
   };
-  const Special kAdded[] = {{"<|endoftext|>", true}, {"<|im_start|>", true},
-                            {"<|im_end|>", true},    {"<think>", false},
-                            {"</think>", false},     {"<answer>", false},
+  const Special kAdded[] = {{"<|endoftext|>", true}, {"<|im_start|>", true}, {"<|im_end|>", true},
+                            {"<think>", false},      {"</think>", false},    {"<answer>", false},
                             {"</answer>", false}};
   json added = json::array();
   int id = 256;
   for (const Special& s : kAdded) {
-    added.push_back({{"id", id++}, {"content", s.content}, {"single_word", false},
-                     {"lstrip", false}, {"rstrip", false}, {"normalized", false},
+    added.push_back({{"id", id++},
+                     {"content", s.content},
+                     {"single_word", false},
+                     {"lstrip", false},
+                     {"rstrip", false},
+                     {"normalized", false},
                      {"special", s.special}});
   }
-  const json byte_level = {{"type", "ByteLevel"}, {"add_prefix_space", false},
-                           {"trim_offsets", false}, {"use_regex", false}};
+  const json byte_level = {{"type", "ByteLevel"},
+                           {"add_prefix_space", false},
+                           {"trim_offsets", false},
+                           {"use_regex", false}};
   return {{"version", "1.0"},
           {"truncation", nullptr},
           {"padding", nullptr},

@@ -51,9 +51,9 @@ class Tokenizer {
                                               bool add_special_tokens = true) const;
   // Encodes every text, in parallel over `num_threads` threads (0: OpenMP's default).
   // Result i is Encode(texts[i]); the first failing text's error names its index.
-  absl::StatusOr<std::vector<std::vector<int32_t>>> EncodeBatch(
-      absl::Span<const std::string> texts, bool add_special_tokens = true,
-      int num_threads = 0) const;
+  absl::StatusOr<std::vector<std::vector<int32_t>>> EncodeBatch(absl::Span<const std::string> texts,
+                                                                bool add_special_tokens = true,
+                                                                int num_threads = 0) const;
   // Decodes ids to text: byte-level tokens back to bytes, added tokens as written, the byte
   // string then read as UTF-8 with each invalid sequence replaced by U+FFFD (as HF does).
   // `skip_special_tokens` drops added tokens marked special. An unknown id is an error.

@@ -25,8 +25,14 @@ struct PieceCache {
 };
 
 // Caches live per thread, keyed by the model's instance id (never reused, unlike an address).
+// A thread keeps caches for at most kMaxCachedModels models; caches of destroyed models are
+// dropped when that limit is reached (another thread cannot reach them sooner).
+constexpr size_t kMaxCachedModels = 8;
 PieceCache& ThreadCache(uint64_t instance_id) {
   thread_local absl::flat_hash_map<uint64_t, PieceCache> caches;
+  auto it = caches.find(instance_id);
+  if (it != caches.end()) return it->second;
+  if (caches.size() >= kMaxCachedModels) caches.clear();
   return caches[instance_id];
 }
 
@@ -39,11 +45,11 @@ uint64_t PairKey(int32_t a, int32_t b) {
 absl::StatusOr<std::unique_ptr<Bpe>> Bpe::FromJson(const json& m, const std::string& source) {
   const std::string where = absl::StrCat(source, ": model");
   if (!m.is_object()) return absl::InvalidArgumentError(absl::StrCat(where, " must be an object"));
-  const std::string type = m.contains("type") && m["type"].is_string() ? m["type"].get<std::string>()
-                                                                        : "";
+  const std::string type =
+      m.contains("type") && m["type"].is_string() ? m["type"].get<std::string>() : "";
   if (type != "BPE") {
-    return absl::UnimplementedError(absl::StrCat(
-        where, " type \"", type, "\" is not supported (only BPE)"));
+    return absl::UnimplementedError(
+        absl::StrCat(where, " type \"", type, "\" is not supported (only BPE)"));
   }
   auto bpe = std::unique_ptr<Bpe>(new Bpe());
   bpe->instance_id_ = g_next_instance_id.fetch_add(1);
@@ -123,13 +129,13 @@ absl::StatusOr<std::unique_ptr<Bpe>> Bpe::FromJson(const json& m, const std::str
       a = merge[0].get<std::string>();
       b = merge[1].get<std::string>();
     } else {
-      return absl::InvalidArgumentError(absl::StrCat(
-          where, ".merges[", rank, "] must be \"a b\" or [\"a\", \"b\"]"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ".merges[", rank, "] must be \"a b\" or [\"a\", \"b\"]"));
     }
     auto ia = bpe->vocab_.find(a), ib = bpe->vocab_.find(b), iab = bpe->vocab_.find(a + b);
     if (ia == bpe->vocab_.end() || ib == bpe->vocab_.end() || iab == bpe->vocab_.end()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          where, ".merges[", rank, "] (\"", a, "\", \"", b, "\"): a token is not in the vocab"));
+      return absl::InvalidArgumentError(absl::StrCat(where, ".merges[", rank, "] (\"", a, "\", \"",
+                                                     b, "\"): a token is not in the vocab"));
     }
     // The first (lowest-rank) occurrence of a pair wins, as in HF.
     bpe->merges_.try_emplace(PairKey(ia->second, ib->second), rank, iab->second);

@@ -4,8 +4,8 @@
 #pragma once
 
 #include <array>
-#include <deque>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -67,9 +67,9 @@ class Regex {
 // One step of the pre-tokenizer.
 struct PreTokStep {
   enum class Kind { kSplit, kByteLevel } kind = Kind::kSplit;
-  std::unique_ptr<Regex> regex;  // kSplit, or kByteLevel with use_regex
-  bool remove_matches = false;   // Split behavior Removed (else Isolated)
-  bool add_prefix_space = false; // kByteLevel
+  std::unique_ptr<Regex> regex;   // kSplit, or kByteLevel with use_regex
+  bool remove_matches = false;    // Split behavior Removed (else Isolated)
+  bool add_prefix_space = false;  // kByteLevel
 };
 
 // The pre-tokenizer: Split steps, then exactly one ByteLevel step last.
@@ -99,7 +99,7 @@ class Bpe {
  private:
   void Merge(std::string_view piece, std::vector<int32_t>* ids) const;
 
-  uint64_t instance_id_ = 0;  // keys this model's per-thread cache
+  uint64_t instance_id_ = 0;                         // keys this model's per-thread cache
   absl::flat_hash_map<std::string, int32_t> vocab_;  // byte-level string -> id
   std::vector<std::string> id_to_token_;             // id -> byte-level string ("" if none)
   // (left id << 32 | right id) -> (rank, merged id)

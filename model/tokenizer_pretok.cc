@@ -26,12 +26,24 @@ int SequenceInfo(uint8_t b, uint8_t* lo, uint8_t* hi) {
   *lo = 0x80;
   *hi = 0xBF;
   if (b >= 0xC2 && b <= 0xDF) return 2;
-  if (b == 0xE0) { *lo = 0xA0; return 3; }
+  if (b == 0xE0) {
+    *lo = 0xA0;
+    return 3;
+  }
   if ((b >= 0xE1 && b <= 0xEC) || b == 0xEE || b == 0xEF) return 3;
-  if (b == 0xED) { *hi = 0x9F; return 3; }
-  if (b == 0xF0) { *lo = 0x90; return 4; }
+  if (b == 0xED) {
+    *hi = 0x9F;
+    return 3;
+  }
+  if (b == 0xF0) {
+    *lo = 0x90;
+    return 4;
+  }
   if (b >= 0xF1 && b <= 0xF3) return 4;
-  if (b == 0xF4) { *hi = 0x8F; return 4; }
+  if (b == 0xF4) {
+    *hi = 0x8F;
+    return 4;
+  }
   return 0;
 }
 
@@ -39,7 +51,10 @@ int SequenceInfo(uint8_t b, uint8_t* lo, uint8_t* hi) {
 // `*width` bytes; otherwise the maximal invalid subpart's length, at least 1).
 size_t ScanSequence(std::string_view s, size_t i, int* width) {
   const uint8_t b = static_cast<uint8_t>(s[i]);
-  if (b < 0x80) { *width = 1; return 1; }
+  if (b < 0x80) {
+    *width = 1;
+    return 1;
+  }
   uint8_t lo, hi;
   *width = SequenceInfo(b, &lo, &hi);
   if (*width == 0) return 1;
@@ -77,7 +92,10 @@ const ByteLevelTable& ByteLevel() {
 
 int64_t FindInvalidUtf8(std::string_view s) {
   for (size_t i = 0; i < s.size();) {
-    if (static_cast<uint8_t>(s[i]) < 0x80) { ++i; continue; }
+    if (static_cast<uint8_t>(s[i]) < 0x80) {
+      ++i;
+      continue;
+    }
     int width;
     const size_t n = ScanSequence(s, i, &width);
     if (width == 0 || static_cast<int>(n) != width) return static_cast<int64_t>(i);
@@ -174,13 +192,11 @@ absl::Status Normalizer::Apply(std::string_view in, std::string* out) const {
   if (ascii) return absl::OkStatus();  // every normal form leaves ASCII as it is
   for (int form : forms_) {
     utf8proc_uint8_t* dst = nullptr;
-    const utf8proc_ssize_t n =
-        utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(out->data()),
-                     static_cast<utf8proc_ssize_t>(out->size()), &dst,
-                     static_cast<utf8proc_option_t>(form));
+    const utf8proc_ssize_t n = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(out->data()),
+                                            static_cast<utf8proc_ssize_t>(out->size()), &dst,
+                                            static_cast<utf8proc_option_t>(form));
     if (n < 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("normalizer failed: ", utf8proc_errmsg(n)));
+      return absl::InvalidArgumentError(absl::StrCat("normalizer failed: ", utf8proc_errmsg(n)));
     }
     out->assign(reinterpret_cast<const char*>(dst), static_cast<size_t>(n));
     std::free(dst);
@@ -197,9 +213,10 @@ absl::StatusOr<std::unique_ptr<Regex>> Regex::Compile(const std::string& pattern
   const std::string& p = pattern;
   int err = 0;
   PCRE2_SIZE err_offset = 0;
-  const uint32_t options = PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK | (literal ? PCRE2_LITERAL : 0);
-  pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(p.data()), p.size(), options,
-                                   &err, &err_offset, nullptr);
+  const uint32_t options =
+      PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK | (literal ? PCRE2_LITERAL : 0);
+  pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(p.data()), p.size(), options, &err,
+                                   &err_offset, nullptr);
   if (code == nullptr) {
     PCRE2_UCHAR msg[256];
     pcre2_get_error_message(err, msg, sizeof(msg));
@@ -222,14 +239,14 @@ absl::Status Regex::FindAll(std::string_view text,
   const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data());
   size_t start = 0;
   while (start < text.size()) {
-    const int rc = pcre2_match(code, subject, text.size(), start, PCRE2_NO_UTF_CHECK, md.get(),
-                               nullptr);
+    const int rc =
+        pcre2_match(code, subject, text.size(), start, PCRE2_NO_UTF_CHECK, md.get(), nullptr);
     if (rc == PCRE2_ERROR_NOMATCH) break;
     if (rc < 0) {
       PCRE2_UCHAR msg[256];
       pcre2_get_error_message(rc, msg, sizeof(msg));
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "regex /", pattern_, "/ failed: ", reinterpret_cast<const char*>(msg)));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("regex /", pattern_, "/ failed: ", reinterpret_cast<const char*>(msg)));
     }
     const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md.get());
     if (ov[1] == ov[0]) {  // an empty match: step over one character
@@ -302,14 +319,14 @@ absl::Status ParseStep(const json& j, const std::string& source, std::vector<Pre
     if (behavior == "Removed") {
       step.remove_matches = true;
     } else if (behavior != "Isolated") {
-      return absl::UnimplementedError(absl::StrCat(
-          source, ": pre_tokenizer Split behavior \"", behavior,
-          "\" is not supported (supported: Isolated, Removed)"));
+      return absl::UnimplementedError(
+          absl::StrCat(source, ": pre_tokenizer Split behavior \"", behavior,
+                       "\" is not supported (supported: Isolated, Removed)"));
     }
   } else {
-    return absl::UnimplementedError(absl::StrCat(
-        source, ": pre_tokenizer type \"", type,
-        "\" is not supported (supported: Split, ByteLevel, Sequence of these)"));
+    return absl::UnimplementedError(
+        absl::StrCat(source, ": pre_tokenizer type \"", type,
+                     "\" is not supported (supported: Split, ByteLevel, Sequence of these)"));
   }
   steps->push_back(std::move(step));
   return absl::OkStatus();
@@ -320,17 +337,19 @@ absl::Status ParseStep(const json& j, const std::string& source, std::vector<Pre
 absl::StatusOr<PreTokenizer> PreTokenizer::FromJson(const json& j, const std::string& source) {
   PreTokenizer p;
   if (j.is_null()) {
-    return absl::UnimplementedError(absl::StrCat(
-        source, ": pre_tokenizer null is not supported; only byte-level BPE (a ByteLevel "
-                "pre_tokenizer) is"));
+    return absl::UnimplementedError(
+        absl::StrCat(source,
+                     ": pre_tokenizer null is not supported; only byte-level BPE (a ByteLevel "
+                     "pre_tokenizer) is"));
   }
   RETURN_IF_ERROR(ParseStep(j, source, &p.steps_));
   for (size_t i = 0; i < p.steps_.size(); ++i) {
     const bool byte_level = p.steps_[i].kind == PreTokStep::Kind::kByteLevel;
     if (byte_level != (i + 1 == p.steps_.size())) {
-      return absl::UnimplementedError(absl::StrCat(
-          source, ": pre_tokenizer must end with exactly one ByteLevel step (only byte-level "
-                  "BPE is supported)"));
+      return absl::UnimplementedError(
+          absl::StrCat(source,
+                       ": pre_tokenizer must end with exactly one ByteLevel step (only byte-level "
+                       "BPE is supported)"));
     }
   }
   return p;

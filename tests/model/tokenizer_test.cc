@@ -135,9 +135,12 @@ TEST_CASE("Tokenizer skip_special_tokens drops only special added tokens", "[tok
 
 TEST_CASE("Tokenizer rejects invalid UTF-8 naming the byte offset", "[tokenizer]") {
   auto tok = Load("llama3");
-  for (const auto& [text, offset] : std::vector<std::pair<std::string, int>>{
-           {"abc\xff", 3}, {"ab\xc3", 2}, {"\xed\xa0\x80", 0}, {"x\xc0\xaf", 1},
-           {"ok \xf4\x90\x80\x80", 3}}) {
+  for (const auto& [text, offset] :
+       std::vector<std::pair<std::string, int>>{{"abc\xff", 3},
+                                                {"ab\xc3", 2},
+                                                {"\xed\xa0\x80", 0},
+                                                {"x\xc0\xaf", 1},
+                                                {"ok \xf4\x90\x80\x80", 3}}) {
     auto r = tok->Encode(text);
     REQUIRE_FALSE(r.ok());
     CHECK(r.status().message() == absl::StrCat("text is not valid UTF-8 at byte offset ", offset));
@@ -160,7 +163,8 @@ TEST_CASE("Tokenizer toy tokenizer: committed file, byte ids, round trip", "[tok
   auto tok = Tokenizer::FromFile(path);
   REQUIRE(tok.ok());
   CHECK((*tok)->vocab_size() == 263);
-  const std::string text = "<|im_start|>user\n(12+3)*4=?<|im_end|><think>ok</think><answer>60</answer>";
+  const std::string text =
+      "<|im_start|>user\n(12+3)*4=?<|im_end|><think>ok</think><answer>60</answer>";
   auto ids = (*tok)->Encode(text);
   REQUIRE(ids.ok());
   CHECK((*ids)[0] == 257);
@@ -188,7 +192,8 @@ void ExpectError(const json& j, const std::string& needle) {
 
 TEST_CASE("Tokenizer names unsupported components and the file", "[tokenizer]") {
   ExpectError(ToyWith("normalizer", {{"type", "Lowercase"}}), "normalizer type \"Lowercase\"");
-  ExpectError(ToyWith("pre_tokenizer", {{"type", "Whitespace"}}), "pre_tokenizer type \"Whitespace\"");
+  ExpectError(ToyWith("pre_tokenizer", {{"type", "Whitespace"}}),
+              "pre_tokenizer type \"Whitespace\"");
   ExpectError(ToyWith("pre_tokenizer", nullptr), "pre_tokenizer null");
   ExpectError(ToyWith("pre_tokenizer", json::parse(R"({"type": "Split", "pattern":
                   {"Regex": "\\s"}, "behavior": "Isolated", "invert": false})")),
