@@ -287,9 +287,13 @@ absl::StatusOr<std::vector<int32_t>> TokenizerImpl::Encode(std::string_view text
       ids.push_back(raw.id);
       continue;
     }
-    RETURN_IF_ERROR(normalizer_.Apply(raw.text, &normalized));
+    std::string_view norm_text = raw.text;
+    if (!normalizer_.identity()) {
+      RETURN_IF_ERROR(normalizer_.Apply(raw.text, &normalized));
+      norm_text = normalized;
+    }
     norm_segments.clear();
-    normalized_matcher_.Split(normalized, &norm_segments);
+    normalized_matcher_.Split(norm_text, &norm_segments);
     for (const Segment& seg : norm_segments) {
       if (seg.id >= 0) {
         ids.push_back(seg.id);

@@ -213,8 +213,8 @@ absl::StatusOr<std::unique_ptr<Regex>> Regex::Compile(const std::string& pattern
   const std::string& p = pattern;
   int err = 0;
   PCRE2_SIZE err_offset = 0;
-  const uint32_t options =
-      PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK | (literal ? PCRE2_LITERAL : 0);
+  // PCRE2 refuses UCP with LITERAL (a literal has no classes for it to change anyway).
+  const uint32_t options = PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP);
   pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(p.data()), p.size(), options, &err,
                                    &err_offset, nullptr);
   if (code == nullptr) {

@@ -174,6 +174,20 @@ TEST_CASE("Tokenizer toy tokenizer: committed file, byte ids, round trip", "[tok
   CHECK(*(*tok)->Decode(*ids, true) == "user\n(12+3)*4=?<think>ok</think><answer>60</answer>");
 }
 
+TEST_CASE("Tokenizer Split with a String pattern and Removed behavior", "[tokenizer]") {
+  // The toy vocab is bytes, so ids are the bytes left after removing the spaces.
+  json j = ToyTokenizerJson();
+  j["pre_tokenizer"] = json::parse(R"({"type": "Sequence", "pretokenizers": [
+      {"type": "Split", "pattern": {"String": " "}, "behavior": "Removed", "invert": false},
+      {"type": "ByteLevel", "add_prefix_space": false, "use_regex": false}]})");
+  auto tok = Tokenizer::FromJson(j, "split.json");
+  INFO(tok.status().ToString());
+  REQUIRE(tok.ok());
+  auto ids = (*tok)->Encode(" a b  c.d ");
+  REQUIRE(ids.ok());
+  CHECK(*ids == std::vector<int32_t>{'a', 'b', 'c', '.', 'd'});
+}
+
 // tokenizer.json text with one part replaced, for error tests.
 json ToyWith(const std::string& key, const json& value) {
   json j = ToyTokenizerJson();
