@@ -9,5 +9,7 @@ namespace grpo::cli {
 
 int RunModelCommand(const std::vector<std::string>& args);
 int RunDataCommand(const std::vector<std::string>& args);
+int RunTokenizeCommand(const std::vector<std::string>& args);
+int RunDetokenizeCommand(const std::vector<std::string>& args);
 
 }  // namespace grpo::cli

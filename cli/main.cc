@@ -21,6 +21,8 @@ constexpr char kUsage[] =
     "  model info       print a model's configuration and parameter count\n"
     "  data countdown   write TinyZero-style Countdown problems as a JSONL dataset\n"
     "  data arith       write multi-digit arithmetic problems as a JSONL dataset\n"
+    "  tokenize         encode JSONL {\"text\"} lines to {\"ids\"} with a tokenizer.json\n"
+    "  detokenize       decode JSONL {\"ids\"} lines to {\"text\"} with a tokenizer.json\n"
     "\n"
     "Run `grpo <command> --help` for a command's options.\n";
 
@@ -35,6 +37,10 @@ int Run(int argc, char** argv) {
   }
   if (args[0] == "model") return grpo::cli::RunModelCommand({args.begin() + 1, args.end()});
   if (args[0] == "data") return grpo::cli::RunDataCommand({args.begin() + 1, args.end()});
+  if (args[0] == "tokenize") return grpo::cli::RunTokenizeCommand({args.begin() + 1, args.end()});
+  if (args[0] == "detokenize") {
+    return grpo::cli::RunDetokenizeCommand({args.begin() + 1, args.end()});
+  }
   std::fprintf(stderr, "grpo: unknown command '%s'\n\n%s", args[0].c_str(), kUsage);
   return 2;
 }
