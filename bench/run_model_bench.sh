@@ -9,14 +9,17 @@ cd "$(dirname "$0")/.."
 threads=${1:-2}
 BUILD_DIR=${BUILD_DIR:-build}
 cmake --build "$BUILD_DIR" --target model_bench >/dev/null
-ours=$(OMP_NUM_THREADS=$threads "$BUILD_DIR/bench/model_bench" --config configs/bench_moe.json \
-  --batch 8 --seq 512 --steps 3 --prompt 32 --decode-tokens 64 | tee /dev/stderr | grep '^RESULT' | sed 's/^RESULT //')
+ours_log=$(OMP_NUM_THREADS=$threads "$BUILD_DIR/bench/model_bench" --config configs/bench_moe.json \
+  --batch 8 --seq 512 --steps 3 --prompt 32 --decode-tokens 64)
+echo "$ours_log"
+ours=$(echo "$ours_log" | grep '^RESULT' | sed 's/^RESULT //')
 PY=${PYTHON:-python3}
 if ! "$PY" -c 'import torch, transformers' 2>/dev/null; then
   echo "baseline: torch/transformers not installed; no ratio (pip install -r scripts/requirements-fixtures.txt)"
   exit 0
 fi
-theirs=$("$PY" bench/hf_baseline.py --threads "$threads" --batch 8 --seq 512 --decode-tokens 64 --json | tee /dev/stderr | tail -n 1)
+theirs=$("$PY" bench/hf_baseline.py --threads "$threads" --batch 8 --seq 512 --decode-tokens 64 --json | tail -n 1)
+echo "transformers: $theirs"
 python3 - "$ours" "$theirs" <<'PY'
 import json, sys
 ours, theirs = json.loads(sys.argv[1]), json.loads(sys.argv[2])

@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR=${BUILD_DIR:-build}
-PY=${PYTHON:-/tmp/venv-fx/bin/python}
+PY=${PYTHON:-python3}
 tok=${1:-tests/fixtures/tokenizer/qwen2.json}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
