@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "cli/cli_util.h"
 #include "cli/commands.h"
 #include "cli/flags.h"
 #include "common/json_util.h"
@@ -18,27 +19,6 @@ constexpr char kDataUsage[] =
     "usage: grpo data <countdown|arith> [options]\n"
     "Run `grpo data <subcommand> --help` for its options.\n";
 
-int UsageError(const absl::Status& s, const Flags& f) {
-  std::fprintf(stderr, "grpo: %s\n\n%s", std::string(s.message()).c_str(), f.Help().c_str());
-  return 2;
-}
-
-int Fail(const absl::Status& s) {
-  std::fprintf(stderr, "grpo: error: %s\n", std::string(s.message()).c_str());
-  return 1;
-}
-
-// Parses flags; returns -1 to continue, else the exit code (0 after --help, 2 on usage errors).
-int Parse(Flags& f, const std::vector<std::string>& args) {
-  absl::Status s = f.Parse(args);
-  if (!s.ok()) return UsageError(s, f);
-  if (f.help_requested()) {
-    std::fputs(f.Help().c_str(), stdout);
-    return 0;
-  }
-  return -1;
-}
-
 // --n and --seed, shared by every generator.
 absl::Status CountAndSeed(const Flags& f, int64_t* n, uint64_t* seed) {
   ASSIGN_OR_RETURN(*n, f.GetInt("n"));
@@ -49,9 +29,7 @@ absl::Status CountAndSeed(const Flags& f, int64_t* n, uint64_t* seed) {
 }
 
 absl::Status WriteRows(const std::string& path, const std::vector<nlohmann::json>& rows) {
-  std::string text;
-  for (const auto& j : rows) absl::StrAppend(&text, j.dump(), "\n");
-  RETURN_IF_ERROR(WriteFileAtomic(path, text));
+  RETURN_IF_ERROR(WriteJsonLines(path, rows));
   std::printf("wrote %s: %zu rows\n", path.c_str(), rows.size());
   return absl::OkStatus();
 }
@@ -69,7 +47,7 @@ int Countdown(const std::vector<std::string>& args) {
   f.Add("min-number", "smallest number", "1", false, Flags::Kind::kInt);
   f.Add("max-number", "largest number", "99", false, Flags::Kind::kInt);
   f.Add("max-target", "largest target (targets are >= 1)", "100", false, Flags::Kind::kInt);
-  if (int code = Parse(f, args); code >= 0) return code;
+  if (int code = ParseFlags(f, args); code >= 0) return code;
   CountdownConfig c;
   absl::Status s = CountAndSeed(f, &c.n, &c.seed);
   for (auto [flag, field] : {std::pair{"min-count", &c.min_count}, {"max-count", &c.max_count},
@@ -99,7 +77,7 @@ int Arith(const std::vector<std::string>& args) {
   f.Add("out", "output JSONL", "", true);
   f.Add("digits", "digits per operand, 1..9", "3", false, Flags::Kind::kInt);
   f.Add("ops", "operators to draw from, a subset of \"+-*/\"", "+-*");
-  if (int code = Parse(f, args); code >= 0) return code;
+  if (int code = ParseFlags(f, args); code >= 0) return code;
   ArithConfig c;
   c.ops = f.Get("ops");
   absl::Status s = CountAndSeed(f, &c.n, &c.seed);

@@ -3,12 +3,12 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "cli/cli_util.h"
 #include "cli/commands.h"
 #include "cli/flags.h"
 #include "common/json_util.h"
@@ -24,62 +24,23 @@ namespace {
 
 // Reads `{"tokens":[...]}` lines; blank lines are skipped. Errors name file and line.
 absl::StatusOr<std::vector<std::vector<int32_t>>> ReadTokenLines(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open for reading"));
   std::vector<std::vector<int32_t>> seqs;
-  std::string line;
-  for (int64_t line_no = 1; std::getline(in, line); ++line_no) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::string where = absl::StrCat(path, ":", line_no);
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::parse_error& e) {
-      return absl::InvalidArgumentError(absl::StrCat(where, ": not valid JSON: ", e.what()));
-    }
+  RETURN_IF_ERROR(ForEachJsonLine(path, [&](const nlohmann::json& j, int64_t) -> absl::Status {
     auto it = j.is_object() ? j.find("tokens") : j.end();
     if (!j.is_object() || it == j.end() || !it->is_array()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, ": expected an object {\"tokens\": [ids...]}"));
+      return absl::InvalidArgumentError("expected an object {\"tokens\": [ids...]}");
     }
     std::vector<int32_t> seq;
     for (const auto& v : *it) {
       if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > INT32_MAX) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(where, ": \"tokens\" must hold non-negative integer ids"));
+        return absl::InvalidArgumentError("\"tokens\" must hold non-negative integer ids");
       }
       seq.push_back(static_cast<int32_t>(v.get<int64_t>()));
     }
     seqs.push_back(std::move(seq));
-  }
+    return absl::OkStatus();
+  }));
   return seqs;
-}
-
-absl::Status WriteLines(const std::string& path, const std::vector<nlohmann::json>& lines) {
-  std::string text;
-  for (const auto& j : lines) absl::StrAppend(&text, j.dump(), "\n");
-  return WriteFileAtomic(path, text);
-}
-
-// Parses flags; on --help prints help and returns 0 through *exit_code.
-bool ParseOrExit(Flags& flags, const std::vector<std::string>& args, int* exit_code) {
-  absl::Status s = flags.Parse(args);
-  if (!s.ok()) {
-    std::fprintf(stderr, "grpo: %s\n\n%s", std::string(s.message()).c_str(), flags.Help().c_str());
-    *exit_code = 2;
-    return false;
-  }
-  if (flags.help_requested()) {
-    std::fputs(flags.Help().c_str(), stdout);
-    *exit_code = 0;
-    return false;
-  }
-  return true;
-}
-
-int Fail(const absl::Status& s) {
-  std::fprintf(stderr, "grpo: error: %s\n", std::string(s.message()).c_str());
-  return 1;
 }
 
 absl::Status Init(const Flags& f) {
@@ -110,10 +71,7 @@ absl::Status Logprobs(const Flags& f) {
   ASSIGN_OR_RETURN(auto seqs, ReadTokenLines(f.Get("tokens")));
   ASSIGN_OR_RETURN(double temperature, f.GetDouble("temperature"));
   ASSIGN_OR_RETURN(int64_t max_tokens, f.GetInt("max-batch-tokens"));
-  if (f.Get("entropy") != "true" && f.Get("entropy") != "false") {
-    return absl::InvalidArgumentError("--entropy must be true or false");
-  }
-  const bool entropy = f.Get("entropy") == "true";
+  ASSIGN_OR_RETURN(const bool entropy, GetBoolFlag(f, "entropy"));
   std::vector<nlohmann::json> lines(seqs.size());
   const auto start = std::chrono::steady_clock::now();
   int64_t total_tokens = 0;
@@ -146,7 +104,7 @@ absl::Status Logprobs(const Flags& f) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   GRPO_LOG(INFO, "scored %d sequences (%d tokens) in %.3f s", static_cast<int>(seqs.size()),
            static_cast<int>(total_tokens), secs);
-  return WriteLines(f.Get("out"), lines);
+  return WriteJsonLines(f.Get("out"), lines);
 }
 
 absl::Status GenerateCmd(const Flags& f) {
@@ -178,7 +136,7 @@ absl::Status GenerateCmd(const Flags& f) {
            static_cast<int>(prompts.size()), secs);
   std::vector<nlohmann::json> lines;
   for (const auto& gen : *out) lines.push_back({{"tokens", gen}});
-  return WriteLines(f.Get("out"), lines);
+  return WriteJsonLines(f.Get("out"), lines);
 }
 
 absl::Status Info(const Flags& f) {
@@ -206,7 +164,6 @@ int RunModelCommand(const std::vector<std::string>& args) {
   }
   const std::string sub = args[0];
   const std::vector<std::string> rest(args.begin() + 1, args.end());
-  int code = 0;
   if (sub == "init") {
     Flags f("grpo model init --config CONFIG.json --seed S --out DIR",
             "Creates a randomly initialized model in Hugging Face layout: DIR/config.json and "
@@ -217,9 +174,7 @@ int RunModelCommand(const std::vector<std::string>& args) {
     f.Add("out", "output directory (created)", "", true);
     f.Add("init-std", "standard deviation of the normal init of linear/embedding weights", "0.02", false, Flags::Kind::kNumber);
     f.Add("dtype", "weight dtype to write: f32 or bf16", "f32");
-    if (!ParseOrExit(f, rest, &code)) return code;
-    absl::Status s = Init(f);
-    return s.ok() ? 0 : Fail(s);
+    return RunWithFlags(f, rest, Init);
   }
   if (sub == "logprobs") {
     Flags f("grpo model logprobs --model DIR --tokens IN.jsonl --out OUT.jsonl",
@@ -231,9 +186,7 @@ int RunModelCommand(const std::vector<std::string>& args) {
     f.Add("temperature", "temperature T (> 0)", "1.0", false, Flags::Kind::kNumber);
     f.Add("entropy", "also write \"entropy\" per position: true or false", "false");
     f.Add("max-batch-tokens", "tokens per forward batch", "8192", false, Flags::Kind::kInt);
-    if (!ParseOrExit(f, rest, &code)) return code;
-    absl::Status s = Logprobs(f);
-    return s.ok() ? 0 : Fail(s);
+    return RunWithFlags(f, rest, Logprobs);
   }
   if (sub == "generate") {
     Flags f("grpo model generate --model DIR --tokens IN.jsonl --max-new-tokens N --out OUT.jsonl",
@@ -247,16 +200,12 @@ int RunModelCommand(const std::vector<std::string>& args) {
     f.Add("temperature", "sampling temperature; 0 = greedy", "0", false, Flags::Kind::kNumber);
     f.Add("seed", "sampling seed", "0", false, Flags::Kind::kInt);
     f.Add("stop-token", "token id that ends a sequence (kept in the output)", "", false, Flags::Kind::kInt);
-    if (!ParseOrExit(f, rest, &code)) return code;
-    absl::Status s = GenerateCmd(f);
-    return s.ok() ? 0 : Fail(s);
+    return RunWithFlags(f, rest, GenerateCmd);
   }
   if (sub == "info") {
     Flags f("grpo model info --model DIR", "Prints a model's architecture and parameter count.");
     f.Add("model", "model directory", "", true);
-    if (!ParseOrExit(f, rest, &code)) return code;
-    absl::Status s = Info(f);
-    return s.ok() ? 0 : Fail(s);
+    return RunWithFlags(f, rest, Info);
   }
   std::fprintf(stderr, "grpo model: unknown subcommand '%s'\n%s", sub.c_str(), kModelUsage);
   return 2;

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "cli/cli_util.h"
 #include "cli/commands.h"
 #include "cli/flags.h"
 #include "common/json_util.h"
@@ -23,41 +24,23 @@ template <typename T, typename Parse>
 absl::StatusOr<std::vector<T>> ReadField(const std::string& path, const std::string& key,
                                          const std::string& expected, Parse parse,
                                          std::vector<int64_t>* line_nos) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open for reading"));
   std::vector<T> values;
-  std::string line;
-  for (int64_t line_no = 1; std::getline(in, line); ++line_no) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::string where = absl::StrCat(path, ":", line_no);
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::parse_error& e) {
-      return absl::InvalidArgumentError(absl::StrCat(where, ": not valid JSON: ", e.what()));
-    }
+  RETURN_IF_ERROR(ForEachJsonLine(path, [&](const nlohmann::json& j, int64_t line_no) {
     auto it = j.is_object() ? j.find(key) : j.end();
     T value;
     if (it == j.end() || !parse(*it, &value)) {
-      return absl::InvalidArgumentError(absl::StrCat(where, ": expected ", expected));
+      return absl::InvalidArgumentError(absl::StrCat("expected ", expected));
     }
     values.push_back(std::move(value));
     line_nos->push_back(line_no);
-  }
+    return absl::OkStatus();
+  }));
   return values;
-}
-
-absl::StatusOr<bool> BoolFlag(const Flags& f, const std::string& name) {
-  const std::string v = f.Get(name);
-  if (v != "true" && v != "false") {
-    return absl::InvalidArgumentError(absl::StrCat("--", name, " must be true or false"));
-  }
-  return v == "true";
 }
 
 absl::Status Tokenize(const Flags& f) {
   ASSIGN_OR_RETURN(auto tok, Tokenizer::FromFile(f.Get("tokenizer")));
-  ASSIGN_OR_RETURN(bool add_special, BoolFlag(f, "add-special-tokens"));
+  ASSIGN_OR_RETURN(bool add_special, GetBoolFlag(f, "add-special-tokens"));
   ASSIGN_OR_RETURN(int64_t threads, f.GetInt("threads"));
   const std::string in = f.Get("in");
   std::vector<int64_t> line_nos;
@@ -77,14 +60,14 @@ absl::Status Tokenize(const Flags& f) {
     }
     return ids.status();
   }
-  std::string out;
-  for (const auto& seq : *ids) absl::StrAppend(&out, nlohmann::json{{"ids", seq}}.dump(), "\n");
-  return WriteFileAtomic(f.Get("out"), out);
+  std::vector<nlohmann::json> lines;
+  for (const auto& seq : *ids) lines.push_back({{"ids", seq}});
+  return WriteJsonLines(f.Get("out"), lines);
 }
 
 absl::Status Detokenize(const Flags& f) {
   ASSIGN_OR_RETURN(auto tok, Tokenizer::FromFile(f.Get("tokenizer")));
-  ASSIGN_OR_RETURN(bool skip_special, BoolFlag(f, "skip-special-tokens"));
+  ASSIGN_OR_RETURN(bool skip_special, GetBoolFlag(f, "skip-special-tokens"));
   const std::string in = f.Get("in");
   std::vector<int64_t> line_nos;
   ASSIGN_OR_RETURN(auto seqs, ReadField<std::vector<int32_t>>(
@@ -101,31 +84,13 @@ absl::Status Detokenize(const Flags& f) {
                                     return true;
                                   },
                                   &line_nos));
-  std::string out;
+  std::vector<nlohmann::json> lines;
   for (size_t i = 0; i < seqs.size(); ++i) {
     auto text = tok->Decode(seqs[i], skip_special);
     if (!text.ok()) return WithContext(text.status(), absl::StrCat(in, ":", line_nos[i]));
-    absl::StrAppend(&out, nlohmann::json{{"text", *text}}.dump(), "\n");
+    lines.push_back({{"text", *text}});
   }
-  return WriteFileAtomic(f.Get("out"), out);
-}
-
-int Run(Flags& f, const std::vector<std::string>& args, absl::Status (*fn)(const Flags&)) {
-  absl::Status s = f.Parse(args);
-  if (!s.ok()) {
-    std::fprintf(stderr, "grpo: %s\n\n%s", std::string(s.message()).c_str(), f.Help().c_str());
-    return 2;
-  }
-  if (f.help_requested()) {
-    std::fputs(f.Help().c_str(), stdout);
-    return 0;
-  }
-  s = fn(f);
-  if (!s.ok()) {
-    std::fprintf(stderr, "grpo: error: %s\n", std::string(s.message()).c_str());
-    return 1;
-  }
-  return 0;
+  return WriteJsonLines(f.Get("out"), lines);
 }
 
 }  // namespace
@@ -141,7 +106,7 @@ int RunTokenizeCommand(const std::vector<std::string>& args) {
   f.Add("add-special-tokens", "apply the post-processor template (e.g. BOS): true or false",
         "true");
   f.Add("threads", "encoding threads; 0 = all cores", "0", false, Flags::Kind::kInt);
-  return Run(f, args, Tokenize);
+  return RunWithFlags(f, args, Tokenize);
 }
 
 int RunDetokenizeCommand(const std::vector<std::string>& args) {
@@ -152,7 +117,7 @@ int RunDetokenizeCommand(const std::vector<std::string>& args) {
   f.Add("in", "input JSONL, one {\"ids\": [...]} per line", "", true);
   f.Add("out", "output JSONL", "", true);
   f.Add("skip-special-tokens", "drop added tokens marked special: true or false", "false");
-  return Run(f, args, Detokenize);
+  return RunWithFlags(f, args, Detokenize);
 }
 
 }  // namespace grpo::cli
