@@ -470,9 +470,10 @@ absl::StatusOr<std::unique_ptr<RewardFunction>> MakeCountdownReward(const nlohma
 absl::StatusOr<std::unique_ptr<RewardFunction>> MakeGsm8kReward(const nlohmann::json& params) {
   RETURN_IF_ERROR(CheckKnownKeys(params, {"method", "score", "format_score"}));
   Gsm8kConfig c;
-  ASSIGN_OR_RETURN(const std::string method,
-                   GetChoiceParam(params, "method", "strict", {"strict", "flexible"}));
-  c.flexible = method == "flexible";
+  absl::StatusOr<std::string> method =
+      GetChoiceParam(params, "method", "strict", {"strict", "flexible"});
+  if (!method.ok()) return method.status();
+  c.flexible = *method == "flexible";
   ASSIGN_OR_RETURN(c.score, GetNumberParam(params, "score", 1.0));
   ASSIGN_OR_RETURN(c.format_score, GetNumberParam(params, "format_score", 0.0));
   return std::make_unique<Gsm8kReward>(c);
