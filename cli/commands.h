@@ -11,5 +11,6 @@ int RunModelCommand(const std::vector<std::string>& args);
 int RunDataCommand(const std::vector<std::string>& args);
 int RunTokenizeCommand(const std::vector<std::string>& args);
 int RunDetokenizeCommand(const std::vector<std::string>& args);
+int RunRewardCommand(const std::vector<std::string>& args);
 
 }  // namespace grpo::cli

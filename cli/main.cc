@@ -23,6 +23,7 @@ constexpr char kUsage[] =
     "  data arith       write multi-digit arithmetic problems as a JSONL dataset\n"
     "  tokenize         encode JSONL {\"text\"} lines to {\"ids\"} with a tokenizer.json\n"
     "  detokenize       decode JSONL {\"ids\"} lines to {\"text\"} with a tokenizer.json\n"
+    "  reward score     score JSONL completions with the rewards of a reward config\n"
     "\n"
     "Run `grpo <command> --help` for a command's options.\n";
 
@@ -38,6 +39,7 @@ int Run(int argc, char** argv) {
   if (args[0] == "model") return grpo::cli::RunModelCommand({args.begin() + 1, args.end()});
   if (args[0] == "data") return grpo::cli::RunDataCommand({args.begin() + 1, args.end()});
   if (args[0] == "tokenize") return grpo::cli::RunTokenizeCommand({args.begin() + 1, args.end()});
+  if (args[0] == "reward") return grpo::cli::RunRewardCommand({args.begin() + 1, args.end()});
   if (args[0] == "detokenize") {
     return grpo::cli::RunDetokenizeCommand({args.begin() + 1, args.end()});
   }

@@ -1,8 +1,18 @@
 // Registers the built-in reward functions. Each built-in adds one Register call here.
+#include "common/status.h"
 #include "reward/reward.h"
+#include "reward/rule_rewards.h"
 
 namespace grpo {
 
-void RegisterBuiltinRewards(RewardRegistry* registry) { (void)registry; }
+void RegisterBuiltinRewards(RewardRegistry* registry) {
+  // Rule rewards (reward/rule_rewards.h).
+  GRPO_CHECK(registry->Register("format", MakeFormatReward).ok());
+  GRPO_CHECK(registry->Register("countdown", MakeCountdownReward).ok());
+  GRPO_CHECK(registry->Register("gsm8k", MakeGsm8kReward).ok());
+  GRPO_CHECK(registry->Register("exact_match", MakeExactMatchReward).ok());
+  GRPO_CHECK(registry->Register("regex_match", MakeRegexMatchReward).ok());
+  GRPO_CHECK(registry->Register("overlong", MakeOverlongReward).ok());
+}
 
 }  // namespace grpo
