@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "cli/cli_util.h"
 #include "cli/commands.h"
 #include "cli/flags.h"
 #include "common/json_util.h"
@@ -75,19 +76,11 @@ int Score(const std::vector<std::string>& args) {
   f.Add("config", "reward config JSON ({\"rewards\": [...], \"failure_score\": 0})", "", true);
   f.Add("in", "input JSONL", "", true);
   f.Add("out", "output JSONL", "", true);
-  absl::Status s = f.Parse(args);
-  if (!s.ok()) {
-    std::fprintf(stderr, "grpo: %s\n\n%s", std::string(s.message()).c_str(), f.Help().c_str());
-    return 2;
-  }
-  if (f.help_requested()) {
-    std::fputs(f.Help().c_str(), stdout);
-    return 0;
-  }
+  if (int code = ParseFlags(f, args); code >= 0) return code;
   auto config_json = ReadJsonFile(f.Get("config"));
   if (!config_json.ok()) {
-    std::fprintf(stderr, "grpo: error: %s\n", std::string(config_json.status().message()).c_str());
-    return config_json.status().code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+    const int code = Fail(config_json.status());
+    return config_json.status().code() == absl::StatusCode::kInvalidArgument ? 2 : code;
   }
   auto config = RewardSetConfig::FromJson(*config_json);
   absl::StatusOr<RewardSet> set =
@@ -98,10 +91,7 @@ int Score(const std::vector<std::string>& args) {
     return 2;
   }
   auto text = ReadFile(f.Get("in"));
-  if (!text.ok()) {
-    std::fprintf(stderr, "grpo: error: %s\n", std::string(text.status().message()).c_str());
-    return 1;
-  }
+  if (!text.ok()) return Fail(text.status());
 
   // Parse every non-empty line; good items are scored as one batch, bad ones keep their error.
   std::vector<std::string> parse_errors;  // per output line; empty = parsed
@@ -147,11 +137,7 @@ int Score(const std::vector<std::string>& args) {
     total += row["score"].get<double>();
     absl::StrAppend(&out, row.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), "\n");
   }
-  s = WriteFileAtomic(f.Get("out"), out);
-  if (!s.ok()) {
-    std::fprintf(stderr, "grpo: error: %s\n", std::string(s.message()).c_str());
-    return 1;
-  }
+  if (absl::Status s = WriteFileAtomic(f.Get("out"), out); !s.ok()) return Fail(s);
   std::printf("wrote %s: %zu lines, %zu errors, mean score %.4f\n", f.Get("out").c_str(),
               rows.size(), num_errors, rows.empty() ? 0.0 : total / static_cast<double>(rows.size()));
   return 0;
