@@ -32,7 +32,7 @@ struct Scalar {
 };
 
 struct Value {
-  enum Kind { kScalar, kTuple, kSet } kind = kScalar;
+  enum Kind { kScalar, kTuple, kSet, kUnion } kind = kScalar;
   Scalar s;
   std::vector<Value> elems;
   char open = 0, close = 0;  // brackets of a tuple/interval
@@ -200,6 +200,23 @@ class Parser {
   explicit Parser(std::string_view s) : s_(s) {}
 
   std::optional<Value> ParseTop() {
+    // A union of intervals/sets: its parts, unordered.
+    std::vector<size_t> cups;
+    for (size_t p = s_.find("\\cup"); p != std::string_view::npos; p = s_.find("\\cup", p + 4))
+      cups.push_back(p);
+    if (!cups.empty() && cups.size() < kMaxElements) {
+      Value u;
+      u.kind = Value::kUnion;
+      size_t b = 0;
+      cups.push_back(s_.size());
+      for (size_t p : cups) {
+        auto part = Parser(s_.substr(b, p - b)).ParseTop();
+        if (!part) return std::nullopt;
+        u.elems.push_back(std::move(*part));
+        b = p + 4;
+      }
+      return u;
+    }
     std::optional<Value> v;
     if (Peek("\\{")) {
       v = ParseBracketed();
@@ -331,7 +348,8 @@ class Parser {
     if (std::isalnum(static_cast<unsigned char>(c)) || c == '(' || c == '{' || c == '.') return true;
     if (Peek("\xcf\x80") || Peek("\xe2\x88\x9a")) return true;
     if (c == '\\') {
-      for (std::string_view stop : {"\\cdot", "\\times", "\\div", "\\}", "\\{", "\\cup", "\\pm"})
+      for (std::string_view stop : {"\\cdot", "\\times", "\\div", "\\}", "\\{", "\\cup", "\\pm",
+                                    "\\in"})
         if (Peek(stop)) return false;
       return true;
     }
@@ -649,7 +667,18 @@ bool ScalarEq(const Scalar& a, const Scalar& b) {
 bool ValueEq(const Value& g, const Value& p) {
   if (g.kind == Value::kSet && g.elems.size() == 1) return ValueEq(g.elems[0], p);
   if (p.kind == Value::kSet && p.elems.size() == 1) return ValueEq(g, p.elems[0]);
-  if (g.kind != p.kind) return false;
+  if (g.kind != p.kind) {
+    // A set against a tuple or open interval: in written order (Math-Verify compares a
+    // FiniteSet with a Tuple element-wise, and "(1,2)" is an open interval or a tuple).
+    const Value* set = g.kind == Value::kSet ? &g : p.kind == Value::kSet ? &p : nullptr;
+    const Value* tup = g.kind == Value::kTuple ? &g : p.kind == Value::kTuple ? &p : nullptr;
+    if (set == nullptr || tup == nullptr || tup->open != '(' || tup->close != ')' ||
+        set->elems.size() != tup->elems.size())
+      return false;
+    for (size_t k = 0; k < set->elems.size(); ++k)
+      if (!ValueEq(set->elems[k], tup->elems[k])) return false;
+    return true;
+  }
   switch (g.kind) {
     case Value::kScalar:
       return ScalarEq(g.s, p.s);
@@ -658,6 +687,7 @@ bool ValueEq(const Value& g, const Value& p) {
       for (size_t k = 0; k < g.elems.size(); ++k)
         if (!ValueEq(g.elems[k], p.elems[k])) return false;
       return true;
+    case Value::kUnion:
     case Value::kSet: {
       auto covered = [](const Value& a, const Value& b) {
         for (const Value& x : a.elems) {

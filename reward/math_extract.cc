@@ -17,6 +17,7 @@ struct Span {
   size_t begin = 0;  // of the answer text
   size_t end = 0;    // one past the answer text
   size_t match_end = 0;  // one past the whole match (closing brace/delimiter); orders matches
+  bool number = false;   // a bare number: thousands separators and decimal commas to rewrite
 };
 
 bool IsDigit(char c) { return c >= '0' && c <= '9'; }
@@ -124,7 +125,8 @@ bool IsOpChar(char c) {
 std::optional<Span> NumberAt(std::string_view s, size_t i) {
   if (i > 0 && !IsSpace(s[i - 1]) && s[i - 1] != '=' && s[i - 1] != '$') return std::nullopt;
   size_t b = i;
-  if (b < s.size() && s[b] == '$') ++b;  // currency
+  if (s.compare(b, 2, "**") == 0) b += 2;  // markdown bold
+  if (b < s.size() && s[b] == '$') ++b;    // currency
   size_t j = b;
   if (j < s.size() && s[j] == '-') ++j;
   if (j < s.size() && s[j] == '(') ++j;
@@ -132,15 +134,23 @@ std::optional<Span> NumberAt(std::string_view s, size_t i) {
     return std::nullopt;
   // Greedy: digits, '.', ',' between digit groups, spaces and operators.
   size_t e = j;
-  bool has_op = false;
+  bool has_op = false, has_point = false;
+  auto group_of_3 = [&](size_t k) {  // s[k] is a separator followed by exactly three digits
+    return k + 3 < s.size() && IsDigit(s[k + 1]) && IsDigit(s[k + 2]) && IsDigit(s[k + 3]) &&
+           (k + 4 >= s.size() || !IsDigit(s[k + 4]));
+  };
   while (e < s.size()) {
     char c = s[e];
-    if (IsDigit(c) || c == '.') {
+    if (IsDigit(c)) {
       ++e;
-    } else if (c == ',' && e + 3 < s.size() + 0 && IsDigit(s[e + 1]) && e + 3 < s.size() &&
-               IsDigit(s[e + 2]) && IsDigit(s[e + 3]) &&
-               (e + 4 >= s.size() || !IsDigit(s[e + 4]))) {
-      e += 4;
+    } else if (c == '.') {
+      has_point = true;
+      ++e;
+    } else if ((c == ',' || (c == ' ' && !has_op)) && !has_point && e - j <= 3 && group_of_3(e)) {
+      while ((s[e] == c) && group_of_3(e)) e += 4;  // thousands: 1,234,567 or 1 234
+    } else if (c == ',' && !has_op && !has_point && e + 1 < s.size() && IsDigit(s[e + 1])) {
+      has_point = true;  // decimal comma: 1,5
+      ++e;
     } else if (IsOpChar(c)) {
       has_op = true;
       ++e;
@@ -162,29 +172,71 @@ std::optional<Span> NumberAt(std::string_view s, size_t i) {
   size_t pe = e;
   while (pe < s.size() && s[pe] == ' ') ++pe;
   if (pe < s.size() && s[pe] == '%') e = pe + 1;
-  return Span{b, e, e};
+  return Span{b, e, e, true};
 }
 
-// The answer after an anchor word ending at `a`: within 50 characters the first LaTeX
-// environment or number; for numbers the text after the last '=' within 100 characters wins.
+// A plain "\frac{12}{5}" (numbers only) starting at i, as Math-Verify's latexFraction.
+std::optional<Span> FractionAt(std::string_view s, size_t i) {
+  size_t b = i;
+  if (b < s.size() && s[b] == '-') ++b;
+  if (s.compare(b, 6, "\\frac{") != 0) return std::nullopt;
+  size_t k = b + 5;
+  for (int arg = 0; arg < 2; ++arg) {
+    if (k >= s.size() || s[k] != '{') return std::nullopt;
+    ++k;
+    if (k < s.size() && s[k] == '-') ++k;
+    size_t d = k;
+    while (k < s.size() && IsDigit(s[k])) ++k;
+    if (k == d) return std::nullopt;
+    if (k + 1 < s.size() && (s[k] == '.' || s[k] == ',') && IsDigit(s[k + 1])) {
+      ++k;
+      while (k < s.size() && IsDigit(s[k])) ++k;
+    }
+    if (k >= s.size() || s[k] != '}') return std::nullopt;
+    ++k;
+  }
+  return Span{i, k, k};
+}
+
+// A number not followed by "=" (Math-Verify's (?!\s*=)).
+std::optional<Span> FinalNumberAt(std::string_view s, size_t k) {
+  auto n = NumberAt(s, k);
+  if (!n || n->end == n->begin) return std::nullopt;
+  size_t t = n->match_end;
+  while (t < s.size() && IsSpace(s[t])) ++t;
+  if (t < s.size() && s[t] == '=') return std::nullopt;
+  return n;
+}
+
+// The answer after an anchor word ending at `a`, as Math-Verify's anchored patterns: a number
+// after the last '=' within 100 characters of the same line, else the first number within 50
+// characters of the same line; or the first LaTeX environment / plain fraction starting within
+// 50 characters (lines may break). The candidate that ends later wins.
 std::optional<Span> AfterAnchor(std::string_view s, size_t a) {
-  size_t limit_eq = std::min(s.size(), a + 101);
-  size_t last_eq = std::string_view::npos;
-  for (size_t k = a; k < limit_eq; ++k)
-    if (s[k] == '=') last_eq = k;
-  if (last_eq != std::string_view::npos) {
-    size_t k = last_eq + 1;
-    while (k < s.size() && IsSpace(s[k])) ++k;
-    if (auto n = NumberAt(s, k == last_eq + 1 ? k : k)) {
-      if (n->end > n->begin) return n;
+  std::optional<Span> expr;
+  size_t line_end = std::min(s.size(), a + 101);
+  for (size_t k = a; k < line_end; ++k) {
+    if (s[k] == '\n') {
+      line_end = k;
+      break;
     }
   }
-  size_t limit = std::min(s.size(), a + 51);
-  for (size_t k = a; k < limit; ++k) {
-    if (auto env = LatexEnvAt(s, k)) return env;
-    if (auto n = NumberAt(s, k)) return n;
+  size_t limit_eq = std::min(line_end, a + 101);
+  for (size_t k = limit_eq; k-- > a && !expr;) {
+    if (s[k] != '=') continue;
+    size_t j = k + 1;
+    while (j < s.size() && IsSpace(s[j])) ++j;
+    expr = FinalNumberAt(s, j);
   }
-  return std::nullopt;
+  for (size_t k = a; k <= std::min(line_end, a + 50) && !expr; ++k) expr = FinalNumberAt(s, k);
+  std::optional<Span> latex;
+  size_t limit = std::min(s.size(), a + 51);
+  for (size_t k = a; k < limit && !latex; ++k) {
+    latex = LatexEnvAt(s, k);
+    if (!latex) latex = FractionAt(s, k);
+  }
+  if (expr && (!latex || expr->match_end > latex->match_end)) return expr;
+  return latex;
 }
 
 // Positions of `needle` (lower-case) in s, case-insensitively; only the last kMaxAnchors, which
@@ -220,7 +272,14 @@ std::optional<Span> LastAnchorFree(std::string_view s) {
         continue;
       }
     }
-    if (IsDigit(c) || c == '-' || c == '(' || c == '.' || c == '$') {
+    if (c == '\\' || c == '-') {
+      if (auto f = FractionAt(s, i)) {
+        if (!best || f->match_end > best->match_end) best = f;
+        i = f->match_end - 1;
+        continue;
+      }
+    }
+    if (IsDigit(c) || c == '-' || c == '(' || c == '.' || c == '$' || c == '*') {
       if (auto n = NumberAt(s, i)) {
         if (!best || n->match_end > best->match_end) best = n;
         i = std::max(i, n->match_end == 0 ? i : n->match_end - 1);
@@ -241,6 +300,17 @@ std::optional<std::string> Take(std::string_view s, const std::optional<Span>& s
   if (!sp) return std::nullopt;
   std::string t = Trim(s.substr(sp->begin, sp->end - sp->begin));
   if (t.empty()) return std::nullopt;
+  if (sp->number) {  // 1,234 / 1 234 -> 1234; 1,5 -> 1.5
+    std::string out;
+    for (size_t k = 0; k < t.size(); ++k) {
+      bool sep = (t[k] == ',' || t[k] == ' ') && k > 0 && IsDigit(t[k - 1]) && k + 3 < t.size() + 0 &&
+                 IsDigit(t[k + 1]) && IsDigit(t[k + 2]) && IsDigit(t[k + 3]) &&
+                 (k + 4 == t.size() || !IsDigit(t[k + 4]));
+      if (sep) continue;
+      out.push_back(t[k] == ',' && k > 0 && IsDigit(t[k - 1]) ? '.' : t[k]);
+    }
+    t = std::move(out);
+  }
   return t;
 }
 

@@ -205,6 +205,20 @@ std::string NormalizeMathAnswer(const std::string& answer) {
       }
     }
   }
+  // "x \in [0,1]" -> "[0,1]".
+  {
+    size_t in = s.find("\\in ");
+    if (in != std::string::npos && IsSimpleLhs(std::string_view(s).substr(0, in))) s = s.substr(in + 4);
+  }
+  // "a \pm b" -> "a+b, a-b" (one \pm in an answer without commas).
+  {
+    size_t pm = s.find("\\pm");
+    if (pm != std::string::npos && s.find("\\pm", pm + 1) == std::string::npos &&
+        s.find(',') == std::string::npos) {
+      std::string tail = s.substr(pm + 3);
+      s = s.substr(0, pm) + "+" + tail + ", " + s.substr(0, pm) + "-" + tail;
+    }
+  }
   // Thousands separators: the whole answer is one number like 1,234,567(.89).
   {
     size_t i = (!s.empty() && s[0] == '-') ? 1 : 0;

@@ -52,7 +52,7 @@ FORMS = {
               ("{a}\\text{{ cm}}", "{a}"), ("{a}", "{b}\\text{{ cm}}"),
               ("{a}", "\\${a}"), ("{a}", "{a}\\mbox{{ inches}}")],
     "thousands": [("{big}", "{bigc}"), ("{bigc}", "{big}"), ("{big}", "{big1c}"),
-                  ("{big}", "{big}.")],
+                  ("{big}", "{big1}")],
     "tuple": [("({a},{b})", "({a}, {b})"), ("({a},{b})", "({b},{a})"),
               ("({a},{b},{c})", "\\left({a}, {b}, {c}\\right)"), ("({a},{b},{c})", "({a},{c},{b})")],
     "interval": [("[{a},{b2})", "[{a}, {b2})"), ("[{a},{b2})", "({a},{b2})"),
@@ -66,6 +66,141 @@ FORMS = {
     "assign": [("{a}", "x={a}"), ("x={a}", "{a}"), ("{a}", "y = {b}")],
 }
 
+# Hand-written "gold ||| completion" edge cases (\n in a completion is a newline). Left out on
+# purpose, where grpo and Math-Verify 0.9.0 differ by choice (see reward/math_reward.h):
+# "\log_2 8" vs 3 (no logarithms here), 100 vs 99.9999999 (we round to 6 places: equal),
+# "It costs \$7." and "The answer is (7)" (Math-Verify extracts nothing usable; we find 7).
+HAND_CASES = r'''
+\frac{\sqrt{3}}{3} ||| so $\boxed{\frac{1}{\sqrt{3}}}$
+3\sqrt{2} ||| $\boxed{\sqrt{18}}$
+-\frac{1}{2} ||| $\boxed{-0.5}$
+-\frac{1}{2} ||| $\boxed{\frac{-1}{2}}$
+\text{(C)} ||| $\boxed{C}$
+\text{(C)} ||| $\boxed{\text{(C)}}$
+x^2+7x+10 ||| $\boxed{(x+2)(x+5)}$
+2, -3 ||| $\boxed{-3, 2}$
+\left( 3, \frac{\pi}{2} \right) ||| $\boxed{(3,\frac{\pi}{2})}$
+\$42.50 ||| $\boxed{42.5}$
+10\% ||| $\boxed{10}$
+10\% ||| $\boxed{0.1}$
+10\% ||| $\boxed{10\%}$
+\infty ||| $\boxed{\infty}$
+(-\infty, -2) \cup (3, \infty) ||| $\boxed{(-\infty,-2)\cup(3,\infty)}$
+(-\infty, -2) \cup (3, \infty) ||| $\boxed{(3,\infty)\cup(-\infty,-2)}$
+\text{Monday} ||| $\boxed{\text{Monday}}$
+\text{Monday} ||| The answer is Monday.
+4.5 ||| $\boxed{\frac{9}{2}}$
+1/3 ||| $\boxed{\frac13}$
+\{-1,2\} ||| $\boxed{2,-1}$
+6\text{ inches} ||| $\boxed{6}$
+\frac{9}{7} ||| The answer is $\frac{9}{7}$
+\frac{9}{7} ||| The answer is \frac{9}{7}
+\frac{9}{7} ||| The answer is 9/7
+0.25 ||| so 1/4
+12 ||| $12$ apples were left over, so there are 12.
+12 ||| The answer is $12$.\n\nHowever, double check: 3 + 4 = 7
+5 ||| Final answer: 5
+5 ||| **Answer:** 5
+5 ||| **Answer:** $5$
+5 ||| answer is: \boxed{5}
+-5 ||| \boxed{-5}
+-5 ||| The answer is -5.
+3 ||| x = 3 or x = -3
+\pm 3 ||| \boxed{\pm 3}
+3, -3 ||| \boxed{\pm 3}
+\frac{1}{2} ||| \boxed{1/2}
+2^{10} ||| \boxed{1024}
+1024 ||| \boxed{2^{10}}
+\sqrt[3]{8} ||| \boxed{2}
+e^2 ||| \boxed{e^2}
+\sin 30^\circ ||| \boxed{\frac12}
+a+b ||| \boxed{b+a}
+\frac{a}{b} ||| \boxed{a/b}
+10^{6} ||| \boxed{1000000}
+1000000 ||| \boxed{10^6}
+0.000001 ||| \boxed{10^{-6}}
+1.5 ||| \boxed{\frac{3}{2}}
+\frac{3}{2} ||| \boxed{1.50}
+2\frac{1}{3} ||| \boxed{\frac{7}{3}}
+7 ||| \boxed{7}\n\nWait, let me recheck with 8.
+7 ||| The result: $\boxed{7}$ cm.
+180^\circ ||| \boxed{180^{\circ}}
+\dfrac{1}{4} ||| \boxed{25\%}
+0 ||| \boxed{0}
+0 ||| \boxed{-0}
+100 ||| \boxed{100.0}
+100 ||| \boxed{100.00001}
+\frac{22}{7} ||| \boxed{3.142857}
+\frac{22}{7} ||| \boxed{3.14}
+(1,2,3) ||| \boxed{(1,2,3)}
+[0,1] ||| \boxed{[0, 1]}
+[0,1] ||| \boxed{[0,1)}
+x \in [0,1] ||| \boxed{[0,1]}
+y=2x+1 ||| \boxed{2x+1}
+y=2x+1 ||| \boxed{y=1+2x}
+f(x)=x^2 ||| \boxed{x^2}
+\frac{5}{3} ||| \boxed{\dfrac53}
+5 ||| \boxed{5 \text{ units}}
+5 ||| \boxed{\text{5}}
+30 ||| \boxed{30 \text{ minutes}}
+8 ||| There are 8 ways.
+8 ||| The number of ways is $\boxed{8}$ ways.
+2 ||| 2.
+2 ||| 1. First step 2. Second step
+7 ||| Let x be 3. Then y = 7.
+7 ||| We get 3 + 4 = 7
+7 ||| The answer: 3 + 4 = 7
+7 ||| So the final answer is 7.
+7 ||| So the final answer is 7 apples.
+7 ||| Final Answer: The final answer is $7$. I hope it is correct.
+7 ||| The final answer is \boxed{7}. Note 8.
+7 ||| \boxed{7}. Also 3 is the final answer is 9
+7 ||| answer: \(7\)
+7 ||| answer:\n\n\[7\]
+7 ||| The answer is 7; indeed 1+6=7.
+7 ||| Result is 7%
+0.07 ||| Result is 7%
+7 ||| It costs $7.
+7 ||| It costs 7 dollars.
+1234 ||| total: 1,234
+1234 ||| total: 1 234
+1234 ||| total: 1,234.
+1.5 ||| I get 1,5
+7 ||| Therefore, **7**
+7 ||| Therefore, **7**.
+-7 ||| Thus x=-7.
+-7 ||| Thus x = - 7.
+3 ||| The sum 1+2 is 3.
+3 ||| Hence 1+2
+3 ||| Hence (1+2)
+\frac{1}{2} ||| Hence 1/2.
+\frac{1}{2} ||| Hence 1/2 of the cake
+0.5 ||| the probability is .5
+12 ||| <answer>12</answer>
+12 ||| <answer>\n\boxed{12}\n</answer>
+12 ||| <answer> x = 12 </answer>
+12 ||| <answer>$12$</answer>
+12 ||| I think 12.\n<answer>\n12\n</answer>\nDone with 13 steps.
+5 ||| The answer is $\frac{10}{2}$
+5 ||| \boxed{\frac{10}{2}}
+\frac{10}{2} ||| \boxed{5}
+2 ||| $\sqrt{4}$
+x+1 ||| The answer is $x+1$.
+x+1 ||| The answer is $1+x$.
+\frac{x}{2} ||| The answer is $0.5x$.
+2x ||| The answer is $x \cdot 2$.
+x^3 ||| The answer is $x\cdot x\cdot x$.
+\{1,2,3\} ||| \boxed{\{1, 2, 3\}}
+\{1,2,3\} ||| \boxed{1, 2, 3}
+1,2,3 ||| \boxed{\{1,2,3\}}
+(1,2) ||| \boxed{1,2}
+1,2 ||| \boxed{(1,2)}
+(1, 2) ||| The point is $(1, 2)$.
+(1, 2) ||| The point is (1, 2).
+10 ||| The answer is 10 \n\n Answer: 11
+10 ||| Answer: 10\nSome text. The answer is 11
+'''
+
 # Completion templates; {ans} is the predicted answer, {d1}/{d2} decoy numbers.
 TEMPLATES = [
     "We compute step by step. First {d1} + {d2} = {d3}.\nTherefore the result is $\\boxed{{{ans}}}$.",
@@ -76,12 +211,20 @@ TEMPLATES = [
     "From the equation, x+{d1}={d2}. The final answer is ${ans}$. I hope it is correct.",
     "The area is computed from {d1} and {d2}.\n\\[\n\\boxed{{{ans}}}\n\\]",
     "Check: {d1} times {d2}. So the answer is ${ans}$.",
+    "Step 1: {d1}.\nStep 2: {d2}.\nThus we obtain \\({ans}\\)",
+    "Putting it together:\n$$ {ans} $$",
+    "**Final Answer**\nThe final answer is $\\boxed{{{ans}}}$.",
+    "We have $a = {d1}$ and $b = {d2}$, hence the value is $${ans}$$.",
 ]
 PLAIN_TEMPLATES = [  # for answers Math-Verify also extracts as bare numbers
     "First {d1}, then {d2}. Answer: {ans}",
     "<answer> {ans} </answer>",
     "We add {d1} and {d2}, so the answer is {ans}",
     "Counting carefully, we get {d1} then {ans}",
+    "The total cost is {d1} + {d2} = {ans}.",
+    "Therefore, the answer is {ans}.",
+    "Answer: we find x = {ans}",
+    "So {d1} students left and {ans} remain",
 ]
 NO_ANSWER = [
     "I am not sure how to solve this problem.",
@@ -115,7 +258,7 @@ def values(rng):
         w=w, w2p1=2 * w + 1, m=m, e=e, e1=e + 1, sci=sci, x=x, y=y, s=x + y, prod=x * y, k=k,
         pw=x ** k, sq=x * x, r=r, c2r=c * c * r, c2r1=c * c * r + 1, cpi6=f"{c * 3.14159265358979:.6f}",
         c1=c + 1, pc=pc, pcf=f"{pc / 100:g}", pc1=pc + 1, deg=deg, deg1=deg + 1, big=big,
-        bigc=f"{big:,}", big1c=f"{big + 1:,}", b2=b2, a2=a * a, b1=b + 1)
+        bigc=f"{big:,}", big1c=f"{big + 1:,}", big1=big + 1, b2=b2, a2=a * a, b1=b + 1)
 
 
 def label(gold, completion):
@@ -138,11 +281,20 @@ def make_cases(seed=1234):
                 d = dict(d1=rng.randint(1, 50), d2=rng.randint(51, 99), d3=rng.randint(100, 150))
                 completion = tmpl.format(ans=ans, **d)
                 cases.append({"form": form, "gold": gold, "completion": completion})
+    for line in HAND_CASES.strip().splitlines():
+        gold, completion = line.split(" ||| ")
+        cases.append({"form": "hand", "gold": gold, "completion": completion.replace("\\n", "\n")})
     for text in NO_ANSWER:
         cases.append({"form": "no_answer", "gold": "5", "completion": text})
     # Forms where grpo deliberately differs from Math-Verify (documented in math_reward.h).
     cases.append({"form": "divergent", "gold": "1500", "completion": "So \\boxed{1.5e3}."})
     cases.append({"form": "divergent", "gold": "\\frac{5}{2}", "completion": "So \\boxed{2 1/2}."})
+    cases.append({"form": "divergent", "gold": "7294", "completion": "So $\\boxed{7294.}$"})
+    # Hostile-looking but ordinary-sized text: long reasoning with many numbers before the box.
+    filler = " ".join(f"step {k}: {k * 7 % 13} + {k} = {k * 7 % 13 + k}." for k in range(200))
+    cases.append({"form": "long", "gold": "42", "completion": filler + " So \\boxed{42}."})
+    cases.append({"form": "long", "gold": "42", "completion": filler + " Answer: 41"})
+    cases.append({"form": "long", "gold": "13", "completion": filler + " Therefore 13"})
     return cases
 
 

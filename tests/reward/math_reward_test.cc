@@ -32,6 +32,11 @@ TEST_CASE("math extraction: boxed, tags, anchors, rightmost", "[math]") {
   CHECK(Extract("Thus $x = \\frac{3}{4}$.") == "x = \\frac{3}{4}");
   CHECK(Extract("The final answer is $8$. I hope it is correct.") == "8");
   CHECK(Extract("no digits here") == "<none>");
+  CHECK(Extract("The answer is $12$.\n\nCheck: 3 + 4 = 7") == "12");  // '=' search stays on the line
+  CHECK(Extract("The total is 1 234 apples") == "1234");
+  CHECK(Extract("I get 1,5") == "1.5");  // decimal comma, as Math-Verify
+  CHECK(Extract("Therefore, **7**.") == "7");
+  CHECK(Extract("The answer is \\frac{9}{7}") == "\\frac{9}{7}");
   CHECK(Extract("unbalanced \\boxed{12") == "<none>");  // "{12" is no anchored number (as Math-Verify)
 }
 
@@ -95,6 +100,13 @@ TEST_CASE("math equivalence kinds", "[math]") {
   CHECK(MathAnswersEqual("1,2,3", "3,2,1"));
   CHECK(MathAnswersEqual("\\{1,2\\}", "\\{2,1\\}"));
   CHECK_FALSE(MathAnswersEqual("1,2,3", "1,2"));
+  CHECK(MathAnswersEqual("(1,2,3)", "1,2,3"));  // set vs tuple: in written order
+  CHECK_FALSE(MathAnswersEqual("(1,2,3)", "3,2,1"));
+  CHECK_FALSE(MathAnswersEqual("[1,2]", "1,2"));
+  CHECK(MathAnswersEqual("(-\\infty,-2)\\cup(3,\\infty)", "(3,\\infty) \\cup (-\\infty,-2)"));
+  CHECK_FALSE(MathAnswersEqual("(-\\infty,-2)\\cup(3,\\infty)", "(-\\infty,-2)\\cup[3,\\infty)"));
+  CHECK(MathAnswersEqual("3, -3", "\\pm 3"));
+  CHECK(MathAnswersEqual("x \\in [0,1]", "[0,1]"));
   // Expressions with variables, evaluated at fixed points.
   CHECK(MathAnswersEqual("2x+1", "1+2x"));
   CHECK(MathAnswersEqual("x^2-1", "(x-1)(x+1)"));
