@@ -49,7 +49,13 @@ i128 Gcd(i128 a, i128 b) {
   return a;
 }
 
+Scalar Inexact(long double x);
+
 Scalar FromRational(i128 n, i128 d) {
+  constexpr i128 kMin = static_cast<i128>(static_cast<unsigned __int128>(1) << 127);
+  if (n == kMin || d == kMin || d == 0) {
+    return Inexact(static_cast<long double>(n) / static_cast<long double>(d));
+  }
   Scalar r;
   if (d < 0) {
     n = -n;

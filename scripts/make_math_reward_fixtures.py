@@ -199,6 +199,39 @@ x^3 ||| The answer is $x\cdot x\cdot x$.
 (1, 2) ||| The point is (1, 2).
 10 ||| The answer is 10 \n\n Answer: 11
 10 ||| Answer: 10\nSome text. The answer is 11
+B ||| \boxed{B}
+B ||| \boxed{\text{B}}
+B ||| \boxed{(B)}
+\text{B} ||| The answer is B.
+\frac{1}{2} ||| \boxed{\frac{2}{4}}
+\frac{1}{2} ||| \boxed{\dfrac{1}{2}}.
+0.5 ||| $\boxed{\frac{1}{2}}$ or $0.5$
+3 ||| So $x=3$. \n\nAnswer: $\boxed{3}$
+-\frac{3}{4} ||| \boxed{-\dfrac{3}{4}}
+-\frac{3}{4} ||| \boxed{-0.75}
+\frac{-3}{4} ||| \boxed{-\frac34}
+5 ||| \boxed{ 5 }
+5 ||| \boxed{5}\boxed{5}
+20 ||| \boxed{20\%}
+20 ||| \boxed{20 \%}
+0.2 ||| \boxed{20 percent}
+\$ 1.50 ||| \boxed{1.5}
+1.50 ||| \boxed{\$1.50}
+3 \text{ hours} ||| \boxed{3}
+2 ||| \boxed{2 \text{ hours}}
+12 \text{ dollars} ||| \boxed{\$12}
+4 ||| $\boxed{4}$\n\nThe final answer is 4. I hope it is correct.
+6 ||| The final answer is $\boxed{6}$. I hope it is correct.
+x^2 ||| \boxed{x^{2}}
+\frac{x^2}{4} ||| \boxed{\frac{1}{4}x^2}
+\sqrt{2}/2 ||| \boxed{\frac{\sqrt{2}}{2}}
+2^{1/2} ||| \boxed{\sqrt{2}}
+\frac{1}{\sqrt{2}} ||| \boxed{\frac{\sqrt2}{2}}
+1 ||| \boxed{\frac{3}{3}}
+1.0 ||| \boxed{1}
+01 ||| \boxed{1}
+1 ||| \boxed{001}
+10 ||| \boxed{10}^{\circ}
 '''
 
 # Completion templates; {ans} is the predicted answer, {d1}/{d2} decoy numbers.

@@ -124,6 +124,11 @@ TEST_CASE("math hostile inputs return quickly", "[math]") {
   deep += "1" + std::string(10000, '}');
   CHECK_FALSE(MathAnswersEqual("2", deep));
   CHECK(ExtractFinalAnswer("\\boxed" + deep).has_value());
+  std::string nested = std::string(1500, '{') + "1" + std::string(1500, '}');  // under the size cap
+  CHECK_FALSE(MathAnswersEqual("2", nested));
+  std::string roots;
+  for (int k = 0; k < 800; ++k) roots += "\\sqrt";
+  CHECK_FALSE(MathAnswersEqual("2", roots + "{16}"));
   std::string parens(5000, '(');
   CHECK_FALSE(MathAnswersEqual("1", parens + "1" + std::string(5000, ')')));
   std::string big(1 << 20, 'a');
