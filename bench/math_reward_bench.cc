@@ -84,13 +84,14 @@ int main(int argc, char** argv) {
     }
   }
   // Warm up, then time `repeats` passes over the items.
-  volatile int sink = 0;
-  for (const Item& item : items) sink += ScoreItem(item);
+  int hits = 0;
+  for (const Item& item : items) hits += ScoreItem(item);
   auto t0 = std::chrono::steady_clock::now();
   for (int r = 0; r < repeats; ++r)
-    for (const Item& item : items) sink += ScoreItem(item);
+    for (const Item& item : items) hits += ScoreItem(item);
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   double n = static_cast<double>(items.size()) * repeats;
+  if (hits < 0) std::printf("unreachable\n");  // keeps the scoring loop observable
   double ips = n / secs;
   std::printf("items %zu (mean completion %.0f bytes) x %d repeats  #wrong vs Math-Verify %d\n",
               items.size(), items.empty() ? 0.0 : double(total_bytes) / items.size(), repeats,
