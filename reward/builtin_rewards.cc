@@ -1,5 +1,6 @@
 // Registers the built-in reward functions. Each built-in adds one Register call here.
 #include "common/status.h"
+#include "reward/math_reward.h"
 #include "reward/reward.h"
 #include "reward/rule_rewards.h"
 
@@ -13,6 +14,8 @@ void RegisterBuiltinRewards(RewardRegistry* registry) {
   GRPO_CHECK(registry->Register("exact_match", MakeExactMatchReward).ok());
   GRPO_CHECK(registry->Register("regex_match", MakeRegexMatchReward).ok());
   GRPO_CHECK(registry->Register("overlong", MakeOverlongReward).ok());
+  // Math answers (reward/math_reward.h).
+  GRPO_CHECK(registry->Register("math", MakeMathReward).ok());
 }
 
 }  // namespace grpo
