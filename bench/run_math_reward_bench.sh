@@ -4,12 +4,12 @@
 # tests/fixtures/reward/math_cases.jsonl, repeated — with both checked against the Math-Verify
 # labels first (#wrong). Not part of the test suite.
 # Needs: a Release build in $BUILD_DIR (default build); python with math-verify ($PYTHON,
-# default /tmp/venv-mv/bin/python; see scripts/make_math_reward_fixtures.py).
+# default python3; see scripts/make_math_reward_fixtures.py).
 # Usage: bench/run_math_reward_bench.sh [CASES.jsonl]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR=${BUILD_DIR:-build}
-PY=${PYTHON:-/tmp/venv-mv/bin/python}
+PY=${PYTHON:-python3}
 cases=${1:-tests/fixtures/reward/math_cases.jsonl}
 cmake --build "$BUILD_DIR" --target math_reward_bench >/dev/null
 out=$("$PY" bench/math_verify_baseline.py --cases "$cases" --repeats "${MV_REPEATS:-2}")
