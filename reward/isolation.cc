@@ -9,9 +9,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
-#include <algorithm>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
@@ -182,7 +182,9 @@ bool ParseResponse(const std::string& payload, RewardOutput* out) {
   return true;
 }
 
-bool IsExecutable(const std::string& path) { return !path.empty() && access(path.c_str(), X_OK) == 0; }
+bool IsExecutable(const std::string& path) {
+  return !path.empty() && access(path.c_str(), X_OK) == 0;
+}
 
 absl::StatusOr<std::string> FindWorker(const std::string& explicit_path) {
   if (!explicit_path.empty()) {
@@ -206,39 +208,46 @@ absl::StatusOr<std::string> FindWorker(const std::string& explicit_path) {
   }
   std::string tried;
   for (const auto& c : candidates) absl::StrAppend(&tried, tried.empty() ? "" : ", ", c);
-  return absl::NotFoundError(absl::StrCat(
-      "cannot find the grpo_reward_worker executable (tried: ", tried,
-      "); set $GRPO_REWARD_WORKER or the plugin param \"worker\""));
+  return absl::NotFoundError(
+      absl::StrCat("cannot find the grpo_reward_worker executable (tried: ", tried,
+                   "); set $GRPO_REWARD_WORKER or the plugin param \"worker\""));
 }
 
 }  // namespace
 
 absl::Status IsolatedRewardOptions::Validate() const {
-  if (plugin_path.empty()) return absl::InvalidArgumentError("\"path\" (the plugin .so) is required");
+  if (plugin_path.empty())
+    return absl::InvalidArgumentError("\"path\" (the plugin .so) is required");
   if (deadline_ms < 1 || deadline_ms > 3600 * 1000) {
-    return absl::InvalidArgumentError(absl::StrCat("\"deadline_ms\" must be in [1, 3600000], got ", deadline_ms));
+    return absl::InvalidArgumentError(
+        absl::StrCat("\"deadline_ms\" must be in [1, 3600000], got ", deadline_ms));
   }
   if (num_workers < 1 || num_workers > 256) {
-    return absl::InvalidArgumentError(absl::StrCat("\"num_workers\" must be in [1, 256], got ", num_workers));
+    return absl::InvalidArgumentError(
+        absl::StrCat("\"num_workers\" must be in [1, 256], got ", num_workers));
   }
   if (startup_ms < 1) return absl::InvalidArgumentError("\"startup_ms\" must be positive");
   if (!params.is_object()) return absl::InvalidArgumentError("\"params\" must be a JSON object");
   return absl::OkStatus();
 }
 
-absl::StatusOr<IsolatedRewardOptions> IsolatedRewardOptions::FromJson(const nlohmann::json& params) {
+absl::StatusOr<IsolatedRewardOptions> IsolatedRewardOptions::FromJson(
+    const nlohmann::json& params) {
   IsolatedRewardOptions o;
   if (!params.is_object()) return absl::InvalidArgumentError("plugin params must be a JSON object");
   auto get_int = [](const nlohmann::json& v, const char* key, int* out) -> absl::Status {
-    if (!v.is_number_integer()) return absl::InvalidArgumentError(absl::StrCat("\"", key, "\" must be an integer"));
+    if (!v.is_number_integer())
+      return absl::InvalidArgumentError(absl::StrCat("\"", key, "\" must be an integer"));
     int64_t x = v.get<int64_t>();
-    if (x < INT_MIN || x > INT_MAX) return absl::InvalidArgumentError(absl::StrCat("\"", key, "\" is out of range"));
+    if (x < INT_MIN || x > INT_MAX)
+      return absl::InvalidArgumentError(absl::StrCat("\"", key, "\" is out of range"));
     *out = static_cast<int>(x);
     return absl::OkStatus();
   };
   for (const auto& [key, v] : params.items()) {
     if (key == "path" || key == "worker") {
-      if (!v.is_string()) return absl::InvalidArgumentError(absl::StrCat("\"", key, "\" must be a string"));
+      if (!v.is_string())
+        return absl::InvalidArgumentError(absl::StrCat("\"", key, "\" must be a string"));
       (key == "path" ? o.plugin_path : o.worker_path) = v.get<std::string>();
     } else if (key == "deadline_ms") {
       RETURN_IF_ERROR(get_int(v, "deadline_ms", &o.deadline_ms));
@@ -261,7 +270,8 @@ absl::StatusOr<IsolatedRewardOptions> IsolatedRewardOptions::FromJson(const nloh
   return o;
 }
 
-absl::StatusOr<std::unique_ptr<IsolatedReward>> IsolatedReward::Create(IsolatedRewardOptions options) {
+absl::StatusOr<std::unique_ptr<IsolatedReward>> IsolatedReward::Create(
+    IsolatedRewardOptions options) {
   RETURN_IF_ERROR(options.Validate());
   if (access(options.plugin_path.c_str(), R_OK) != 0) {
     return absl::NotFoundError(absl::StrCat("plugin file '", options.plugin_path,
@@ -272,9 +282,11 @@ absl::StatusOr<std::unique_ptr<IsolatedReward>> IsolatedReward::Create(IsolatedR
     options.plugin_path = absl::StrCat("./", options.plugin_path);
   }
   ASSIGN_OR_RETURN(std::string worker_path, FindWorker(options.worker_path));
-  std::unique_ptr<IsolatedReward> fn(new IsolatedReward(std::move(options), std::move(worker_path)));
+  std::unique_ptr<IsolatedReward> fn(
+      new IsolatedReward(std::move(options), std::move(worker_path)));
   for (auto& w : fn->workers_) {
-    RETURN_IF_ERROR(WithContext(fn->StartWorker(*w), absl::StrCat("plugin '", fn->options_.plugin_path, "'")));
+    RETURN_IF_ERROR(
+        WithContext(fn->StartWorker(*w), absl::StrCat("plugin '", fn->options_.plugin_path, "'")));
   }
   return fn;
 }
@@ -296,8 +308,9 @@ absl::Status IsolatedReward::StartWorker(Worker& w) const {
   }
   // Everything the child needs is prepared before fork(): between fork and exec it may only make
   // async-signal-safe calls (other host threads may hold malloc or other locks).
-  std::string arg0 = "grpo_reward_worker", arg1 = options_.plugin_path;
-  char* argv[] = {arg0.data(), arg1.data(), nullptr};
+  std::string arg0 = "grpo_reward_worker", arg1 = options_.plugin_path,
+              arg2 = std::to_string(options_.deadline_ms);
+  char* argv[] = {arg0.data(), arg1.data(), arg2.data(), nullptr};
   const char* exe = worker_path_.c_str();
   pid_t pid = fork();
   if (pid < 0) {
@@ -321,7 +334,8 @@ absl::Status IsolatedReward::StartWorker(Worker& w) const {
   w.fd = sv[0];
   Frame hello;
   bool malformed = false;
-  Io io = RecvFrame(w.fd, Clock::now() + std::chrono::milliseconds(options_.startup_ms), &hello, &malformed);
+  Io io = RecvFrame(w.fd, Clock::now() + std::chrono::milliseconds(options_.startup_ms), &hello,
+                    &malformed);
   if (io == Io::kTimeout) {
     KillAndReap(&w.pid, &w.fd);
     return absl::DeadlineExceededError(
@@ -361,7 +375,8 @@ void IsolatedReward::ScoreOne(Worker& w, const RewardInput& input, RewardOutput&
   std::string body = request.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   if (body.size() > kMaxFrameBytes) {
     errors_.fetch_add(1);
-    Fail("error", absl::StrCat("request of ", body.size(), " bytes is over the limit"), fail_score, &out);
+    Fail("error", absl::StrCat("request of ", body.size(), " bytes is over the limit"), fail_score,
+         &out);
     return;
   }
   uint32_t len = static_cast<uint32_t>(body.size());
@@ -382,15 +397,17 @@ void IsolatedReward::ScoreOne(Worker& w, const RewardInput& input, RewardOutput&
   if (io == Io::kClosed) {
     int status = KillAndReap(&w.pid, &w.fd);
     crashes_.fetch_add(1);
-    Fail("crash", malformed ? "worker sent a malformed frame" : DescribeDeath(status), fail_score, &out);
+    Fail("crash", malformed ? "worker sent a malformed frame" : DescribeDeath(status), fail_score,
+         &out);
     (void)StartWorker(w);
     return;
   }
   if (frame.code != GRPO_REWARD_OK) {
     errors_.fetch_add(1);
-    std::string message = frame.code == kWorkerError
-                              ? frame.payload
-                              : absl::StrCat("plugin error (code ", frame.code, "): ", frame.payload);
+    std::string message =
+        frame.code == kWorkerError
+            ? frame.payload
+            : absl::StrCat("plugin error (code ", frame.code, "): ", frame.payload);
     Fail("error", std::move(message), fail_score, &out);
     return;
   }
@@ -437,9 +454,11 @@ std::vector<int> IsolatedReward::WorkerPidsForTest() const {
 
 absl::Status RegisterPluginReward(RewardRegistry* registry) {
   return registry->Register(
-      "plugin", [](const nlohmann::json& params) -> absl::StatusOr<std::unique_ptr<RewardFunction>> {
+      "plugin",
+      [](const nlohmann::json& params) -> absl::StatusOr<std::unique_ptr<RewardFunction>> {
         ASSIGN_OR_RETURN(IsolatedRewardOptions options, IsolatedRewardOptions::FromJson(params));
-        ASSIGN_OR_RETURN(std::unique_ptr<IsolatedReward> fn, IsolatedReward::Create(std::move(options)));
+        ASSIGN_OR_RETURN(std::unique_ptr<IsolatedReward> fn,
+                         IsolatedReward::Create(std::move(options)));
         return std::unique_ptr<RewardFunction>(std::move(fn));
       });
 }

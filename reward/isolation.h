@@ -18,8 +18,8 @@
 //    Score(), so a hanging item delays only its own worker's queue by at most its deadline.
 //    Concurrent Score() calls are serialized (one pool).
 //  - The destructor closes, kills and reaps every worker: no zombies. A worker whose host dies
-//    sees EOF on its socket and exits (unless it is hung inside the plugin: then it lingers until
-//    killed; we do not use PR_SET_PDEATHSIG because it fires when the forking *thread* exits).
+//    sees EOF on its socket and exits; one hung inside the plugin dies by its own alarm()
+//    (deadline + 2 s). PR_SET_PDEATHSIG is not used: it fires when the forking *thread* exits.
 //
 // Failed items carry a component "isolation/timeout", "isolation/crash" or "isolation/error"
 // equal to 1, so a batch's failures are visible per item; counters() gives the running totals.
@@ -49,10 +49,10 @@ struct RewardCounters {
 };
 
 struct IsolatedRewardOptions {
-  std::string plugin_path;     // the plugin .so
-  int deadline_ms = 1000;      // per item, from dispatch to response
-  int num_workers = 2;         // worker processes in the pool
-  double failure_score = 0.0;  // score of an item that failed
+  std::string plugin_path;                           // the plugin .so
+  int deadline_ms = 1000;                            // per item, from dispatch to response
+  int num_workers = 2;                               // worker processes in the pool
+  double failure_score = 0.0;                        // score of an item that failed
   nlohmann::json params = nlohmann::json::object();  // passed to the plugin in every request
   // The worker executable; empty: $GRPO_REWARD_WORKER, then grpo_reward_worker next to the
   // running binary, then the one built with this tree.

@@ -48,8 +48,8 @@ extern "C" {
 #define GRPO_REWARD_BUFFER_TOO_SMALL 2
 
 /* Required. Scores one item (see above). */
-int grpo_reward_score(const char* request_json, size_t request_len, char* out_json,
-                      size_t out_cap, size_t* out_len);
+int grpo_reward_score(const char* request_json, size_t request_len, char* out_json, size_t out_cap,
+                      size_t* out_len);
 typedef int (*grpo_reward_score_fn)(const char*, size_t, char*, size_t, size_t*);
 
 /* Optional. Returns the ABI version the plugin was written for; when exported it must equal
@@ -58,7 +58,7 @@ int grpo_reward_abi_version(void);
 typedef int (*grpo_reward_abi_version_fn)(void);
 
 #ifdef __cplusplus
-}  /* extern "C" */
+} /* extern "C" */
 #endif
 
 #endif /* GRPO_REWARD_PLUGIN_ABI_H_ */

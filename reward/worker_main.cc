@@ -3,7 +3,11 @@
 // when an item runs past its deadline. Not meant to be run by hand; the protocol is in
 // reward/worker_protocol.h, the plugin ABI in reward/plugin_abi.h.
 //
-// Usage: grpo_reward_worker <plugin.so>   (with the host's socket on fd 3)
+// Usage: grpo_reward_worker <plugin.so> <deadline_ms>   (with the host's socket on fd 3)
+//
+// The host SIGKILLs a worker whose item runs past deadline_ms. As a backstop for a host that died
+// first, the worker also arms alarm() for deadline + 2 s around each plugin call: a worker hung
+// in a plugin cannot outlive its host by more than that.
 //
 // Deliberately tiny: libc and libdl only, no threads, so a plugin's bugs meet as little of our
 // code as possible.
@@ -13,6 +17,7 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -64,12 +69,14 @@ bool SendFrame(int32_t code, const std::string& payload) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    const char kUsage[] = "usage: grpo_reward_worker <plugin.so> (started by grpo, fd 3)\n";
+  if (argc != 3) {
+    const char kUsage[] =
+        "usage: grpo_reward_worker <plugin.so> <deadline_ms> (started by grpo, fd 3)\n";
     (void)!write(2, kUsage, sizeof(kUsage) - 1);
     return 2;
   }
   const std::string path = argv[1];
+  const unsigned alarm_s = static_cast<unsigned>(std::strtoul(argv[2], nullptr, 10) / 1000 + 2);
   void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (handle == nullptr) {
     const char* err = dlerror();
@@ -78,8 +85,9 @@ int main(int argc, char** argv) {
   }
   auto score = reinterpret_cast<grpo_reward_score_fn>(dlsym(handle, "grpo_reward_score"));
   if (score == nullptr) {
-    SendFrame(kWorkerError, "plugin " + path + " does not export grpo_reward_score (see "
-                            "reward/plugin_abi.h)");
+    SendFrame(kWorkerError, "plugin " + path +
+                                " does not export grpo_reward_score (see "
+                                "reward/plugin_abi.h)");
     return 1;
   }
   auto version =
@@ -102,17 +110,19 @@ int main(int argc, char** argv) {
     if (!ReadAll(kWorkerFd, request.data(), len)) return 0;
 
     size_t out_len = 0;
+    alarm(alarm_s);
     int rc = score(request.data(), request.size(), out.data(), out.size(), &out_len);
     if (rc == GRPO_REWARD_BUFFER_TOO_SMALL && out_len > out.size() && out_len <= kMaxFrameBytes) {
       out.resize(out_len);
       out_len = 0;
       rc = score(request.data(), request.size(), out.data(), out.size(), &out_len);
     }
+    alarm(0);
     bool sent;
     if (rc == GRPO_REWARD_BUFFER_TOO_SMALL) {
-      sent = SendFrame(kWorkerError, "plugin response does not fit in " +
-                                         std::to_string(out.size()) + " bytes (asked for " +
-                                         std::to_string(out_len) + ")");
+      sent =
+          SendFrame(kWorkerError, "plugin response does not fit in " + std::to_string(out.size()) +
+                                      " bytes (asked for " + std::to_string(out_len) + ")");
     } else if (out_len > out.size()) {
       sent = SendFrame(kWorkerError, "plugin reported *out_len " + std::to_string(out_len) +
                                          " > out_cap " + std::to_string(out.size()));

@@ -1,8 +1,8 @@
 // The wire protocol between IsolatedReward (reward/isolation.cc) and its worker processes
 // (reward/worker_main.cc). Internal to grpo: plugins never see it (they see plugin_abi.h).
 //
-// The worker is exec'd as `grpo_reward_worker <plugin.so>` with a connected AF_UNIX stream
-// socket on fd kWorkerFd (its stdout is redirected to stderr so plugin prints cannot corrupt
+// The worker is exec'd as `grpo_reward_worker <plugin.so> <deadline_ms>` with a connected AF_UNIX
+// stream socket on fd kWorkerFd (its stdout is redirected to stderr so plugin prints cannot corrupt
 // the stream). All integers are host byte order (both ends are the same machine).
 //   worker -> host, once at start: a response frame; code 0 = plugin loaded, otherwise the
 //                                  payload says why loading failed and the worker exits.

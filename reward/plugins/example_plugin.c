@@ -67,11 +67,14 @@ int grpo_reward_score(const char* req, size_t req_len, char* out, size_t cap, si
     return reply(GRPO_REWARD_ERROR, out, cap, out_len,
                  "completion must be a string and ground_truth a string or number");
   }
-  found = truth_len == 0 || memmem(completion, (size_t)completion_len, truth, (size_t)truth_len) != NULL;
+  found = truth_len == 0 ||
+          memmem(completion, (size_t)completion_len, truth, (size_t)truth_len) != NULL;
   free(completion);
   free(truth);
-  n = snprintf(buf, sizeof(buf), "{\"score\": %.17g, \"components\": {\"contains\": %d}, \"info\": \"%s\"}",
-               found ? found_score : 0.0, found, found ? "ground truth found" : "ground truth not found");
-  if (n < 0 || (size_t)n >= sizeof(buf)) return reply(GRPO_REWARD_ERROR, out, cap, out_len, "format");
+  n = snprintf(
+      buf, sizeof(buf), "{\"score\": %.17g, \"components\": {\"contains\": %d}, \"info\": \"%s\"}",
+      found ? found_score : 0.0, found, found ? "ground truth found" : "ground truth not found");
+  if (n < 0 || (size_t)n >= sizeof(buf))
+    return reply(GRPO_REWARD_ERROR, out, cap, out_len, "format");
   return reply(GRPO_REWARD_OK, out, cap, out_len, buf);
 }

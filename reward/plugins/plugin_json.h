@@ -89,10 +89,14 @@ static int pj_hex4(const char* p, unsigned* out) {
   for (i = 0; i < 4; ++i) {
     char c = p[i];
     v <<= 4;
-    if (c >= '0' && c <= '9') v |= (unsigned)(c - '0');
-    else if (c >= 'a' && c <= 'f') v |= (unsigned)(c - 'a' + 10);
-    else if (c >= 'A' && c <= 'F') v |= (unsigned)(c - 'A' + 10);
-    else return 0;
+    if (c >= '0' && c <= '9')
+      v |= (unsigned)(c - '0');
+    else if (c >= 'a' && c <= 'f')
+      v |= (unsigned)(c - 'a' + 10);
+    else if (c >= 'A' && c <= 'F')
+      v |= (unsigned)(c - 'A' + 10);
+    else
+      return 0;
   }
   *out = v;
   return 1;
@@ -112,13 +116,26 @@ static long pj_decode_string(const char* v, const char* v_end, char* out) {
     }
     if (++p >= v_end - 1) return -1;
     switch (*p) {
-      case 'n': *o++ = '\n'; continue;
-      case 't': *o++ = '\t'; continue;
-      case 'r': *o++ = '\r'; continue;
-      case 'b': *o++ = '\b'; continue;
-      case 'f': *o++ = '\f'; continue;
-      case 'u': break;
-      default: *o++ = *p; continue; /* \" \\ \/ */
+      case 'n':
+        *o++ = '\n';
+        continue;
+      case 't':
+        *o++ = '\t';
+        continue;
+      case 'r':
+        *o++ = '\r';
+        continue;
+      case 'b':
+        *o++ = '\b';
+        continue;
+      case 'f':
+        *o++ = '\f';
+        continue;
+      case 'u':
+        break;
+      default:
+        *o++ = *p;
+        continue; /* \" \\ \/ */
     }
     if (v_end - 1 - (p + 1) < 4 || !pj_hex4(p + 1, &cp)) return -1;
     p += 4;

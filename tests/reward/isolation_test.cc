@@ -1,15 +1,16 @@
 // Tests for IsolatedReward (reward/isolation.h): plugins scored in killable worker processes.
 // Uses the in-tree example plugin and test plugins that hang, crash or lie
 // (tests/reward/plugins/). Deadlines are small (200 ms); elapsed times are checked loosely.
+#include "reward/isolation.h"
+
 #include <sys/wait.h>
 
+#include <catch2/catch.hpp>
 #include <cerrno>
 #include <chrono>
 #include <string>
 #include <vector>
 
-#include <catch2/catch.hpp>
-#include "reward/isolation.h"
 #include "reward/reward.h"
 
 namespace grpo {
@@ -60,9 +61,9 @@ TEST_CASE("example plugin scores a batch across the worker pool", "[isolation]")
     std::string truth = "ans\"wer-é-" + std::to_string(i);
     batch.push_back(Item(i % 2 == 0 ? "so the result is " + truth + "." : "no idea", truth));
   }
-  batch.push_back(Item("x = 42", 42));    // numeric ground truth
+  batch.push_back(Item("x = 42", 42));  // numeric ground truth
   batch.push_back(Item("x = 43", 42));
-  batch.push_back(Item("anything"));      // no ground truth: a per-item error
+  batch.push_back(Item("anything"));  // no ground truth: a per-item error
   auto out = fn->Score(batch);
   REQUIRE(out.size() == batch.size());
   for (int i = 0; i < 50; ++i) {
@@ -99,7 +100,8 @@ TEST_CASE("plugin factory in the registry passes params through", "[isolation]")
   CHECK(out[0].info == "ground truth found");
   CHECK(out[1].score == 0.0);
 
-  auto bad = RewardRegistry::Global().Create("plugin", {{"path", GRPO_EXAMPLE_PLUGIN}, {"deadlin_ms", 5}});
+  auto bad =
+      RewardRegistry::Global().Create("plugin", {{"path", GRPO_EXAMPLE_PLUGIN}, {"deadlin_ms", 5}});
   REQUIRE_FALSE(bad.ok());
   CHECK(bad.status().message().find("unknown field \"deadlin_ms\"") != std::string::npos);
   auto no_path = RewardRegistry::Global().Create("plugin", {{"deadline_ms", 5}});
@@ -204,7 +206,8 @@ TEST_CASE("plugins that cannot be loaded fail at creation with a clear error", "
 
   auto no_symbol = IsolatedReward::Create(Options(GRPO_NOSYMBOL_PLUGIN));
   REQUIRE_FALSE(no_symbol.ok());
-  CHECK(no_symbol.status().message().find("does not export grpo_reward_score") != std::string::npos);
+  CHECK(no_symbol.status().message().find("does not export grpo_reward_score") !=
+        std::string::npos);
 
   auto bad_abi = IsolatedReward::Create(Options(GRPO_BADABI_PLUGIN));
   REQUIRE_FALSE(bad_abi.ok());

@@ -44,9 +44,12 @@ int grpo_reward_score(const char* req, size_t req_len, char* out, size_t cap, si
     *null_ptr = 1;
   }
   if (is(completion, n, "exit")) _exit(3);
-  if (is(completion, n, "garbage")) return put("}{ not json", 11, out, cap, out_len, GRPO_REWARD_OK);
-  if (is(completion, n, "noscore")) return put("{\"info\": \"x\"}", 13, out, cap, out_len, GRPO_REWARD_OK);
-  if (is(completion, n, "fail")) return put("fail requested", 14, out, cap, out_len, GRPO_REWARD_ERROR);
+  if (is(completion, n, "garbage"))
+    return put("}{ not json", 11, out, cap, out_len, GRPO_REWARD_OK);
+  if (is(completion, n, "noscore"))
+    return put("{\"info\": \"x\"}", 13, out, cap, out_len, GRPO_REWARD_OK);
+  if (is(completion, n, "fail"))
+    return put("fail requested", 14, out, cap, out_len, GRPO_REWARD_ERROR);
   if (is(completion, n, "liar")) {
     *out_len = cap + 10;
     return GRPO_REWARD_OK;
@@ -68,6 +71,7 @@ int grpo_reward_score(const char* req, size_t req_len, char* out, size_t cap, si
       pj_find(p, (size_t)(p_end - p), "bonus", &b, &b_end)) {
     bonus = strtod(b, NULL);
   }
-  n = snprintf(buf, sizeof(buf), "{\"score\": %.17g, \"components\": {\"len\": %ld}}", 1.0 + bonus, n);
+  n = snprintf(buf, sizeof(buf), "{\"score\": %.17g, \"components\": {\"len\": %ld}}", 1.0 + bonus,
+               n);
   return put(buf, (size_t)n, out, cap, out_len, GRPO_REWARD_OK);
 }
