@@ -3,10 +3,11 @@
 // Registered as the "plugin" reward function.
 //
 // Isolation model:
-//  - Workers are separate processes: fork()+exec() of the grpo_reward_worker executable
-//    (reward/worker_main.cc), which dlopen()s the plugin. Exec'ing, not a bare fork(), because
-//    the host is multi-threaded (OpenMP, gRPC, other batches): after fork() the child runs only
-//    async-signal-safe calls (dup2, fcntl, execv, _exit) before exec.
+//  - Workers are separate processes: posix_spawn() (vfork+exec) of the grpo_reward_worker
+//    executable (reward/worker_main.cc), which dlopen()s the plugin. Exec'ing, not a bare fork(),
+//    because the host is multi-threaded (OpenMP, gRPC, other batches: a forked child could
+//    inherit a held malloc or loader lock) and may have a huge address space (fork copies page
+//    tables); the plugin's constructors and code never run in the host.
 //  - Each item has a deadline (deadline_ms, from the moment it is sent to a worker). Past it the
 //    worker gets SIGKILL, is reaped and replaced at once (start-up is outside the item's
 //    deadline; startup_ms bounds it); the item gets failure_score, error "timeout after N ms",
