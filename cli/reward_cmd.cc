@@ -72,7 +72,7 @@ int Score(const std::vector<std::string>& args) {
           "(+ optional \"completion_ids\", \"extra\") with the rewards in a reward config, e.g.\n"
           "configs/rewards/countdown.json, and writes {\"score\", \"components\", \"error\"} per\n"
           "non-empty line (\"error\" null or a string; a malformed line gets an error, not a crash).\n"
-          "Rewards: math, countdown, format, gsm8k, exact_match, regex_match, overlong.");
+          "Rewards: math, countdown, format, gsm8k, exact_match, regex_match, overlong, plugin.");
   f.Add("config", "reward config JSON ({\"rewards\": [...], \"failure_score\": 0})", "", true);
   f.Add("in", "input JSONL", "", true);
   f.Add("out", "output JSONL", "", true);

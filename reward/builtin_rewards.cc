@@ -1,6 +1,7 @@
 // Registers the built-in reward functions. Each built-in adds one Register call here.
 #include "common/status.h"
 #include "reward/math_reward.h"
+#include "reward/isolation.h"
 #include "reward/reward.h"
 #include "reward/rule_rewards.h"
 
@@ -16,6 +17,8 @@ void RegisterBuiltinRewards(RewardRegistry* registry) {
   GRPO_CHECK(registry->Register("overlong", MakeOverlongReward).ok());
   // Math answers (reward/math_reward.h).
   GRPO_CHECK(registry->Register("math", MakeMathReward).ok());
+  // C-ABI plugins in worker subprocesses with hard deadlines (reward/isolation.h).
+  GRPO_CHECK(RegisterPluginReward(registry).ok());
 }
 
 }  // namespace grpo
