@@ -9,8 +9,8 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
-#include <string>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -75,12 +75,14 @@ absl::StatusOr<RewardInput> ParseItem(std::string_view line) {
 }
 
 int Score(const std::vector<std::string>& args) {
-  Flags f("grpo reward score --config R.json --in IN.jsonl --out OUT.jsonl",
-          "Scores each JSONL line {\"prompt\", \"completion\", \"ground_truth\", \"data_source\"}\n"
-          "(+ optional \"completion_ids\", \"extra\") with the rewards in a reward config, e.g.\n"
-          "configs/rewards/countdown.json, and writes {\"score\", \"components\", \"error\"} per\n"
-          "non-empty line (\"error\" null or a string; a malformed line gets an error, not a crash).\n"
-          "Rewards: math, countdown, format, gsm8k, exact_match, regex_match, overlong, plugin, remote.");
+  Flags f(
+      "grpo reward score --config R.json --in IN.jsonl --out OUT.jsonl",
+      "Scores each JSONL line {\"prompt\", \"completion\", \"ground_truth\", \"data_source\"}\n"
+      "(+ optional \"completion_ids\", \"extra\") with the rewards in a reward config, e.g.\n"
+      "configs/rewards/countdown.json, and writes {\"score\", \"components\", \"error\"} per\n"
+      "non-empty line (\"error\" null or a string; a malformed line gets an error, not a crash).\n"
+      "Rewards: math, countdown, format, gsm8k, exact_match, regex_match, overlong, plugin, "
+      "remote.");
   f.Add("config", "reward config JSON ({\"rewards\": [...], \"failure_score\": 0})", "", true);
   f.Add("in", "input JSONL", "", true);
   f.Add("out", "output JSONL", "", true);
@@ -147,7 +149,8 @@ int Score(const std::vector<std::string>& args) {
   }
   if (absl::Status s = WriteFileAtomic(f.Get("out"), out); !s.ok()) return Fail(s);
   std::printf("wrote %s: %zu lines, %zu errors, mean score %.4f\n", f.Get("out").c_str(),
-              rows.size(), num_errors, rows.empty() ? 0.0 : total / static_cast<double>(rows.size()));
+              rows.size(), num_errors,
+              rows.empty() ? 0.0 : total / static_cast<double>(rows.size()));
   return 0;
 }
 
@@ -170,10 +173,12 @@ int Serve(const std::vector<std::string>& args) {
     max_batch = std::stoi(f.Get("max_batch_size"), &used);
     if (used != f.Get("max_batch_size").size()) throw std::invalid_argument("max_batch_size");
   } catch (const std::exception&) {
-    return UsageError(absl::InvalidArgumentError("--port and --max_batch_size must be integers"), f);
+    return UsageError(absl::InvalidArgumentError("--port and --max_batch_size must be integers"),
+                      f);
   }
   if (port < 0 || port > 65535 || max_batch < 1) {
-    return UsageError(absl::InvalidArgumentError("--port must be in [0, 65535], --max_batch_size >= 1"), f);
+    return UsageError(
+        absl::InvalidArgumentError("--port must be in [0, 65535], --max_batch_size >= 1"), f);
   }
   auto config_json = ReadJsonFile(f.Get("config"));
   if (!config_json.ok()) {

@@ -92,7 +92,8 @@ absl::StatusOr<RewardInput> RewardScorer::ToRewardInput(const RewardItem& item) 
         {&item.data_source(), "data_source"},
         {&item.ground_truth_json(), "ground_truth_json"},
         {&item.extra_json(), "extra_json"}}) {
-    if (!IsValidUtf8(*text)) return absl::InvalidArgumentError(absl::StrCat(field, ": invalid UTF-8"));
+    if (!IsValidUtf8(*text))
+      return absl::InvalidArgumentError(absl::StrCat(field, ": invalid UTF-8"));
   }
   in.prompt = item.prompt();
   in.completion = item.completion();
@@ -106,9 +107,8 @@ absl::StatusOr<RewardInput> RewardScorer::ToRewardInput(const RewardItem& item) 
 absl::Status RewardScorer::Score(const ScoreRequest& request, ScoreResponse* response) const {
   const int num_items = request.items_size();
   if (num_items > max_batch_size_) {
-    return absl::InvalidArgumentError(absl::StrCat("batch of ", num_items,
-                                                   " items is over the server's maximum of ",
-                                                   max_batch_size_));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "batch of ", num_items, " items is over the server's maximum of ", max_batch_size_));
   }
   // Well-formed items are scored as one batch; malformed ones keep their error.
   std::vector<RewardInput> inputs;
@@ -174,9 +174,9 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartRewardServer(grpc::Service* s
   if (port < 0 || port > 65535) {
     return absl::InvalidArgumentError(absl::StrCat("port ", port, " is not in [0, 65535]"));
   }
-  const std::string address =
-      host.find(':') != std::string::npos ? absl::StrCat("[", host, "]:", port)
-                                          : absl::StrCat(host, ":", port);
+  const std::string address = host.find(':') != std::string::npos
+                                  ? absl::StrCat("[", host, "]:", port)
+                                  : absl::StrCat(host, ":", port);
   grpc::ServerBuilder builder;
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), selected_port);
   builder.RegisterService(service);
@@ -247,10 +247,10 @@ std::vector<RewardOutput> RemoteReward::Score(absl::Span<const RewardInput> batc
   const grpc::Status status = stub_->Score(&ctx, request, &response);
   std::string batch_error;
   if (!status.ok()) {
-    batch_error = absl::StrCat("remote reward ", options_.address, ": ",
-                               absl::StatusCodeToString(static_cast<absl::StatusCode>(
-                                   status.error_code())),
-                               ": ", status.error_message());
+    batch_error =
+        absl::StrCat("remote reward ", options_.address, ": ",
+                     absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code())),
+                     ": ", status.error_message());
   } else if (static_cast<size_t>(response.results_size()) != sent.size()) {
     batch_error = absl::StrCat("remote reward ", options_.address, ": returned ",
                                response.results_size(), " results for ", sent.size(), " items");
@@ -275,7 +275,8 @@ std::vector<RewardOutput> RemoteReward::Score(absl::Span<const RewardInput> batc
 
 absl::Status RegisterRemoteReward(RewardRegistry* registry) {
   return registry->Register(
-      "remote", [](const nlohmann::json& params) -> absl::StatusOr<std::unique_ptr<RewardFunction>> {
+      "remote",
+      [](const nlohmann::json& params) -> absl::StatusOr<std::unique_ptr<RewardFunction>> {
         ASSIGN_OR_RETURN(RemoteRewardOptions options, RemoteRewardOptions::FromJson(params));
         return std::make_unique<RemoteReward>(std::move(options));
       });

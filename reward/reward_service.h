@@ -15,12 +15,12 @@
 //    failure score; an item with invalid UTF-8 text is not sent and gets its own error.
 #pragma once
 
+#include <grpcpp/grpcpp.h>
+
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/status/statusor.h"
 #include "nlohmann/json.hpp"

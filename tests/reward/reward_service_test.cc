@@ -30,11 +30,12 @@ const nlohmann::json kConfig = nlohmann::json::parse(R"({
 })");
 
 nlohmann::json PluginConfig() {
-  return {{"rewards",
-           {{{"name", "plugin"},
-             {"key", "faulty"},
-             {"params", {{"path", GRPO_FAULTY_PLUGIN}, {"deadline_ms", 300}, {"num_workers", 1}}}}}},
-          {"failure_score", -1.0}};
+  return {
+      {"rewards",
+       {{{"name", "plugin"},
+         {"key", "faulty"},
+         {"params", {{"path", GRPO_FAULTY_PLUGIN}, {"deadline_ms", 300}, {"num_workers", 1}}}}}},
+      {"failure_score", -1.0}};
 }
 
 // A RewardService on 127.0.0.1:<free port> and a client stub for it.
@@ -87,7 +88,8 @@ ScoreRequest Batch(int seed, int n) {
     const bool formatted = (i + seed) % 2 == 0;
     std::string text = "<answer>" + std::to_string(right ? answer : answer + 1) + "</answer>";
     if (formatted) text = "<think>hm</think>" + text;
-    *req.add_items() = Item(text, "\"" + std::to_string(answer) + "\"", i % 4 == 3 ? "other" : "qa");
+    *req.add_items() =
+        Item(text, "\"" + std::to_string(answer) + "\"", i % 4 == 3 ? "other" : "qa");
   }
   return req;
 }
@@ -128,7 +130,8 @@ TEST_CASE("service scores equal RewardSet::Score", "[service]") {
   RequireSame(resp, want);
   // The batch is not trivial: some right, some wrong, some formatted.
   int num_right = 0;
-  for (const RewardOutput& o : want) num_right += o.components.count("exact_match") && o.components.at("exact_match") == 1.0;
+  for (const RewardOutput& o : want)
+    num_right += o.components.count("exact_match") && o.components.at("exact_match") == 1.0;
   CHECK(num_right > 0);
   CHECK(num_right < 9);
   CHECK(resp.counters_size() == 0);  // no plugin rewards
@@ -196,9 +199,9 @@ TEST_CASE("scorer rejects invalid UTF-8 per item", "[service]") {
   CHECK(resp.results(0).error().find("invalid UTF-8") != std::string::npos);
   CHECK(resp.results(1).score() == 1.0);
   CHECK(IsValidUtf8("h\xc3\xa9llo"));
-  CHECK_FALSE(IsValidUtf8("\xc0\xaf"));        // overlong
-  CHECK_FALSE(IsValidUtf8("\xed\xa0\x80"));    // surrogate
-  CHECK_FALSE(IsValidUtf8("\xe2\x82"));        // truncated
+  CHECK_FALSE(IsValidUtf8("\xc0\xaf"));      // overlong
+  CHECK_FALSE(IsValidUtf8("\xed\xa0\x80"));  // surrogate
+  CHECK_FALSE(IsValidUtf8("\xe2\x82"));      // truncated
 }
 
 TEST_CASE("service rejects a batch over its maximum", "[service]") {
@@ -255,9 +258,10 @@ TEST_CASE("remote reward against a dead port fails every item within its deadlin
     TestServer ts(kConfig);  // bind a free port, then stop serving on it
     dead_port = ts.port;
   }
-  auto fn = RewardRegistry::Global().Create(
-      "remote", {{"address", "127.0.0.1:" + std::to_string(dead_port)}, {"deadline_ms", 500},
-                 {"failure_score", -3}});
+  auto fn = RewardRegistry::Global().Create("remote",
+                                            {{"address", "127.0.0.1:" + std::to_string(dead_port)},
+                                             {"deadline_ms", 500},
+                                             {"failure_score", -3}});
   REQUIRE(fn.ok());
   std::vector<RewardInput> inputs(3);
   for (auto& in : inputs) in.completion = "x";
@@ -281,7 +285,7 @@ TEST_CASE("service survives a hanging and a crashing plugin", "[service]") {
   auto start = Clock::now();
   REQUIRE(ts.Score(req, &resp).ok());
   const long ms = ElapsedMs(start);
-  CHECK(ms >= 250);   // waited for the 300 ms deadline
+  CHECK(ms >= 250);  // waited for the 300 ms deadline
   CHECK(ms < 5000);
   REQUIRE(resp.results_size() == 2);
   INFO(resp.results(0).error());
