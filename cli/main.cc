@@ -24,6 +24,7 @@ constexpr char kUsage[] =
     "  tokenize         encode JSONL {\"text\"} lines to {\"ids\"} with a tokenizer.json\n"
     "  detokenize       decode JSONL {\"ids\"} lines to {\"text\"} with a tokenizer.json\n"
     "  reward score     score JSONL completions with the rewards of a reward config\n"
+    "  reward serve     serve a reward config as a gRPC RewardService\n"
     "\n"
     "Run `grpo <command> --help` for a command's options.\n";
 

@@ -3,7 +3,13 @@
 // (reward/reward_set.h) and writes one {"score", "components", "error"} line per input line.
 // A malformed line becomes that line's error, never a crash; an unreadable file exits 1, a bad
 // config or flag exits 2.
+#include <pthread.h>
+#include <signal.h>
+
+#include <chrono>
+#include <csignal>
 #include <cstdio>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -14,6 +20,7 @@
 #include "cli/flags.h"
 #include "common/json_util.h"
 #include "common/status.h"
+#include "reward/reward_service.h"
 #include "reward/reward_set.h"
 
 namespace grpo::cli {
@@ -21,7 +28,8 @@ namespace {
 
 constexpr char kRewardUsage[] =
     "usage: grpo reward score --config R.json --in IN.jsonl --out OUT.jsonl\n"
-    "Run `grpo reward score --help` for its options.\n";
+    "       grpo reward serve --config R.json [--port P] [--host 127.0.0.1]\n"
+    "Run `grpo reward score --help` or `grpo reward serve --help` for their options.\n";
 
 // One input line as a RewardInput, or why it is not one.
 absl::StatusOr<RewardInput> ParseItem(std::string_view line) {
@@ -67,12 +75,14 @@ absl::StatusOr<RewardInput> ParseItem(std::string_view line) {
 }
 
 int Score(const std::vector<std::string>& args) {
-  Flags f("grpo reward score --config R.json --in IN.jsonl --out OUT.jsonl",
-          "Scores each JSONL line {\"prompt\", \"completion\", \"ground_truth\", \"data_source\"}\n"
-          "(+ optional \"completion_ids\", \"extra\") with the rewards in a reward config, e.g.\n"
-          "configs/rewards/countdown.json, and writes {\"score\", \"components\", \"error\"} per\n"
-          "non-empty line (\"error\" null or a string; a malformed line gets an error, not a crash).\n"
-          "Rewards: math, countdown, format, gsm8k, exact_match, regex_match, overlong, plugin.");
+  Flags f(
+      "grpo reward score --config R.json --in IN.jsonl --out OUT.jsonl",
+      "Scores each JSONL line {\"prompt\", \"completion\", \"ground_truth\", \"data_source\"}\n"
+      "(+ optional \"completion_ids\", \"extra\") with the rewards in a reward config, e.g.\n"
+      "configs/rewards/countdown.json, and writes {\"score\", \"components\", \"error\"} per\n"
+      "non-empty line (\"error\" null or a string; a malformed line gets an error, not a crash).\n"
+      "Rewards: math, countdown, format, gsm8k, exact_match, regex_match, overlong, plugin, "
+      "remote.");
   f.Add("config", "reward config JSON ({\"rewards\": [...], \"failure_score\": 0})", "", true);
   f.Add("in", "input JSONL", "", true);
   f.Add("out", "output JSONL", "", true);
@@ -139,7 +149,66 @@ int Score(const std::vector<std::string>& args) {
   }
   if (absl::Status s = WriteFileAtomic(f.Get("out"), out); !s.ok()) return Fail(s);
   std::printf("wrote %s: %zu lines, %zu errors, mean score %.4f\n", f.Get("out").c_str(),
-              rows.size(), num_errors, rows.empty() ? 0.0 : total / static_cast<double>(rows.size()));
+              rows.size(), num_errors,
+              rows.empty() ? 0.0 : total / static_cast<double>(rows.size()));
+  return 0;
+}
+
+int Serve(const std::vector<std::string>& args) {
+  Flags f("grpo reward serve --config R.json [--port P] [--host 127.0.0.1]",
+          "Serves the rewards of a reward config as a RewardService (proto/reward.proto) until\n"
+          "SIGINT or SIGTERM. Prints \"listening on HOST:PORT\" once ready. Binds to loopback\n"
+          "unless --host says otherwise; --port 0 picks a free port.");
+  f.Add("config", "reward config JSON ({\"rewards\": [...], \"failure_score\": 0})", "", true);
+  f.Add("port", "TCP port (0 = any free port)", "0");
+  f.Add("host", "address to bind", "127.0.0.1");
+  f.Add("max_batch_size", "largest batch a Score call may carry",
+        std::to_string(RewardScorer::kDefaultMaxBatchSize));
+  if (int code = ParseFlags(f, args); code >= 0) return code;
+  int port = 0, max_batch = 0;
+  try {
+    size_t used = 0;
+    port = std::stoi(f.Get("port"), &used);
+    if (used != f.Get("port").size()) throw std::invalid_argument("port");
+    max_batch = std::stoi(f.Get("max_batch_size"), &used);
+    if (used != f.Get("max_batch_size").size()) throw std::invalid_argument("max_batch_size");
+  } catch (const std::exception&) {
+    return UsageError(absl::InvalidArgumentError("--port and --max_batch_size must be integers"),
+                      f);
+  }
+  if (port < 0 || port > 65535 || max_batch < 1) {
+    return UsageError(
+        absl::InvalidArgumentError("--port must be in [0, 65535], --max_batch_size >= 1"), f);
+  }
+  auto config_json = ReadJsonFile(f.Get("config"));
+  if (!config_json.ok()) {
+    const int code = Fail(config_json.status());
+    return config_json.status().code() == absl::StatusCode::kInvalidArgument ? 2 : code;
+  }
+  auto scorer = RewardScorer::FromConfigJson(*config_json, max_batch);
+  if (!scorer.ok()) {
+    std::fprintf(stderr, "grpo: %s: %s\n", f.Get("config").c_str(),
+                 std::string(scorer.status().message()).c_str());
+    return 2;
+  }
+  // Block the stop signals before gRPC starts its threads (they inherit the mask), then wait for
+  // one here: no async-signal-safety concerns, and shutdown runs on this thread.
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGINT);
+  sigaddset(&stop, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+  RewardServiceImpl service(scorer->get());
+  int selected_port = 0;
+  auto server = StartRewardServer(&service, f.Get("host"), port, &selected_port);
+  if (!server.ok()) return Fail(server.status());
+  std::printf("listening on %s:%d\n", f.Get("host").c_str(), selected_port);
+  std::fflush(stdout);
+  int sig = 0;
+  sigwait(&stop, &sig);
+  std::fprintf(stderr, "grpo: reward serve: got signal %d, shutting down\n", sig);
+  (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  (*server)->Wait();
   return 0;
 }
 
@@ -151,6 +220,7 @@ int RunRewardCommand(const std::vector<std::string>& args) {
     return args.empty() ? 2 : 0;
   }
   if (args[0] == "score") return Score({args.begin() + 1, args.end()});
+  if (args[0] == "serve") return Serve({args.begin() + 1, args.end()});
   std::fprintf(stderr, "grpo: unknown reward subcommand '%s'\n\n%s", args[0].c_str(), kRewardUsage);
   return 2;
 }

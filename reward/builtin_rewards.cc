@@ -3,6 +3,7 @@
 #include "reward/math_reward.h"
 #include "reward/isolation.h"
 #include "reward/reward.h"
+#include "reward/reward_service.h"
 #include "reward/rule_rewards.h"
 
 namespace grpo {
@@ -19,6 +20,7 @@ void RegisterBuiltinRewards(RewardRegistry* registry) {
   GRPO_CHECK(registry->Register("math", MakeMathReward).ok());
   // C-ABI plugins in worker subprocesses with hard deadlines (reward/isolation.h).
   GRPO_CHECK(RegisterPluginReward(registry).ok());
+  GRPO_CHECK(RegisterRemoteReward(registry).ok());  // a RewardService (reward/reward_service.h)
 }
 
 }  // namespace grpo

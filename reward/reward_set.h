@@ -45,10 +45,13 @@ class RewardSet {
   static absl::StatusOr<RewardSet> Create(const RewardSetConfig& config,
                                           const RewardRegistry& registry = RewardRegistry::Global());
 
-  // One output per input, in order; never throws for bad input (see the file comment).
+  // One output per input, in order; never throws for bad input (see the file comment). Safe to
+  // call concurrently: the functions are const and stateless or lock internally.
   std::vector<RewardOutput> Score(absl::Span<const RewardInput> batch) const;
 
   const RewardSetConfig& config() const { return config_; }
+  // The reward functions, parallel to config().rewards (the service reads plugin counters).
+  const std::vector<std::shared_ptr<const RewardFunction>>& functions() const { return functions_; }
 
  private:
   RewardSetConfig config_;

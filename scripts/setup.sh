@@ -9,6 +9,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev nlohmann-json3-dev catch2 libdnnl-dev
   libpcre2-dev libutf8proc-dev
+  python3-grpcio python3-grpc-tools python3-protobuf
 )
 
 missing=()
