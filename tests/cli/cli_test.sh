@@ -2,12 +2,7 @@
 # End-to-end test of the `grpo model` commands as a user runs them: init -> info -> logprobs ->
 # generate, a sharded/bf16 variant, and the one-line errors for bad input. Run by ctest with the
 # path of the grpo binary: tests/cli/cli_test.sh BUILD/cli/grpo
-set -euo pipefail
-grpo=$1
-src=$(cd "$(dirname "$0")/../.." && pwd)
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+source "$(dirname "$0")/lib.sh" "$1"
 
 "$grpo" --help | grep -q "model logprobs" || fail "grpo --help lists no commands"
 for sub in init logprobs generate info; do
@@ -56,12 +51,6 @@ PY
 grep -q bfloat16 "$work/b/config.json" || fail "bf16 init did not record its dtype"
 
 # Bad input: one clear line naming the file (and line), exit 1; usage errors exit 2.
-expect_error() {  # expected-exit expected-text command...
-  local code=$1 text=$2; shift 2
-  set +e; out=$("$@" 2>&1); got=$?; set -e
-  [ "$got" = "$code" ] || fail "exit $got (want $code) from: $* -> $out"
-  echo "$out" | grep -qF -- "$text" || fail "message '$out' lacks '$text'"
-}
 printf '{"tokens":[1,2]}\n{"tokens":[1,"x"]}\n' > "$work/bad.jsonl"
 expect_error 1 "bad.jsonl:2" "$grpo" model logprobs --model "$work/m" --tokens "$work/bad.jsonl" --out "$work/o"
 printf '{"tokens":[1,2]}\n{"tokens":[1,2\n' > "$work/bad2.jsonl"

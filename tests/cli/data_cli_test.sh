@@ -2,11 +2,7 @@
 # End-to-end test of the `grpo data` commands as a user runs them: countdown and arith datasets
 # (row count, row format, solvable stored solutions, determinism per seed) and exit code 2 for bad
 # flags. Run by ctest with the path of the grpo binary: tests/cli/data_cli_test.sh BUILD/cli/grpo
-set -euo pipefail
-grpo=$1
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+source "$(dirname "$0")/lib.sh" "$1"
 
 "$grpo" --help | grep -q "data countdown" || fail "grpo --help does not list data countdown"
 for sub in countdown arith; do

@@ -3,12 +3,7 @@
 # good lines, malformed lines become per-line errors (never a crash), config mistakes exit 2 and an
 # unreadable input exits 1. Run by ctest with the path of the grpo binary:
 # tests/cli/reward_cli_test.sh BUILD/cli/grpo
-set -euo pipefail
-grpo=$1
-src=$(cd "$(dirname "$0")/../.." && pwd)
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+source "$(dirname "$0")/lib.sh" "$1"
 
 "$grpo" --help | grep -q "reward score" || fail "grpo --help does not list reward score"
 "$grpo" reward score --help | grep -q "usage: grpo reward score" || fail "grpo reward score --help"

@@ -2,12 +2,7 @@
 # End-to-end test of `grpo tokenize` / `grpo detokenize` as a user runs them: a round trip
 # through the toy and Qwen2-style tokenizers, ids checked against the HF fixture, and the
 # one-line file:line errors for bad input. Run by ctest: tests/cli/tokenize_test.sh BUILD/cli/grpo
-set -euo pipefail
-grpo=$1
-src=$(cd "$(dirname "$0")/../.." && pwd)
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+source "$(dirname "$0")/lib.sh" "$1"
 
 "$grpo" --help | grep -q "detokenize" || fail "grpo --help lists no tokenize commands"
 "$grpo" tokenize --help | grep -q "usage: grpo tokenize" || fail "tokenize --help"
