@@ -45,13 +45,9 @@ absl::Status ForEachJsonLine(
   for (int64_t line_no = 1; std::getline(in, line); ++line_no) {
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     const std::string where = absl::StrCat(path, ":", line_no);
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::parse_error& e) {
-      return absl::InvalidArgumentError(absl::StrCat(where, ": not valid JSON: ", e.what()));
-    }
-    RETURN_IF_ERROR(WithContext(fn(j, line_no), where));
+    auto j = ParseJson(line);
+    if (!j.ok()) return WithContext(j.status(), where);
+    RETURN_IF_ERROR(WithContext(fn(*j, line_no), where));
   }
   if (in.bad()) return absl::DataLossError(absl::StrCat(path, ": read failed"));
   return absl::OkStatus();

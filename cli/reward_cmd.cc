@@ -33,12 +33,7 @@ constexpr char kRewardUsage[] =
 
 // One input line as a RewardInput, or why it is not one.
 absl::StatusOr<RewardInput> ParseItem(std::string_view line) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(line);
-  } catch (const nlohmann::json::parse_error& e) {
-    return absl::InvalidArgumentError(absl::StrCat("not valid JSON at byte ", e.byte));
-  }
+  ASSIGN_OR_RETURN(nlohmann::json j, ParseJson(line));
   if (!j.is_object()) {
     return absl::InvalidArgumentError(absl::StrCat("expected an object, got ", JsonTypeName(j)));
   }
@@ -206,6 +201,8 @@ int Serve(const std::vector<std::string>& args) {
   std::fflush(stdout);
   int sig = 0;
   sigwait(&stop, &sig);
+  // A second Ctrl-C / SIGTERM during the graceful shutdown ends the process at once.
+  pthread_sigmask(SIG_UNBLOCK, &stop, nullptr);
   std::fprintf(stderr, "grpo: reward serve: got signal %d, shutting down\n", sig);
   (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   (*server)->Wait();

@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "common/status.h"
 
 namespace grpo {
 
@@ -17,15 +18,32 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
   return ss.str();
 }
 
+namespace {
+struct TooDeep {};
+}  // namespace
+
+absl::StatusOr<nlohmann::json> ParseJson(std::string_view text) {
+  auto limit = [](int depth, nlohmann::json::parse_event_t, nlohmann::json&) {
+    if (depth > kMaxJsonDepth) throw TooDeep{};
+    return true;
+  };
+  try {
+    return nlohmann::json::parse(text.begin(), text.end(), limit);
+  } catch (const TooDeep&) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("JSON nested deeper than ", kMaxJsonDepth, " levels"));
+  } catch (const nlohmann::json::parse_error& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("not valid JSON at byte ", e.byte, ": ", e.what()));
+  }
+}
+
 absl::StatusOr<nlohmann::json> ReadJsonFile(const std::string& path) {
   auto text = ReadFile(path);
   if (!text.ok()) return text.status();
-  try {
-    return nlohmann::json::parse(*text);
-  } catch (const nlohmann::json::parse_error& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": not valid JSON at byte ", e.byte, ": ", e.what()));
-  }
+  auto j = ParseJson(*text);
+  if (!j.ok()) return WithContext(j.status(), path);
+  return j;
 }
 
 absl::Status WriteFileAtomic(const std::string& path, std::string_view data) {

@@ -10,6 +10,14 @@
 
 namespace grpo {
 
+// JSON from outside (files, RPCs, plugins) may nest at most this deep: a deeper value would
+// overflow the stack when nlohmann copies or prints it (both recurse).
+inline constexpr int kMaxJsonDepth = 256;
+
+// Parses JSON text. Syntax errors (with the byte) and nesting deeper than kMaxJsonDepth are
+// InvalidArgument errors; callers add the file, line or field.
+absl::StatusOr<nlohmann::json> ParseJson(std::string_view text);
+
 // Reads and parses a whole JSON file. Errors name the path and, for syntax errors, the byte.
 absl::StatusOr<nlohmann::json> ReadJsonFile(const std::string& path);
 

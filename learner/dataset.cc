@@ -172,12 +172,8 @@ absl::StatusOr<Dataset> Dataset::Load(const DatasetConfig& config) {
   for (int64_t line_no = 1; std::getline(in, line); ++line_no) {
     if (!line.empty() && line.back() == '\r') line.pop_back();
     if (line.find_first_not_of(" \t") == std::string::npos) continue;
-    absl::StatusOr<Example> ex = absl::InvalidArgumentError("");
-    try {
-      ex = ExampleFromJson(nlohmann::json::parse(line));
-    } catch (const nlohmann::json::parse_error& e) {
-      ex = absl::InvalidArgumentError(absl::StrCat("not valid JSON: ", e.what()));
-    }
+    absl::StatusOr<nlohmann::json> j = ParseJson(line);
+    absl::StatusOr<Example> ex = j.ok() ? ExampleFromJson(*j) : j.status();
     if (!ex.ok()) {
       const std::string msg = absl::StrCat(config.path, ":", line_no, ": ", ex.status().message());
       if (!skip) return absl::InvalidArgumentError(msg);

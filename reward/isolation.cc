@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "common/json_util.h"
 #include "common/status.h"
 #include "reward/plugin_abi.h"
 #include "reward/worker_protocol.h"
@@ -115,6 +116,7 @@ Io RecvFrame(int fd, Clock::time_point deadline, Frame* frame, bool* malformed) 
 int KillAndReap(int* pid, int* fd) {
   int status = -1;
   if (*pid > 0) {
+    kill(-*pid, SIGKILL);  // the worker's process group: it and anything its plugin forked
     kill(*pid, SIGKILL);
     int rc;
     do {
@@ -155,8 +157,9 @@ std::string Excerpt(const std::string& s) {
 
 // Fills `out` from a plugin's response JSON; false (with out->error) when it is not one.
 bool ParseResponse(const std::string& payload, RewardOutput* out) {
-  auto json = nlohmann::json::parse(payload, nullptr, /*allow_exceptions=*/false);
-  if (json.is_discarded() || !json.is_object()) {
+  auto parsed = ParseJson(payload);  // depth-limited: the plugin is untrusted
+  nlohmann::json json = parsed.ok() ? std::move(*parsed) : nlohmann::json();
+  if (!parsed.ok() || !json.is_object()) {
     out->error = absl::StrCat("plugin returned invalid JSON: ", Excerpt(payload));
     return false;
   }
@@ -329,8 +332,24 @@ absl::Status IsolatedReward::StartWorker(Worker& w) const {
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_adddup2(&actions, child_end, kWorkerFd);
   posix_spawn_file_actions_adddup2(&actions, 2, 1);  // plugin prints go to stderr, not the socket
+  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  // The worker starts with no blocked signals and default dispositions whatever thread spawns it
+  // (gRPC threads block SIGINT/SIGTERM), in a process group of its own, so a terminal's Ctrl-C
+  // reaches the host only and KillAndReap can kill anything the plugin forked.
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t none, defaults;
+  sigemptyset(&none);
+  sigemptyset(&defaults);
+  for (int sig : {SIGPIPE, SIGINT, SIGTERM, SIGALRM, SIGHUP}) sigaddset(&defaults, sig);
+  posix_spawnattr_setsigmask(&attr, &none);
+  posix_spawnattr_setsigdefault(&attr, &defaults);
+  posix_spawnattr_setpgroup(&attr, 0);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF |
+                                      POSIX_SPAWN_SETPGROUP);
   pid_t pid = -1;
-  int err = posix_spawn(&pid, worker_path_.c_str(), &actions, nullptr, argv, environ);
+  int err = posix_spawn(&pid, worker_path_.c_str(), &actions, &attr, argv, environ);
+  posix_spawnattr_destroy(&attr);
   posix_spawn_file_actions_destroy(&actions);
   if (err != 0) {
     close(sv[0]);

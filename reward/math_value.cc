@@ -83,8 +83,11 @@ Scalar Arith(Scalar a, Scalar b, Op op) {
       case Op::kSub:
         of |= __builtin_mul_overflow(a.num, b.den, &t1);
         of |= __builtin_mul_overflow(b.num, a.den, &t2);
-        if (op == Op::kSub) t2 = -t2;
-        of |= __builtin_add_overflow(t1, t2, &n);
+        if (op == Op::kSub) {
+          of |= __builtin_sub_overflow(t1, t2, &n);  // -t2 would overflow for the minimum
+        } else {
+          of |= __builtin_add_overflow(t1, t2, &n);
+        }
         of |= __builtin_mul_overflow(a.den, b.den, &d);
         break;
       case Op::kMul:
@@ -145,7 +148,8 @@ static bool IsqrtExact(i128 x, i128* root) {
   long double g = std::sqrt(static_cast<long double>(x));
   i128 c = static_cast<i128>(g);
   for (i128 t = (c > 2 ? c - 2 : 0); t <= c + 2; ++t) {
-    if (t * t == x) {
+    i128 sq;
+    if (!__builtin_mul_overflow(t, t, &sq) && sq == x) {
       *root = t;
       return true;
     }

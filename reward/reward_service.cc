@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/json_util.h"
 #include "common/status.h"
 #include "reward/isolation.h"
 #include "reward/params.h"
@@ -22,11 +23,9 @@ grpc::Status ToGrpcStatus(const absl::Status& s) {
 // Parses a JSON-text field; empty text is null.
 absl::StatusOr<nlohmann::json> ParseJsonField(const std::string& text, const char* field) {
   if (text.empty()) return nlohmann::json();
-  try {
-    return nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat(field, ": not valid JSON (", e.what(), ")"));
-  }
+  auto j = ParseJson(text);
+  if (!j.ok()) return WithContext(j.status(), field);
+  return j;
 }
 
 void FillResult(const RewardOutput& out, RewardResult* r) {

@@ -77,6 +77,9 @@ int main(int argc, char** argv) {
   }
   const std::string path = argv[1];
   const unsigned alarm_s = static_cast<unsigned>(std::strtoul(argv[2], nullptr, 10) / 1000 + 2);
+  // The untrusted plugin sees only stdin (/dev/null), stdout/stderr and the socket: close any
+  // descriptor the host's ancestors leaked without close-on-exec.
+  close_range(kWorkerFd + 1, ~0U, 0);
   void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (handle == nullptr) {
     const char* err = dlerror();

@@ -40,3 +40,24 @@ TEST_CASE("ReadJsonFile names the file on missing and malformed input", "[common
 
 }  // namespace
 }  // namespace grpo
+
+namespace grpo {
+namespace {
+
+TEST_CASE("ParseJson bounds nesting instead of overflowing the stack", "[common]") {
+  const int kDeep = 200000;
+  std::string deep(kDeep, '[');
+  deep.append(kDeep, ']');
+  auto too_deep = ParseJson(deep);
+  REQUIRE_FALSE(too_deep.ok());
+  CHECK(std::string(too_deep.status().message()).find("nested deeper than") != std::string::npos);
+  std::string ok_depth(kMaxJsonDepth - 1, '[');
+  ok_depth.append(kMaxJsonDepth - 1, ']');
+  CHECK(ParseJson(ok_depth).ok());
+  auto bad = ParseJson("{\"a\": }");
+  REQUIRE_FALSE(bad.ok());
+  CHECK(std::string(bad.status().message()).find("not valid JSON at byte") != std::string::npos);
+}
+
+}  // namespace
+}  // namespace grpo
