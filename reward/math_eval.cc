@@ -100,7 +100,8 @@ class Parser {
 
   // ( [ \{ groups: grouping, tuples, intervals and sets.
   std::optional<Value> ParseBracketed() {
-    if (++depth_ > kMaxDepth) return std::nullopt;
+    DepthGuard guard(&depth_);
+    if (!guard.ok()) return std::nullopt;
     char open = 0;
     bool set = false;
     if (Eat("\\{")) {
@@ -124,7 +125,6 @@ class Parser {
     } else {
       return std::nullopt;
     }
-    --depth_;
     Value v;
     if (set) {
       v.kind = Value::kSet;
@@ -143,7 +143,8 @@ class Parser {
   }
 
   std::optional<Value> ParseExpr() {
-    if (++depth_ > kMaxDepth) return std::nullopt;
+    DepthGuard guard(&depth_);
+    if (!guard.ok()) return std::nullopt;
     auto lhs = ParseTerm();
     while (lhs) {
       Op op;
@@ -158,7 +159,6 @@ class Parser {
       if (!rhs || !Both(*lhs, *rhs)) return std::nullopt;
       lhs->s = Arith(lhs->s, rhs->s, op);
     }
-    --depth_;
     return lhs;
   }
 
@@ -202,7 +202,8 @@ class Parser {
   }
 
   std::optional<Value> ParseUnary() {
-    if (++depth_ > kMaxDepth) return std::nullopt;
+    DepthGuard guard(&depth_);
+    if (!guard.ok()) return std::nullopt;
     std::optional<Value> v;
     if (Eat("-")) {
       v = ParseUnary();
@@ -219,7 +220,6 @@ class Parser {
     } else {
       v = ParsePower();
     }
-    --depth_;
     return v;
   }
 
@@ -377,6 +377,8 @@ class Parser {
   }
 
   std::optional<Value> ParsePrimary() {
+    DepthGuard guard(&depth_);  // \sqrt and other commands recurse through here
+    if (!guard.ok()) return std::nullopt;
     SkipSpace();
     if (i_ >= s_.size()) return std::nullopt;
     char c = s_[i_];
@@ -451,6 +453,18 @@ class Parser {
 
   std::string_view s_;
   size_t i_ = 0;
+  // Counts nesting while a parse function runs (every return path); not ok() past kMaxDepth.
+  class DepthGuard {
+   public:
+    explicit DepthGuard(int* depth) : depth_(depth) { ++*depth_; }
+    ~DepthGuard() { --*depth_; }
+    DepthGuard(const DepthGuard&) = delete;
+    DepthGuard& operator=(const DepthGuard&) = delete;
+    bool ok() const { return *depth_ <= kMaxDepth; }
+
+   private:
+    int* depth_;
+  };
   int depth_ = 0;
 };
 
