@@ -12,7 +12,8 @@ With --threads 2 on a 2-vCPU VM this takes 1-2 minutes (~6 s per fwd+bwd step wh
 quiet). The machine this was written on showed large run-to-run noise (steps of 6 s and 22 s in
 the same run), so look at step_s_all / decode_s_all before trusting a median.
 
-Reference model (random weights, fixed seed, fp32): Qwen3-MoE, vocab 32000, hidden 512,
+Reference model (random weights, fixed seed, fp32), read from configs/bench_moe.json (the file
+our model_bench reads too): Qwen3-MoE, vocab 32000, hidden 512,
 8 layers, 8 heads, 4 kv heads, head_dim 64, 16 experts top-4, moe_intermediate_size 256,
 norm_topk_prob true, intermediate_size 1024 (unused: every layer is MoE), untied lm_head,
 rope_theta 1e6, rms_norm_eps 1e-6. 89.5M parameters (32.8M of them embedding + lm_head).
@@ -48,27 +49,14 @@ import transformers
 from transformers import AutoModelForCausalLM, DynamicCache, Qwen3MoeConfig
 
 
-def reference_config():
-    return Qwen3MoeConfig(
-        vocab_size=32000,
-        hidden_size=512,
-        intermediate_size=1024,
-        num_hidden_layers=8,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        head_dim=64,
-        num_experts=16,
-        num_experts_per_tok=4,
-        moe_intermediate_size=256,
-        norm_topk_prob=True,
-        decoder_sparse_step=1,
-        mlp_only_layers=[],
-        rms_norm_eps=1e-6,
-        rope_theta=1e6,
-        max_position_embeddings=4096,
-        tie_word_embeddings=False,
-        router_aux_loss_coef=0.0,
-    )
+def reference_config(path):
+    """The model config both benchmarks use (configs/bench_moe.json, a HF config.json)."""
+    with open(path) as f:
+        fields = json.load(f)
+    for key in ("architectures", "model_type"):
+        fields.pop(key, None)
+    fields["router_aux_loss_coef"] = 0.0  # the timed step is the logprob loss only, like ours
+    return Qwen3MoeConfig(**fields)
 
 
 def build_model(args):
@@ -78,7 +66,7 @@ def build_model(args):
         kwargs["attn_implementation"] = args.attn
     if args.experts:
         kwargs["experts_implementation"] = args.experts
-    return AutoModelForCausalLM.from_config(reference_config(), **kwargs)
+    return AutoModelForCausalLM.from_config(reference_config(args.config), **kwargs)
 
 
 def bench_train(model, args):
@@ -154,6 +142,7 @@ def bench_decode(model, args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="configs/bench_moe.json", help="HF config.json of the model")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=512)

@@ -129,9 +129,11 @@ void RopeTable(Real* cos, Real* sin, const float* inv_freq, int64_t max_pos, int
   }
 }
 
+// Rotates each (j, j + hd/2) pair of x (T, nh, hd) in place by angle sign * pos * inv_freq[j]:
+// sign +1 is RoPE, -1 its transpose (the backward).
 template <typename Real>
-void RopeForward(Real* x, const int32_t* pos, const Real* cos, const Real* sin, int64_t T,
-                 int64_t nh, int64_t hd) {
+void RotatePairs(Real* x, const int32_t* pos, const Real* cos, const Real* sin, int64_t T,
+                 int64_t nh, int64_t hd, Real sign) {
   const int64_t half = hd / 2;
 #pragma omp parallel for schedule(static) if (UseThreads(T, T * nh * hd))
   for (int64_t t = 0; t < T; ++t) {
@@ -141,32 +143,24 @@ void RopeForward(Real* x, const int32_t* pos, const Real* cos, const Real* sin, 
       Real* lo = x + (t * nh + h) * hd;  // (hd/2) first half
       Real* hi = lo + half;              // (hd/2) second half
       for (int64_t j = 0; j < half; ++j) {
-        const Real a = lo[j], b = hi[j];
-        lo[j] = a * c[j] - b * s[j];
-        hi[j] = b * c[j] + a * s[j];
+        const Real a = lo[j], b = hi[j], sj = sign * s[j];
+        lo[j] = a * c[j] - b * sj;
+        hi[j] = b * c[j] + a * sj;
       }
     }
   }
 }
 
 template <typename Real>
+void RopeForward(Real* x, const int32_t* pos, const Real* cos, const Real* sin, int64_t T,
+                 int64_t nh, int64_t hd) {
+  RotatePairs<Real>(x, pos, cos, sin, T, nh, hd, Real(1));
+}
+
+template <typename Real>
 void RopeBackward(Real* dx, const int32_t* pos, const Real* cos, const Real* sin, int64_t T,
                   int64_t nh, int64_t hd) {
-  const int64_t half = hd / 2;
-#pragma omp parallel for schedule(static) if (UseThreads(T, T * nh * hd))
-  for (int64_t t = 0; t < T; ++t) {
-    const Real* c = cos + static_cast<int64_t>(pos[t]) * half;
-    const Real* s = sin + static_cast<int64_t>(pos[t]) * half;
-    for (int64_t h = 0; h < nh; ++h) {
-      Real* lo = dx + (t * nh + h) * hd;
-      Real* hi = lo + half;
-      for (int64_t j = 0; j < half; ++j) {
-        const Real a = lo[j], b = hi[j];
-        lo[j] = a * c[j] + b * s[j];
-        hi[j] = b * c[j] - a * s[j];
-      }
-    }
-  }
+  RotatePairs<Real>(dx, pos, cos, sin, T, nh, hd, Real(-1));
 }
 
 // ---- SwiGLU ---------------------------------------------------------------------------------
