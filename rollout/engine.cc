@@ -125,7 +125,6 @@ struct Engine::Work {
   std::vector<std::unique_ptr<Sequence>> running;   // one per slot in use
   std::vector<float> logits;                        // (max_batch, V)
   std::vector<int32_t> routing;                     // (num_moe, T, K) of the last Extend
-  std::vector<std::pair<float, int32_t>> scratch;
   uint64_t version = 0;
 
   Work(std::unique_ptr<Model<float>> m, std::unique_ptr<Tokenizer> t, int64_t num_slots,
@@ -392,15 +391,20 @@ void Engine::Loop() {
       g->request.reset();  // marks the group for removal
     }
   };
-  // Appends one sampled token from `logits` (V) and applies the stop conditions.
-  auto sample = [&](Sequence* s, const float* logits) -> int64_t {
+  // Draws the next token of `s` from `logits` (V). Pure: runs in parallel over sequences.
+  auto draw = [&](const Sequence* s, const float* logits) {
+    thread_local std::vector<std::pair<float, int32_t>> scratch;
+    const Group* g = s->group;
+    const SamplingParams& sp = *g->sampling;
+    const int64_t step = static_cast<int64_t>(g->completions[s->sample_index].token_ids.size());
+    const double u = SampleUniform(sp.seed, g->prompt_id, s->sample_index, step);
+    return SampleFromLogits(logits, V, sp.temperature, sp.top_k, sp.top_p, u, &scratch);
+  };
+  // Appends a drawn token and applies the stop conditions.
+  auto accept = [&](Sequence* s, const SampledToken& t) -> int64_t {
     Group* g = s->group;
     const SamplingParams& sp = *g->sampling;
     Completion& c = g->completions[s->sample_index];
-    const int64_t step = static_cast<int64_t>(c.token_ids.size());
-    const double u = SampleUniform(sp.seed, g->prompt_id, s->sample_index, step);
-    const SampledToken t = SampleFromLogits(logits, V, sp.temperature, sp.top_k, sp.top_p, u,
-                                            &w.scratch);
     c.token_ids.push_back(t.token);
     c.logprobs.push_back(t.logprob);
     s->last_token = t.token;
@@ -531,7 +535,7 @@ void Engine::Loop() {
       for (size_t i = 1; i < seqs.size(); ++i) {
         w.cache.CopyPrefix(slot0, seqs[i]->slot, static_cast<int64_t>(g->prompt.size()));
       }
-      for (Sequence* s : seqs) new_tokens += sample(s, w.logits.data());
+      for (Sequence* s : seqs) new_tokens += accept(s, draw(s, w.logits.data()));
     }
 
     // Cancelled or failed requests: drop their sequences (no delivery).
@@ -572,6 +576,12 @@ void Engine::Loop() {
       if (!st.ok()) {
         for (auto& s : w.running) fail_group(s->group, st);
       } else {
+        // Sampling costs a few passes over V per row: spread the rows over the threads.
+        std::vector<SampledToken> picks(B);
+#pragma omp parallel for schedule(static) if (B > 1)
+        for (int64_t b = 0; b < B; ++b) {
+          if (!w.running[b]->routing_pending) picks[b] = draw(w.running[b].get(), w.logits.data() + b * V);
+        }
         for (int64_t b = 0; b < B; ++b) {
           Sequence* s = w.running[b].get();
           if (!s->routing.empty()) {
@@ -583,7 +593,7 @@ void Engine::Loop() {
           if (s->routing_pending) {
             finish(s, FinishReason::kUnspecified);
           } else {
-            new_tokens += sample(s, w.logits.data() + b * V);
+            new_tokens += accept(s, picks[b]);
           }
         }
       }
