@@ -320,6 +320,7 @@ absl::StatusOr<LossOutput> ComputeLoss(const LossInput& in, const LossNormalizer
       }
     }
 
+    double gspo_grad_sum = 0;
     for (int64_t t = t0; t < t1; ++t) {
       if (in.mask[t] == 0) continue;
       st.num_tokens += 1;
@@ -333,7 +334,7 @@ absl::StatusOr<LossOutput> ComputeLoss(const LossInput& in, const LossNormalizer
         ratio = std::exp(clamped);
         dratio_dlp = clamped == log_r ? ratio : 0.0;
       } else {
-        // GSPO-token: s_t = sg[s] * exp(lp - sg[lp]); value s, d s_t / d lp_t = s.
+        // Sequence ratio s = exp(mean_t(lp - lp_old)); its gradient is spread below.
         ratio = std::exp(gspo_log_s);
         dratio_dlp = gspo_clamped ? 0.0 : ratio;
       }
@@ -383,6 +384,13 @@ absl::StatusOr<LossOutput> ComputeLoss(const LossInput& in, const LossNormalizer
       pg *= w;
       dpg *= w;
       st.pg_loss_sum += pg;
+      if (cfg.policy_loss == PolicyLossType::kGspo) {
+        // s depends on every token of the sequence: token t's term w_agg * w * l(s) sends
+        // w_agg * w * dl/ds * s / n_b to each token. Collected here, spread after the loop (equal
+        // to verl's GSPO-token gradient when the weights are uniform within the sequence).
+        gspo_grad_sum += w_agg * dpg / n_b;
+        dpg = 0;
+      }
 
       // KL to the reference (§1.4, §1.9).
       double kl = 0, dkl = 0;
@@ -414,6 +422,11 @@ absl::StatusOr<LossOutput> ComputeLoss(const LossInput& in, const LossNormalizer
       out.loss += w_agg * (pg + cfg.kl_coef * kl - cfg.entropy_coef * ent);
       out.dlogprobs[t] = w_agg * (dpg + cfg.kl_coef * dkl);
       out.dentropy[t] = -w_agg * cfg.entropy_coef;
+    }
+    if (gspo_grad_sum != 0) {
+      for (int64_t t = t0; t < t1; ++t) {
+        if (in.mask[t] != 0) out.dlogprobs[t] += gspo_grad_sum;
+      }
     }
   }
   return out;
