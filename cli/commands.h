@@ -12,6 +12,7 @@ int RunDataCommand(const std::vector<std::string>& args);
 int RunTokenizeCommand(const std::vector<std::string>& args);
 int RunDetokenizeCommand(const std::vector<std::string>& args);
 int RunRewardCommand(const std::vector<std::string>& args);
+int RunRolloutCommand(const std::vector<std::string>& args);
 int RunLearnerCommand(const std::vector<std::string>& args);
 
 }  // namespace grpo::cli
