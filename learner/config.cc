@@ -39,6 +39,8 @@ json MakeDefaults() {
       {"max_new_tokens", 64},       // generation budget per completion
       {"stop_tokens", json::array()},  // token strings that end a completion (kept in it)
       {"max_prompt_tokens", 512},
+      {"timeout_s", 600.0},         // deadline of one rollout call or weight push (remote workers)
+      {"deterministic", false},     // batch-invariant kernels: rollout logprobs == learner's, bitwise
     }},
     {"algorithm", {
       {"advantage", "grpo"},        // grpo | dr_grpo | batch_std | rloo
@@ -249,6 +251,8 @@ absl::StatusOr<LearnerConfig> ParseLearnerConfig(const json& user, const std::st
   ro.max_new_tokens = r.Int("rollout.max_new_tokens");
   ro.stop_tokens = r.Strings("rollout.stop_tokens");
   ro.max_prompt_tokens = r.Int("rollout.max_prompt_tokens");
+  ro.timeout_s = r.Double("rollout.timeout_s");
+  ro.deterministic = r.Bool("rollout.deterministic");
   auto& al = c.algorithm;
   al.advantage.eps = r.Double("algorithm.advantage_eps");
   auto parse_enum = [&](auto parser, const std::string& key, auto* out) -> absl::Status {
@@ -323,6 +327,8 @@ absl::Status LearnerConfig::Validate() const {
                         "must be > 0 (the learner's logprobs use the same temperature)"));
   RETURN_IF_ERROR(Range(ro.max_new_tokens >= 1, "rollout.max_new_tokens", "must be >= 1"));
   RETURN_IF_ERROR(Range(ro.max_prompt_tokens >= 1, "rollout.max_prompt_tokens", "must be >= 1"));
+  RETURN_IF_ERROR(Range(ro.timeout_s > 0 && ro.timeout_s <= 86400, "rollout.timeout_s",
+                        "must lie in (0, 86400]"));
   const auto& al = algorithm;
   RETURN_IF_ERROR(Range(al.advantage.eps >= 0 && std::isfinite(al.advantage.eps),
                         "algorithm.advantage_eps", "must be >= 0"));

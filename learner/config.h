@@ -31,6 +31,9 @@ struct LearnerRolloutConfig {
   int64_t max_new_tokens = 64;
   std::vector<std::string> stop_tokens;  // token strings (e.g. "<|im_end|>") that end a completion
   int64_t max_prompt_tokens = 512;       // longer prompts are an error naming the dataset row
+  double timeout_s = 600;                // per rollout call / weight push to a remote worker
+  // Batch-invariant kernels in rollout and learner: rollout logprobs equal the learner's bitwise.
+  bool deterministic = false;
 };
 
 struct LearnerAlgorithmConfig {

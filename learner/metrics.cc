@@ -45,8 +45,8 @@ std::string TfRecord(const std::string& data) {
   std::string out;
   const uint64_t len = data.size();
   std::string len_bytes(reinterpret_cast<const char*>(&len), 8);
-  const uint32_t len_crc = MaskCrc32c(Crc32c(len_bytes));
-  const uint32_t data_crc = MaskCrc32c(Crc32c(data));
+  const uint32_t len_crc = MaskCrc32c(Crc32cOf(len_bytes));
+  const uint32_t data_crc = MaskCrc32c(Crc32cOf(data));
   out += len_bytes;
   out.append(reinterpret_cast<const char*>(&len_crc), 4);
   out += data;
@@ -76,13 +76,13 @@ absl::StatusOr<std::vector<std::string>> ReadTfRecords(const std::string& bytes)
     uint32_t len_crc, data_crc;
     std::memcpy(&len, bytes.data() + pos, 8);
     std::memcpy(&len_crc, bytes.data() + pos + 8, 4);
-    if (MaskCrc32c(Crc32c(std::string_view(bytes.data() + pos, 8))) != len_crc) {
+    if (MaskCrc32c(Crc32cOf(std::string_view(bytes.data() + pos, 8))) != len_crc) {
       return absl::DataLossError(absl::StrCat(where, ": length CRC mismatch"));
     }
     if (bytes.size() - pos - 12 < len + 4) return absl::DataLossError(absl::StrCat(where, ": truncated data"));
     std::string data = bytes.substr(pos + 12, len);
     std::memcpy(&data_crc, bytes.data() + pos + 12 + len, 4);
-    if (MaskCrc32c(Crc32c(data)) != data_crc) {
+    if (MaskCrc32c(Crc32cOf(data)) != data_crc) {
       return absl::DataLossError(absl::StrCat(where, ": data CRC mismatch"));
     }
     out.push_back(std::move(data));

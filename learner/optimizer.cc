@@ -122,7 +122,7 @@ std::string AdamW::SerializeState() const {
   Put(&s, step_);
   s.append(reinterpret_cast<const char*>(m_.data()), m_.size() * sizeof(float));
   s.append(reinterpret_cast<const char*>(v_.data()), v_.size() * sizeof(float));
-  Put(&s, Crc32c(s));
+  Put(&s, Crc32cOf(s));
   return s;
 }
 
@@ -151,7 +151,7 @@ absl::Status AdamW::RestoreState(const std::string& bytes, const std::string& so
   }
   uint32_t crc;
   std::memcpy(&crc, bytes.data() + want - 4, 4);
-  if (Crc32c(std::string_view(bytes.data(), want - 4)) != crc) {
+  if (Crc32cOf(std::string_view(bytes.data(), want - 4)) != crc) {
     return absl::DataLossError(absl::StrCat(source, ": AdamW state checksum mismatch (corrupt file)"));
   }
   step_ = step;

@@ -1,14 +1,13 @@
-// The learner's side of generation: what it asks rollout workers for, the interface a worker
-// implements (in-process here; a gRPC RolloutService client adapts to it), an in-process worker
-// over Model<float>, and the balanced dispatcher that re-issues a failed worker's groups to the
-// workers still alive.
+// The learner's side of generation: the interface a rollout worker offers the learner, its two
+// implementations — an in-process rollout Engine (rollout/engine.h) and a remote RolloutService
+// through RolloutClient (rollout/rollout_client.h) — and the balanced dispatcher that re-issues
+// a failed worker's missing groups to the workers still alive. Request and result types are the
+// rollout module's (rollout/rollout_types.h).
 //
-// Determinism: a group's completions depend only on its request (prompt, seed) and the worker's
-// weights, never on which worker ran it, what it was batched with, or when it arrived: the
-// in-process worker decodes one group at a time with per-sample SplitMix64 streams keyed by
-// (group seed, sample index), and the dispatcher returns groups ordered by group_idx.
-//
-// Not here: the rollout engine proper (continuous batching, the RolloutService; rollout/).
+// Determinism: a group's completions depend only on its prompt, the sampling parameters (seed),
+// its prompt_id and the weights, never on which worker ran it or what it was batched with (the
+// engine's contract); the dispatcher returns groups sorted by prompt_id. So re-issuing a dead
+// worker's groups elsewhere gives the same completions.
 #pragma once
 
 #include <cstdint>
@@ -17,85 +16,84 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "model/model.h"
+#include "rollout/engine.h"
+#include "rollout/rollout_client.h"
+#include "rollout/rollout_types.h"
 
 namespace grpo {
-
-struct SamplingParams {
-  double temperature = 1.0;
-  int64_t max_new_tokens = 64;
-  std::vector<int32_t> stop_tokens;  // a completion ends after emitting one (kept in it)
-  bool record_routing = false;       // return expert ids for R3
-};
-
-struct GroupRequest {
-  int64_t group_idx = 0;  // caller's index; results come back sorted by it
-  std::vector<int32_t> prompt;
-  int64_t num_samples = 1;  // G
-  uint64_t seed = 0;        // sample i draws from SplitMix64(seed, i)
-};
-
-struct Completion {
-  std::vector<int32_t> tokens;   // generated tokens only (C)
-  std::vector<float> logprobs;   // (C) log mu(token) at the sampling temperature
-  bool truncated = false;        // hit max_new_tokens without a stop token
-  // (num_moe_layers, P + C, K) expert ids of every prompt and completion token, when requested.
-  std::vector<int32_t> routing;
-  int64_t weight_version = 0;
-};
-
-struct GroupResult {
-  int64_t group_idx = 0;
-  std::vector<Completion> completions;  // num_samples of them
-};
 
 class RolloutWorker {
  public:
   virtual ~RolloutWorker() = default;
   virtual std::string name() const = 0;
-  // One result per request, any order. An error means the worker is unusable (the dispatcher
-  // stops sending it work for the rest of the run).
-  virtual absl::StatusOr<std::vector<GroupResult>> Generate(absl::Span<const GroupRequest> requests,
-                                                            const SamplingParams& params) = 0;
-  // Replaces the worker's weights (same layout as the learner's model) and its version.
-  virtual absl::Status PushWeights(absl::Span<const float> params, int64_t version) = 0;
+  // Appends each finished group to *out (any order). On error *out still holds the groups
+  // delivered before the failure (valid; the dispatcher re-issues only the rest).
+  virtual absl::Status Generate(absl::Span<const RolloutPrompt> prompts,
+                                const SamplingParams& sampling, std::vector<GroupResult>* out) = 0;
+  // Replaces the worker's weights (ParamLayout order) as `version`, which must be newer than
+  // NewestVersion(). Every Generate after an OK push runs on these weights.
+  virtual absl::Status PushWeights(const ParamLayout& layout, absl::Span<const float> params,
+                                   uint64_t version) = 0;
+  // The newest version the worker serves or has staged.
+  virtual absl::StatusOr<uint64_t> NewestVersion() = 0;
 };
 
-// Generates with its own copy of the model on the CPU.
+// An Engine in this process, over its own copy of the model.
 class LocalRolloutWorker : public RolloutWorker {
  public:
-  static absl::StatusOr<std::unique_ptr<LocalRolloutWorker>> Create(const ModelConfig& config,
+  // `model` holds the initial weights (served as version 0).
+  static absl::StatusOr<std::unique_ptr<LocalRolloutWorker>> Create(const Model<float>& model,
                                                                     std::string name);
   std::string name() const override { return name_; }
-  absl::StatusOr<std::vector<GroupResult>> Generate(absl::Span<const GroupRequest> requests,
-                                                    const SamplingParams& params) override;
-  absl::Status PushWeights(absl::Span<const float> params, int64_t version) override;
-
-  // One group: G samples of one prompt decoded together.
-  absl::StatusOr<GroupResult> GenerateGroup(const GroupRequest& request, const SamplingParams& params);
+  absl::Status Generate(absl::Span<const RolloutPrompt> prompts, const SamplingParams& sampling,
+                        std::vector<GroupResult>* out) override;
+  absl::Status PushWeights(const ParamLayout& layout, absl::Span<const float> params,
+                           uint64_t version) override;
+  absl::StatusOr<uint64_t> NewestVersion() override { return engine_->newest_version(); }
 
  private:
-  LocalRolloutWorker(std::unique_ptr<Model<float>> model, std::string name)
-      : model_(std::move(model)), name_(std::move(name)) {}
-  std::unique_ptr<Model<float>> model_;
+  LocalRolloutWorker(std::unique_ptr<Engine> engine, std::string name)
+      : engine_(std::move(engine)), name_(std::move(name)) {}
+  std::unique_ptr<Engine> engine_;
   std::string name_;
-  int64_t version_ = 0;
+};
+
+// A RolloutService at an address.
+class RemoteRolloutWorker : public RolloutWorker {
+ public:
+  static absl::StatusOr<std::unique_ptr<RemoteRolloutWorker>> Connect(const std::string& address,
+                                                                      absl::Duration timeout);
+  std::string name() const override { return client_->address(); }
+  absl::Status Generate(absl::Span<const RolloutPrompt> prompts, const SamplingParams& sampling,
+                        std::vector<GroupResult>* out) override;
+  absl::Status PushWeights(const ParamLayout& layout, absl::Span<const float> params,
+                           uint64_t version) override;
+  absl::StatusOr<uint64_t> NewestVersion() override;
+
+ private:
+  RemoteRolloutWorker(std::unique_ptr<RolloutClient> client, absl::Duration timeout)
+      : client_(std::move(client)), timeout_(timeout) {}
+  std::unique_ptr<RolloutClient> client_;
+  absl::Duration timeout_;
 };
 
 struct DispatchStats {
-  int64_t reissued_groups = 0;  // groups re-sent after their worker failed
+  int64_t reissued_groups = 0;        // groups re-sent after their worker failed
   std::vector<std::string> failures;  // "worker: error", one per worker lost in this call
 };
 
-// Splits the requests evenly (contiguous, in order) over the workers marked alive, runs them in
-// parallel, and re-issues the groups of any worker that fails to the remaining ones until every
-// group has a result; a failed worker is marked dead in *alive. Results sorted by group_idx.
-// Error only when no worker is left alive (naming the failures).
+// Splits the prompts evenly (contiguous, in order) over the workers marked alive, runs them in
+// parallel, and re-issues the groups a failed worker did not deliver to the remaining ones until
+// every group has a result; a failed worker is marked dead in *alive. An INVALID_ARGUMENT error
+// (the request itself is wrong, it would fail everywhere) is returned at once. Results are sorted
+// by prompt_id. Error when no worker is left alive (naming the failures).
 absl::StatusOr<std::vector<GroupResult>> DispatchGroups(absl::Span<RolloutWorker* const> workers,
                                                         std::vector<bool>* alive,
-                                                        absl::Span<const GroupRequest> requests,
-                                                        const SamplingParams& params,
+                                                        absl::Span<const RolloutPrompt> prompts,
+                                                        const SamplingParams& sampling,
                                                         DispatchStats* stats);
 
 }  // namespace grpo

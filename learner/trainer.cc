@@ -98,15 +98,20 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LearnerConfig config, T
   if (!t->options_.workers.empty()) {
     t->workers_ = std::move(t->options_.workers);
   } else if (!c.rollout.workers.empty()) {
-    return absl::UnimplementedError(
-        "rollout.workers: remote RolloutService workers need the rollout client (issue #5), which "
-        "this build does not have yet; leave rollout.workers empty to generate in-process "
-        "(rollout.local_workers)");
-  } else {
-    for (int64_t i = 0; i < c.rollout.local_workers; ++i) {
-      ASSIGN_OR_RETURN(auto w, LocalRolloutWorker::Create(t->policy_->config(), absl::StrCat("local", i)));
+    for (const std::string& address : c.rollout.workers) {
+      ASSIGN_OR_RETURN(auto w, RemoteRolloutWorker::Connect(address, absl::Seconds(c.rollout.timeout_s)));
       t->workers_.push_back(std::move(w));
     }
+  } else {
+    for (int64_t i = 0; i < c.rollout.local_workers; ++i) {
+      ASSIGN_OR_RETURN(auto w, LocalRolloutWorker::Create(*t->policy_, absl::StrCat("local", i)));
+      t->workers_.push_back(std::move(w));
+    }
+  }
+  if (c.rollout.deterministic) {
+    // Batch-invariant kernels: the learner's logprobs equal the rollout's bit for bit.
+    t->policy_->set_batch_invariant(true);
+    if (t->reference_ != nullptr) t->reference_->set_batch_invariant(true);
   }
   t->alive_.assign(t->workers_.size(), true);
   t->optimizer_ = std::make_unique<AdamW>(t->policy_->num_params(), c.optimizer);
@@ -133,19 +138,31 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LearnerConfig config, T
   }
   ASSIGN_OR_RETURN(MetricsWriter mw, MetricsWriter::Open(c.output_dir, c.tensorboard, resume_step));
   t->metrics_ = std::make_unique<MetricsWriter>(std::move(mw));
-  // Every worker starts from the learner's current weights.
+  // Every worker starts from the learner's current weights, under a version newer than any it
+  // has seen (workers outlive learner restarts).
+  for (size_t w = 0; w < t->workers_.size(); ++w) {
+    auto v = t->workers_[w]->NewestVersion();
+    if (!v.ok()) {
+      GRPO_LOG(WARNING, "rollout worker %s is not answering, dropping it: %s", t->workers_[w]->name(),
+               v.status().ToString());
+      t->alive_[w] = false;
+      continue;
+    }
+    t->weight_version_ = std::max<int64_t>(t->weight_version_, static_cast<int64_t>(*v));
+  }
   std::map<std::string, double> ignored;
-  RETURN_IF_ERROR(t->PushWeights(t->weight_version_, &ignored));
+  RETURN_IF_ERROR(t->PushWeights(&ignored));
   return t;
 }
 
-absl::Status Trainer::PushWeights(int64_t version, std::map<std::string, double>* m) {
+absl::Status Trainer::PushWeights(std::map<std::string, double>* m) {
   const auto t0 = std::chrono::steady_clock::now();
+  const uint64_t version = static_cast<uint64_t>(weight_version_ + 1);
   const absl::Span<const float> params(policy_->params(), policy_->num_params());
   double bytes = 0;
   for (size_t w = 0; w < workers_.size(); ++w) {
     if (!alive_[w]) continue;
-    absl::Status s = workers_[w]->PushWeights(params, version);
+    absl::Status s = workers_[w]->PushWeights(policy_->layout(), params, version);
     if (!s.ok()) {
       GRPO_LOG(WARNING, "weight push to %s failed, dropping it: %s", workers_[w]->name(), s.ToString());
       alive_[w] = false;
@@ -156,7 +173,7 @@ absl::Status Trainer::PushWeights(int64_t version, std::map<std::string, double>
   if (std::find(alive_.begin(), alive_.end(), true) == alive_.end()) {
     return absl::UnavailableError("no rollout worker is left alive");
   }
-  weight_version_ = version;
+  weight_version_ = static_cast<int64_t>(version);
   (*m)["weight_sync/seconds"] = Seconds(t0);
   (*m)["weight_sync/bytes"] = bytes;
   return absl::OkStatus();
@@ -166,18 +183,21 @@ absl::Status Trainer::CollectGroups(std::vector<Group>* groups, std::map<std::st
   const LearnerConfig& c = config_;
   const int64_t B = c.rollout.prompts_per_step, G = c.rollout.group_size;
   SamplingParams sp;
-  sp.temperature = c.rollout.temperature;
-  sp.max_new_tokens = c.rollout.max_new_tokens;
-  sp.stop_tokens = stop_ids_;
-  sp.record_routing = c.algorithm.routing_replay;
+  sp.group_size = static_cast<int32_t>(G);
+  sp.temperature = static_cast<float>(c.rollout.temperature);
+  sp.max_new_tokens = static_cast<int32_t>(c.rollout.max_new_tokens);
+  sp.stop_token_ids = stop_ids_;
+  sp.return_routing = c.algorithm.routing_replay;
+  sp.deterministic = c.rollout.deterministic;
   double rollout_s = 0, reward_s = 0, generated = 0, dropped = 0, reissued = 0;
   int64_t rounds = 0;
   std::vector<RewardOutput> all_outputs;  // every scored completion, for reward metrics
   while (static_cast<int64_t>(groups->size()) < B && rounds < c.algorithm.max_gen_batches) {
     const int64_t want = c.algorithm.dynamic_sampling ? B - static_cast<int64_t>(groups->size()) : B;
     std::vector<Group> batch(want);
-    std::vector<GroupRequest> reqs(want);
-    SplitMix64 seeds(c.seed, StreamKey(step_, kKeySampling, static_cast<uint64_t>(rounds)));
+    std::vector<RolloutPrompt> reqs(want);
+    // One seed per rollout round; the engine keys each sample's stream by (seed, prompt_id, i).
+    sp.seed = SplitMix64(c.seed, StreamKey(step_, kKeySampling, static_cast<uint64_t>(rounds))).Next();
     for (int64_t i = 0; i < want; ++i) {
       Group& g = batch[i];
       g.example = &dataset_->Next();
@@ -199,10 +219,8 @@ absl::Status Trainer::CollectGroups(std::vector<Group>* groups, std::map<std::st
             " tokens) + rollout.max_new_tokens exceeds the model's max_position_embeddings ",
             policy_->config().max_position_embeddings));
       }
-      reqs[i].group_idx = i;
-      reqs[i].prompt = g.prompt_ids;
-      reqs[i].num_samples = G;
-      reqs[i].seed = seeds.Next();
+      reqs[i].prompt_id = static_cast<uint64_t>(i);
+      reqs[i].token_ids = g.prompt_ids;
     }
     auto t0 = std::chrono::steady_clock::now();
     std::vector<RolloutWorker*> ws;
@@ -218,14 +236,14 @@ absl::Status Trainer::CollectGroups(std::vector<Group>* groups, std::map<std::st
       Group& g = batch[i];
       g.completions = std::move(results[i].completions);
       for (const Completion& comp : g.completions) {
-        generated += static_cast<double>(comp.tokens.size());
+        generated += static_cast<double>(comp.token_ids.size());
         // Special tokens (a stop token such as <|endoftext|>) are not part of the answer text.
-        ASSIGN_OR_RETURN(std::string text, tokenizer_->Decode(comp.tokens, /*skip_special_tokens=*/true));
+        ASSIGN_OR_RETURN(std::string text, tokenizer_->Decode(comp.token_ids, /*skip_special_tokens=*/true));
         g.texts.push_back(text);
         RewardInput in;
         in.prompt = g.prompt_text;
         in.completion = text;
-        in.completion_ids = comp.tokens;
+        in.completion_ids = comp.token_ids;
         in.ground_truth = g.example->ground_truth;
         in.data_source = g.example->data_source;
         in.extra = g.example->extra;
@@ -297,14 +315,14 @@ absl::Status Trainer::ComputeLogprobs(Model<float>& model, const std::vector<Sam
     std::vector<std::vector<int32_t>> seq_tokens;
     for (size_t i = first; i < last; ++i) {
       std::vector<int32_t> toks = *seqs[i]->prompt;
-      toks.insert(toks.end(), seqs[i]->completion->tokens.begin(), seqs[i]->completion->tokens.end());
+      toks.insert(toks.end(), seqs[i]->completion->token_ids.begin(), seqs[i]->completion->token_ids.end());
       batch.Add(toks);
     }
     if (replay) {
       const int64_t T = batch.num_tokens();
       routing.assign(L * T * K, 0);
       for (size_t i = first; i < last; ++i) {
-        const std::vector<int32_t>& r = seqs[i]->completion->routing;
+        const std::vector<int32_t>& r = seqs[i]->completion->routing.expert_ids;
         const int64_t n = batch.offsets[i - first + 1] - batch.offsets[i - first];
         if (static_cast<int64_t>(r.size()) != L * n * K) {
           return absl::DataLossError(absl::StrCat("rollout routing for R3 has ", r.size(),
@@ -323,7 +341,7 @@ absl::Status Trainer::ComputeLogprobs(Model<float>& model, const std::vector<Sam
     RETURN_IF_ERROR(model.Forward(batch, fo, &res));
     for (size_t i = first; i < last; ++i) {
       const int64_t P = static_cast<int64_t>(seqs[i]->prompt->size());
-      const int64_t C = static_cast<int64_t>(seqs[i]->completion->tokens.size());
+      const int64_t C = static_cast<int64_t>(seqs[i]->completion->token_ids.size());
       const int64_t base = batch.offsets[i - first];
       std::vector<double> lp(C);
       for (int64_t j = 0; j < C; ++j) lp[j] = res.logprobs[base + P - 1 + j];
@@ -356,11 +374,12 @@ absl::Status Trainer::TrainOnGroups(std::vector<Group>& groups, std::map<std::st
       s.completion = &groups[gi].completions[j];
       s.reward = rewards[gi * G + j];
       s.advantage = adv[gi * G + j];
-      if (al.overlong_filter && s.completion->truncated) s.mask = 0;
-      const double len = static_cast<double>(s.completion->tokens.size());
+      const bool truncated_here = s.completion->finish_reason == FinishReason::kLength;
+      if (al.overlong_filter && truncated_here) s.mask = 0;
+      const double len = static_cast<double>(s.completion->token_ids.size());
       len_sum += len;
       len_max = std::max(len_max, len);
-      truncated += s.completion->truncated ? 1 : 0;
+      truncated += truncated_here ? 1 : 0;
       samples.push_back(std::move(s));
     }
   }
@@ -409,7 +428,7 @@ absl::Status Trainer::TrainOnGroups(std::vector<Group>& groups, std::map<std::st
       // Normalizer over the whole mini-batch, before any backward.
       LossNormalizer norm;
       norm.num_seqs = static_cast<int64_t>(seqs.size());
-      for (Sample* s : seqs) norm.num_tokens += s->mask * static_cast<double>(s->completion->tokens.size());
+      for (Sample* s : seqs) norm.num_tokens += s->mask * static_cast<double>(s->completion->token_ids.size());
       if (norm.num_tokens == 0 && al.loss.aggregation == LossAggregation::kTokenMean) continue;
       policy_->ZeroGrads();
       const int64_t micro = al.micro_batch_seqs > 0 ? al.micro_batch_seqs : norm.num_seqs;
@@ -422,9 +441,9 @@ absl::Status Trainer::TrainOnGroups(std::vector<Group>& groups, std::map<std::st
         for (int64_t i = first; i < last; ++i) {
           const Sample* s = seqs[i];
           std::vector<int32_t> toks = *s->prompt;
-          toks.insert(toks.end(), s->completion->tokens.begin(), s->completion->tokens.end());
+          toks.insert(toks.end(), s->completion->token_ids.begin(), s->completion->token_ids.end());
           batch.Add(toks);
-          const int64_t C = static_cast<int64_t>(s->completion->tokens.size());
+          const int64_t C = static_cast<int64_t>(s->completion->token_ids.size());
           resp_offsets.push_back(resp_offsets.back() + C);
           old_lp.insert(old_lp.end(), s->old_lp[0].begin(), s->old_lp[0].end());
           roll_lp.insert(roll_lp.end(), s->completion->logprobs.begin(), s->completion->logprobs.end());
@@ -437,7 +456,7 @@ absl::Status Trainer::TrainOnGroups(std::vector<Group>& groups, std::map<std::st
           const int64_t T = batch.num_tokens();
           routing.assign(L * T * K, 0);
           for (int64_t i = first; i < last; ++i) {
-            const std::vector<int32_t>& r = seqs[i]->completion->routing;
+            const std::vector<int32_t>& r = seqs[i]->completion->routing.expert_ids;
             const int64_t b = i - first, n = batch.offsets[b + 1] - batch.offsets[b];
             if (static_cast<int64_t>(r.size()) != L * n * K) {
               return absl::DataLossError("rollout routing for R3 has the wrong size");
@@ -460,7 +479,7 @@ absl::Status Trainer::TrainOnGroups(std::vector<Group>& groups, std::map<std::st
         for (int64_t i = first; i < last; ++i) {
           const int64_t b = i - first;
           const int64_t P = static_cast<int64_t>(seqs[i]->prompt->size());
-          const int64_t C = static_cast<int64_t>(seqs[i]->completion->tokens.size());
+          const int64_t C = static_cast<int64_t>(seqs[i]->completion->token_ids.size());
           for (int64_t j = 0; j < C; ++j) {
             lp.push_back(res.logprobs[batch.offsets[b] + P - 1 + j]);
             ent.push_back(res.entropy[batch.offsets[b] + P - 1 + j]);
@@ -484,7 +503,7 @@ absl::Status Trainer::TrainOnGroups(std::vector<Group>& groups, std::map<std::st
         for (int64_t i = first; i < last; ++i) {
           const int64_t b = i - first;
           const int64_t P = static_cast<int64_t>(seqs[i]->prompt->size());
-          const int64_t C = static_cast<int64_t>(seqs[i]->completion->tokens.size());
+          const int64_t C = static_cast<int64_t>(seqs[i]->completion->token_ids.size());
           for (int64_t j = 0; j < C; ++j) {
             dlp[batch.offsets[b] + P - 1 + j] = static_cast<float>(lo.dlogprobs[resp_offsets[b] + j]);
             if (!dent.empty()) {
@@ -553,7 +572,7 @@ absl::Status Trainer::Step() {
   if (reference_ != nullptr && al.ref_refresh_every > 0 && step_ % al.ref_refresh_every == 0) {
     std::copy_n(policy_->params(), policy_->num_params(), reference_->params());
   }
-  RETURN_IF_ERROR(PushWeights(step_, &m));
+  RETURN_IF_ERROR(PushWeights(&m));
   m["time/step_s"] = Seconds(t_step);
   m["rollout/workers_alive"] = static_cast<double>(std::count(alive_.begin(), alive_.end(), true));
   RETURN_IF_ERROR(metrics_->Write(step_, m));

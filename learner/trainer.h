@@ -1,7 +1,8 @@
 // The GRPO training loop behind `grpo learner CONFIG`. One step:
 //   1. take B prompts from the dataset, render them with the chat template, tokenize;
-//   2. ask the rollout workers for G completions each (balanced; a failed worker's groups are
-//      re-issued to the others: learner/rollout_workers.h);
+//   2. ask the rollout workers (in-process engines or remote RolloutServices) for G completions
+//      each (balanced; a failed worker's undelivered groups are re-issued to the others:
+//      learner/rollout_workers.h);
 //   3. score every completion with the reward set (in-process rules, or a remote RewardService
 //      through the "remote" reward); with dynamic sampling drop the groups whose rewards are all
 //      equal and sample more prompts, up to max_gen_batches rounds;
@@ -10,7 +11,7 @@
 //   5. ppo_epochs x mini_batches optimizer steps: each mini-batch holds whole groups, its loss
 //      normalizer is computed over all of it, then micro-batches run forward/backward and
 //      accumulate; AdamW with clipping and the schedule;
-//   6. publish the new weights to every live worker with version step + 1;
+//   6. publish the new weights to every live worker under the next weight version;
 //   7. metrics (console, metrics.jsonl, TensorBoard events, samples.jsonl) and a checkpoint every
 //      checkpoint.every steps and at the end.
 //
@@ -73,7 +74,8 @@ class Trainer {
   absl::Status ComputeLogprobs(Model<float>& model, const std::vector<Sample*>& seqs,
                                std::vector<std::vector<double>> Sample::*field);
   absl::Status TrainOnGroups(std::vector<Group>& groups, std::map<std::string, double>* m);
-  absl::Status PushWeights(int64_t version, std::map<std::string, double>* m);
+  // Pushes the policy to every live worker as version weight_version_ + 1 (then the current one).
+  absl::Status PushWeights(std::map<std::string, double>* m);
 
   LearnerConfig config_;
   TrainerOptions options_;
@@ -89,7 +91,7 @@ class Trainer {
   std::unique_ptr<AdamW> optimizer_;
   std::unique_ptr<MetricsWriter> metrics_;
   int64_t step_ = 0;
-  int64_t weight_version_ = 0;
+  int64_t weight_version_ = 0;  // the version last pushed to the workers
   std::map<std::string, double> last_metrics_;
 };
 
