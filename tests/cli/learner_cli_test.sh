@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# End-to-end test of `grpo learner` as a user runs it: help and defaults, config errors with exit
+# code 2 naming the key, a 2-step in-process run of the shipped tiny config (metrics, events,
+# samples, an HF checkpoint with optimizer and trainer state), and --resume continuing to step 3.
+# Run by ctest: tests/cli/learner_cli_test.sh BUILD/cli/grpo
+source "$(dirname "$0")/lib.sh" "$1"
+
+"$grpo" --help | grep -q "learner" || fail "grpo --help does not list learner"
+"$grpo" learner --help | grep -q "usage: grpo learner" || fail "grpo learner --help"
+"$grpo" learner --print-defaults > "$work/defaults.json"
+python3 - "$work/defaults.json" <<'PY' || fail "--print-defaults"
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["algorithm"]["clip_low"] == 0.2 and d["algorithm"]["aggregation"] == "token-mean", d
+assert d["optimizer"]["lr"] == 1e-6 and d["rollout"]["group_size"] == 8, d
+PY
+
+cd "$src"
+"$grpo" model init --config configs/learner/tiny_char_moe.json --seed 3 --init-std 0.1 \
+  --out "$work/init" >/dev/null
+"$grpo" data arith --n 30 --seed 1 --digits 1 --ops + --out "$work/train.jsonl" >/dev/null
+cfg=configs/learner/arith_tiny.json
+common=(--set model="$work/init" --set output_dir="$work/run" --set data.path="$work/train.jsonl"
+        --set rollout.prompts_per_step=4 --set rollout.group_size=4 --set rollout.max_new_tokens=4
+        --set checkpoint.every=2)
+
+expect_error 2 "unknown key 'algorithm.clip_hgh'" "$grpo" learner $cfg "${common[@]}" --set algorithm.clip_hgh=0.3
+expect_error 2 "group_size" "$grpo" learner $cfg "${common[@]}" --set rollout.group_size=1
+expect_error 2 "'optimizer.lr' must be a number" "$grpo" learner $cfg "${common[@]}" --set optimizer.lr=fast
+expect_error 2 "missing CONFIG" "$grpo" learner
+expect_error 2 "no/such.json" "$grpo" learner no/such.json
+expect_error 1 "no checkpoint" "$grpo" learner $cfg "${common[@]}" --set total_steps=1 --resume
+
+"$grpo" learner $cfg "${common[@]}" --set total_steps=2 2> "$work/log.txt" || fail "learner run: $(cat "$work/log.txt")"
+grep -q "step 2/2 | reward" "$work/log.txt" || fail "no progress line: $(cat "$work/log.txt")"
+[ "$(wc -l < "$work/run/metrics.jsonl")" = 2 ] || fail "metrics.jsonl should have 2 lines"
+ls "$work/run"/events.out.tfevents.* >/dev/null || fail "no event file"
+[ -s "$work/run/samples.jsonl" ] || fail "no samples"
+ck="$work/run/checkpoints/step_00000002"
+for f in config.json model.safetensors tokenizer.json optimizer.bin trainer_state.json; do
+  [ -f "$ck/$f" ] || fail "checkpoint lacks $f"
+done
+# The checkpoint is a model directory the other commands load.
+"$grpo" model info --model "$ck" >/dev/null || fail "grpo model info on the checkpoint"
+
+"$grpo" learner $cfg "${common[@]}" --set total_steps=3 --resume 2> "$work/log2.txt" || fail "resume: $(cat "$work/log2.txt")"
+grep -q "resumed from .*step_00000002" "$work/log2.txt" || fail "did not resume: $(cat "$work/log2.txt")"
+python3 - "$work/run/metrics.jsonl" <<'PY' || fail "metrics after resume"
+import json, sys
+steps = [json.loads(l)["step"] for l in open(sys.argv[1])]
+assert steps == [1, 2, 3], steps
+PY
+[ -d "$work/run/checkpoints/step_00000003" ] || fail "no checkpoint at the end"
+echo "learner CLI: ok"
