@@ -12,5 +12,6 @@ int RunDataCommand(const std::vector<std::string>& args);
 int RunTokenizeCommand(const std::vector<std::string>& args);
 int RunDetokenizeCommand(const std::vector<std::string>& args);
 int RunRewardCommand(const std::vector<std::string>& args);
+int RunRolloutCommand(const std::vector<std::string>& args);
 
 }  // namespace grpo::cli

@@ -25,6 +25,7 @@ constexpr char kUsage[] =
     "  detokenize       decode JSONL {\"ids\"} lines to {\"text\"} with a tokenizer.json\n"
     "  reward score     score JSONL completions with the rewards of a reward config\n"
     "  reward serve     serve a reward config as a gRPC RewardService\n"
+    "  rollout serve    serve a model as a gRPC RolloutService (sampling, weight updates)\n"
     "\n"
     "Run `grpo <command> --help` for a command's options.\n";
 
@@ -41,6 +42,7 @@ int Run(int argc, char** argv) {
   if (args[0] == "data") return grpo::cli::RunDataCommand({args.begin() + 1, args.end()});
   if (args[0] == "tokenize") return grpo::cli::RunTokenizeCommand({args.begin() + 1, args.end()});
   if (args[0] == "reward") return grpo::cli::RunRewardCommand({args.begin() + 1, args.end()});
+  if (args[0] == "rollout") return grpo::cli::RunRolloutCommand({args.begin() + 1, args.end()});
   if (args[0] == "detokenize") {
     return grpo::cli::RunDetokenizeCommand({args.begin() + 1, args.end()});
   }
