@@ -511,6 +511,55 @@ absl::Status Model<Real>::Extend(KvCache<Real>* cache, absl::Span<const int64_t>
   return absl::OkStatus();
 }
 
+template <typename Real>
+absl::Status Model<Real>::FinalHidden(const TokenBatch& batch, std::vector<Real>* out) {
+  const ModelConfig& c = config_;
+  Acts& s = *acts_;
+  s.valid = false;  // FinalHidden reuses the scratch buffers
+  const int64_t T = batch.num_tokens(), B = batch.num_seqs(), H = c.hidden_size;
+  if (T == 0 || B <= 0) return absl::InvalidArgumentError("final hidden: empty batch");
+  if (batch.offsets.front() != 0 || batch.offsets.back() != T) {
+    return absl::InvalidArgumentError("final hidden: batch offsets must start at 0 and end at T");
+  }
+  int64_t max_len = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t len = batch.offsets[b + 1] - batch.offsets[b];
+    if (len <= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("final hidden: sequence ", b, " is empty (it has no last token)"));
+    }
+    max_len = std::max(max_len, len);
+    RETURN_IF_ERROR(CheckTokens(absl::MakeConstSpan(batch.tokens).subspan(batch.offsets[b], len),
+                                absl::StrCat("sequence ", b)));
+  }
+  if (max_len > c.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "final hidden: a sequence of ", max_len, " tokens exceeds max_position_embeddings (",
+        c.max_position_embeddings, ")"));
+  }
+  EnsureRope(max_len);
+  std::vector<int32_t> pos(T);  // (T)
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t p = batch.offsets[b]; p < batch.offsets[b + 1]; ++p) {
+      pos[p] = static_cast<int32_t>(p - batch.offsets[b]);
+    }
+  }
+  std::vector<Real> x(T * H);  // (T, H)
+  cpu::EmbeddingForward<Real>(x.data(), batch.tokens.data(), params_.data() + layout_.embed, T, H);
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    LayerForward(l, s.scratch, x.data(), T, pos.data(), batch.offsets, nullptr, {}, nullptr,
+                 false);
+  }
+  std::vector<Real> last(B * H), rstd(B);  // (B, H), (B)
+  for (int64_t b = 0; b < B; ++b) {
+    std::copy_n(x.data() + (batch.offsets[b + 1] - 1) * H, H, last.data() + b * H);
+  }
+  out->resize(B * H);
+  cpu::RmsNormForward<Real>(out->data(), rstd.data(), last.data(), params_.data() + layout_.norm,
+                            B, H, c.rms_norm_eps);
+  return absl::OkStatus();
+}
+
 template class KvCache<float>;
 template class KvCache<double>;
 template class Model<float>;

@@ -133,6 +133,11 @@ class Model {
                       absl::Span<const absl::Span<const int32_t>> new_tokens, Real* logits,
                       std::vector<int32_t>* routing = nullptr);
 
+  // The final-norm hidden state at each sequence's last token, (B, H) into *out: what a
+  // sequence-classification head (HF `score.weight`) reads. Same checks as Forward, plus every
+  // sequence must be non-empty; no logits, nothing kept for Backward.
+  absl::Status FinalHidden(const TokenBatch& batch, std::vector<Real>* out);
+
  private:
   struct Acts;
   struct LayerActs;
