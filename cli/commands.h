@@ -13,6 +13,8 @@ int RunTokenizeCommand(const std::vector<std::string>& args);
 int RunDetokenizeCommand(const std::vector<std::string>& args);
 int RunRewardCommand(const std::vector<std::string>& args);
 int RunPlotCommand(const std::vector<std::string>& args);
+int RunSftCommand(const std::vector<std::string>& args);
+int RunTrainCommand(const std::vector<std::string>& args);
 int RunRolloutCommand(const std::vector<std::string>& args);
 int RunLearnerCommand(const std::vector<std::string>& args);
 

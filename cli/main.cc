@@ -25,6 +25,8 @@ constexpr char kUsage[] =
     "  detokenize       decode JSONL {\"ids\"} lines to {\"text\"} with a tokenizer.json\n"
     "  reward score     score JSONL completions with the rewards of a reward config\n"
     "  reward serve     serve a reward config as a gRPC RewardService\n"
+    "  train            the one-command run: data, SFT warm start, services, GRPO, eval, plot\n"
+    "  sft              supervised fine-tuning on prompt + response text (warm start)\n"
     "  plot             draw a run's metrics.jsonl as an SVG of line charts\n"
     "  rollout serve    serve a model as a gRPC RolloutService (sampling, weight updates)\n"
     "  learner          run GRPO training from a learner config\n"
@@ -44,6 +46,8 @@ int Run(int argc, char** argv) {
   if (args[0] == "data") return grpo::cli::RunDataCommand({args.begin() + 1, args.end()});
   if (args[0] == "tokenize") return grpo::cli::RunTokenizeCommand({args.begin() + 1, args.end()});
   if (args[0] == "reward") return grpo::cli::RunRewardCommand({args.begin() + 1, args.end()});
+  if (args[0] == "train") return grpo::cli::RunTrainCommand({args.begin() + 1, args.end()});
+  if (args[0] == "sft") return grpo::cli::RunSftCommand({args.begin() + 1, args.end()});
   if (args[0] == "plot") return grpo::cli::RunPlotCommand({args.begin() + 1, args.end()});
   if (args[0] == "rollout") return grpo::cli::RunRolloutCommand({args.begin() + 1, args.end()});
   if (args[0] == "learner") return grpo::cli::RunLearnerCommand({args.begin() + 1, args.end()});
