@@ -49,7 +49,8 @@ int main(int argc, char** argv) {
   const int repeats = std::atoi(Arg(argc, argv, "--repeats", "3"));
   grpo::RewardModelBatching batching;
   batching.max_batch_tokens = std::atol(Arg(argc, argv, "--max-batch-tokens", "8192"));
-  if (num_items < 1 || len < 1 || repeats < 1) return Fail("--items, --len, --repeats must be >= 1");
+  if (num_items < 1 || len < 1 || repeats < 1)
+    return Fail("--items, --len, --repeats must be >= 1");
 
   auto config = grpo::LoadModelConfig(config_path);
   if (!config.ok()) return Fail(config.status().ToString());
@@ -102,8 +103,9 @@ int main(int argc, char** argv) {
   std::printf("items/s %.2f (best %.2f), tokens/s %.0f; #wrong %d (max |alone - batched| %.2e)\n",
               num_items / med, num_items / times.front(), num_items * len / med, wrong,
               max_alone_diff);
-  std::printf("RESULT {\"items_per_s\": %.3f, \"items_per_s_best\": %.3f, \"wrong\": %d, "
-              "\"params\": %ld}\n",
-              num_items / med, num_items / times.front(), wrong, static_cast<long>(num_params));
+  std::printf(
+      "RESULT {\"items_per_s\": %.3f, \"items_per_s_best\": %.3f, \"wrong\": %d, "
+      "\"params\": %ld}\n",
+      num_items / med, num_items / times.front(), wrong, static_cast<long>(num_params));
   return wrong == 0 ? 0 : 1;
 }

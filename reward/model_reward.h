@@ -27,8 +27,8 @@
 //                     "reject": the item gets an error.
 //   label             which logit is the score (default 0; < num_labels).
 //   normalize         "none" (default); "affine": (raw - shift) / scale with fixed `shift`
-//                     (default 0) and `scale` (default 1, > 0); "zscore": (raw - mean) / (std + eps)
-//                     over the items of one Score() call that scored (population std; `eps`
+//                     (default 0) and `scale` (default 1, > 0); "zscore": (raw - mean) / (std +
+//                     eps) over the items of one Score() call that scored (population std; `eps`
 //                     default 1e-6). zscore deliberately makes an item's score depend on its batch
 //                     (reward/reward.h's contract otherwise forbids it): use it only where one call
 //                     is one meaningful population, e.g. one GRPO step. Errors are left out.
@@ -78,9 +78,9 @@ class ModelReward : public RewardFunction {
   // Loads the model and tokenizer; checks label, max_length and device against the model.
   static absl::StatusOr<std::unique_ptr<ModelReward>> Create(const ModelRewardOptions& options);
   // With an already loaded model and tokenizer (tests, benchmarks).
-  static absl::StatusOr<std::unique_ptr<ModelReward>> Create(const ModelRewardOptions& options,
-                                                             std::shared_ptr<const RewardModel> model,
-                                                             std::shared_ptr<const Tokenizer> tokenizer);
+  static absl::StatusOr<std::unique_ptr<ModelReward>> Create(
+      const ModelRewardOptions& options, std::shared_ptr<const RewardModel> model,
+      std::shared_ptr<const Tokenizer> tokenizer);
 
   const std::string& name() const override { return name_; }
   std::vector<RewardOutput> Score(absl::Span<const RewardInput> batch) const override;

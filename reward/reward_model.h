@@ -77,8 +77,8 @@ class RewardModel {
   // sequences into forwards of at most `batching`'s budget. A sequence's logits do not depend on
   // the others or on how they are batched, up to fp32 rounding (GEMM blocking varies with the
   // number of rows). Thread-safe: concurrent calls run one forward at a time.
-  absl::Status Score(absl::Span<const std::vector<int32_t>> seqs, const RewardModelBatching& batching,
-                     std::vector<float>* logits) const;
+  absl::Status Score(absl::Span<const std::vector<int32_t>> seqs,
+                     const RewardModelBatching& batching, std::vector<float>* logits) const;
 
  private:
   RewardModel(std::unique_ptr<Model<float>> backbone, std::vector<float> score_weight,
