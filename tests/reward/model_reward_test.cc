@@ -59,7 +59,7 @@ double MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b, size
 }
 
 TEST_CASE("reward model: scores equal transformers *ForSequenceClassification", "[reward_model]") {
-  for (const std::string name : {"qwen3", "qwen2", "qwen3_moe"}) {
+  for (const std::string name : {"qwen3", "qwen2", "qwen3_moe", "llama"}) {
     SECTION(name) {
       const nlohmann::json doc = ReadScores(name);
       auto model = LoadFixture(name);
