@@ -14,10 +14,10 @@
 namespace grpo {
 
 absl::StatusOr<ModelRewardOptions> ModelRewardOptions::FromJson(const nlohmann::json& params) {
-  RETURN_IF_ERROR(
-      CheckKnownKeys(params, {"path", "tokenizer", "template", "completion_suffix", "prompt_field",
-                              "max_length", "truncation", "label", "normalize", "shift", "scale",
-                              "eps", "max_batch_tokens", "max_batch_seqs", "device"}));
+  RETURN_IF_ERROR(CheckKnownKeys(
+      params, {"path", "tokenizer", "template", "completion_suffix", "prompt_field", "max_length",
+               "truncation", "label", "normalize", "shift", "scale", "eps", "max_batch_tokens",
+               "max_batch_seqs", "deterministic", "device"}));
   ModelRewardOptions o;
   ASSIGN_OR_RETURN(o.path, GetStringParam(params, "path", ""));
   if (o.path.empty()) {
@@ -72,6 +72,7 @@ absl::StatusOr<ModelRewardOptions> ModelRewardOptions::FromJson(const nlohmann::
   ASSIGN_OR_RETURN(o.batching.max_batch_seqs,
                    GetIntParam(params, "max_batch_seqs", o.batching.max_batch_seqs));
   RETURN_IF_ERROR(WithContext(o.batching.Validate(), "params"));
+  ASSIGN_OR_RETURN(o.deterministic, GetBoolParam(params, "deterministic", false));
   ASSIGN_OR_RETURN(o.device, GetChoiceParam(params, "device", "cpu", {"cpu", "cuda"}));
   return o;
 }
@@ -92,6 +93,7 @@ absl::StatusOr<std::unique_ptr<ModelReward>> ModelReward::Create(
         "\" has no reward-model forward yet (kernels/cuda has no model); use \"cpu\""));
   }
   ASSIGN_OR_RETURN(std::unique_ptr<RewardModel> model, RewardModel::Load(options.path));
+  model->set_batch_invariant(options.deterministic);
   const std::string tok_path =
       options.tokenizer.empty() ? options.path + "/tokenizer.json" : options.tokenizer;
   ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer, Tokenizer::FromFile(tok_path));

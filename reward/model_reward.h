@@ -33,6 +33,8 @@
 //                     (reward/reward.h's contract otherwise forbids it): use it only where one call
 //                     is one meaningful population, e.g. one GRPO step. Errors are left out.
 //   max_batch_tokens, max_batch_seqs   forward batch budget (reward/reward_model.h).
+//   deterministic     true: batch-invariant kernels, so a score is bitwise independent of the
+//                     batch it came in (default false: equal up to fp32 rounding, faster).
 //   device            "cpu" (the only one today; "cuda" is an error until kernels/cuda has a model
 //                     forward).
 // Outputs: score as above; components {"raw": the label's logit}. Per-item errors (never a failed
@@ -67,6 +69,7 @@ struct ModelRewardOptions {
   std::string normalize = "none";  // "none" | "affine" | "zscore"
   double shift = 0.0, scale = 1.0, eps = 1e-6;
   RewardModelBatching batching;
+  bool deterministic = false;
   std::string device = "cpu";
 
   // From the factory's params (see the file comment); errors name the field.

@@ -133,6 +133,43 @@ TEST_CASE("reward model: scores do not depend on batching", "[reward_model]") {
   }
 }
 
+TEST_CASE("reward model: batch-invariant mode makes scores bitwise independent of batching",
+          "[reward_model]") {
+  for (const std::string name : {"qwen3", "qwen3_moe"}) {
+    SECTION(name) {
+      auto model = LoadFixture(name);
+      model->set_batch_invariant(true);
+      auto seqs = Sequences(ReadScores(name));
+      std::vector<float> together;
+      REQUIRE(model->Score(seqs, {}, &together).ok());
+      for (const RewardModelBatching& way :
+           std::vector<RewardModelBatching>{{1 << 20, 1}, {1 << 20, 3}, {16, 256}}) {
+        std::vector<float> got;
+        REQUIRE(model->Score(seqs, way, &got).ok());
+        CHECK(got == together);  // exact: bitwise
+      }
+      // Still the transformers numbers.
+      const nlohmann::json doc = ReadScores(name);
+      for (size_t i = 0; i < seqs.size(); ++i) {
+        CHECK(std::fabs(together[i] - doc["scores"][i][0].get<float>()) < 1e-4);
+      }
+    }
+  }
+  // Through the reward function's "deterministic" param.
+  auto fn = RewardRegistry::Global().Create(
+      "model", {{"path", kFixtures + "qwen3"}, {"deterministic", true}, {"max_batch_seqs", 1}});
+  REQUIRE(fn.ok());
+  auto whole = RewardRegistry::Global().Create(
+      "model", {{"path", kFixtures + "qwen3"}, {"deterministic", true}});
+  REQUIRE(whole.ok());
+  RewardInput a, b;
+  a.prompt = "one", a.completion = "two";
+  b.prompt = "three", b.completion = "four five";
+  const auto x = (*fn)->Score({a, b}), y = (*whole)->Score({a, b});
+  CHECK(x[0].score == y[0].score);
+  CHECK(x[1].score == y[1].score);
+}
+
 TEST_CASE("reward model: bad sequences are rejected with a reason", "[reward_model]") {
   auto model = LoadFixture("qwen3");
   CHECK_FALSE(model->CheckSequence(std::vector<int32_t>{}).ok());
