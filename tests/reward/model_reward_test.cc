@@ -19,6 +19,8 @@
 #include <vector>
 
 #include "common/json_util.h"
+#include "model/config.h"
+#include "model/model.h"
 #include "model/safetensors.h"
 #include "reward/reward_model.h"
 #include "reward/reward_set.h"
@@ -183,6 +185,30 @@ TEST_CASE("reward model: bad sequences are rejected with a reason", "[reward_mod
   auto s = model->Score({{1, 2}, {}}, {}, &got);
   CHECK(s.code() == absl::StatusCode::kInvalidArgument);
   CHECK(std::string(s.message()).find("sequence 1") != std::string::npos);
+}
+
+TEST_CASE("Model::FinalHidden checks its batch", "[reward_model]") {
+  auto config = LoadModelConfig(kFixtures + "qwen3/config.json");
+  REQUIRE(config.ok());
+  config->tie_word_embeddings = true;
+  auto model = Model<float>::Create(*config);
+  REQUIRE(model.ok());
+  std::vector<float> hidden;
+  TokenBatch empty_seq;
+  empty_seq.Add(std::vector<int32_t>{1, 2});
+  empty_seq.Add(std::vector<int32_t>{});
+  auto s = (*model)->FinalHidden(empty_seq, &hidden);
+  CHECK(std::string(s.message()).find("sequence 1 is empty") != std::string::npos);
+  CHECK_FALSE((*model)->FinalHidden(TokenBatch(), &hidden).ok());
+  TokenBatch bad_id;
+  bad_id.Add(std::vector<int32_t>{1, 272});
+  CHECK(std::string((*model)->FinalHidden(bad_id, &hidden).message()).find("vocabulary") !=
+        std::string::npos);
+  TokenBatch ok;
+  ok.Add(std::vector<int32_t>{1, 2, 3});
+  ok.Add(std::vector<int32_t>{4});
+  REQUIRE((*model)->FinalHidden(ok, &hidden).ok());
+  CHECK(hidden.size() == 2 * 16);
 }
 
 // A copy of fixture `name` in a fresh directory, with its tensors edited by `edit`.
