@@ -6,6 +6,7 @@
 // alone equals its score in the packed batch (to 1e-4).
 //
 // Run: build/bench/reward_model_bench --config configs/bench_moe.json --items 32 --len 256
+//      [--deterministic 1]  (batch-invariant kernels: the `model` reward's deterministic mode)
 //      (threads: OMP_NUM_THREADS; bench/run_reward_model_bench.sh also runs the baseline)
 #include <omp.h>
 
@@ -66,6 +67,8 @@ int main(int argc, char** argv) {
   const int64_t num_params = (*backbone)->num_params() + H;
   auto model = grpo::RewardModel::Create(std::move(*backbone), head, std::nullopt);
   if (!model.ok()) return Fail(model.status().ToString());
+  const bool deterministic = std::atoi(Arg(argc, argv, "--deterministic", "0")) != 0;
+  (*model)->set_batch_invariant(deterministic);
 
   std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(config->vocab_size - 1));
   std::vector<std::vector<int32_t>> items(num_items, std::vector<int32_t>(len));
@@ -95,8 +98,9 @@ int main(int argc, char** argv) {
   }
   std::sort(times.begin(), times.end());
   const double med = times[times.size() / 2];
-  std::printf("reward model: %s backbone + 1-label head, %.1fM params, %d threads\n",
-              config->model_type.c_str(), num_params / 1e6, omp_get_max_threads());
+  std::printf("reward model: %s backbone + 1-label head, %.1fM params, %d threads%s\n",
+              config->model_type.c_str(), num_params / 1e6, omp_get_max_threads(),
+              deterministic ? ", batch-invariant kernels" : "");
   std::printf("scored %ld items x %ld tokens (max_batch_tokens %ld): median %.3f s, best %.3f s\n",
               static_cast<long>(num_items), static_cast<long>(len),
               static_cast<long>(batching.max_batch_tokens), med, times.front());
