@@ -268,7 +268,11 @@ std::vector<RewardOutput> JudgeReward::Score(absl::Span<const RewardInput> batch
       continue;
     }
     const int64_t need = static_cast<int64_t>(ids->size()) + options_.sampling.max_new_tokens;
-    if (ids->empty() || need > engine_->max_context()) {
+    if (ids->empty()) {
+      outputs[i].error = "judge prompt: no tokens (empty text and no template)";
+      continue;
+    }
+    if (need > engine_->max_context()) {
       outputs[i].error =
           absl::StrCat("judge prompt of ", ids->size(), " tokens + max_new_tokens ",
                        options_.sampling.max_new_tokens, " is over the judge's context (",

@@ -85,6 +85,7 @@ TEST_CASE("judge: verdicts from the rollout engine become scores", "[judge]") {
   auto fn = RewardRegistry::Global().Create("judge", {{"path", dir},
                                                       {"judge_prompt", "{completion}"},
                                                       {"template", "none"},
+                                                      {"kv_budget_mb", 8},
                                                       {"max_new_tokens", 12}});
   INFO(fn.status().ToString());
   REQUIRE(fn.ok());
@@ -96,17 +97,28 @@ TEST_CASE("judge: verdicts from the rollout engine become scores", "[judge]") {
   CHECK(out[0].score == Approx(0.7));
   CHECK(out[0].components.at("verdict") == 7.0);
   CHECK(out[1].error.find("no \"Score:\" in the verdict (finish length)") != std::string::npos);
-  CHECK(out[2].error.find("over the judge's context") != std::string::npos);  // empty prompt
+  CHECK(out[2].error.find("judge prompt: no tokens") != std::string::npos);
   CHECK(out[3].error.find("invalid UTF-8") != std::string::npos);
 
   // Out of range, and normalize off.
   auto raw = RewardRegistry::Global().Create("judge", {{"path", dir},
                                                        {"judge_prompt", "{completion}"},
                                                        {"template", "none"},
+                                                       {"kv_budget_mb", 8},
                                                        {"normalize", false},
                                                        {"max_score", 5}});
   REQUIRE(raw.ok());
   CHECK((*raw)->Score({Item("x")})[0].error.find("outside [0, 5]") != std::string::npos);
+  // A judge prompt that leaves no room for max_new_tokens in the context (256).
+  auto tight = RewardRegistry::Global().Create("judge", {{"path", dir},
+                                                         {"judge_prompt", "{completion}"},
+                                                         {"template", "none"},
+                                                         {"kv_budget_mb", 8},
+                                                         {"max_new_tokens", 250}});
+  REQUIRE(tight.ok());
+  const auto t = (*tight)->Score({Item(std::string(10, 'x')), Item("x")});
+  CHECK(t[0].error.find("over the judge's context") != std::string::npos);
+  CHECK(t[1].error.empty());
   std::filesystem::remove_all(dir);
 }
 
@@ -116,6 +128,7 @@ TEST_CASE("judge: the deadline bounds a Score call", "[judge]") {
   auto fn = RewardRegistry::Global().Create("judge", {{"path", dir},
                                                       {"judge_prompt", "{completion}"},
                                                       {"template", "none"},
+                                                      {"kv_budget_mb", 8},
                                                       {"max_new_tokens", 200},
                                                       {"deadline_ms", 1}});
   REQUIRE(fn.ok());
