@@ -13,5 +13,6 @@ int RunTokenizeCommand(const std::vector<std::string>& args);
 int RunDetokenizeCommand(const std::vector<std::string>& args);
 int RunRewardCommand(const std::vector<std::string>& args);
 int RunPlotCommand(const std::vector<std::string>& args);
+int RunRolloutCommand(const std::vector<std::string>& args);
 
 }  // namespace grpo::cli

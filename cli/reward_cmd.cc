@@ -77,7 +77,7 @@ int Score(const std::vector<std::string>& args) {
       "configs/rewards/countdown.json, and writes {\"score\", \"components\", \"error\"} per\n"
       "non-empty line (\"error\" null or a string; a malformed line gets an error, not a crash).\n"
       "Rewards: math, countdown, format, gsm8k, exact_match, regex_match, overlong, plugin, "
-      "remote.");
+      "remote, model.");
   f.Add("config", "reward config JSON ({\"rewards\": [...], \"failure_score\": 0})", "", true);
   f.Add("in", "input JSONL", "", true);
   f.Add("out", "output JSONL", "", true);
@@ -159,21 +159,35 @@ int Serve(const std::vector<std::string>& args) {
   f.Add("host", "address to bind", "127.0.0.1");
   f.Add("max_batch_size", "largest batch a Score call may carry",
         std::to_string(RewardScorer::kDefaultMaxBatchSize));
+  f.Add("queue_size", "Score calls that may wait for a worker; more get RESOURCE_EXHAUSTED",
+        std::to_string(ScoreQueueOptions().max_queued));
+  f.Add("workers", "Score calls scored at the same time",
+        std::to_string(ScoreQueueOptions().num_workers));
   if (int code = ParseFlags(f, args); code >= 0) return code;
   int port = 0, max_batch = 0;
+  ScoreQueueOptions queue;
   try {
     size_t used = 0;
-    port = std::stoi(f.Get("port"), &used);
-    if (used != f.Get("port").size()) throw std::invalid_argument("port");
-    max_batch = std::stoi(f.Get("max_batch_size"), &used);
-    if (used != f.Get("max_batch_size").size()) throw std::invalid_argument("max_batch_size");
+    for (auto [name, out] : {std::pair<const char*, int*>{"port", &port},
+                             {"max_batch_size", &max_batch},
+                             {"queue_size", &queue.max_queued},
+                             {"workers", &queue.num_workers}}) {
+      *out = std::stoi(f.Get(name), &used);
+      if (used != f.Get(name).size()) throw std::invalid_argument(name);
+    }
   } catch (const std::exception&) {
-    return UsageError(absl::InvalidArgumentError("--port and --max_batch_size must be integers"),
+    return UsageError(absl::InvalidArgumentError(
+                          "--port, --max_batch_size, --queue_size and --workers must be integers"),
                       f);
   }
   if (port < 0 || port > 65535 || max_batch < 1) {
     return UsageError(
         absl::InvalidArgumentError("--port must be in [0, 65535], --max_batch_size >= 1"), f);
+  }
+  if (absl::Status s = queue.Validate(); !s.ok()) {
+    return UsageError(absl::InvalidArgumentError(absl::StrCat(
+                          "--queue_size must be >= 0 and --workers in [1, 256]: ", s.message())),
+                      f);
   }
   auto config_json = ReadJsonFile(f.Get("config"));
   if (!config_json.ok()) {
@@ -193,7 +207,7 @@ int Serve(const std::vector<std::string>& args) {
   sigaddset(&stop, SIGINT);
   sigaddset(&stop, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop, nullptr);
-  RewardServiceImpl service(scorer->get());
+  RewardServiceImpl service(scorer->get(), queue);
   int selected_port = 0;
   auto server = StartRewardServer(&service, f.Get("host"), port, &selected_port);
   if (!server.ok()) return Fail(server.status());

@@ -26,13 +26,54 @@ void TokenBatch::Add(absl::Span<const int32_t> seq) {
 
 template <typename Real>
 KvCache<Real>::KvCache(const ModelConfig& c, int64_t num_slots, int64_t max_len)
-    : max_len_(max_len), row_(c.num_key_value_heads * c.head_dim), length_(num_slots, 0) {
+    : max_len_(max_len),
+      row_(c.num_key_value_heads * c.head_dim),
+      length_(num_slots, 0),
+      offset_(num_slots),
+      capacity_(num_slots, max_len) {
+  for (int64_t s = 0; s < num_slots; ++s) offset_[s] = s * max_len;
   k_.resize(c.num_hidden_layers);
   v_.resize(c.num_hidden_layers);
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     k_[l].assign(num_slots * max_len * row_, Real(0));
     v_[l].assign(num_slots * max_len * row_, Real(0));
   }
+}
+
+template <typename Real>
+KvCache<Real> KvCache<Real>::Pooled(const ModelConfig& c, int64_t num_slots, int64_t pool_rows) {
+  KvCache<Real> cache;
+  cache.max_len_ = pool_rows;
+  cache.row_ = c.num_key_value_heads * c.head_dim;
+  cache.length_.assign(num_slots, 0);
+  cache.offset_.assign(num_slots, 0);
+  cache.capacity_.assign(num_slots, 0);
+  cache.k_.resize(c.num_hidden_layers);
+  cache.v_.resize(c.num_hidden_layers);
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    cache.k_[l].assign(pool_rows * cache.row_, Real(0));
+    cache.v_[l].assign(pool_rows * cache.row_, Real(0));
+  }
+  return cache;
+}
+
+template <typename Real>
+void KvCache<Real>::Assign(int64_t slot, int64_t row_offset, int64_t capacity) {
+  const int64_t arena_rows = k_.empty() || row_ == 0 ? 0 : static_cast<int64_t>(k_[0].size()) / row_;
+  GRPO_CHECK(row_offset >= 0 && capacity >= 0 && row_offset + capacity <= arena_rows);
+  offset_[slot] = row_offset;
+  capacity_[slot] = capacity;
+  length_[slot] = 0;
+}
+
+template <typename Real>
+void KvCache<Real>::CopyPrefix(int64_t src, int64_t dst, int64_t n) {
+  GRPO_CHECK(n <= length_[src] && n <= capacity_[dst]);
+  for (int64_t l = 0; l < num_layers(); ++l) {
+    std::memcpy(k(l, dst), k(l, src), sizeof(Real) * n * row_);
+    std::memcpy(v(l, dst), v(l, src), sizeof(Real) * n * row_);
+  }
+  length_[dst] = n;
 }
 
 template <typename Real>
@@ -235,6 +276,7 @@ absl::Status Model<Real>::Forward(const TokenBatch& batch, const ForwardOptions&
   const ModelConfig& c = config_;
   Acts& s = *acts_;
   s.valid = false;
+  cpu::BatchInvariantScope invariant(batch_invariant_);
   const int64_t T = batch.num_tokens(), B = batch.num_seqs();
   const int64_t H = c.hidden_size, V = c.vocab_size, K = c.num_experts_per_tok;
   const int64_t num_moe = c.NumMoeLayers();
@@ -404,6 +446,7 @@ absl::Status Model<Real>::Extend(KvCache<Real>* cache, absl::Span<const int64_t>
   const ModelConfig& c = config_;
   Acts& s = *acts_;
   s.valid = false;  // Extend reuses the scratch buffers
+  cpu::BatchInvariantScope invariant(batch_invariant_);
   const int64_t B = static_cast<int64_t>(slots.size());
   const int64_t H = c.hidden_size, V = c.vocab_size, K = c.num_experts_per_tok;
   if (B == 0 || new_tokens.size() != slots.size()) {
@@ -431,10 +474,10 @@ absl::Status Model<Real>::Extend(KvCache<Real>* cache, absl::Span<const int64_t>
     }
     const int64_t n = static_cast<int64_t>(new_tokens[b].size()), past = cache->length(slot);
     if (n == 0) return absl::InvalidArgumentError(absl::StrCat("extend: slot ", slot, " has no new tokens"));
-    if (past + n > cache->max_len() || past + n > c.max_position_embeddings) {
+    if (past + n > cache->capacity(slot) || past + n > c.max_position_embeddings) {
       return absl::ResourceExhaustedError(absl::StrCat(
-          "extend: slot ", slot, " would hold ", past + n, " tokens; the cache holds ",
-          cache->max_len(), " and the model ", c.max_position_embeddings));
+          "extend: slot ", slot, " would hold ", past + n, " tokens; the slot holds ",
+          cache->capacity(slot), " and the model ", c.max_position_embeddings));
     }
     RETURN_IF_ERROR(CheckTokens(new_tokens[b], absl::StrCat("slot ", slot)));
     tokens.insert(tokens.end(), new_tokens[b].begin(), new_tokens[b].end());
@@ -465,6 +508,56 @@ absl::Status Model<Real>::Extend(KvCache<Real>* cache, absl::Span<const int64_t>
   cpu::RmsNormForward<Real>(last_norm.data(), rstd.data(), last.data(),
                             params_.data() + layout_.norm, B, H, c.rms_norm_eps);
   LinearForward<Real>(logits, last_norm.data(), params_.data() + layout_.lm_head, nullptr, B, H, V);
+  return absl::OkStatus();
+}
+
+template <typename Real>
+absl::Status Model<Real>::FinalHidden(const TokenBatch& batch, std::vector<Real>* out) {
+  const ModelConfig& c = config_;
+  Acts& s = *acts_;
+  s.valid = false;  // FinalHidden reuses the scratch buffers
+  cpu::BatchInvariantScope invariant(batch_invariant_);
+  const int64_t T = batch.num_tokens(), B = batch.num_seqs(), H = c.hidden_size;
+  if (T == 0 || B <= 0) return absl::InvalidArgumentError("final hidden: empty batch");
+  if (batch.offsets.front() != 0 || batch.offsets.back() != T) {
+    return absl::InvalidArgumentError("final hidden: batch offsets must start at 0 and end at T");
+  }
+  int64_t max_len = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t len = batch.offsets[b + 1] - batch.offsets[b];
+    if (len <= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("final hidden: sequence ", b, " is empty (it has no last token)"));
+    }
+    max_len = std::max(max_len, len);
+    RETURN_IF_ERROR(CheckTokens(absl::MakeConstSpan(batch.tokens).subspan(batch.offsets[b], len),
+                                absl::StrCat("sequence ", b)));
+  }
+  if (max_len > c.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "final hidden: a sequence of ", max_len, " tokens exceeds max_position_embeddings (",
+        c.max_position_embeddings, ")"));
+  }
+  EnsureRope(max_len);
+  std::vector<int32_t> pos(T);  // (T)
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t p = batch.offsets[b]; p < batch.offsets[b + 1]; ++p) {
+      pos[p] = static_cast<int32_t>(p - batch.offsets[b]);
+    }
+  }
+  std::vector<Real> x(T * H);  // (T, H)
+  cpu::EmbeddingForward<Real>(x.data(), batch.tokens.data(), params_.data() + layout_.embed, T, H);
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    LayerForward(l, s.scratch, x.data(), T, pos.data(), batch.offsets, nullptr, {}, nullptr,
+                 false);
+  }
+  std::vector<Real> last(B * H), rstd(B);  // (B, H), (B)
+  for (int64_t b = 0; b < B; ++b) {
+    std::copy_n(x.data() + (batch.offsets[b + 1] - 1) * H, H, last.data() + b * H);
+  }
+  out->resize(B * H);
+  cpu::RmsNormForward<Real>(out->data(), rstd.data(), last.data(), params_.data() + layout_.norm,
+                            B, H, c.rms_norm_eps);
   return absl::OkStatus();
 }
 

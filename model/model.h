@@ -55,27 +55,38 @@ struct ForwardResult {
   Real aux_loss = 0;             // unscaled Switch loss (HF load_balancing_loss_func)
 };
 
-// Keys and values of many sequences for incremental decode: per layer, slot s owns rows
-// [0, max_len) of a (max_len, nkv, hd) block.
+// Keys and values of many sequences for incremental decode. Per layer one arena of rows, each
+// (nkv, hd); slot s owns rows [offset(s), offset(s) + capacity(s)) of it and holds length(s) of
+// them. The plain constructor gives slot s the rows [s * max_len, (s + 1) * max_len); Pooled()
+// makes an arena of pool_rows rows where an allocator (rollout/) places slots with Assign().
 template <typename Real>
 class KvCache {
  public:
   KvCache(const ModelConfig& config, int64_t num_slots, int64_t max_len);
+  // num_slots slots of capacity 0 over an arena of pool_rows rows per layer.
+  static KvCache Pooled(const ModelConfig& config, int64_t num_slots, int64_t pool_rows);
   int64_t num_layers() const { return static_cast<int64_t>(k_.size()); }
   int64_t row_width() const { return row_; }
   int64_t num_slots() const { return static_cast<int64_t>(length_.size()); }
-  int64_t max_len() const { return max_len_; }
+  int64_t max_len() const { return max_len_; }  // largest capacity a slot can have
   int64_t length(int64_t slot) const { return length_[slot]; }
+  int64_t capacity(int64_t slot) const { return capacity_[slot]; }
   void Reset(int64_t slot) { length_[slot] = 0; }
-  Real* k(int64_t layer, int64_t slot) { return k_[layer].data() + slot * max_len_ * row_; }
-  Real* v(int64_t layer, int64_t slot) { return v_[layer].data() + slot * max_len_ * row_; }
+  // Gives `slot` the arena rows [row_offset, row_offset + capacity) and length 0. The caller
+  // keeps slots' row ranges disjoint.
+  void Assign(int64_t slot, int64_t row_offset, int64_t capacity);
+  // Copies the first n rows of src (every layer) to dst and sets length(dst) = n: group forking.
+  void CopyPrefix(int64_t src, int64_t dst, int64_t n);
+  Real* k(int64_t layer, int64_t slot) { return k_[layer].data() + offset_[slot] * row_; }
+  Real* v(int64_t layer, int64_t slot) { return v_[layer].data() + offset_[slot] * row_; }
   void Advance(int64_t slot, int64_t n) { length_[slot] += n; }
 
  private:
-  int64_t max_len_;
-  int64_t row_;  // nkv * hd
-  std::vector<int64_t> length_;
-  std::vector<std::vector<Real>> k_, v_;  // per layer (num_slots, max_len, nkv, hd)
+  KvCache() = default;
+  int64_t max_len_ = 0;
+  int64_t row_ = 0;  // nkv * hd
+  std::vector<int64_t> length_, offset_, capacity_;  // (num_slots) each
+  std::vector<std::vector<Real>> k_, v_;  // per layer (arena rows, nkv, hd)
 };
 
 template <typename Real>
@@ -106,6 +117,14 @@ class Model {
   // empty. Uses the activations of the last Forward(for_backward = true); accumulates grads().
   absl::Status Backward(absl::Span<const Real> dlogprobs, absl::Span<const Real> dentropy);
 
+  // Batch-invariant mode (kernels/cpu/gemm.h BatchInvariantScope) for Forward and Extend: every
+  // token's logits are computed by arithmetic that does not depend on the other tokens in the
+  // call, so a token gets bitwise the same logprob from Forward over a whole sequence as from
+  // Extend one token at a time (the rollout engine's deterministic mode). Slower for long
+  // sequences (no oneDNN GEMM, per-token attention). Off by default.
+  void set_batch_invariant(bool on) { batch_invariant_ = on; }
+  bool batch_invariant() const { return batch_invariant_; }
+
   // Runs new tokens for some cache slots through the model (prefill or decode, mixed freely),
   // appending their keys/values, and writes the raw (temperature 1) logits of each slot's last
   // new token to logits (slots.size(), V). Routing of the new tokens, (num_moe_layers, T_new, K),
@@ -113,6 +132,11 @@ class Model {
   absl::Status Extend(KvCache<Real>* cache, absl::Span<const int64_t> slots,
                       absl::Span<const absl::Span<const int32_t>> new_tokens, Real* logits,
                       std::vector<int32_t>* routing = nullptr);
+
+  // The final-norm hidden state at each sequence's last token, (B, H) into *out: what a
+  // sequence-classification head (HF `score.weight`) reads. Same checks as Forward, plus every
+  // sequence must be non-empty; no logits, nothing kept for Backward. Honors set_batch_invariant.
+  absl::Status FinalHidden(const TokenBatch& batch, std::vector<Real>* out);
 
  private:
   struct Acts;
@@ -140,6 +164,7 @@ class Model {
   std::vector<Real> grads_;
   std::vector<Real> rope_cos_, rope_sin_;  // (rope_len_, hd/2)
   int64_t rope_len_ = 0;
+  bool batch_invariant_ = false;
   std::unique_ptr<Acts> acts_;
 };
 

@@ -1,6 +1,8 @@
 // Registers the built-in reward functions. Each built-in adds one Register call here.
 #include "common/status.h"
 #include "reward/math_reward.h"
+#include "reward/judge_reward.h"
+#include "reward/model_reward.h"
 #include "reward/isolation.h"
 #include "reward/reward.h"
 #include "reward/reward_service.h"
@@ -21,6 +23,8 @@ void RegisterBuiltinRewards(RewardRegistry* registry) {
   // C-ABI plugins in worker subprocesses with hard deadlines (reward/isolation.h).
   GRPO_CHECK(RegisterPluginReward(registry).ok());
   GRPO_CHECK(RegisterRemoteReward(registry).ok());  // a RewardService (reward/reward_service.h)
+  GRPO_CHECK(RegisterModelReward(registry).ok());   // a reward model (reward/model_reward.h)
+  GRPO_CHECK(RegisterJudgeReward(registry).ok());   // a generative judge (reward/judge_reward.h)
 }
 
 }  // namespace grpo

@@ -155,16 +155,25 @@ void RewardScorer::Health(HealthResponse* response) const {
 
 // ---- RewardServiceImpl ----
 
-grpc::Status RewardServiceImpl::Score(grpc::ServerContext* ctx, const ScoreRequest* request,
-                                      ScoreResponse* response) {
-  if (ctx->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "request cancelled");
-  return ToGrpcStatus(scorer_->Score(*request, response));
+grpc::ServerUnaryReactor* RewardServiceImpl::Score(grpc::CallbackServerContext* ctx,
+                                                   const ScoreRequest* request,
+                                                   ScoreResponse* response) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  // ctx stays valid until Finish, so the worker may ask it whether the client gave up.
+  const absl::Status accepted = queue_.Submit(
+      request, response, [reactor](absl::Status s) { reactor->Finish(ToGrpcStatus(s)); },
+      [ctx] { return ctx->IsCancelled(); });
+  if (!accepted.ok()) reactor->Finish(ToGrpcStatus(accepted));
+  return reactor;
 }
 
-grpc::Status RewardServiceImpl::Health(grpc::ServerContext*, const HealthRequest*,
-                                       HealthResponse* response) {
+grpc::ServerUnaryReactor* RewardServiceImpl::Health(grpc::CallbackServerContext* ctx,
+                                                    const HealthRequest*,
+                                                    HealthResponse* response) {
   scorer_->Health(response);
-  return grpc::Status::OK;
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
 }
 
 absl::StatusOr<std::unique_ptr<grpc::Server>> StartRewardServer(grpc::Service* service,

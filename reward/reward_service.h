@@ -4,9 +4,11 @@
 //    or a failed call), rejects a batch over max_batch_size, and reports the running counters of
 //    the set's isolated (plugin) rewards. Tests call it without a server.
 //  - RewardServiceImpl: the thin gRPC service over a RewardScorer; converts Status in one place.
-//    gRPC's sync server runs handlers on its own bounded thread pool; RewardSet::Score is safe to
-//    call concurrently (plugin rewards serialize their worker pool internally), and every
-//    handler's work is bounded: built-in rewards are linear-time and plugin items have deadlines.
+//    A callback service: handlers never block. Score hands the request to a bounded ScoreQueue
+//    (reward/score_queue.h) whose workers score it; a full queue answers RESOURCE_EXHAUSTED at
+//    once. RewardSet::Score is safe to call concurrently (plugin rewards serialize their worker
+//    pool internally, a reward model its forwards), and every item's work is bounded: built-in
+//    rewards are linear-time, plugin items have deadlines, reward-model items a length cap.
 //  - StartRewardServer: builds and starts a server for a service on host:port (0 = any free).
 //  - RemoteReward: a RewardFunction that calls a RewardService at an address with a per-call
 //    deadline; registered as "remote" with params
@@ -28,6 +30,7 @@
 #include "proto/reward.pb.h"
 #include "reward/reward.h"
 #include "reward/reward_set.h"
+#include "reward/score_queue.h"
 
 namespace grpo {
 
@@ -54,17 +57,21 @@ class RewardScorer {
   const int max_batch_size_;
 };
 
-class RewardServiceImpl final : public RewardService::Service {
+class RewardServiceImpl final : public RewardService::CallbackService {
  public:
-  explicit RewardServiceImpl(const RewardScorer* scorer) : scorer_(scorer) {}
+  explicit RewardServiceImpl(const RewardScorer* scorer, ScoreQueueOptions queue = {})
+      : scorer_(scorer), queue_(scorer, queue) {}
 
-  grpc::Status Score(grpc::ServerContext* ctx, const ScoreRequest* request,
-                     ScoreResponse* response) override;
-  grpc::Status Health(grpc::ServerContext* ctx, const HealthRequest* request,
-                      HealthResponse* response) override;
+  grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* ctx, const ScoreRequest* request,
+                                  ScoreResponse* response) override;
+  grpc::ServerUnaryReactor* Health(grpc::CallbackServerContext* ctx, const HealthRequest* request,
+                                   HealthResponse* response) override;
+
+  const ScoreQueue& queue() const { return queue_; }
 
  private:
   const RewardScorer* scorer_;  // not owned
+  ScoreQueue queue_;
 };
 
 // Builds and starts a gRPC server (insecure credentials) for `service` on host:port; port 0 picks

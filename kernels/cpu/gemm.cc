@@ -112,7 +112,86 @@ inline void DotRows(const float* a, const float* B, int64_t ldb, int64_t K, floa
 #endif
 }
 
+// Batch-invariant C (M, N) = alpha * A (M, K) @ B (N, K)^T + beta * C: every element is one
+// 16-lane FMA chain over k (then the masked tail, then one lane reduction), exactly as in
+// DotRows, whatever the blocking. Register block: kMr rows of A x kNr rows of B.
+template <int kMr, int kNr>
+inline void InvariantBlock(const float* A, int64_t lda, const float* B, int64_t ldb, int64_t K,
+                           float alpha, float beta, float* C, int64_t ldc) {
+#if defined(__AVX512F__)
+  __m512 acc[kMr][kNr];
+  for (int i = 0; i < kMr; ++i)
+    for (int j = 0; j < kNr; ++j) acc[i][j] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    __m512 b[kNr];
+    for (int j = 0; j < kNr; ++j) b[j] = _mm512_loadu_ps(B + j * ldb + k);
+    for (int i = 0; i < kMr; ++i) {
+      const __m512 a = _mm512_loadu_ps(A + i * lda + k);
+      for (int j = 0; j < kNr; ++j) acc[i][j] = _mm512_fmadd_ps(a, b[j], acc[i][j]);
+    }
+  }
+  if (k < K) {
+    const __mmask16 mask = static_cast<__mmask16>((1u << (K - k)) - 1);
+    __m512 b[kNr];
+    for (int j = 0; j < kNr; ++j) b[j] = _mm512_maskz_loadu_ps(mask, B + j * ldb + k);
+    for (int i = 0; i < kMr; ++i) {
+      const __m512 a = _mm512_maskz_loadu_ps(mask, A + i * lda + k);
+      for (int j = 0; j < kNr; ++j) acc[i][j] = _mm512_fmadd_ps(a, b[j], acc[i][j]);
+    }
+  }
+  for (int i = 0; i < kMr; ++i) {
+    for (int j = 0; j < kNr; ++j) {
+      const float d = _mm512_reduce_add_ps(acc[i][j]);
+      float* c = C + i * ldc + j;
+      *c = alpha * d + (beta == 0.0f ? 0.0f : beta * *c);
+    }
+  }
+#else
+  for (int i = 0; i < kMr; ++i) {
+    for (int j = 0; j < kNr; ++j) {
+      float d;
+      DotRows<1>(A + i * lda, B + j * ldb, ldb, K, &d);
+      float* c = C + i * ldc + j;
+      *c = alpha * d + (beta == 0.0f ? 0.0f : beta * *c);
+    }
+  }
+#endif
+}
+
+template <int kMr>
+inline void InvariantRows(const float* A, int64_t lda, const float* B, int64_t ldb, int64_t K,
+                          int64_t nj, float alpha, float beta, float* C, int64_t ldc) {
+  int64_t j = 0;
+  for (; j + 4 <= nj; j += 4) InvariantBlock<kMr, 4>(A, lda, B + j * ldb, ldb, K, alpha, beta, C + j, ldc);
+  for (; j < nj; ++j) InvariantBlock<kMr, 1>(A, lda, B + j * ldb, ldb, K, alpha, beta, C + j, ldc);
+}
+
+void InvariantGemmNT(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                     const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  // Column blocks of B rows (kept in L2 while every row of A passes over them), row blocks of A.
+  constexpr int64_t kCols = 64, kRows = 64;
+  const int64_t num_cb = (N + kCols - 1) / kCols, num_rb = (M + kRows - 1) / kRows;
+  const bool parallel = !omp_in_parallel() && M * N * K > (1 << 16);
+#pragma omp parallel for collapse(2) schedule(static) if (parallel)
+  for (int64_t cb = 0; cb < num_cb; ++cb) {
+    for (int64_t rb = 0; rb < num_rb; ++rb) {
+      const int64_t j0 = cb * kCols, nj = std::min(kCols, N - j0);
+      const int64_t i0 = rb * kRows, i1 = std::min(M, i0 + kRows);
+      int64_t i = i0;
+      for (; i + 4 <= i1; i += 4) {
+        InvariantRows<4>(A + i * lda, lda, B + j0 * ldb, ldb, K, nj, alpha, beta, C + i * ldc + j0, ldc);
+      }
+      for (; i < i1; ++i) {
+        InvariantRows<1>(A + i * lda, lda, B + j0 * ldb, ldb, K, nj, alpha, beta, C + i * ldc + j0, ldc);
+      }
+    }
+  }
+}
+
 #pragma GCC diagnostic pop
+
+thread_local bool t_batch_invariant = false;
 
 // C (M, N) = alpha * A (M, K) @ B (N, K)^T + beta * C for small M (decode, tiny expert groups):
 // B, the weight, is streamed from memory once; each block of 8 of its rows is reused from L1 for
@@ -184,6 +263,10 @@ void Gemm<float>(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, fl
     ScaleC(M, N, beta, C, ldc);
     return;
   }
+  if (!trans_a && trans_b && t_batch_invariant) {
+    InvariantGemmNT(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
   if (!trans_a && trans_b && M <= kSmallMNT) {
     SmallMGemmNT(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
@@ -204,6 +287,12 @@ void Gemm<double>(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, d
   if (M == 0 || N == 0) return;
   LoopGemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
+
+BatchInvariantScope::BatchInvariantScope(bool on) : previous_(t_batch_invariant) {
+  t_batch_invariant = previous_ || on;
+}
+BatchInvariantScope::~BatchInvariantScope() { t_batch_invariant = previous_; }
+bool BatchInvariantEnabled() { return t_batch_invariant; }
 
 void SetGemmStatsEnabled(bool enabled) { g_stats_enabled.store(enabled); }
 GemmStats GetGemmStats() { return g_stats; }

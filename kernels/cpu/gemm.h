@@ -26,6 +26,25 @@ template <typename Real>
 void LinearBackward(Real* dx, Real* dW, Real* db, const Real* dy, const Real* x, const Real* W,
                     int64_t T, int64_t in, int64_t out);
 
+// Batch-invariant mode, per calling thread: while a scope with on = true is alive on a thread,
+// float Gemm calls from that thread with op(A) = A and op(B) = B^T (every LinearForward) compute
+// each C[m, n] with one fixed sequence of operations over k (16-lane FMA chains, masked tail, one
+// lane reduction) whatever M, N, the row's position or the thread count, and AttentionForward
+// processes every query token by itself. A row's result then depends only on its own inputs:
+// the rollout engine's decode and the learner's forward agree bitwise (model.h
+// set_batch_invariant). Other layouts (backward) are unaffected. Scopes nest.
+class BatchInvariantScope {
+ public:
+  explicit BatchInvariantScope(bool on);
+  ~BatchInvariantScope();
+  BatchInvariantScope(const BatchInvariantScope&) = delete;
+  BatchInvariantScope& operator=(const BatchInvariantScope&) = delete;
+
+ private:
+  bool previous_;
+};
+bool BatchInvariantEnabled();
+
 // Optional accounting for benchmarks: FLOPs and wall time of Gemm calls made outside parallel
 // regions (calls inside one, e.g. attention's per-block products, are not counted). Off by default.
 // Not thread-safe: for single-threaded benchmark drivers.

@@ -227,6 +227,9 @@ void AttentionForward(Real* out, Real* lse, const Real* q, const AttnSeq<Real>* 
   const int64_t g = nh / nkv;
   const int64_t ldq = nh * hd, ldk = nkv * hd;
 
+  // Batch-invariant mode: every query token alone (group mode), whatever its sequence's length.
+  const int64_t group_mode_max_q =
+      BatchInvariantEnabled() ? std::numeric_limits<int64_t>::max() : kGroupModeMaxQ;
   std::vector<FwdTask> tasks;
   int64_t max_kv = 0;
   for (int64_t s = 0; s < num_seqs; ++s) {
@@ -235,7 +238,7 @@ void AttentionForward(Real* out, Real* lse, const Real* q, const AttnSeq<Real>* 
     if (sq.q_len == 0) continue;
     max_kv = std::max(max_kv, sq.kv_len);
     const int64_t off = sq.kv_len - sq.q_len;
-    if (sq.q_len < kGroupModeMaxQ) {
+    if (sq.q_len < group_mode_max_q) {
       for (int64_t i = 0; i < sq.q_len; ++i) {
         for (int64_t kvh = 0; kvh < nkv; ++kvh) {
           tasks.push_back({s, kvh, i, i + 1, true, g * (off + i + 1)});

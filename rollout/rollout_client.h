@@ -1,0 +1,65 @@
+// The learner's client for a RolloutService (proto/rollout.proto) at one address. Thread-safe:
+// one RolloutClient may run several calls at once from different threads.
+//
+//   ASSIGN_OR_RETURN(auto client, RolloutClient::Connect("127.0.0.1:50061"));
+//   SamplingParams sp;  sp.group_size = 8;  sp.max_new_tokens = 256;  sp.seed = step;
+//   RETURN_IF_ERROR(client->Generate(prompts, sp, absl::Now() + absl::Minutes(5),
+//       [&](GroupResult&& g) { groups.push_back(std::move(g)); return absl::OkStatus(); }));
+//   RETURN_IF_ERROR(client->PushWeights(version, model.layout(),
+//       absl::MakeConstSpan(model.params(), model.num_params()), absl::Now() + absl::Minutes(1)));
+//
+// Errors keep the server's canonical code: UNAVAILABLE (worker down or shutting down) and
+// DEADLINE_EXCEEDED mean "re-issue the work elsewhere"; INVALID_ARGUMENT means the request is wrong
+// and will fail everywhere. Messages start with "rollout ADDRESS:".
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "model/params.h"
+#include "rollout/rollout_types.h"
+
+namespace grpo {
+
+class RolloutClient {
+ public:
+  // Called once per finished group, on the calling thread of Generate, in completion order.
+  // Returning an error cancels the call (the server stops the request's sequences) and Generate
+  // returns that error.
+  using GroupCallback = std::function<absl::Status(GroupResult&&)>;
+
+  // Creates the channel; does not wait for the server (the first call does, until its deadline).
+  // INVALID_ARGUMENT for an empty address.
+  static absl::StatusOr<std::unique_ptr<RolloutClient>> Connect(const std::string& address);
+  ~RolloutClient();
+
+  // Blocks until every group has been delivered to on_group (OK), or the call fails. Groups
+  // delivered before a failure are valid; the caller re-issues only the missing prompts. A call
+  // that ends OK with fewer groups than prompts (a misbehaving server) is an INTERNAL error.
+  absl::Status Generate(absl::Span<const RolloutPrompt> prompts, const SamplingParams& sampling,
+                        absl::Time deadline, const GroupCallback& on_group);
+
+  // Streams params (layout.total floats, ParamLayout order) as version `version` in chunks of
+  // chunk_bytes (rounded down to whole floats, at most kMaxWeightChunkBytes). OK means the worker
+  // verified and staged them: every Generate started afterwards runs on this version or newer.
+  absl::Status PushWeights(uint64_t version, const ParamLayout& layout,
+                           absl::Span<const float> params, absl::Time deadline,
+                           int64_t chunk_bytes = int64_t{4} << 20);
+
+  absl::StatusOr<RolloutStatus> GetStatus(absl::Time deadline);
+
+  const std::string& address() const { return address_; }
+
+ private:
+  struct Impl;
+  RolloutClient(std::string address, std::unique_ptr<Impl> impl);
+  const std::string address_;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace grpo

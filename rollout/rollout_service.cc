@@ -1,0 +1,105 @@
+// RolloutServiceImpl and StartRolloutServer (rollout/rollout_service.h).
+#include "rollout/rollout_service.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "rollout/convert.h"
+#include "rollout/weights.h"
+
+namespace grpo {
+namespace {
+
+// The one place absl::Status becomes grpc::Status (canonical codes share their numbers).
+grpc::Status ToGrpcStatus(const absl::Status& s) {
+  if (s.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+}
+
+}  // namespace
+
+grpc::Status RolloutServiceImpl::Generate(grpc::ServerContext* ctx,
+                                          const rollout::GenerateRequest* request,
+                                          grpc::ServerWriter<rollout::GroupResult>* writer) {
+  std::vector<RolloutPrompt> prompts(request->prompts_size());
+  for (int i = 0; i < request->prompts_size(); ++i) {
+    prompts[i].prompt_id = request->prompts(i).prompt_id();
+    prompts[i].token_ids.assign(request->prompts(i).token_ids().begin(),
+                                request->prompts(i).token_ids().end());
+  }
+  auto submitted = engine_->Submit(std::move(prompts), FromProto(request->sampling()));
+  if (!submitted.ok()) return ToGrpcStatus(submitted.status());
+  std::shared_ptr<RolloutRequest> req = std::move(*submitted);
+  GroupResult group;
+  rollout::GroupResult message;
+  while (true) {
+    const RolloutRequest::Wait w = req->Next(&group, absl::Milliseconds(50));
+    if (w == RolloutRequest::Wait::kGroup) {
+      message.Clear();
+      ToProto(group, &message);
+      if (!writer->Write(message)) {
+        engine_->Cancel(req);
+        return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+      }
+    } else if (w == RolloutRequest::Wait::kDone) {
+      return ToGrpcStatus(req->status());
+    } else if (ctx->IsCancelled()) {
+      engine_->Cancel(req);
+      return grpc::Status(grpc::StatusCode::CANCELLED, "request cancelled");
+    }
+  }
+}
+
+grpc::Status RolloutServiceImpl::UpdateWeights(grpc::ServerContext* ctx,
+                                               grpc::ServerReader<rollout::WeightChunk>* reader,
+                                               rollout::UpdateWeightsResponse* response) {
+  WeightAssembler assembler(engine_->num_params(), engine_->layout_fingerprint(),
+                            engine_->newest_version());
+  rollout::WeightChunk chunk;
+  while (reader->Read(&chunk)) {
+    absl::Status s = assembler.Add(chunk);
+    if (!s.ok()) return ToGrpcStatus(s);
+  }
+  if (ctx->IsCancelled()) {
+    return grpc::Status(grpc::StatusCode::ABORTED, "weight update: stream cancelled; not applied");
+  }
+  uint64_t version = 0;
+  auto params = assembler.Finish(&version);
+  if (!params.ok()) return ToGrpcStatus(params.status());
+  const int64_t bytes = assembler.bytes_received();
+  absl::Status s = engine_->StageWeights(version, std::move(*params));
+  if (!s.ok()) return ToGrpcStatus(s);
+  response->set_version(version);
+  response->set_bytes_received(static_cast<uint64_t>(bytes));
+  return grpc::Status::OK;
+}
+
+grpc::Status RolloutServiceImpl::GetStatus(grpc::ServerContext*, const rollout::StatusRequest*,
+                                           rollout::StatusResponse* response) {
+  ToProto(engine_->GetStatus(), response);
+  return grpc::Status::OK;
+}
+
+absl::StatusOr<std::unique_ptr<grpc::Server>> StartRolloutServer(grpc::Service* service,
+                                                                 const std::string& host,
+                                                                 int port, int* selected_port) {
+  if (port < 0 || port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("port ", port, " is not in [0, 65535]"));
+  }
+  const std::string address = host.find(':') != std::string::npos
+                                  ? absl::StrCat("[", host, "]:", port)
+                                  : absl::StrCat(host, ":", port);
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), selected_port);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(kMaxWeightChunkBytes + (1 << 20)));
+  builder.SetMaxSendMessageSize(-1);
+  builder.RegisterService(service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || *selected_port == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", address));
+  }
+  return server;
+}
+
+}  // namespace grpo

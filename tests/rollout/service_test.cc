@@ -1,0 +1,295 @@
+// RolloutService over loopback gRPC with RolloutClient: several concurrent clients, weight
+// updates (good, corrupt, interrupted, stale, wrong layout), status, and WeightAssembler alone.
+#include <catch2/catch.hpp>
+
+#include <grpcpp/grpcpp.h>
+
+#include <thread>
+
+#include "proto/rollout.grpc.pb.h"
+#include "rollout/rollout_client.h"
+#include "rollout/rollout_service.h"
+#include "rollout/weights.h"
+#include "tests/rollout/rollout_test_util.h"
+
+namespace grpo {
+namespace {
+
+using testing::MakeEngine;
+using testing::MakeModel;
+using testing::MustParse;
+using testing::RandomTokens;
+
+struct Loopback {
+  std::unique_ptr<Engine> engine;
+  std::unique_ptr<RolloutServiceImpl> service;
+  std::unique_ptr<grpc::Server> server;
+  std::string address;
+
+  Loopback(const ModelConfig& c, uint64_t seed, EngineOptions options = {}) {
+    engine = MakeEngine(c, seed, options);
+    service = std::make_unique<RolloutServiceImpl>(engine.get());
+    int port = 0;
+    auto s = StartRolloutServer(service.get(), "127.0.0.1", 0, &port);
+    if (!s.ok()) throw std::runtime_error(std::string(s.status().message()));
+    server = std::move(*s);
+    address = absl::StrCat("127.0.0.1:", port);
+  }
+  ~Loopback() {
+    engine->Shutdown();
+    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  }
+};
+
+absl::Time Soon() { return absl::Now() + absl::Seconds(60); }
+
+TEST_CASE("CRC32C matches the standard check value", "[rollout][weights]") {
+  const char* s = "123456789";
+  CHECK(Crc32c(s, 9) == 0xE3069283u);
+  CHECK(Crc32c(s + 4, 5, Crc32c(s, 4)) == 0xE3069283u);  // continued
+  CHECK(Crc32c(s, 0) == 0u);
+}
+
+TEST_CASE("several clients generate over loopback at once", "[rollout][service]") {
+  const ModelConfig c = MustParse(testing::TinyQwen3MoeJson());
+  Loopback lb(c, 20);
+  auto expected_engine = MakeEngine(c, 20);
+  constexpr int kClients = 4;
+  std::vector<std::vector<GroupResult>> got(kClients);
+  std::vector<absl::Status> status(kClients);
+  std::vector<std::vector<RolloutPrompt>> prompts(kClients);
+  SamplingParams sp;
+  sp.group_size = 3;
+  sp.max_new_tokens = 10;
+  sp.seed = 77;
+  sp.return_routing = true;
+  for (int k = 0; k < kClients; ++k) {
+    for (int i = 0; i < 3; ++i) {
+      prompts[k].push_back({static_cast<uint64_t>(k * 10 + i), RandomTokens(3 + i + k, c.vocab_size, k * 10 + i)});
+    }
+  }
+  std::vector<std::thread> threads;
+  for (int k = 0; k < kClients; ++k) {
+    threads.emplace_back([&, k] {
+      auto client = RolloutClient::Connect(lb.address);
+      if (!client.ok()) {
+        status[k] = client.status();
+        return;
+      }
+      status[k] = (*client)->Generate(prompts[k], sp, Soon(), [&](GroupResult&& g) {
+        got[k].push_back(std::move(g));
+        return absl::OkStatus();
+      });
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int k = 0; k < kClients; ++k) {
+    INFO("client " << k);
+    REQUIRE(status[k].ok());
+    REQUIRE(got[k].size() == 3);
+    auto expected = expected_engine->GenerateAll(prompts[k], sp);
+    REQUIRE(expected.ok());
+    for (const GroupResult& g : got[k]) {
+      const GroupResult& e = (*expected)[g.prompt_index];
+      CHECK(g.prompt_id == e.prompt_id);
+      REQUIRE(g.completions.size() == 3);
+      for (int s = 0; s < 3; ++s) {
+        CHECK(g.completions[s].token_ids == e.completions[s].token_ids);
+        CHECK(g.completions[s].logprobs == e.completions[s].logprobs);
+        CHECK(g.completions[s].routing.expert_ids == e.completions[s].routing.expert_ids);
+        CHECK(g.completions[s].finish_reason == e.completions[s].finish_reason);
+      }
+    }
+  }
+  // Bad input keeps its code and names the field through the wire.
+  auto client = RolloutClient::Connect(lb.address);
+  REQUIRE(client.ok());
+  SamplingParams bad = sp;
+  bad.group_size = 0;
+  absl::Status s = (*client)->Generate(prompts[0], bad, Soon(), [](GroupResult&&) { return absl::OkStatus(); });
+  CHECK(s.code() == absl::StatusCode::kInvalidArgument);
+  CHECK_THAT(std::string(s.message()), Catch::Contains("group_size"));
+  // A callback error cancels the call and is returned.
+  s = (*client)->Generate(prompts[0], sp, Soon(), [](GroupResult&&) { return absl::AbortedError("enough"); });
+  CHECK(s.code() == absl::StatusCode::kAborted);
+  // A dead address is UNAVAILABLE (or DEADLINE_EXCEEDED), for the learner to re-issue elsewhere.
+  auto dead = RolloutClient::Connect("127.0.0.1:1");
+  REQUIRE(dead.ok());
+  s = (*dead)->Generate(prompts[0], sp, absl::Now() + absl::Seconds(2), [](GroupResult&&) { return absl::OkStatus(); });
+  CHECK((s.code() == absl::StatusCode::kUnavailable || s.code() == absl::StatusCode::kDeadlineExceeded));
+}
+
+// Sends chunks through the raw stub, for streams RolloutClient would never send.
+grpc::Status SendChunks(const std::string& address, const std::vector<rollout::WeightChunk>& chunks,
+                        bool cancel_midway = false) {
+  auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+  auto stub = rollout::RolloutService::NewStub(channel);
+  grpc::ClientContext ctx;
+  rollout::UpdateWeightsResponse response;
+  auto writer = stub->UpdateWeights(&ctx, &response);
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    if (cancel_midway && i == chunks.size() / 2) {
+      ctx.TryCancel();
+      break;
+    }
+    if (!writer->Write(chunks[i])) break;
+  }
+  if (!cancel_midway) writer->WritesDone();
+  return writer->Finish();
+}
+
+std::vector<rollout::WeightChunk> MakeChunks(uint64_t version, const ParamLayout& layout,
+                                             const std::vector<float>& params, int64_t chunk_bytes) {
+  std::vector<rollout::WeightChunk> chunks;
+  const char* bytes = reinterpret_cast<const char*>(params.data());
+  const int64_t total = static_cast<int64_t>(params.size() * 4);
+  for (int64_t off = 0; off < total; off += chunk_bytes) {
+    const int64_t n = std::min(chunk_bytes, total - off);
+    rollout::WeightChunk ch;
+    ch.set_version(version);
+    ch.set_dtype("f32");
+    ch.set_num_params(params.size());
+    ch.set_layout_fingerprint(LayoutFingerprint(layout));
+    ch.set_total_bytes(total);
+    ch.set_payload_crc32c(Crc32c(bytes, total));
+    ch.set_offset(off);
+    ch.set_data(bytes + off, n);
+    ch.set_crc32c(Crc32c(bytes + off, n));
+    chunks.push_back(std::move(ch));
+  }
+  return chunks;
+}
+
+TEST_CASE("weight updates: only a complete verified stream is applied", "[rollout][service][weights]") {
+  const ModelConfig c = MustParse(testing::TinyQwen3MoeJson());
+  EngineOptions opt;
+  opt.initial_version = 5;
+  Loopback lb(c, 30, opt);
+  auto client = RolloutClient::Connect(lb.address);
+  REQUIRE(client.ok());
+  auto new_model = MakeModel<float>(c, 31);
+  const ParamLayout& layout = new_model->layout();
+  const std::vector<float> params(new_model->params(), new_model->params() + new_model->num_params());
+  SamplingParams sp;
+  sp.group_size = 2;
+  sp.max_new_tokens = 8;
+  sp.seed = 3;
+  const std::vector<RolloutPrompt> prompts = {{0, RandomTokens(5, c.vocab_size, 1)}};
+  auto generate = [&]() {
+    std::vector<GroupResult> out;
+    REQUIRE((*client)->Generate(prompts, sp, Soon(), [&](GroupResult&& g) {
+      out.push_back(std::move(g));
+      return absl::OkStatus();
+    }).ok());
+    return out;
+  };
+  const std::vector<GroupResult> before = generate();
+  CHECK(before[0].completions[0].weight_version == 5);
+  const int64_t chunk = 4000;  // several chunks, the last one short
+  auto version_now = [&]() {
+    auto st = (*client)->GetStatus(Soon());
+    REQUIRE(st.ok());
+    return st->weight_version;
+  };
+
+  SECTION("corrupt chunk") {
+    auto chunks = MakeChunks(6, layout, params, chunk);
+    chunks[2].mutable_data()->at(7) ^= 1;
+    grpc::Status s = SendChunks(lb.address, chunks);
+    CHECK(s.error_code() == grpc::StatusCode::DATA_LOSS);
+  }
+  SECTION("wrong payload checksum") {
+    auto chunks = MakeChunks(6, layout, params, chunk);
+    for (auto& ch : chunks) ch.set_payload_crc32c(ch.payload_crc32c() ^ 1);
+    CHECK(SendChunks(lb.address, chunks).error_code() == grpc::StatusCode::DATA_LOSS);
+  }
+  SECTION("stream ends early") {
+    auto chunks = MakeChunks(6, layout, params, chunk);
+    chunks.pop_back();
+    CHECK(SendChunks(lb.address, chunks).error_code() == grpc::StatusCode::ABORTED);
+  }
+  SECTION("stream cancelled midway") {
+    auto chunks = MakeChunks(6, layout, params, chunk);
+    CHECK(SendChunks(lb.address, chunks, true).error_code() == grpc::StatusCode::CANCELLED);
+  }
+  SECTION("gap between chunks") {
+    auto chunks = MakeChunks(6, layout, params, chunk);
+    chunks.erase(chunks.begin() + 1);
+    CHECK(SendChunks(lb.address, chunks).error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  SECTION("stale version") {
+    absl::Status s = (*client)->PushWeights(5, layout, params, Soon(), chunk);
+    CHECK(s.code() == absl::StatusCode::kFailedPrecondition);
+  }
+  SECTION("another model's layout") {
+    const ModelConfig other = MustParse(testing::TinyQwen2MoeJson());
+    auto m = MakeModel<float>(other, 1);
+    absl::Status s = (*client)->PushWeights(
+        6, m->layout(), absl::MakeConstSpan(m->params(), m->num_params()), Soon(), chunk);
+    CHECK(s.code() == absl::StatusCode::kInvalidArgument);
+  }
+  // None of the above changed what is served.
+  CHECK(version_now() == 5);
+  const std::vector<GroupResult> still = generate();
+  CHECK(still[0].completions[0].token_ids == before[0].completions[0].token_ids);
+  CHECK(still[0].completions[0].weight_version == 5);
+
+  // A good update is served by every later request.
+  REQUIRE((*client)->PushWeights(6, layout, params, Soon(), chunk).ok());
+  const std::vector<GroupResult> after = generate();
+  CHECK(after[0].completions[0].weight_version == 6);
+  CHECK(after[0].completions[1].weight_version == 6);
+  auto expected_engine = MakeEngine(c, 31);
+  auto expected = expected_engine->GenerateAll(prompts, sp);
+  REQUIRE(expected.ok());
+  CHECK(after[0].completions[0].token_ids == (*expected)[0].completions[0].token_ids);
+  CHECK(after[0].completions[0].logprobs == (*expected)[0].completions[0].logprobs);
+  auto st = (*client)->GetStatus(Soon());
+  REQUIRE(st.ok());
+  CHECK(st->weight_version == 6);
+  CHECK(st->num_params == new_model->num_params());
+  CHECK(st->layout_fingerprint == LayoutFingerprint(layout));
+  CHECK(st->model_type == "qwen3_moe");
+}
+
+TEST_CASE("WeightAssembler names what is wrong", "[rollout][weights]") {
+  const ModelConfig c = MustParse(testing::TinyQwen3MoeJson());
+  auto m = MakeModel<float>(c, 1);
+  const std::vector<float> params(m->params(), m->params() + m->num_params());
+  const uint64_t fp = LayoutFingerprint(m->layout());
+  auto chunks = MakeChunks(3, m->layout(), params, 1024);
+  {
+    WeightAssembler a(m->num_params(), fp, 2);
+    for (const auto& ch : chunks) REQUIRE(a.Add(ch).ok());
+    uint64_t v = 0;
+    auto p = a.Finish(&v);
+    REQUIRE(p.ok());
+    CHECK(v == 3);
+    CHECK(*p == params);
+  }
+  {
+    WeightAssembler a(m->num_params(), fp, 2);
+    auto bad = chunks;
+    bad[1].set_version(4);
+    REQUIRE(a.Add(bad[0]).ok());
+    CHECK_THAT(std::string(a.Add(bad[1]).message()), Catch::Contains("differ from the first chunk"));
+  }
+  {
+    WeightAssembler a(m->num_params() + 1, fp, 2);
+    CHECK_THAT(std::string(a.Add(chunks[0]).message()), Catch::Contains("num_params"));
+  }
+  {
+    WeightAssembler a(m->num_params(), fp, 2);
+    auto bad = chunks;
+    bad[0].set_dtype("bf16");
+    CHECK_THAT(std::string(a.Add(bad[0]).message()), Catch::Contains("dtype"));
+  }
+  {
+    WeightAssembler a(m->num_params(), fp, 2);
+    uint64_t v = 0;
+    CHECK(a.Finish(&v).status().code() == absl::StatusCode::kAborted);
+  }
+}
+
+}  // namespace
+}  // namespace grpo
