@@ -49,7 +49,8 @@ nlohmann::json TrainerState::ToJson() const {
           {"rng", "every stream is SplitMix64 keyed by (seed, step, ...): the step restores it"}};
 }
 
-absl::StatusOr<TrainerState> TrainerState::FromJson(const nlohmann::json& j, const std::string& source) {
+absl::StatusOr<TrainerState> TrainerState::FromJson(const nlohmann::json& j,
+                                                    const std::string& source) {
   TrainerState s;
   try {
     if (j.at("format").get<int>() != 1) {
@@ -102,7 +103,8 @@ absl::Status SaveCheckpoint(const std::string& root, const Model<float>& policy,
     RETURN_IF_ERROR(SaveModel(*reference, (fs::path(tmp) / "reference").string()));
     RETURN_IF_ERROR(step("reference"));
   }
-  RETURN_IF_ERROR(WriteFileAtomic((fs::path(tmp) / "optimizer.bin").string(), optimizer.SerializeState()));
+  RETURN_IF_ERROR(
+      WriteFileAtomic((fs::path(tmp) / "optimizer.bin").string(), optimizer.SerializeState()));
   RETURN_IF_ERROR(step("optimizer.bin"));
   RETURN_IF_ERROR(WriteFileAtomic((fs::path(tmp) / "trainer_state.json").string(),
                                   state.ToJson().dump(2) + "\n"));
@@ -119,7 +121,9 @@ absl::Status SaveCheckpoint(const std::string& root, const Model<float>& policy,
   std::vector<std::string> all = ListCheckpoints(root);
   for (size_t i = 0; i + static_cast<size_t>(options.keep) < all.size(); ++i) {
     fs::remove_all(all[i], ec);
-    if (ec) return absl::InternalError(absl::StrCat("remove old checkpoint ", all[i], ": ", ec.message()));
+    if (ec)
+      return absl::InternalError(
+          absl::StrCat("remove old checkpoint ", all[i], ": ", ec.message()));
   }
   return absl::OkStatus();
 }

@@ -27,7 +27,7 @@
 namespace grpo {
 
 struct TrainerState {
-  int64_t step = 0;            // steps completed
+  int64_t step = 0;  // steps completed
   uint64_t seed = 0;
   int64_t weight_version = 0;  // version of the weights last published
   DatasetPosition dataset;

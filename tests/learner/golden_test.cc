@@ -7,7 +7,6 @@
 // Metrics: loss relative error <= 1e-5; per tensor, ||g - g_ref|| / ||g_ref|| <= 1e-5 (normalized
 // error, since single entries near zero carry fp32 rounding of the whole forward).
 #include <catch2/catch.hpp>
-
 #include <cmath>
 #include <string>
 #include <vector>
@@ -127,8 +126,8 @@ TEST_CASE("golden: GRPO loss and parameter gradients match PyTorch", "[golden][l
   INFO("worst normalized gradient error " << worst << " in " << worst_name);
   CHECK(checked == static_cast<int64_t>((*gf)->tensors().size()));
   WARN("golden: loss rel err " << std::abs(out->loss - ref_loss) / std::abs(ref_loss)
-                               << ", max logprob err " << max_lp_err << ", worst grad err "
-                               << worst << " (" << worst_name << ")");
+                               << ", max logprob err " << max_lp_err << ", worst grad err " << worst
+                               << " (" << worst_name << ")");
 }
 
 }  // namespace

@@ -5,8 +5,9 @@
 //    group, and the weights equal those of a run where nothing failed;
 //  - a crash in the middle of writing a checkpoint leaves the previous one loadable and resumable.
 // The multi-process version (learner + `grpo rollout serve` workers) needs the rollout service.
-#include <catch2/catch.hpp>
+#include "learner/trainer.h"
 
+#include <catch2/catch.hpp>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -14,9 +15,8 @@
 
 #include "common/json_util.h"
 #include "common/status.h"
-#include "model/checkpoint.h"
 #include "learner/checkpoint.h"
-#include "learner/trainer.h"
+#include "model/checkpoint.h"
 #include "tests/learner/learner_fixture.h"
 
 namespace grpo {
@@ -267,13 +267,15 @@ TEST_CASE("learner: every algorithm option together runs (R3, GSPO, TIS, dynamic
   const std::string dir = TempDir("options");
   nlohmann::json j = testing::MakeLearnerFixture(dir);
   j["total_steps"] = 2;
-  j["algorithm"] = {{"policy_loss", "gspo"}, {"clip_low", 3e-4}, {"clip_high", 4e-4},
-                    {"aggregation", "seq-mean-token-mean"}, {"kl_coef", 0.01},
-                    {"kl_estimator", "k2"}, {"entropy_coef", 0.001}, {"mismatch", "seq_tis"},
-                    {"ppo_epochs", 2}, {"mini_batches", 2}, {"micro_batch_seqs", 5},
-                    {"ref_refresh_every", 1}, {"dynamic_sampling", true},
-                    {"overlong_filter", true}, {"routing_replay", true},
-                    {"aux_loss_coef", 0.001}, {"advantage", "rloo"}};
+  j["algorithm"] = {{"policy_loss", "gspo"},    {"clip_low", 3e-4},
+                    {"clip_high", 4e-4},        {"aggregation", "seq-mean-token-mean"},
+                    {"kl_coef", 0.01},          {"kl_estimator", "k2"},
+                    {"entropy_coef", 0.001},    {"mismatch", "seq_tis"},
+                    {"ppo_epochs", 2},          {"mini_batches", 2},
+                    {"micro_batch_seqs", 5},    {"ref_refresh_every", 1},
+                    {"dynamic_sampling", true}, {"overlong_filter", true},
+                    {"routing_replay", true},   {"aux_loss_coef", 0.001},
+                    {"advantage", "rloo"}};
   j["optimizer"] = {{"lr", 1e-3}, {"schedule", "cosine"}, {"warmup_steps", 2}};
   j["rollout"]["max_new_tokens"] = 3;  // some completions end early, most are truncated
   auto t = MakeTrainer(Parse(j));
