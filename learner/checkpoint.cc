@@ -98,6 +98,14 @@ absl::Status SaveCheckpoint(const std::string& root, const Model<float>& policy,
           absl::StrCat("copy ", options.tokenizer_path, " into ", tmp, ": ", ec.message()));
     }
     RETURN_IF_ERROR(step("tokenizer.json"));
+    // The tokenizer's companions, when they sit beside it (HF loaders read them).
+    for (const char* name :
+         {"tokenizer_config.json", "special_tokens_map.json", "generation_config.json"}) {
+      const fs::path src = fs::path(options.tokenizer_path).parent_path() / name;
+      if (!fs::exists(src)) continue;
+      fs::copy_file(src, fs::path(tmp) / name, fs::copy_options::overwrite_existing, ec);
+      if (ec) return absl::InternalError(absl::StrCat("copy ", src.string(), ": ", ec.message()));
+    }
   }
   if (reference != nullptr) {
     RETURN_IF_ERROR(SaveModel(*reference, (fs::path(tmp) / "reference").string()));

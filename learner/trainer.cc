@@ -282,15 +282,19 @@ absl::Status Trainer::CollectGroups(std::vector<Group>* groups, std::map<std::st
   }
   // Reward metrics over every completion scored this step (kept or dropped).
   double sum = 0, sq = 0, correct = 0, errors = 0;
-  std::map<std::string, std::pair<double, double>> comps;  // name -> (sum, count)
+  struct Moments {
+    double sum = 0, sq = 0, count = 0;
+  };
+  std::map<std::string, Moments> comps;
   for (const RewardOutput& o : all_outputs) {
     sum += o.score;
     sq += o.score * o.score;
     if (o.score >= 1.0) correct += 1;
     if (!o.error.empty()) errors += 1;
     for (const auto& [k, v] : o.components) {
-      comps[k].first += v;
-      comps[k].second += 1;
+      comps[k].sum += v;
+      comps[k].sq += v * v;
+      comps[k].count += 1;
     }
   }
   const double n = std::max<double>(1, static_cast<double>(all_outputs.size()));
@@ -299,7 +303,11 @@ absl::Status Trainer::CollectGroups(std::vector<Group>* groups, std::map<std::st
   (*m)["reward/std"] = std::sqrt(std::max(0.0, sq / n - mean * mean));
   (*m)["reward/accuracy"] = correct / n;  // share of completions scoring >= 1 (a full answer)
   (*m)["reward/errors"] = errors;
-  for (const auto& [k, v] : comps) (*m)["reward/" + k + "/mean"] = v.first / v.second;
+  for (const auto& [k, v] : comps) {
+    const double cm = v.sum / v.count;
+    (*m)["reward/" + k + "/mean"] = cm;
+    (*m)["reward/" + k + "/std"] = std::sqrt(std::max(0.0, v.sq / v.count - cm * cm));
+  }
   (*m)["time/rollout_s"] = rollout_s;
   (*m)["time/reward_s"] = reward_s;
   (*m)["rollout/tokens_per_s"] = rollout_s > 0 ? generated / rollout_s : 0;
