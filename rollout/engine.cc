@@ -222,12 +222,19 @@ RolloutStatus Engine::GetStatus() const {
   s.layout_fingerprint = fingerprint_;
   s.model_type = config_.model_type;
   s.vocab_size = static_cast<int32_t>(config_.vocab_size);
-  if (recent_.size() >= 2) {
-    const double span = absl::ToDoubleSeconds(recent_.back().first - recent_.front().first);
-    int64_t tokens = 0;
-    for (size_t i = 1; i < recent_.size(); ++i) tokens += recent_[i].second;
-    if (span > 0) s.tokens_per_second = tokens / span;
+  // Tokens of the steps that ended in the last 10 s, over the time since the window began (or
+  // since the first of those steps began, when the engine was idle before): an idle engine
+  // decays to 0 instead of reporting its last busy rate.
+  const absl::Time now = absl::Now(), window_start = now - absl::Seconds(10);
+  int64_t tokens = 0;
+  absl::Time begin = now;
+  for (size_t i = 1; i < recent_.size(); ++i) {
+    if (recent_[i].first < window_start) continue;
+    tokens += recent_[i].second;
+    begin = std::min(begin, std::max(window_start, recent_[i - 1].first));
   }
+  const double span = absl::ToDoubleSeconds(now - begin);
+  if (tokens > 0 && span > 0) s.tokens_per_second = tokens / span;
   return s;
 }
 
