@@ -171,8 +171,8 @@ TEST_CASE("learner: a worker killed mid-step has its groups re-issued; nothing e
   auto init = LoadModel(dir + "/model");
   REQUIRE(init.ok());
   TrainerOptions opts;
-  auto w0 = LocalRolloutWorker::Create(**init, "w0");
-  auto w1 = LocalRolloutWorker::Create(**init, "w1");
+  auto w0 = LocalRolloutWorker::Create(**init, "w0", int64_t{4} << 20);
+  auto w1 = LocalRolloutWorker::Create(**init, "w1", int64_t{4} << 20);
   REQUIRE(w0.ok());
   REQUIRE(w1.ok());
   opts.workers.push_back(std::make_unique<DyingWorker>(std::move(*w0), /*fail_from=*/1));
