@@ -122,16 +122,29 @@ absl::Status SaveCheckpoint(const std::string& root, const Model<float>& policy,
     RETURN_IF_ERROR(FsyncPath(e.path().string(), e.is_directory()));
   }
   RETURN_IF_ERROR(FsyncPath(tmp, true));
-  if (fs::exists(final_dir)) fs::remove_all(final_dir, ec);  // a re-save of the same step
+  if (fs::exists(final_dir)) {  // a re-save of the same step: move the old one out of the way
+    const std::string doomed =
+        (fs::path(root) / (std::string(kTmpPrefix) + "delete-" + name)).string();
+    if (::rename(final_dir.c_str(), doomed.c_str()) != 0)
+      return Errno("rename for removal", final_dir);
+    fs::remove_all(doomed, ec);
+  }
   if (::rename(tmp.c_str(), final_dir.c_str()) != 0) return Errno("rename to", final_dir);
   RETURN_IF_ERROR(FsyncPath(root, true));
 
+  // Pruning renames first (atomic), then deletes: a crash mid-delete leaves a .tmp-* directory
+  // that readers ignore, never a half-deleted checkpoint that looks complete.
   std::vector<std::string> all = ListCheckpoints(root);
   for (size_t i = 0; i + static_cast<size_t>(options.keep) < all.size(); ++i) {
-    fs::remove_all(all[i], ec);
-    if (ec)
+    const fs::path old(all[i]);
+    const fs::path doomed =
+        old.parent_path() / (std::string(kTmpPrefix) + "delete-" + old.filename().string());
+    if (::rename(old.c_str(), doomed.c_str()) != 0) return Errno("rename for removal", all[i]);
+    fs::remove_all(doomed, ec);
+    if (ec) {
       return absl::InternalError(
           absl::StrCat("remove old checkpoint ", all[i], ": ", ec.message()));
+    }
   }
   return absl::OkStatus();
 }

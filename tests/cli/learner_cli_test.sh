@@ -5,9 +5,20 @@
 # a run SIGKILLed at an arbitrary point leaving only loadable checkpoints that --resume continues.
 # Run by ctest: tests/cli/learner_cli_test.sh BUILD/cli/grpo
 source "$(dirname "$0")/lib.sh" "$1"
+# lib.sh's expect_error pipes echo into grep -q under pipefail: when grep exits at the first match
+# echo can die of SIGPIPE and a correct message is reported as missing (seen under load with the
+# long usage text). Same contract, checked without a pipe.
+expect_error() {
+  local code=$1 text=$2; shift 2
+  set +e; out=$("$@" 2>&1); got=$?; set -e
+  [ "$got" = "$code" ] || fail "exit $got (want $code) from: $* -> $out"
+  [[ "$out" == *"$text"* ]] || fail "message '$out' lacks '$text'"
+}
 
-"$grpo" --help | grep -q "learner" || fail "grpo --help does not list learner"
-"$grpo" learner --help | grep -q "usage: grpo learner" || fail "grpo learner --help"
+help=$("$grpo" --help)
+[[ "$help" == *"learner "* ]] || fail "grpo --help does not list learner"
+help=$("$grpo" learner --help)
+[[ "$help" == *"usage: grpo learner"* ]] || fail "grpo learner --help"
 "$grpo" learner --print-defaults > "$work/defaults.json"
 python3 - "$work/defaults.json" <<'PY' || fail "--print-defaults"
 import json, sys
