@@ -64,7 +64,9 @@ json MakeDefaults() {
       {"old_logprobs", "recompute"},  // recompute (decoupled) | rollout (bypass, lp_old = lp_roll)
       {"ref_refresh_every", 0},     // reference <- policy every N steps (R1: 400); 0 = never
       {"dynamic_sampling", false},  // DAPO: drop groups whose rewards are all equal, refill
-      {"max_gen_batches", 10},      // rollout rounds per step at most (verl DAPO 10)
+      {"max_gen_batches", 10},      // rollout rounds per step at most (verl DAPO 10); if fewer
+                                    // than B groups have signal by then, the step trains on
+                                    // those (none: no update, a warning)
       {"overlong_filter", false},   // DAPO: mask completions truncated at max_new_tokens
       {"routing_replay", false},    // R3: learner forwards reuse the rollout's expert ids
       {"aux_loss_coef", 0.0},       // router load-balancing loss (HF/TRL 0.001)
