@@ -14,5 +14,6 @@ int RunDetokenizeCommand(const std::vector<std::string>& args);
 int RunRewardCommand(const std::vector<std::string>& args);
 int RunPlotCommand(const std::vector<std::string>& args);
 int RunRolloutCommand(const std::vector<std::string>& args);
+int RunLearnerCommand(const std::vector<std::string>& args);
 
 }  // namespace grpo::cli

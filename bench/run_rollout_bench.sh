@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs the rollout engine benchmark and, in the same run, transformers' generate() on the same
+# model config with the same thread count, then prints the decode ratios. Not part of the tests.
+# Needs: a Release build in $BUILD_DIR (default build); for the baseline, a python with torch and
+# transformers ($PYTHON, default /tmp/venv-fx/bin/python, else python3).
+# Usage: bench/run_rollout_bench.sh [THREADS]        (default: 2)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+threads=${1:-2}
+BUILD_DIR=${BUILD_DIR:-build}
+cmake --build "$BUILD_DIR" --target rollout_bench >/dev/null
+ours_log=$(OMP_NUM_THREADS=$threads "$BUILD_DIR/bench/rollout_bench" --config configs/bench_moe.json \
+  --prompt 32 --decode-tokens 64 --repeats 3)
+echo "$ours_log"
+ours=$(echo "$ours_log" | grep '^RESULT' | sed 's/^RESULT //')
+PY=${PYTHON:-/tmp/venv-fx/bin/python}
+[ -x "$PY" ] || PY=python3
+if ! "$PY" -c 'import torch, transformers' 2>/dev/null; then
+  echo "baseline: torch/transformers not installed; no ratio"
+  exit 0
+fi
+theirs=$(OMP_NUM_THREADS=$threads "$PY" bench/hf_generate_baseline.py --threads "$threads" \
+  --prompt 32 --decode-tokens 64 --repeats 3 --json | tee /dev/stderr | tail -n 1)
+python3 - "$ours" "$theirs" <<'PY'
+import json, sys
+ours, theirs = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+for b in (1, 16, 64):
+    o, t = ours[f"decode_b{b}"], theirs[f"decode_b{b}"]
+    print(f"decode batch {b:3d}: grpo {o:7.0f} tok/s, transformers generate() {t:7.0f} tok/s, ratio {o/t:.2f}x")
+print(f"8 prompts x G 8: first group after {ours['first_group_s']:.2f} s, all after {ours['all_groups_s']:.2f} s")
+PY
