@@ -6,6 +6,7 @@
 // alone equals its score in the packed batch (to 1e-4).
 //
 // Run: build/bench/reward_model_bench --config configs/bench_moe.json --items 32 --len 256
+//      [--deterministic 1]  (batch-invariant kernels: the `model` reward's deterministic mode)
 //      (threads: OMP_NUM_THREADS; bench/run_reward_model_bench.sh also runs the baseline)
 #include <omp.h>
 
@@ -49,7 +50,8 @@ int main(int argc, char** argv) {
   const int repeats = std::atoi(Arg(argc, argv, "--repeats", "3"));
   grpo::RewardModelBatching batching;
   batching.max_batch_tokens = std::atol(Arg(argc, argv, "--max-batch-tokens", "8192"));
-  if (num_items < 1 || len < 1 || repeats < 1) return Fail("--items, --len, --repeats must be >= 1");
+  if (num_items < 1 || len < 1 || repeats < 1)
+    return Fail("--items, --len, --repeats must be >= 1");
 
   auto config = grpo::LoadModelConfig(config_path);
   if (!config.ok()) return Fail(config.status().ToString());
@@ -65,6 +67,8 @@ int main(int argc, char** argv) {
   const int64_t num_params = (*backbone)->num_params() + H;
   auto model = grpo::RewardModel::Create(std::move(*backbone), head, std::nullopt);
   if (!model.ok()) return Fail(model.status().ToString());
+  const bool deterministic = std::atoi(Arg(argc, argv, "--deterministic", "0")) != 0;
+  (*model)->set_batch_invariant(deterministic);
 
   std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(config->vocab_size - 1));
   std::vector<std::vector<int32_t>> items(num_items, std::vector<int32_t>(len));
@@ -94,16 +98,18 @@ int main(int argc, char** argv) {
   }
   std::sort(times.begin(), times.end());
   const double med = times[times.size() / 2];
-  std::printf("reward model: %s backbone + 1-label head, %.1fM params, %d threads\n",
-              config->model_type.c_str(), num_params / 1e6, omp_get_max_threads());
+  std::printf("reward model: %s backbone + 1-label head, %.1fM params, %d threads%s\n",
+              config->model_type.c_str(), num_params / 1e6, omp_get_max_threads(),
+              deterministic ? ", batch-invariant kernels" : "");
   std::printf("scored %ld items x %ld tokens (max_batch_tokens %ld): median %.3f s, best %.3f s\n",
               static_cast<long>(num_items), static_cast<long>(len),
               static_cast<long>(batching.max_batch_tokens), med, times.front());
   std::printf("items/s %.2f (best %.2f), tokens/s %.0f; #wrong %d (max |alone - batched| %.2e)\n",
               num_items / med, num_items / times.front(), num_items * len / med, wrong,
               max_alone_diff);
-  std::printf("RESULT {\"items_per_s\": %.3f, \"items_per_s_best\": %.3f, \"wrong\": %d, "
-              "\"params\": %ld}\n",
-              num_items / med, num_items / times.front(), wrong, static_cast<long>(num_params));
+  std::printf(
+      "RESULT {\"items_per_s\": %.3f, \"items_per_s_best\": %.3f, \"wrong\": %d, "
+      "\"params\": %ld}\n",
+      num_items / med, num_items / times.front(), wrong, static_cast<long>(num_params));
   return wrong == 0 ? 0 : 1;
 }

@@ -58,6 +58,11 @@ int main(int argc, char** argv) {
   const int64_t prompt_len = std::atoll(Arg(argc, argv, "--prompt", "32"));
   const int64_t decode_tokens = std::atoll(Arg(argc, argv, "--decode-tokens", "64"));
   const int repeats = std::atoi(Arg(argc, argv, "--repeats", "3"));
+  std::vector<int64_t> batches;
+  for (const char* p = Arg(argc, argv, "--batches", "1,16,64"); *p;) {
+    batches.push_back(std::strtoll(p, const_cast<char**>(&p), 10));
+    if (*p == ',') ++p;
+  }
   auto config = grpo::LoadModelConfig(config_path);
   if (!config.ok()) {
     std::fprintf(stderr, "%s\n", std::string(config.status().message()).c_str());
@@ -115,7 +120,7 @@ int main(int argc, char** argv) {
   }
 
   std::string json = "{";
-  for (const int64_t B : {int64_t{1}, int64_t{16}, int64_t{64}}) {
+  for (const int64_t B : batches) {
     const auto prompts = Prompts(B, prompt_len, V, 2);
     grpo::SamplingParams sp;
     sp.temperature = 0;

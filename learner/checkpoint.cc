@@ -49,7 +49,8 @@ nlohmann::json TrainerState::ToJson() const {
           {"rng", "every stream is SplitMix64 keyed by (seed, step, ...): the step restores it"}};
 }
 
-absl::StatusOr<TrainerState> TrainerState::FromJson(const nlohmann::json& j, const std::string& source) {
+absl::StatusOr<TrainerState> TrainerState::FromJson(const nlohmann::json& j,
+                                                    const std::string& source) {
   TrainerState s;
   try {
     if (j.at("format").get<int>() != 1) {
@@ -97,12 +98,21 @@ absl::Status SaveCheckpoint(const std::string& root, const Model<float>& policy,
           absl::StrCat("copy ", options.tokenizer_path, " into ", tmp, ": ", ec.message()));
     }
     RETURN_IF_ERROR(step("tokenizer.json"));
+    // The tokenizer's companions, when they sit beside it (HF loaders read them).
+    for (const char* name :
+         {"tokenizer_config.json", "special_tokens_map.json", "generation_config.json"}) {
+      const fs::path src = fs::path(options.tokenizer_path).parent_path() / name;
+      if (!fs::exists(src)) continue;
+      fs::copy_file(src, fs::path(tmp) / name, fs::copy_options::overwrite_existing, ec);
+      if (ec) return absl::InternalError(absl::StrCat("copy ", src.string(), ": ", ec.message()));
+    }
   }
   if (reference != nullptr) {
     RETURN_IF_ERROR(SaveModel(*reference, (fs::path(tmp) / "reference").string()));
     RETURN_IF_ERROR(step("reference"));
   }
-  RETURN_IF_ERROR(WriteFileAtomic((fs::path(tmp) / "optimizer.bin").string(), optimizer.SerializeState()));
+  RETURN_IF_ERROR(
+      WriteFileAtomic((fs::path(tmp) / "optimizer.bin").string(), optimizer.SerializeState()));
   RETURN_IF_ERROR(step("optimizer.bin"));
   RETURN_IF_ERROR(WriteFileAtomic((fs::path(tmp) / "trainer_state.json").string(),
                                   state.ToJson().dump(2) + "\n"));
@@ -112,14 +122,29 @@ absl::Status SaveCheckpoint(const std::string& root, const Model<float>& policy,
     RETURN_IF_ERROR(FsyncPath(e.path().string(), e.is_directory()));
   }
   RETURN_IF_ERROR(FsyncPath(tmp, true));
-  if (fs::exists(final_dir)) fs::remove_all(final_dir, ec);  // a re-save of the same step
+  if (fs::exists(final_dir)) {  // a re-save of the same step: move the old one out of the way
+    const std::string doomed =
+        (fs::path(root) / (std::string(kTmpPrefix) + "delete-" + name)).string();
+    if (::rename(final_dir.c_str(), doomed.c_str()) != 0)
+      return Errno("rename for removal", final_dir);
+    fs::remove_all(doomed, ec);
+  }
   if (::rename(tmp.c_str(), final_dir.c_str()) != 0) return Errno("rename to", final_dir);
   RETURN_IF_ERROR(FsyncPath(root, true));
 
+  // Pruning renames first (atomic), then deletes: a crash mid-delete leaves a .tmp-* directory
+  // that readers ignore, never a half-deleted checkpoint that looks complete.
   std::vector<std::string> all = ListCheckpoints(root);
   for (size_t i = 0; i + static_cast<size_t>(options.keep) < all.size(); ++i) {
-    fs::remove_all(all[i], ec);
-    if (ec) return absl::InternalError(absl::StrCat("remove old checkpoint ", all[i], ": ", ec.message()));
+    const fs::path old(all[i]);
+    const fs::path doomed =
+        old.parent_path() / (std::string(kTmpPrefix) + "delete-" + old.filename().string());
+    if (::rename(old.c_str(), doomed.c_str()) != 0) return Errno("rename for removal", all[i]);
+    fs::remove_all(doomed, ec);
+    if (ec) {
+      return absl::InternalError(
+          absl::StrCat("remove old checkpoint ", all[i], ": ", ec.message()));
+    }
   }
   return absl::OkStatus();
 }

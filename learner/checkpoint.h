@@ -11,7 +11,9 @@
 // Atomicity: everything is written into ROOT/.tmp-step_NNNNNNNN, each file and the directory are
 // fsync'ed, then the directory is renamed to its final name and ROOT is fsync'ed. A crash at any
 // point leaves either the complete new checkpoint or none of it; readers ignore .tmp-* entries and
-// the next save removes them. After a save only the newest `keep` checkpoints remain.
+// the next save removes them. After a save only the newest `keep` checkpoints remain; older ones
+// are renamed to .tmp-delete-* before being deleted, so a crash mid-delete cannot leave a
+// half-deleted directory that looks like a checkpoint.
 #pragma once
 
 #include <cstdint>
@@ -27,7 +29,7 @@
 namespace grpo {
 
 struct TrainerState {
-  int64_t step = 0;            // steps completed
+  int64_t step = 0;  // steps completed
   uint64_t seed = 0;
   int64_t weight_version = 0;  // version of the weights last published
   DatasetPosition dataset;

@@ -64,7 +64,9 @@ json MakeDefaults() {
       {"old_logprobs", "recompute"},  // recompute (decoupled) | rollout (bypass, lp_old = lp_roll)
       {"ref_refresh_every", 0},     // reference <- policy every N steps (R1: 400); 0 = never
       {"dynamic_sampling", false},  // DAPO: drop groups whose rewards are all equal, refill
-      {"max_gen_batches", 10},      // rollout rounds per step at most (verl DAPO 10)
+      {"max_gen_batches", 10},      // rollout rounds per step at most (verl DAPO 10); if fewer
+                                    // than B groups have signal by then, the step trains on
+                                    // those (none: no update, a warning)
       {"overlong_filter", false},   // DAPO: mask completions truncated at max_new_tokens
       {"routing_replay", false},    // R3: learner forwards reuse the rollout's expert ids
       {"aux_loss_coef", 0.0},       // router load-balancing loss (HF/TRL 0.001)
@@ -92,8 +94,8 @@ json MakeDefaults() {
 absl::Status Merge(const json& src, json* dst, const std::string& prefix) {
   if (!src.is_object()) {
     return absl::InvalidArgumentError(
-        absl::StrCat(prefix.empty() ? "the config" : "'" + prefix + "'", " must be a JSON object, not ",
-                     JsonTypeName(src)));
+        absl::StrCat(prefix.empty() ? "the config" : "'" + prefix + "'",
+                     " must be a JSON object, not ", JsonTypeName(src)));
   }
   for (auto it = src.begin(); it != src.end(); ++it) {
     const std::string key = prefix.empty() ? it.key() : prefix + "." + it.key();
@@ -112,10 +114,9 @@ absl::Status Merge(const json& src, json* dst, const std::string& prefix) {
       RETURN_IF_ERROR(Merge(it.value(), &d, key));
       continue;
     }
-    const bool same = (d.is_number() && it.value().is_number()) ||
-                      (d.is_string() && it.value().is_string()) ||
-                      (d.is_boolean() && it.value().is_boolean()) ||
-                      (d.is_array() && it.value().is_array());
+    const bool same =
+        (d.is_number() && it.value().is_number()) || (d.is_string() && it.value().is_string()) ||
+        (d.is_boolean() && it.value().is_boolean()) || (d.is_array() && it.value().is_array());
     if (!same) {
       return absl::InvalidArgumentError(absl::StrCat("'", key, "' must be a ", JsonTypeName(d),
                                                      ", not ", JsonTypeName(it.value())));
@@ -139,7 +140,8 @@ struct Reader {
   int64_t Int(const std::string& path) {
     const json& j = At(path);
     if (!j.is_number_integer()) {
-      if (status.ok()) status = absl::InvalidArgumentError(absl::StrCat("'", path, "' must be an integer"));
+      if (status.ok())
+        status = absl::InvalidArgumentError(absl::StrCat("'", path, "' must be an integer"));
       return 0;
     }
     return j.get<int64_t>();
@@ -150,7 +152,8 @@ struct Reader {
     std::vector<std::string> out;
     for (const json& e : At(path)) {
       if (!e.is_string()) {
-        if (status.ok()) status = absl::InvalidArgumentError(absl::StrCat("'", path, "' must hold strings"));
+        if (status.ok())
+          status = absl::InvalidArgumentError(absl::StrCat("'", path, "' must hold strings"));
         return {};
       }
       out.push_back(e.get<std::string>());
@@ -216,12 +219,14 @@ absl::StatusOr<LearnerConfig> ParseLearnerConfig(const json& user, const std::st
   c.output_dir = r.Str("output_dir");
   const json& seed = merged["seed"];
   if (!seed.is_number_integer() || (!seed.is_number_unsigned() && seed.get<int64_t>() < 0)) {
-    return absl::InvalidArgumentError(absl::StrCat(source, ": 'seed' must be a non-negative integer"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": 'seed' must be a non-negative integer"));
   }
   c.seed = seed.get<uint64_t>();
   c.total_steps = r.Int("total_steps");
   if (merged["data"].empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(source, ": 'data' is required: {\"path\": \"train.jsonl\"}"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": 'data' is required: {\"path\": \"train.jsonl\"}"));
   }
   {
     auto d = DatasetConfigFromJson(merged["data"]);
@@ -261,7 +266,8 @@ absl::StatusOr<LearnerConfig> ParseLearnerConfig(const json& user, const std::st
     *out = *v;
     return absl::OkStatus();
   };
-  RETURN_IF_ERROR(parse_enum(ParseAdvantageEstimator, "algorithm.advantage", &al.advantage.estimator));
+  RETURN_IF_ERROR(
+      parse_enum(ParseAdvantageEstimator, "algorithm.advantage", &al.advantage.estimator));
   RETURN_IF_ERROR(parse_enum(ParsePolicyLossType, "algorithm.policy_loss", &al.loss.policy_loss));
   RETURN_IF_ERROR(parse_enum(ParseKlEstimator, "algorithm.kl_estimator", &al.loss.kl_estimator));
   RETURN_IF_ERROR(parse_enum(ParseLossAggregation, "algorithm.aggregation", &al.loss.aggregation));
@@ -337,9 +343,9 @@ absl::Status LearnerConfig::Validate() const {
     if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat("algorithm: ", s.message()));
   }
   RETURN_IF_ERROR(Range(al.ppo_epochs >= 1, "algorithm.ppo_epochs", "must be >= 1"));
-  RETURN_IF_ERROR(Range(al.mini_batches >= 1 && al.mini_batches <= ro.prompts_per_step,
-                        "algorithm.mini_batches",
-                        "must lie in [1, rollout.prompts_per_step] (mini-batches hold whole groups)"));
+  RETURN_IF_ERROR(Range(
+      al.mini_batches >= 1 && al.mini_batches <= ro.prompts_per_step, "algorithm.mini_batches",
+      "must lie in [1, rollout.prompts_per_step] (mini-batches hold whole groups)"));
   RETURN_IF_ERROR(Range(ro.prompts_per_step % al.mini_batches == 0, "algorithm.mini_batches",
                         "must divide rollout.prompts_per_step"));
   RETURN_IF_ERROR(Range(al.micro_batch_seqs >= 0, "algorithm.micro_batch_seqs", "must be >= 0"));

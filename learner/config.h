@@ -24,8 +24,8 @@ namespace grpo {
 struct LearnerRolloutConfig {
   // Remote RolloutService addresses. Empty: generate in-process (learner/rollout.h LocalRollout).
   std::vector<std::string> workers;
-  int64_t local_workers = 1;  // in-process engines when `workers` is empty (groups balanced)
-  int64_t group_size = 8;     // G
+  int64_t local_workers = 1;      // in-process engines when `workers` is empty (groups balanced)
+  int64_t group_size = 8;         // G
   int64_t prompts_per_step = 16;  // B prompts -> B * G completions per step
   double temperature = 1.0;
   int64_t max_new_tokens = 64;
@@ -82,7 +82,8 @@ absl::Status ApplyOverride(const std::string& assignment, nlohmann::json* config
 
 // Merges `user` onto the defaults (unknown keys and type mismatches are errors naming the key),
 // parses and validates. `source` (the file) prefixes errors.
-absl::StatusOr<LearnerConfig> ParseLearnerConfig(const nlohmann::json& user, const std::string& source);
+absl::StatusOr<LearnerConfig> ParseLearnerConfig(const nlohmann::json& user,
+                                                 const std::string& source);
 
 // Reads the file, applies the overrides in order, parses. Relative paths in the config are taken
 // relative to the current directory.

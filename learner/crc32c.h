@@ -10,8 +10,8 @@
 namespace grpo {
 
 // CRC-32C of `data`, continuing from `crc` (0 for a fresh checksum). Not an overload of
-// Crc32c: a (const char*, uint32_t) call would bind to its (pointer, size) form. Crc32cOf("123456789") ==
-// 0xE3069283.
+// Crc32c: a (const char*, uint32_t) call would bind to its (pointer, size) form.
+// Crc32cOf("123456789") == 0xE3069283.
 inline uint32_t Crc32cOf(std::string_view data, uint32_t crc = 0) {
   return Crc32c(data.data(), data.size(), crc);
 }

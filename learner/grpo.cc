@@ -44,16 +44,20 @@ absl::StatusOr<AdvantageEstimator> ParseAdvantageEstimator(const std::string& na
   if (name == "dr_grpo") return AdvantageEstimator::kDrGrpo;
   if (name == "batch_std") return AdvantageEstimator::kBatchStd;
   if (name == "rloo") return AdvantageEstimator::kRloo;
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown advantage estimator '", name, "'; use grpo, dr_grpo, batch_std or rloo"));
+  return absl::InvalidArgumentError(absl::StrCat("unknown advantage estimator '", name,
+                                                 "'; use grpo, dr_grpo, batch_std or rloo"));
 }
 
 const char* AdvantageEstimatorName(AdvantageEstimator e) {
   switch (e) {
-    case AdvantageEstimator::kGrpo: return "grpo";
-    case AdvantageEstimator::kDrGrpo: return "dr_grpo";
-    case AdvantageEstimator::kBatchStd: return "batch_std";
-    case AdvantageEstimator::kRloo: return "rloo";
+    case AdvantageEstimator::kGrpo:
+      return "grpo";
+    case AdvantageEstimator::kDrGrpo:
+      return "dr_grpo";
+    case AdvantageEstimator::kBatchStd:
+      return "batch_std";
+    case AdvantageEstimator::kRloo:
+      return "rloo";
   }
   return "?";
 }
@@ -74,8 +78,8 @@ absl::StatusOr<std::vector<double>> ComputeAdvantages(absl::Span<const double> r
     total += group_sizes[g];
   }
   if (total != static_cast<int64_t>(rewards.size())) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("group sizes add up to ", total, " but there are ", rewards.size(), " rewards"));
+    return absl::InvalidArgumentError(absl::StrCat("group sizes add up to ", total,
+                                                   " but there are ", rewards.size(), " rewards"));
   }
   for (size_t i = 0; i < rewards.size(); ++i) {
     if (!std::isfinite(rewards[i])) {
@@ -85,7 +89,8 @@ absl::StatusOr<std::vector<double>> ComputeAdvantages(absl::Span<const double> r
   double batch_std = 0;
   if (config.estimator == AdvantageEstimator::kBatchStd) {
     if (rewards.size() < 2) {
-      return absl::InvalidArgumentError("batch_std advantages need at least 2 rewards in the batch");
+      return absl::InvalidArgumentError(
+          "batch_std advantages need at least 2 rewards in the batch");
     }
     batch_std = AllEqual(rewards) ? 0.0 : UnbiasedStd(rewards);
   }
@@ -100,9 +105,15 @@ absl::StatusOr<std::vector<double>> ComputeAdvantages(absl::Span<const double> r
         const double c = r[i] - mean;
         double a = 0;
         switch (config.estimator) {
-          case AdvantageEstimator::kGrpo: a = c / (UnbiasedStd(r) + config.eps); break;
-          case AdvantageEstimator::kDrGrpo: a = c; break;
-          case AdvantageEstimator::kBatchStd: a = c / (batch_std + config.eps); break;
+          case AdvantageEstimator::kGrpo:
+            a = c / (UnbiasedStd(r) + config.eps);
+            break;
+          case AdvantageEstimator::kDrGrpo:
+            a = c;
+            break;
+          case AdvantageEstimator::kBatchStd:
+            a = c / (batch_std + config.eps);
+            break;
           case AdvantageEstimator::kRloo:
             a = n == 1 ? r[i] : c * static_cast<double>(n) / static_cast<double>(n - 1);
             break;
@@ -157,8 +168,9 @@ absl::StatusOr<MismatchCorrection> ParseMismatchCorrection(const std::string& na
   if (name == "token_mis") return MismatchCorrection::kTokenMis;
   if (name == "seq_tis") return MismatchCorrection::kSeqTis;
   if (name == "seq_mis") return MismatchCorrection::kSeqMis;
-  return absl::InvalidArgumentError(absl::StrCat(
-      "unknown mismatch correction '", name, "'; use none, token_tis, token_mis, seq_tis or seq_mis"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown mismatch correction '", name,
+                   "'; use none, token_tis, token_mis, seq_tis or seq_mis"));
 }
 
 absl::Status LossConfig::Validate() const {
@@ -184,8 +196,8 @@ absl::Status LossConfig::Validate() const {
     return absl::InvalidArgumentError(absl::StrCat("mismatch_cap ", mismatch_cap, " must be > 0"));
   }
   if (!(mismatch_low >= 0 && mismatch_low < mismatch_cap)) {
-    return absl::InvalidArgumentError(absl::StrCat("mismatch_low ", mismatch_low,
-                                                   " must lie in [0, mismatch_cap)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("mismatch_low ", mismatch_low, " must lie in [0, mismatch_cap)"));
   }
   return absl::OkStatus();
 }
@@ -238,15 +250,16 @@ absl::StatusOr<LossOutput> ComputeLoss(const LossInput& in, const LossNormalizer
   RETURN_IF_ERROR(check_len(in.ref_logprobs, "ref_logprobs", cfg.kl_coef > 0));
   RETURN_IF_ERROR(check_len(in.entropy, "entropy", cfg.entropy_coef != 0));
   if (static_cast<int64_t>(in.advantages.size()) != B) {
-    return absl::InvalidArgumentError(absl::StrCat("loss input: ", in.advantages.size(),
-                                                   " advantages for ", B, " sequences"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("loss input: ", in.advantages.size(), " advantages for ", B, " sequences"));
   }
   for (int64_t b = 0; b < B; ++b) {
     if (in.offsets[b + 1] < in.offsets[b]) {
       return absl::InvalidArgumentError("loss input: offsets decrease");
     }
     if (!std::isfinite(in.advantages[b])) {
-      return absl::InvalidArgumentError(absl::StrCat("loss input: advantage ", b, " is not finite"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("loss input: advantage ", b, " is not finite"));
     }
   }
   for (int64_t t = 0; t < T; ++t) {
@@ -259,7 +272,8 @@ absl::StatusOr<LossOutput> ComputeLoss(const LossInput& in, const LossNormalizer
     if (cfg.kl_coef > 0) finite = finite && std::isfinite(in.ref_logprobs[t]);
     if (cfg.entropy_coef != 0) finite = finite && std::isfinite(in.entropy[t]);
     if (!finite) {
-      return absl::InvalidArgumentError(absl::StrCat("loss input: token ", t, " has a non-finite logprob"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("loss input: token ", t, " has a non-finite logprob"));
     }
   }
   if (norm.num_seqs <= 0 ||
@@ -285,12 +299,18 @@ absl::StatusOr<LossOutput> ComputeLoss(const LossInput& in, const LossNormalizer
     // Aggregation weight of each of this sequence's tokens (uniform within a sequence).
     double w_agg = 0;
     switch (cfg.aggregation) {
-      case LossAggregation::kTokenMean: w_agg = 1.0 / norm.num_tokens; break;
-      case LossAggregation::kSeqMeanTokenMean: w_agg = 1.0 / (N * n_b); break;
+      case LossAggregation::kTokenMean:
+        w_agg = 1.0 / norm.num_tokens;
+        break;
+      case LossAggregation::kSeqMeanTokenMean:
+        w_agg = 1.0 / (N * n_b);
+        break;
       case LossAggregation::kSeqMeanTokenSumNorm:
         w_agg = 1.0 / (N * static_cast<double>(cfg.norm_length));
         break;
-      case LossAggregation::kSeqMeanTokenSum: w_agg = 1.0 / N; break;
+      case LossAggregation::kSeqMeanTokenSum:
+        w_agg = 1.0 / N;
+        break;
     }
 
     // Sequence-level quantities: the GSPO ratio and the sequence IS weight.
@@ -307,7 +327,8 @@ absl::StatusOr<LossOutput> ComputeLoss(const LossInput& in, const LossNormalizer
       }
     }
     double seq_w = 1.0;
-    if (cfg.mismatch == MismatchCorrection::kSeqTis || cfg.mismatch == MismatchCorrection::kSeqMis) {
+    if (cfg.mismatch == MismatchCorrection::kSeqTis ||
+        cfg.mismatch == MismatchCorrection::kSeqMis) {
       double log_rho = 0;
       for (int64_t t = t0; t < t1; ++t) {
         if (in.mask[t] != 0) log_rho += in.old_logprobs[t] - in.rollout_logprobs[t];
@@ -397,8 +418,14 @@ absl::StatusOr<LossOutput> ComputeLoss(const LossInput& in, const LossNormalizer
       if (cfg.kl_coef > 0) {
         const double d = lp - in.ref_logprobs[t];
         switch (cfg.kl_estimator) {
-          case KlEstimator::kK1: kl = d; dkl = 1; break;
-          case KlEstimator::kK2: kl = 0.5 * d * d; dkl = d; break;
+          case KlEstimator::kK1:
+            kl = d;
+            dkl = 1;
+            break;
+          case KlEstimator::kK2:
+            kl = 0.5 * d * d;
+            dkl = d;
+            break;
           case KlEstimator::kK3: {
             const double x = -d;  // lp_ref - lp
             const double xc = std::clamp(x, -kMaxLogRatio, kMaxLogRatio);

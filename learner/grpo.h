@@ -5,7 +5,8 @@
 // call returns the loss value, d(loss)/d(logprob) per token (what Model::Backward takes) and
 // statistics. Formulas and defaults: /work/shared/ALGORITHMS.md §1, §3-§7 (section numbers below).
 //
-// Not here: models, sampling, optimizers (learner/optimizer.h), the training loop (learner/trainer.h).
+// Not here: models, sampling, optimizers (learner/optimizer.h), the training loop
+// (learner/trainer.h).
 //
 // Layout: a batch of B response sequences is packed; sequence b owns tokens
 // [offsets[b], offsets[b+1]) of every per-token array (T = offsets[B] tokens). Only response tokens
@@ -27,7 +28,8 @@ namespace grpo {
 enum class AdvantageEstimator {
   kGrpo,      // (R - mean_group) / (std_group + eps), unbiased std          (DeepSeekMath, verl)
   kDrGrpo,    // R - mean_group                                                 (Dr. GRPO)
-  kBatchStd,  // (R - mean_group) / (std over the whole batch + eps)           (TRL scale_rewards=batch)
+  kBatchStd,  // (R - mean_group) / (std over the whole batch + eps)           (TRL
+              // scale_rewards=batch)
   kRloo,      // R - mean of the other G-1 rewards; a group of one gets R      (RLOO)
 };
 
@@ -60,10 +62,10 @@ enum class PolicyLossType {
 };
 enum class KlEstimator { kK1, kK2, kK3 };  // §1.4
 enum class LossAggregation {
-  kTokenMean,             // sum m*l / (tokens in the mini-batch)                      (DAPO, verl)
-  kSeqMeanTokenMean,      // (1/N) sum_i (1/|o_i|) sum_t m*l                            (GRPO paper)
-  kSeqMeanTokenSumNorm,   // (1/N) sum_i (1/L) sum_t m*l, L = norm_length              (Dr. GRPO)
-  kSeqMeanTokenSum,       // (1/N) sum_i sum_t m*l
+  kTokenMean,            // sum m*l / (tokens in the mini-batch)                      (DAPO, verl)
+  kSeqMeanTokenMean,     // (1/N) sum_i (1/|o_i|) sum_t m*l                            (GRPO paper)
+  kSeqMeanTokenSumNorm,  // (1/N) sum_i (1/L) sum_t m*l, L = norm_length              (Dr. GRPO)
+  kSeqMeanTokenSum,      // (1/N) sum_i sum_t m*l
 };
 enum class MismatchCorrection {  // §6; weights pi_old / pi_rollout, stop-gradient
   kNone,
@@ -106,29 +108,29 @@ LossNormalizer ComputeNormalizer(absl::Span<const int64_t> offsets, absl::Span<c
 
 // One micro-batch of response tokens. Spans are (T) unless noted; optional ones may be empty.
 struct LossInput {
-  absl::Span<const int64_t> offsets;           // (B+1)
-  absl::Span<const double> logprobs;           // lp under the current policy (differentiated)
-  absl::Span<const double> old_logprobs;       // lp_old
-  absl::Span<const double> rollout_logprobs;   // lp_roll; required when mismatch != kNone
-  absl::Span<const double> ref_logprobs;       // lp_ref; required when kl_coef > 0
-  absl::Span<const double> entropy;            // required when entropy_coef != 0
-  absl::Span<const double> mask;               // 0 or 1
-  absl::Span<const double> advantages;         // (B) one per sequence
+  absl::Span<const int64_t> offsets;          // (B+1)
+  absl::Span<const double> logprobs;          // lp under the current policy (differentiated)
+  absl::Span<const double> old_logprobs;      // lp_old
+  absl::Span<const double> rollout_logprobs;  // lp_roll; required when mismatch != kNone
+  absl::Span<const double> ref_logprobs;      // lp_ref; required when kl_coef > 0
+  absl::Span<const double> entropy;           // required when entropy_coef != 0
+  absl::Span<const double> mask;              // 0 or 1
+  absl::Span<const double> advantages;        // (B) one per sequence
 };
 
 // Sums over the tokens (or sequences) seen; Merge() adds another micro-batch's.
 struct LossStats {
-  double num_tokens = 0;       // masked-in tokens
+  double num_tokens = 0;  // masked-in tokens
   double num_seqs = 0;
-  double pg_loss_sum = 0;      // sum of policy-loss terms (after IS weights), per token
-  double kl_sum = 0;           // sum of the configured KL estimator over tokens
+  double pg_loss_sum = 0;  // sum of policy-loss terms (after IS weights), per token
+  double kl_sum = 0;       // sum of the configured KL estimator over tokens
   double entropy_sum = 0;
-  double clipped = 0;          // tokens whose ratio was clipped (the clipped branch won)
-  double dual_clipped = 0;     // tokens capped by dual-clip
+  double clipped = 0;       // tokens whose ratio was clipped (the clipped branch won)
+  double dual_clipped = 0;  // tokens capped by dual-clip
   double ratio_sum = 0, ratio_min = 1e300, ratio_max = -1e300;
-  double is_weight_sum = 0;    // sum of mismatch weights (tokens)
-  double is_rejected = 0;      // tokens whose MIS weight is 0
-  double mismatch_abs_sum = 0; // sum |lp_old - lp_roll| (when rollout logprobs are given)
+  double is_weight_sum = 0;     // sum of mismatch weights (tokens)
+  double is_rejected = 0;       // tokens whose MIS weight is 0
+  double mismatch_abs_sum = 0;  // sum |lp_old - lp_roll| (when rollout logprobs are given)
   double mismatch_tokens = 0;
 
   void Merge(const LossStats& o);

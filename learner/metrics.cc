@@ -54,7 +54,8 @@ std::string TfRecord(const std::string& data) {
   return out;
 }
 
-std::string ScalarEvent(int64_t step, double wall_time, const std::map<std::string, double>& scalars) {
+std::string ScalarEvent(int64_t step, double wall_time,
+                        const std::map<std::string, double>& scalars) {
   tensorboard::Event ev;
   ev.set_wall_time(wall_time);
   ev.set_step(step);
@@ -71,7 +72,8 @@ absl::StatusOr<std::vector<std::string>> ReadTfRecords(const std::string& bytes)
   size_t pos = 0;
   while (pos < bytes.size()) {
     const std::string where = absl::StrCat("record ", out.size(), " at byte ", pos);
-    if (bytes.size() - pos < 12) return absl::DataLossError(absl::StrCat(where, ": truncated header"));
+    if (bytes.size() - pos < 12)
+      return absl::DataLossError(absl::StrCat(where, ": truncated header"));
     uint64_t len;
     uint32_t len_crc, data_crc;
     std::memcpy(&len, bytes.data() + pos, 8);
@@ -79,7 +81,8 @@ absl::StatusOr<std::vector<std::string>> ReadTfRecords(const std::string& bytes)
     if (MaskCrc32c(Crc32cOf(std::string_view(bytes.data() + pos, 8))) != len_crc) {
       return absl::DataLossError(absl::StrCat(where, ": length CRC mismatch"));
     }
-    if (bytes.size() - pos - 12 < len + 4) return absl::DataLossError(absl::StrCat(where, ": truncated data"));
+    if (bytes.size() - pos - 12 < len + 4)
+      return absl::DataLossError(absl::StrCat(where, ": truncated data"));
     std::string data = bytes.substr(pos + 12, len);
     std::memcpy(&data_crc, bytes.data() + pos + 12 + len, 4);
     if (MaskCrc32c(Crc32cOf(data)) != data_crc) {
@@ -118,9 +121,9 @@ absl::StatusOr<MetricsWriter> MetricsWriter::Open(const std::string& output_dir,
     gethostname(host, sizeof(host) - 1);
     // A counter keeps two writers opened within one second (tests, quick resumes) apart.
     static int counter = 0;
-    w.events_path_ = (fs::path(output_dir) /
-                      absl::StrCat("events.out.tfevents.", static_cast<int64_t>(WallTime()), ".",
-                                   host, ".", getpid(), ".", counter++))
+    w.events_path_ = (fs::path(output_dir) / absl::StrCat("events.out.tfevents.",
+                                                          static_cast<int64_t>(WallTime()), ".",
+                                                          host, ".", getpid(), ".", counter++))
                          .string();
     w.events_.open(w.events_path_, std::ios::out | std::ios::binary | std::ios::trunc);
     if (!w.events_) return absl::InternalError(absl::StrCat("cannot open ", w.events_path_));

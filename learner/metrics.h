@@ -23,7 +23,8 @@ namespace grpo {
 // One TFRecord framing `data`.
 std::string TfRecord(const std::string& data);
 // A serialized Event with scalar summaries {tag: value} at `step`.
-std::string ScalarEvent(int64_t step, double wall_time, const std::map<std::string, double>& scalars);
+std::string ScalarEvent(int64_t step, double wall_time,
+                        const std::map<std::string, double>& scalars);
 
 // Parses TFRecords back, checking both CRCs; errors name the record index and byte offset.
 absl::StatusOr<std::vector<std::string>> ReadTfRecords(const std::string& bytes);

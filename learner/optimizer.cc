@@ -26,14 +26,19 @@ void Put(std::string* s, const T& v) {
 
 absl::Status OptimizerConfig::Validate() const {
   auto bad = [](const std::string& what) { return absl::InvalidArgumentError(what); };
-  if (!(lr >= 0 && std::isfinite(lr))) return bad(absl::StrCat("optimizer.lr ", lr, " must be >= 0"));
-  if (!(beta1 >= 0 && beta1 < 1)) return bad(absl::StrCat("optimizer.beta1 ", beta1, " must lie in [0, 1)"));
-  if (!(beta2 >= 0 && beta2 < 1)) return bad(absl::StrCat("optimizer.beta2 ", beta2, " must lie in [0, 1)"));
-  if (!(eps > 0 && std::isfinite(eps))) return bad(absl::StrCat("optimizer.eps ", eps, " must be > 0"));
+  if (!(lr >= 0 && std::isfinite(lr)))
+    return bad(absl::StrCat("optimizer.lr ", lr, " must be >= 0"));
+  if (!(beta1 >= 0 && beta1 < 1))
+    return bad(absl::StrCat("optimizer.beta1 ", beta1, " must lie in [0, 1)"));
+  if (!(beta2 >= 0 && beta2 < 1))
+    return bad(absl::StrCat("optimizer.beta2 ", beta2, " must lie in [0, 1)"));
+  if (!(eps > 0 && std::isfinite(eps)))
+    return bad(absl::StrCat("optimizer.eps ", eps, " must be > 0"));
   if (!(weight_decay >= 0 && std::isfinite(weight_decay))) {
     return bad(absl::StrCat("optimizer.weight_decay ", weight_decay, " must be >= 0"));
   }
-  if (!std::isfinite(max_grad_norm)) return bad("optimizer.max_grad_norm must be finite (<= 0: off)");
+  if (!std::isfinite(max_grad_norm))
+    return bad("optimizer.max_grad_norm must be finite (<= 0: off)");
   if (schedule != "constant" && schedule != "cosine") {
     return bad(absl::StrCat("optimizer.schedule '", schedule, "' is not constant or cosine"));
   }
@@ -41,8 +46,10 @@ absl::Status OptimizerConfig::Validate() const {
   if (!(warmup_init_ratio >= 0 && warmup_init_ratio <= 1)) {
     return bad("optimizer.warmup_init_ratio must lie in [0, 1]");
   }
-  if (!(min_lr_ratio >= 0 && min_lr_ratio <= 1)) return bad("optimizer.min_lr_ratio must lie in [0, 1]");
-  if (!(num_cycles > 0 && std::isfinite(num_cycles))) return bad("optimizer.num_cycles must be > 0");
+  if (!(min_lr_ratio >= 0 && min_lr_ratio <= 1))
+    return bad("optimizer.min_lr_ratio must lie in [0, 1]");
+  if (!(num_cycles > 0 && std::isfinite(num_cycles)))
+    return bad("optimizer.num_cycles must be > 0");
   return absl::OkStatus();
 }
 
@@ -139,11 +146,12 @@ absl::Status AdamW::RestoreState(const std::string& bytes, const std::string& so
   std::memcpy(&count, bytes.data() + 12, 8);
   std::memcpy(&step, bytes.data() + 20, 8);
   if (version != kVersion) {
-    return absl::DataLossError(absl::StrCat(source, ": AdamW state version ", version, ", expected ", kVersion));
+    return absl::DataLossError(
+        absl::StrCat(source, ": AdamW state version ", version, ", expected ", kVersion));
   }
   if (count != static_cast<int64_t>(n)) {
-    return absl::InvalidArgumentError(absl::StrCat(source, ": AdamW state is for ", count,
-                                                   " parameters but the model has ", n));
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": AdamW state is for ", count, " parameters but the model has ", n));
   }
   if (bytes.size() != want) {
     return absl::DataLossError(absl::StrCat(source, ": AdamW state has ", bytes.size(),
@@ -152,7 +160,8 @@ absl::Status AdamW::RestoreState(const std::string& bytes, const std::string& so
   uint32_t crc;
   std::memcpy(&crc, bytes.data() + want - 4, 4);
   if (Crc32cOf(std::string_view(bytes.data(), want - 4)) != crc) {
-    return absl::DataLossError(absl::StrCat(source, ": AdamW state checksum mismatch (corrupt file)"));
+    return absl::DataLossError(
+        absl::StrCat(source, ": AdamW state checksum mismatch (corrupt file)"));
   }
   step_ = step;
   std::memcpy(m_.data(), bytes.data() + header, n * sizeof(float));

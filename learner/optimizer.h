@@ -19,8 +19,8 @@ struct OptimizerConfig {
   double beta1 = 0.9;
   double beta2 = 0.999;
   double eps = 1e-8;
-  double weight_decay = 0.01;  // decoupled, on every parameter (verl FSDP default)
-  double max_grad_norm = 1.0;  // global-norm clip; <= 0 turns clipping off
+  double weight_decay = 0.01;         // decoupled, on every parameter (verl FSDP default)
+  double max_grad_norm = 1.0;         // global-norm clip; <= 0 turns clipping off
   std::string schedule = "constant";  // "constant" | "cosine"
   int64_t warmup_steps = 0;           // linear warmup from warmup_init_ratio * lr
   double warmup_init_ratio = 0.0;     // cosine only (verl init_lr_ratio); constant starts at 0
@@ -42,7 +42,7 @@ double LearningRate(const OptimizerConfig& config, int64_t step, int64_t total_s
 double SumOfSquares(const float* x, int64_t n);
 
 struct OptimizerStepResult {
-  double grad_norm = 0;  // global norm before clipping (inf/nan when skipped)
+  double grad_norm = 0;   // global norm before clipping (inf/nan when skipped)
   double clip_scale = 1;  // factor the gradients were multiplied by
   bool skipped = false;   // non-finite gradients: parameters and state untouched
 };

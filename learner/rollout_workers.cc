@@ -13,28 +13,33 @@
 
 namespace grpo {
 
-absl::StatusOr<std::unique_ptr<LocalRolloutWorker>> LocalRolloutWorker::Create(const Model<float>& model,
-                                                                              std::string name) {
+absl::StatusOr<std::unique_ptr<LocalRolloutWorker>> LocalRolloutWorker::Create(
+    const Model<float>& model, std::string name, int64_t kv_budget_bytes) {
   ASSIGN_OR_RETURN(std::unique_ptr<Model<float>> copy, Model<float>::Create(model.config()));
   std::copy_n(model.params(), model.num_params(), copy->params());
-  ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(std::move(copy), nullptr, EngineOptions{}));
-  return std::unique_ptr<LocalRolloutWorker>(new LocalRolloutWorker(std::move(engine), std::move(name)));
+  EngineOptions options;
+  options.kv_budget_bytes = kv_budget_bytes;
+  ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine,
+                   Engine::Create(std::move(copy), nullptr, options));
+  return std::unique_ptr<LocalRolloutWorker>(
+      new LocalRolloutWorker(std::move(engine), std::move(name)));
 }
 
 absl::Status LocalRolloutWorker::Generate(absl::Span<const RolloutPrompt> prompts,
                                           const SamplingParams& sampling,
                                           std::vector<GroupResult>* out) {
-  ASSIGN_OR_RETURN(std::vector<GroupResult> groups,
-                   engine_->GenerateAll(std::vector<RolloutPrompt>(prompts.begin(), prompts.end()), sampling));
+  ASSIGN_OR_RETURN(
+      std::vector<GroupResult> groups,
+      engine_->GenerateAll(std::vector<RolloutPrompt>(prompts.begin(), prompts.end()), sampling));
   for (GroupResult& g : groups) out->push_back(std::move(g));
   return absl::OkStatus();
 }
 
-absl::Status LocalRolloutWorker::PushWeights(const ParamLayout& layout, absl::Span<const float> params,
-                                             uint64_t version) {
+absl::Status LocalRolloutWorker::PushWeights(const ParamLayout& layout,
+                                             absl::Span<const float> params, uint64_t version) {
   if (static_cast<int64_t>(params.size()) != engine_->num_params()) {
-    return absl::InvalidArgumentError(absl::StrCat(name_, ": pushed ", params.size(),
-                                                   " parameters, the model has ", engine_->num_params()));
+    return absl::InvalidArgumentError(absl::StrCat(
+        name_, ": pushed ", params.size(), " parameters, the model has ", engine_->num_params()));
   }
   return engine_->StageWeights(version, std::vector<float>(params.begin(), params.end()));
 }
@@ -54,8 +59,8 @@ absl::Status RemoteRolloutWorker::Generate(absl::Span<const RolloutPrompt> promp
   });
 }
 
-absl::Status RemoteRolloutWorker::PushWeights(const ParamLayout& layout, absl::Span<const float> params,
-                                              uint64_t version) {
+absl::Status RemoteRolloutWorker::PushWeights(const ParamLayout& layout,
+                                              absl::Span<const float> params, uint64_t version) {
   return client_->PushWeights(version, layout, params, absl::Now() + timeout_);
 }
 
@@ -79,8 +84,8 @@ absl::StatusOr<std::vector<GroupResult>> DispatchGroups(absl::Span<RolloutWorker
       if ((*alive)[w]) live.push_back(w);
     }
     if (live.empty()) {
-      return absl::UnavailableError(absl::StrCat("every rollout worker failed: ",
-                                                 absl::StrJoin(stats->failures, "; ")));
+      return absl::UnavailableError(
+          absl::StrCat("every rollout worker failed: ", absl::StrJoin(stats->failures, "; ")));
     }
     if (!first_round) stats->reissued_groups += static_cast<int64_t>(pending.size());
     first_round = false;
@@ -95,7 +100,8 @@ absl::StatusOr<std::vector<GroupResult>> DispatchGroups(absl::Span<RolloutWorker
     std::vector<std::thread> threads;
     for (size_t j = 0; j < n; ++j) {
       if (parts[j].empty()) continue;
-      threads.emplace_back([&, j] { status[j] = workers[live[j]]->Generate(parts[j], sampling, &got[j]); });
+      threads.emplace_back(
+          [&, j] { status[j] = workers[live[j]]->Generate(parts[j], sampling, &got[j]); });
     }
     for (auto& t : threads) t.join();
     std::vector<RolloutPrompt> retry;

@@ -44,9 +44,11 @@ class RolloutWorker {
 // An Engine in this process, over its own copy of the model.
 class LocalRolloutWorker : public RolloutWorker {
  public:
-  // `model` holds the initial weights (served as version 0).
+  // `model` holds the initial weights (served as version 0); the engine's KV pool gets
+  // `kv_budget_bytes` (sized at start-up).
   static absl::StatusOr<std::unique_ptr<LocalRolloutWorker>> Create(const Model<float>& model,
-                                                                    std::string name);
+                                                                    std::string name,
+                                                                    int64_t kv_budget_bytes);
   std::string name() const override { return name_; }
   absl::Status Generate(absl::Span<const RolloutPrompt> prompts, const SamplingParams& sampling,
                         std::vector<GroupResult>* out) override;

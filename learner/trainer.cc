@@ -41,8 +41,8 @@ struct Trainer::Sample {
   const Completion* completion = nullptr;
   double reward = 0;
   double advantage = 0;
-  double mask = 1;  // 0: overlong-filtered
-  std::vector<std::vector<double>> old_lp, ref_lp;  // one vector (C) in [0] once computed
+  double mask = 1;                     // 0: overlong-filtered
+  std::vector<double> old_lp, ref_lp;  // (C) once computed
 };
 
 struct Trainer::Group {
@@ -58,28 +58,30 @@ std::string Trainer::checkpoint_root() const {
   return (fs::path(config_.output_dir) / "checkpoints").string();
 }
 
-absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LearnerConfig config, TrainerOptions options) {
+absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LearnerConfig config,
+                                                         TrainerOptions options) {
   std::unique_ptr<Trainer> t(new Trainer());
   t->config_ = std::move(config);
   t->options_ = std::move(options);
   const LearnerConfig& c = t->config_;
   ASSIGN_OR_RETURN(t->policy_, LoadModel(c.model));
-  t->tokenizer_path_ = c.tokenizer.empty() ? (fs::path(c.model) / "tokenizer.json").string() : c.tokenizer;
+  t->tokenizer_path_ =
+      c.tokenizer.empty() ? (fs::path(c.model) / "tokenizer.json").string() : c.tokenizer;
   if (!fs::exists(t->tokenizer_path_)) {
     return absl::NotFoundError(absl::StrCat("tokenizer ", t->tokenizer_path_,
                                             " not found; set \"tokenizer\" in the config"));
   }
   ASSIGN_OR_RETURN(t->tokenizer_, Tokenizer::FromFile(t->tokenizer_path_));
   if (t->tokenizer_->vocab_size() > t->policy_->config().vocab_size) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "tokenizer ", t->tokenizer_path_, " has ", t->tokenizer_->vocab_size(),
-        " ids but the model's vocab_size is ", t->policy_->config().vocab_size));
+    return absl::InvalidArgumentError(
+        absl::StrCat("tokenizer ", t->tokenizer_path_, " has ", t->tokenizer_->vocab_size(),
+                     " ids but the model's vocab_size is ", t->policy_->config().vocab_size));
   }
   for (const std::string& s : c.rollout.stop_tokens) {
     auto id = t->tokenizer_->TokenToId(s);
     if (!id) {
-      return absl::InvalidArgumentError(absl::StrCat("rollout.stop_tokens: '", s,
-                                                     "' is not a token of ", t->tokenizer_path_));
+      return absl::InvalidArgumentError(
+          absl::StrCat("rollout.stop_tokens: '", s, "' is not a token of ", t->tokenizer_path_));
     }
     t->stop_ids_.push_back(*id);
   }
@@ -99,12 +101,25 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LearnerConfig config, T
     t->workers_ = std::move(t->options_.workers);
   } else if (!c.rollout.workers.empty()) {
     for (const std::string& address : c.rollout.workers) {
-      ASSIGN_OR_RETURN(auto w, RemoteRolloutWorker::Connect(address, absl::Seconds(c.rollout.timeout_s)));
+      ASSIGN_OR_RETURN(auto w,
+                       RemoteRolloutWorker::Connect(address, absl::Seconds(c.rollout.timeout_s)));
       t->workers_.push_back(std::move(w));
     }
   } else {
+    // KV pool per in-process engine: room for its share of a step's sequences at full length
+    // (so nothing queues), at least one whole group, at most the engine's default 256 MiB
+    // unless one group needs more (beyond that, groups wait their turn).
+    const ModelConfig& mc = t->policy_->config();
+    const int64_t row_bytes = 2 * mc.num_hidden_layers * mc.num_key_value_heads * mc.head_dim *
+                              static_cast<int64_t>(sizeof(float));
+    const int64_t seq_bytes = (c.rollout.max_prompt_tokens + c.rollout.max_new_tokens) * row_bytes;
+    const int64_t group_bytes = c.rollout.group_size * seq_bytes;
+    const int64_t share = (c.rollout.prompts_per_step + c.rollout.local_workers - 1) /
+                          c.rollout.local_workers * group_bytes;
+    const int64_t budget = std::max(group_bytes, std::min(share, int64_t{256} << 20));
     for (int64_t i = 0; i < c.rollout.local_workers; ++i) {
-      ASSIGN_OR_RETURN(auto w, LocalRolloutWorker::Create(*t->policy_, absl::StrCat("local", i)));
+      ASSIGN_OR_RETURN(auto w,
+                       LocalRolloutWorker::Create(*t->policy_, absl::StrCat("local", i), budget));
       t->workers_.push_back(std::move(w));
     }
   }
@@ -120,7 +135,8 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LearnerConfig config, T
   if (t->options_.resume) {
     const std::vector<std::string> all = ListCheckpoints(t->checkpoint_root());
     if (all.empty()) {
-      return absl::NotFoundError(absl::StrCat("--resume: no checkpoint under ", t->checkpoint_root()));
+      return absl::NotFoundError(
+          absl::StrCat("--resume: no checkpoint under ", t->checkpoint_root()));
     }
     TrainerState st;
     RETURN_IF_ERROR(LoadCheckpoint(all.back(), t->policy_.get(), t->reference_.get(),
@@ -143,8 +159,8 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LearnerConfig config, T
   for (size_t w = 0; w < t->workers_.size(); ++w) {
     auto v = t->workers_[w]->NewestVersion();
     if (!v.ok()) {
-      GRPO_LOG(WARNING, "rollout worker %s is not answering, dropping it: %s", t->workers_[w]->name(),
-               v.status().ToString());
+      GRPO_LOG(WARNING, "rollout worker %s is not answering, dropping it: %s",
+               t->workers_[w]->name(), v.status().ToString());
       t->alive_[w] = false;
       continue;
     }
@@ -164,7 +180,8 @@ absl::Status Trainer::PushWeights(std::map<std::string, double>* m) {
     if (!alive_[w]) continue;
     absl::Status s = workers_[w]->PushWeights(policy_->layout(), params, version);
     if (!s.ok()) {
-      GRPO_LOG(WARNING, "weight push to %s failed, dropping it: %s", workers_[w]->name(), s.ToString());
+      GRPO_LOG(WARNING, "weight push to %s failed, dropping it: %s", workers_[w]->name(),
+               s.ToString());
       alive_[w] = false;
       continue;
     }
@@ -193,11 +210,13 @@ absl::Status Trainer::CollectGroups(std::vector<Group>* groups, std::map<std::st
   int64_t rounds = 0;
   std::vector<RewardOutput> all_outputs;  // every scored completion, for reward metrics
   while (static_cast<int64_t>(groups->size()) < B && rounds < c.algorithm.max_gen_batches) {
-    const int64_t want = c.algorithm.dynamic_sampling ? B - static_cast<int64_t>(groups->size()) : B;
+    const int64_t want =
+        c.algorithm.dynamic_sampling ? B - static_cast<int64_t>(groups->size()) : B;
     std::vector<Group> batch(want);
     std::vector<RolloutPrompt> reqs(want);
     // One seed per rollout round; the engine keys each sample's stream by (seed, prompt_id, i).
-    sp.seed = SplitMix64(c.seed, StreamKey(step_, kKeySampling, static_cast<uint64_t>(rounds))).Next();
+    sp.seed =
+        SplitMix64(c.seed, StreamKey(step_, kKeySampling, static_cast<uint64_t>(rounds))).Next();
     for (int64_t i = 0; i < want; ++i) {
       Group& g = batch[i];
       g.example = &dataset_->Next();
@@ -207,10 +226,12 @@ absl::Status Trainer::CollectGroups(std::vector<Group>* groups, std::map<std::st
       }
       g.prompt_text = *text;
       ASSIGN_OR_RETURN(g.prompt_ids, tokenizer_->Encode(g.prompt_text));
-      if (g.prompt_ids.empty() || static_cast<int64_t>(g.prompt_ids.size()) > c.rollout.max_prompt_tokens) {
+      if (g.prompt_ids.empty() ||
+          static_cast<int64_t>(g.prompt_ids.size()) > c.rollout.max_prompt_tokens) {
         return absl::InvalidArgumentError(absl::StrCat(
             c.data.path, ":", g.example->line, ": the prompt has ", g.prompt_ids.size(),
-            " tokens; it must have 1 to rollout.max_prompt_tokens = ", c.rollout.max_prompt_tokens));
+            " tokens; it must have 1 to rollout.max_prompt_tokens = ",
+            c.rollout.max_prompt_tokens));
       }
       if (static_cast<int64_t>(g.prompt_ids.size()) + c.rollout.max_new_tokens >
           policy_->config().max_position_embeddings) {
@@ -238,7 +259,8 @@ absl::Status Trainer::CollectGroups(std::vector<Group>* groups, std::map<std::st
       for (const Completion& comp : g.completions) {
         generated += static_cast<double>(comp.token_ids.size());
         // Special tokens (a stop token such as <|endoftext|>) are not part of the answer text.
-        ASSIGN_OR_RETURN(std::string text, tokenizer_->Decode(comp.token_ids, /*skip_special_tokens=*/true));
+        ASSIGN_OR_RETURN(std::string text,
+                         tokenizer_->Decode(comp.token_ids, /*skip_special_tokens=*/true));
         g.texts.push_back(text);
         RewardInput in;
         in.prompt = g.prompt_text;
@@ -272,15 +294,19 @@ absl::Status Trainer::CollectGroups(std::vector<Group>* groups, std::map<std::st
   }
   // Reward metrics over every completion scored this step (kept or dropped).
   double sum = 0, sq = 0, correct = 0, errors = 0;
-  std::map<std::string, std::pair<double, double>> comps;  // name -> (sum, count)
+  struct Moments {
+    double sum = 0, sq = 0, count = 0;
+  };
+  std::map<std::string, Moments> comps;
   for (const RewardOutput& o : all_outputs) {
     sum += o.score;
     sq += o.score * o.score;
     if (o.score >= 1.0) correct += 1;
     if (!o.error.empty()) errors += 1;
     for (const auto& [k, v] : o.components) {
-      comps[k].first += v;
-      comps[k].second += 1;
+      comps[k].sum += v;
+      comps[k].sq += v * v;
+      comps[k].count += 1;
     }
   }
   const double n = std::max<double>(1, static_cast<double>(all_outputs.size()));
@@ -289,7 +315,11 @@ absl::Status Trainer::CollectGroups(std::vector<Group>* groups, std::map<std::st
   (*m)["reward/std"] = std::sqrt(std::max(0.0, sq / n - mean * mean));
   (*m)["reward/accuracy"] = correct / n;  // share of completions scoring >= 1 (a full answer)
   (*m)["reward/errors"] = errors;
-  for (const auto& [k, v] : comps) (*m)["reward/" + k + "/mean"] = v.first / v.second;
+  for (const auto& [k, v] : comps) {
+    const double cm = v.sum / v.count;
+    (*m)["reward/" + k + "/mean"] = cm;
+    (*m)["reward/" + k + "/std"] = std::sqrt(std::max(0.0, v.sq / v.count - cm * cm));
+  }
   (*m)["time/rollout_s"] = rollout_s;
   (*m)["time/reward_s"] = reward_s;
   (*m)["rollout/tokens_per_s"] = rollout_s > 0 ? generated / rollout_s : 0;
@@ -300,40 +330,54 @@ absl::Status Trainer::CollectGroups(std::vector<Group>* groups, std::map<std::st
   return absl::OkStatus();
 }
 
-// Packs `seqs` (prompt + completion each) and runs `model` forward; fills
-// (seq->*field)[0] with the completion tokens' logprobs.
+// Packs seqs[first, last) (prompt + completion each) into *batch and, when `replay`, their
+// recorded expert ids into *routing in Forward's (num_moe_layers, T, K) replay layout.
+absl::Status Trainer::PackBatch(const std::vector<Sample*>& seqs, size_t first, size_t last,
+                                bool replay, TokenBatch* batch,
+                                std::vector<int32_t>* routing) const {
+  for (size_t i = first; i < last; ++i) {
+    std::vector<int32_t> toks = *seqs[i]->prompt;
+    toks.insert(toks.end(), seqs[i]->completion->token_ids.begin(),
+                seqs[i]->completion->token_ids.end());
+    batch->Add(toks);
+  }
+  routing->clear();
+  if (!replay) return absl::OkStatus();
+  const int64_t L = policy_->config().NumMoeLayers(), K = policy_->config().num_experts_per_tok;
+  const int64_t T = batch->num_tokens();
+  routing->assign(L * T * K, 0);
+  for (size_t i = first; i < last; ++i) {
+    const RoutingData& r = seqs[i]->completion->routing;
+    const int64_t b = static_cast<int64_t>(i - first);
+    const int64_t n = batch->offsets[b + 1] - batch->offsets[b];
+    if (r.num_moe_layers != L || r.num_tokens != n || r.top_k != K ||
+        static_cast<int64_t>(r.expert_ids.size()) != L * n * K) {
+      return absl::DataLossError(absl::StrCat(
+          "R3: the rollout's routing for a sequence of ", n, " tokens is (", r.num_moe_layers, ", ",
+          r.num_tokens, ", ", r.top_k, ") with ", r.expert_ids.size(), " ids; expected (", L, ", ",
+          n, ", ", K, ") (does the worker serve the same model, with return_routing?)"));
+    }
+    for (int64_t l = 0; l < L; ++l) {
+      std::copy_n(r.expert_ids.data() + l * n * K, n * K,
+                  routing->data() + (l * T + batch->offsets[b]) * K);
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Runs `model` forward over `seqs` in micro-batches; sets seq->*field to the completion tokens'
+// logprobs.
 absl::Status Trainer::ComputeLogprobs(Model<float>& model, const std::vector<Sample*>& seqs,
-                                      std::vector<std::vector<double>> Sample::*field) {
-  const int64_t L = model.config().NumMoeLayers(), K = model.config().num_experts_per_tok;
-  const bool replay = config_.algorithm.routing_replay && L > 0;
-  const int64_t micro = config_.algorithm.micro_batch_seqs > 0 ? config_.algorithm.micro_batch_seqs
-                                                               : static_cast<int64_t>(seqs.size());
+                                      std::vector<double> Sample::*field) {
+  const bool replay = config_.algorithm.routing_replay && model.config().NumMoeLayers() > 0;
+  const size_t micro = config_.algorithm.micro_batch_seqs > 0
+                           ? static_cast<size_t>(config_.algorithm.micro_batch_seqs)
+                           : seqs.size();
   for (size_t first = 0; first < seqs.size(); first += micro) {
-    const size_t last = std::min(seqs.size(), first + static_cast<size_t>(micro));
+    const size_t last = std::min(seqs.size(), first + micro);
     TokenBatch batch;
     std::vector<int32_t> routing;
-    std::vector<std::vector<int32_t>> seq_tokens;
-    for (size_t i = first; i < last; ++i) {
-      std::vector<int32_t> toks = *seqs[i]->prompt;
-      toks.insert(toks.end(), seqs[i]->completion->token_ids.begin(), seqs[i]->completion->token_ids.end());
-      batch.Add(toks);
-    }
-    if (replay) {
-      const int64_t T = batch.num_tokens();
-      routing.assign(L * T * K, 0);
-      for (size_t i = first; i < last; ++i) {
-        const std::vector<int32_t>& r = seqs[i]->completion->routing.expert_ids;
-        const int64_t n = batch.offsets[i - first + 1] - batch.offsets[i - first];
-        if (static_cast<int64_t>(r.size()) != L * n * K) {
-          return absl::DataLossError(absl::StrCat("rollout routing for R3 has ", r.size(),
-                                                  " ids, expected ", L * n * K));
-        }
-        for (int64_t l = 0; l < L; ++l) {
-          std::copy_n(r.data() + l * n * K, n * K,
-                      routing.data() + (l * T + batch.offsets[i - first]) * K);
-        }
-      }
-    }
+    RETURN_IF_ERROR(PackBatch(seqs, first, last, replay, &batch, &routing));
     ForwardOptions fo;
     fo.temperature = static_cast<float>(config_.rollout.temperature);
     fo.replay_routing = routing;
@@ -345,7 +389,7 @@ absl::Status Trainer::ComputeLogprobs(Model<float>& model, const std::vector<Sam
       const int64_t base = batch.offsets[i - first];
       std::vector<double> lp(C);
       for (int64_t j = 0; j < C; ++j) lp[j] = res.logprobs[base + P - 1 + j];
-      (seqs[i]->*field).assign(1, std::move(lp));
+      seqs[i]->*field = std::move(lp);
     }
   }
   return absl::OkStatus();
@@ -395,7 +439,7 @@ absl::Status Trainer::TrainOnGroups(std::vector<Group>& groups, std::map<std::st
     RETURN_IF_ERROR(ComputeLogprobs(*policy_, all, &Sample::old_lp));
   } else {
     for (Sample* s : all) {
-      s->old_lp.assign(1, std::vector<double>(s->completion->logprobs.begin(), s->completion->logprobs.end()));
+      s->old_lp.assign(s->completion->logprobs.begin(), s->completion->logprobs.end());
     }
   }
   (*m)["time/old_logprob_s"] = Seconds(t0);
@@ -411,8 +455,7 @@ absl::Status Trainer::TrainOnGroups(std::vector<Group>& groups, std::map<std::st
   LossStats stats_first;  // the first epoch's stats: the policy as sampled
   double grad_norm_sum = 0, skipped = 0, num_opt = 0, loss_sum = 0, lr_last = 0, aux_sum = 0;
   double trained_tokens = 0;
-  const int64_t L = policy_->config().NumMoeLayers(), K = policy_->config().num_experts_per_tok;
-  const bool replay = al.routing_replay && L > 0;
+  const bool replay = al.routing_replay && policy_->config().NumMoeLayers() > 0;
   for (int64_t epoch = 0; epoch < al.ppo_epochs; ++epoch) {
     std::vector<int64_t> order(num_groups);
     std::iota(order.begin(), order.end(), 0);
@@ -428,43 +471,30 @@ absl::Status Trainer::TrainOnGroups(std::vector<Group>& groups, std::map<std::st
       // Normalizer over the whole mini-batch, before any backward.
       LossNormalizer norm;
       norm.num_seqs = static_cast<int64_t>(seqs.size());
-      for (Sample* s : seqs) norm.num_tokens += s->mask * static_cast<double>(s->completion->token_ids.size());
+      for (Sample* s : seqs)
+        norm.num_tokens += s->mask * static_cast<double>(s->completion->token_ids.size());
       if (norm.num_tokens == 0 && al.loss.aggregation == LossAggregation::kTokenMean) continue;
       policy_->ZeroGrads();
       const int64_t micro = al.micro_batch_seqs > 0 ? al.micro_batch_seqs : norm.num_seqs;
       double mb_loss = 0;
-      for (int64_t first = 0; first < norm.num_seqs; first += micro) {
-        const int64_t last = std::min(norm.num_seqs, first + micro);
+      for (size_t first = 0; first < seqs.size(); first += static_cast<size_t>(micro)) {
+        const size_t last = std::min(seqs.size(), first + static_cast<size_t>(micro));
         TokenBatch batch;
+        std::vector<int32_t> routing;
+        RETURN_IF_ERROR(PackBatch(seqs, first, last, replay, &batch, &routing));
         std::vector<int64_t> resp_offsets = {0};
         std::vector<double> old_lp, roll_lp, ref_lp, mask, advs;
-        for (int64_t i = first; i < last; ++i) {
+        for (size_t i = first; i < last; ++i) {
           const Sample* s = seqs[i];
-          std::vector<int32_t> toks = *s->prompt;
-          toks.insert(toks.end(), s->completion->token_ids.begin(), s->completion->token_ids.end());
-          batch.Add(toks);
           const int64_t C = static_cast<int64_t>(s->completion->token_ids.size());
           resp_offsets.push_back(resp_offsets.back() + C);
-          old_lp.insert(old_lp.end(), s->old_lp[0].begin(), s->old_lp[0].end());
-          roll_lp.insert(roll_lp.end(), s->completion->logprobs.begin(), s->completion->logprobs.end());
-          if (reference_ != nullptr) ref_lp.insert(ref_lp.end(), s->ref_lp[0].begin(), s->ref_lp[0].end());
+          old_lp.insert(old_lp.end(), s->old_lp.begin(), s->old_lp.end());
+          roll_lp.insert(roll_lp.end(), s->completion->logprobs.begin(),
+                         s->completion->logprobs.end());
+          if (reference_ != nullptr)
+            ref_lp.insert(ref_lp.end(), s->ref_lp.begin(), s->ref_lp.end());
           mask.insert(mask.end(), C, s->mask);
           advs.push_back(s->advantage);
-        }
-        std::vector<int32_t> routing;
-        if (replay) {
-          const int64_t T = batch.num_tokens();
-          routing.assign(L * T * K, 0);
-          for (int64_t i = first; i < last; ++i) {
-            const std::vector<int32_t>& r = seqs[i]->completion->routing.expert_ids;
-            const int64_t b = i - first, n = batch.offsets[b + 1] - batch.offsets[b];
-            if (static_cast<int64_t>(r.size()) != L * n * K) {
-              return absl::DataLossError("rollout routing for R3 has the wrong size");
-            }
-            for (int64_t l = 0; l < L; ++l) {
-              std::copy_n(r.data() + l * n * K, n * K, routing.data() + (l * T + batch.offsets[b]) * K);
-            }
-          }
         }
         ForwardOptions fo;
         fo.temperature = static_cast<float>(c.rollout.temperature);
@@ -476,8 +506,8 @@ absl::Status Trainer::TrainOnGroups(std::vector<Group>& groups, std::map<std::st
         ForwardResult<float> res;
         RETURN_IF_ERROR(policy_->Forward(batch, fo, &res));
         std::vector<double> lp, ent;
-        for (int64_t i = first; i < last; ++i) {
-          const int64_t b = i - first;
+        for (size_t i = first; i < last; ++i) {
+          const int64_t b = static_cast<int64_t>(i - first);
           const int64_t P = static_cast<int64_t>(seqs[i]->prompt->size());
           const int64_t C = static_cast<int64_t>(seqs[i]->completion->token_ids.size());
           for (int64_t j = 0; j < C; ++j) {
@@ -500,14 +530,16 @@ absl::Status Trainer::TrainOnGroups(std::vector<Group>& groups, std::map<std::st
         if (epoch == 0) stats_first.Merge(lo.stats);
         std::vector<float> dlp(batch.num_tokens(), 0.0f), dent;
         if (al.loss.entropy_coef != 0) dent.assign(batch.num_tokens(), 0.0f);
-        for (int64_t i = first; i < last; ++i) {
-          const int64_t b = i - first;
+        for (size_t i = first; i < last; ++i) {
+          const int64_t b = static_cast<int64_t>(i - first);
           const int64_t P = static_cast<int64_t>(seqs[i]->prompt->size());
           const int64_t C = static_cast<int64_t>(seqs[i]->completion->token_ids.size());
           for (int64_t j = 0; j < C; ++j) {
-            dlp[batch.offsets[b] + P - 1 + j] = static_cast<float>(lo.dlogprobs[resp_offsets[b] + j]);
+            dlp[batch.offsets[b] + P - 1 + j] =
+                static_cast<float>(lo.dlogprobs[resp_offsets[b] + j]);
             if (!dent.empty()) {
-              dent[batch.offsets[b] + P - 1 + j] = static_cast<float>(lo.dentropy[resp_offsets[b] + j]);
+              dent[batch.offsets[b] + P - 1 + j] =
+                  static_cast<float>(lo.dentropy[resp_offsets[b] + j]);
             }
           }
         }
@@ -552,7 +584,8 @@ absl::Status Trainer::TrainOnGroups(std::vector<Group>& groups, std::map<std::st
   }
   (*m)["time/train_s"] = train_s;
   (*m)["train/tokens_per_s"] = train_s > 0 ? trained_tokens / train_s : 0;
-  (*m)["advantage/mean"] = std::accumulate(adv.begin(), adv.end(), 0.0) / static_cast<double>(adv.size());
+  (*m)["advantage/mean"] =
+      std::accumulate(adv.begin(), adv.end(), 0.0) / static_cast<double>(adv.size());
   return absl::OkStatus();
 }
 
@@ -590,14 +623,14 @@ absl::Status Trainer::Step() {
   last_metrics_ = m;
   if (options_.console) {
     auto get = [&](const char* k) { return m.count(k) ? m.at(k) : 0.0; };
-    std::fprintf(stderr,
-                 "step %lld/%lld | reward %.3f ± %.3f | acc %.3f | len %.1f | kl %.4f | "
-                 "clip %.3f | gnorm %.3f | lr %.2e | %.2f s (rollout %.2f, train %.2f, sync %.3f)\n",
-                 static_cast<long long>(step_), static_cast<long long>(config_.total_steps),
-                 get("reward/mean"), get("reward/std"), get("reward/accuracy"),
-                 get("response_length/mean"), get("actor/kl"), get("actor/clip_fraction"),
-                 get("actor/grad_norm"), get("actor/lr"), get("time/step_s"),
-                 get("time/rollout_s"), get("time/train_s"), get("weight_sync/seconds"));
+    std::fprintf(
+        stderr,
+        "step %lld/%lld | reward %.3f ± %.3f | acc %.3f | len %.1f | kl %.4f | "
+        "clip %.3f | gnorm %.3f | lr %.2e | %.2f s (rollout %.2f, train %.2f, sync %.3f)\n",
+        static_cast<long long>(step_), static_cast<long long>(config_.total_steps),
+        get("reward/mean"), get("reward/std"), get("reward/accuracy"), get("response_length/mean"),
+        get("actor/kl"), get("actor/clip_fraction"), get("actor/grad_norm"), get("actor/lr"),
+        get("time/step_s"), get("time/rollout_s"), get("time/train_s"), get("weight_sync/seconds"));
   }
   const bool due = (config_.checkpoint_every > 0 && step_ % config_.checkpoint_every == 0) ||
                    step_ == config_.total_steps;

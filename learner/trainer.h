@@ -52,7 +52,8 @@ struct TrainerOptions {
 
 class Trainer {
  public:
-  static absl::StatusOr<std::unique_ptr<Trainer>> Create(LearnerConfig config, TrainerOptions options);
+  static absl::StatusOr<std::unique_ptr<Trainer>> Create(LearnerConfig config,
+                                                         TrainerOptions options);
 
   // Steps until config.total_steps, checkpointing as configured (always after the last step).
   absl::Status Run();
@@ -71,8 +72,10 @@ class Trainer {
   Trainer() = default;
 
   absl::Status CollectGroups(std::vector<Group>* groups, std::map<std::string, double>* m);
+  absl::Status PackBatch(const std::vector<Sample*>& seqs, size_t first, size_t last, bool replay,
+                         TokenBatch* batch, std::vector<int32_t>* routing) const;
   absl::Status ComputeLogprobs(Model<float>& model, const std::vector<Sample*>& seqs,
-                               std::vector<std::vector<double>> Sample::*field);
+                               std::vector<double> Sample::*field);
   absl::Status TrainOnGroups(std::vector<Group>& groups, std::map<std::string, double>* m);
   // Pushes the policy to every live worker as version weight_version_ + 1 (then the current one).
   absl::Status PushWeights(std::map<std::string, double>* m);

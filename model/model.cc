@@ -516,6 +516,7 @@ absl::Status Model<Real>::FinalHidden(const TokenBatch& batch, std::vector<Real>
   const ModelConfig& c = config_;
   Acts& s = *acts_;
   s.valid = false;  // FinalHidden reuses the scratch buffers
+  cpu::BatchInvariantScope invariant(batch_invariant_);
   const int64_t T = batch.num_tokens(), B = batch.num_seqs(), H = c.hidden_size;
   if (T == 0 || B <= 0) return absl::InvalidArgumentError("final hidden: empty batch");
   if (batch.offsets.front() != 0 || batch.offsets.back() != T) {

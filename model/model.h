@@ -135,7 +135,7 @@ class Model {
 
   // The final-norm hidden state at each sequence's last token, (B, H) into *out: what a
   // sequence-classification head (HF `score.weight`) reads. Same checks as Forward, plus every
-  // sequence must be non-empty; no logits, nothing kept for Backward.
+  // sequence must be non-empty; no logits, nothing kept for Backward. Honors set_batch_invariant.
   absl::Status FinalHidden(const TokenBatch& batch, std::vector<Real>* out);
 
  private:

@@ -27,7 +27,8 @@ absl::StatusOr<double> ParseJudgeScore(std::string_view verdict, std::string_vie
   if (prefix.size() <= verdict.size()) {
     for (size_t i = verdict.size() - prefix.size() + 1; i-- > 0;) {
       bool eq = true;
-      for (size_t k = 0; k < prefix.size() && eq; ++k) eq = Lower(verdict[i + k]) == Lower(prefix[k]);
+      for (size_t k = 0; k < prefix.size() && eq; ++k)
+        eq = Lower(verdict[i + k]) == Lower(prefix[k]);
       if (eq) {
         at = i;
         break;
@@ -147,14 +148,15 @@ JudgeReward::JudgeReward(JudgeRewardOptions options, std::vector<Piece> pieces,
 
 JudgeReward::~JudgeReward() { engine_->Shutdown(); }
 
-absl::StatusOr<std::unique_ptr<JudgeReward>> JudgeReward::Create(const JudgeRewardOptions& options) {
+absl::StatusOr<std::unique_ptr<JudgeReward>> JudgeReward::Create(
+    const JudgeRewardOptions& options) {
   JudgeRewardOptions o = options;
   // Parse judge_prompt once: {prompt}, {completion}, {ground_truth}, {{, }}.
   std::vector<Piece> pieces;
   const std::string& t = o.judge_prompt;
   std::string text;
   for (size_t i = 0; i < t.size(); ++i) {
-    if (t[i] == '}' ) {
+    if (t[i] == '}') {
       if (i + 1 < t.size() && t[i + 1] == '}') {
         text += '}';
         ++i;
@@ -186,9 +188,9 @@ absl::StatusOr<std::unique_ptr<JudgeReward>> JudgeReward::Create(const JudgeRewa
     } else if (name == "ground_truth") {
       kind = Piece::Kind::kGroundTruth;
     } else {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "params.judge_prompt: unknown placeholder {", name, "} at offset ", i,
-          "; known: {prompt}, {completion}, {ground_truth} (write {{ for a brace)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("params.judge_prompt: unknown placeholder {", name, "} at offset ", i,
+                       "; known: {prompt}, {completion}, {ground_truth} (write {{ for a brace)"));
     }
     if (!text.empty()) pieces.push_back({Piece::Kind::kText, std::move(text)});
     text.clear();
@@ -218,10 +220,10 @@ absl::StatusOr<std::unique_ptr<JudgeReward>> JudgeReward::Create(const JudgeRewa
           model->config().vocab_size, ")"));
     }
   }
-  ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(std::move(model), nullptr, o.engine));
-  return std::unique_ptr<JudgeReward>(new JudgeReward(std::move(o), std::move(pieces),
-                                                      std::move(tmpl), std::move(tokenizer),
-                                                      std::move(engine)));
+  ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine,
+                   Engine::Create(std::move(model), nullptr, o.engine));
+  return std::unique_ptr<JudgeReward>(new JudgeReward(
+      std::move(o), std::move(pieces), std::move(tmpl), std::move(tokenizer), std::move(engine)));
 }
 
 absl::StatusOr<std::string> JudgeReward::RenderJudgePrompt(const RewardInput& input) const {
@@ -231,14 +233,20 @@ absl::StatusOr<std::string> JudgeReward::RenderJudgePrompt(const RewardInput& in
   std::string text;
   for (const Piece& p : pieces_) {
     switch (p.kind) {
-      case Piece::Kind::kText: text += p.text; break;
-      case Piece::Kind::kPrompt: text += input.prompt; break;
-      case Piece::Kind::kCompletion: text += input.completion; break;
+      case Piece::Kind::kText:
+        text += p.text;
+        break;
+      case Piece::Kind::kPrompt:
+        text += input.prompt;
+        break;
+      case Piece::Kind::kCompletion:
+        text += input.completion;
+        break;
       case Piece::Kind::kGroundTruth:
-        text += input.ground_truth.is_string()
-                    ? input.ground_truth.get<std::string>()
-                    : input.ground_truth.dump(-1, ' ', false,
-                                              nlohmann::json::error_handler_t::replace);
+        text +=
+            input.ground_truth.is_string()
+                ? input.ground_truth.get<std::string>()
+                : input.ground_truth.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
         break;
     }
   }
@@ -260,17 +268,21 @@ std::vector<RewardOutput> JudgeReward::Score(absl::Span<const RewardInput> batch
       continue;
     }
     const int64_t need = static_cast<int64_t>(ids->size()) + options_.sampling.max_new_tokens;
-    if (ids->empty() || need > engine_->max_context()) {
-      outputs[i].error = absl::StrCat("judge prompt of ", ids->size(), " tokens + max_new_tokens ",
-                                      options_.sampling.max_new_tokens,
-                                      " is over the judge's context (", engine_->max_context(),
-                                      ")");
+    if (ids->empty()) {
+      outputs[i].error = "judge prompt: no tokens (empty text and no template)";
+      continue;
+    }
+    if (need > engine_->max_context()) {
+      outputs[i].error =
+          absl::StrCat("judge prompt of ", ids->size(), " tokens + max_new_tokens ",
+                       options_.sampling.max_new_tokens, " is over the judge's context (",
+                       engine_->max_context(), ")");
       continue;
     }
     if (auto bad = std::find_if(ids->begin(), ids->end(), [&](int32_t t) { return t >= V; });
         bad != ids->end()) {
-      outputs[i].error = absl::StrCat("judge prompt: token ", *bad,
-                                      " is outside the judge model's vocabulary");
+      outputs[i].error =
+          absl::StrCat("judge prompt: token ", *bad, " is outside the judge model's vocabulary");
       continue;
     }
     prompts.push_back({static_cast<uint64_t>(i), std::move(*ids)});

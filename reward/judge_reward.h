@@ -10,8 +10,8 @@
 //   judge_prompt    the judge's question, with placeholders {prompt}, {completion} and
 //                   {ground_truth} (JSON strings are inserted as their text, other JSON as JSON);
 //                   {{ and }} are literal braces; any other {name} is a config error. Default:
-//                   "Question:\n{prompt}\n\nAnswer:\n{completion}\n\nRate the answer from 0 to 10. "
-//                   "Reply with \"Score: N\"."
+//                   "Question:\n{prompt}\n\nAnswer:\n{completion}\n\nRate the answer from 0 to 10.
+//                   " "Reply with \"Score: N\"."
 //   template        "none" (the judge prompt is the whole text) or a chat template object
 //                   (model/chat_template.h), the judge prompt being one user message; default
 //                   {"name": "chatml"}.
@@ -57,7 +57,7 @@ struct JudgeRewardOptions {
   std::string score_prefix = "Score:";
   double min_score = 0.0, max_score = 10.0;
   bool normalize = true;
-  SamplingParams sampling;  // group_size 1; temperature 0 and max_new_tokens 64 by default
+  SamplingParams sampling;          // group_size 1; temperature 0 and max_new_tokens 64 by default
   bool default_stop_tokens = true;  // stop_token_ids not given: <|im_end|>, <|endoftext|>
   int64_t deadline_ms = 60000;
   EngineOptions engine;

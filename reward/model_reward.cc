@@ -17,7 +17,7 @@ absl::StatusOr<ModelRewardOptions> ModelRewardOptions::FromJson(const nlohmann::
   RETURN_IF_ERROR(CheckKnownKeys(
       params, {"path", "tokenizer", "template", "completion_suffix", "prompt_field", "max_length",
                "truncation", "label", "normalize", "shift", "scale", "eps", "max_batch_tokens",
-               "max_batch_seqs", "device"}));
+               "max_batch_seqs", "deterministic", "device"}));
   ModelRewardOptions o;
   ASSIGN_OR_RETURN(o.path, GetStringParam(params, "path", ""));
   if (o.path.empty()) {
@@ -42,7 +42,8 @@ absl::StatusOr<ModelRewardOptions> ModelRewardOptions::FromJson(const nlohmann::
   }
   const std::string default_suffix =
       o.use_template && o.chat_template.name == "chatml" ? "<|im_end|>\n" : "";
-  ASSIGN_OR_RETURN(o.completion_suffix, GetStringParam(params, "completion_suffix", default_suffix));
+  ASSIGN_OR_RETURN(o.completion_suffix,
+                   GetStringParam(params, "completion_suffix", default_suffix));
   ASSIGN_OR_RETURN(o.prompt_field, GetStringParam(params, "prompt_field", o.prompt_field));
   if (o.prompt_field != "prompt" &&
       (!absl::StartsWith(o.prompt_field, "extra.") || o.prompt_field.size() == 6)) {
@@ -71,6 +72,7 @@ absl::StatusOr<ModelRewardOptions> ModelRewardOptions::FromJson(const nlohmann::
   ASSIGN_OR_RETURN(o.batching.max_batch_seqs,
                    GetIntParam(params, "max_batch_seqs", o.batching.max_batch_seqs));
   RETURN_IF_ERROR(WithContext(o.batching.Validate(), "params"));
+  ASSIGN_OR_RETURN(o.deterministic, GetBoolParam(params, "deterministic", false));
   ASSIGN_OR_RETURN(o.device, GetChoiceParam(params, "device", "cpu", {"cpu", "cuda"}));
   return o;
 }
@@ -83,13 +85,15 @@ ModelReward::ModelReward(ModelRewardOptions options, std::shared_ptr<const Rewar
       tokenizer_(std::move(tokenizer)),
       template_(std::move(tmpl)) {}
 
-absl::StatusOr<std::unique_ptr<ModelReward>> ModelReward::Create(const ModelRewardOptions& options) {
+absl::StatusOr<std::unique_ptr<ModelReward>> ModelReward::Create(
+    const ModelRewardOptions& options) {
   if (options.device != "cpu") {
     return absl::UnimplementedError(absl::StrCat(
         "params.device: \"", options.device,
         "\" has no reward-model forward yet (kernels/cuda has no model); use \"cpu\""));
   }
   ASSIGN_OR_RETURN(std::unique_ptr<RewardModel> model, RewardModel::Load(options.path));
+  model->set_batch_invariant(options.deterministic);
   const std::string tok_path =
       options.tokenizer.empty() ? options.path + "/tokenizer.json" : options.tokenizer;
   ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer, Tokenizer::FromFile(tok_path));
@@ -104,15 +108,14 @@ absl::StatusOr<std::unique_ptr<ModelReward>> ModelReward::Create(
   }
   ModelRewardOptions o = options;
   if (o.label >= model->num_labels()) {
-    return absl::InvalidArgumentError(absl::StrCat("params.label: ", o.label,
-                                                   " but the model has ", model->num_labels(),
-                                                   " label(s)"));
+    return absl::InvalidArgumentError(absl::StrCat("params.label: ", o.label, " but the model has ",
+                                                   model->num_labels(), " label(s)"));
   }
   if (o.max_length == 0) o.max_length = model->max_length();
   if (o.max_length > model->max_length()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "params.max_length: ", o.max_length, " is over the model's max_position_embeddings (",
-        model->max_length(), ")"));
+    return absl::InvalidArgumentError(absl::StrCat("params.max_length: ", o.max_length,
+                                                   " is over the model's max_position_embeddings (",
+                                                   model->max_length(), ")"));
   }
   RETURN_IF_ERROR(WithContext(o.batching.Validate(), "params"));
   std::optional<ChatTemplate> tmpl;
@@ -132,12 +135,12 @@ absl::StatusOr<std::string> ModelReward::RenderPrompt(const RewardInput& input) 
   } else {
     const std::string key = options_.prompt_field.substr(6);
     if (!input.extra.is_object() || !input.extra.contains(key)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("prompt_field ", options_.prompt_field, ": the item's extra has no \"", key,
-                       "\""));
+      return absl::InvalidArgumentError(absl::StrCat("prompt_field ", options_.prompt_field,
+                                                     ": the item's extra has no \"", key, "\""));
     }
     auto p = PromptFromJson(input.extra[key]);
-    if (!p.ok()) return WithContext(p.status(), absl::StrCat("prompt_field ", options_.prompt_field));
+    if (!p.ok())
+      return WithContext(p.status(), absl::StrCat("prompt_field ", options_.prompt_field));
     prompt = std::move(*p);
   }
   if (!template_) {
@@ -152,7 +155,8 @@ absl::StatusOr<std::string> ModelReward::RenderPrompt(const RewardInput& input) 
 }
 
 absl::StatusOr<std::vector<int32_t>> ModelReward::Tokens(const RewardInput& input) const {
-  if (!IsValidUtf8(input.completion)) return absl::InvalidArgumentError("completion: invalid UTF-8");
+  if (!IsValidUtf8(input.completion))
+    return absl::InvalidArgumentError("completion: invalid UTF-8");
   ASSIGN_OR_RETURN(std::string prompt, RenderPrompt(input));
   if (!IsValidUtf8(prompt)) return absl::InvalidArgumentError("prompt: invalid UTF-8");
   const std::string answer = absl::StrCat(input.completion, options_.completion_suffix);

@@ -27,12 +27,14 @@
 //                     "reject": the item gets an error.
 //   label             which logit is the score (default 0; < num_labels).
 //   normalize         "none" (default); "affine": (raw - shift) / scale with fixed `shift`
-//                     (default 0) and `scale` (default 1, > 0); "zscore": (raw - mean) / (std + eps)
-//                     over the items of one Score() call that scored (population std; `eps`
+//                     (default 0) and `scale` (default 1, > 0); "zscore": (raw - mean) / (std +
+//                     eps) over the items of one Score() call that scored (population std; `eps`
 //                     default 1e-6). zscore deliberately makes an item's score depend on its batch
 //                     (reward/reward.h's contract otherwise forbids it): use it only where one call
 //                     is one meaningful population, e.g. one GRPO step. Errors are left out.
 //   max_batch_tokens, max_batch_seqs   forward batch budget (reward/reward_model.h).
+//   deterministic     true: batch-invariant kernels, so a score is bitwise independent of the
+//                     batch it came in (default false: equal up to fp32 rounding, faster).
 //   device            "cpu" (the only one today; "cuda" is an error until kernels/cuda has a model
 //                     forward).
 // Outputs: score as above; components {"raw": the label's logit}. Per-item errors (never a failed
@@ -67,6 +69,7 @@ struct ModelRewardOptions {
   std::string normalize = "none";  // "none" | "affine" | "zscore"
   double shift = 0.0, scale = 1.0, eps = 1e-6;
   RewardModelBatching batching;
+  bool deterministic = false;
   std::string device = "cpu";
 
   // From the factory's params (see the file comment); errors name the field.
@@ -78,9 +81,9 @@ class ModelReward : public RewardFunction {
   // Loads the model and tokenizer; checks label, max_length and device against the model.
   static absl::StatusOr<std::unique_ptr<ModelReward>> Create(const ModelRewardOptions& options);
   // With an already loaded model and tokenizer (tests, benchmarks).
-  static absl::StatusOr<std::unique_ptr<ModelReward>> Create(const ModelRewardOptions& options,
-                                                             std::shared_ptr<const RewardModel> model,
-                                                             std::shared_ptr<const Tokenizer> tokenizer);
+  static absl::StatusOr<std::unique_ptr<ModelReward>> Create(
+      const ModelRewardOptions& options, std::shared_ptr<const RewardModel> model,
+      std::shared_ptr<const Tokenizer> tokenizer);
 
   const std::string& name() const override { return name_; }
   std::vector<RewardOutput> Score(absl::Span<const RewardInput> batch) const override;

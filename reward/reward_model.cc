@@ -28,9 +28,9 @@ absl::StatusOr<std::optional<int32_t>> ReadPadTokenId(const ModelConfig& config,
   if (it == config.raw.end() || it->is_null()) return std::optional<int32_t>();
   if (!it->is_number_integer() || it->get<int64_t>() < 0 ||
       it->get<int64_t>() >= config.vocab_size) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        source, ": field 'pad_token_id' must be null or a token id in [0, ", config.vocab_size,
-        "), got ", it->dump()));
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": field 'pad_token_id' must be null or a token id in [0, ",
+                     config.vocab_size, "), got ", it->dump()));
   }
   return std::optional<int32_t>(static_cast<int32_t>(it->get<int64_t>()));
 }
@@ -57,9 +57,9 @@ absl::StatusOr<std::unique_ptr<RewardModel>> RewardModel::Create(
   if (backbone == nullptr) return absl::InvalidArgumentError("reward model: no backbone");
   const int64_t H = backbone->config().hidden_size;
   if (score_weight.empty() || score_weight.size() % H != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("reward model: score weight has ",
-                                                   score_weight.size(),
-                                                   " values, not a positive multiple of hidden ", H));
+    return absl::InvalidArgumentError(
+        absl::StrCat("reward model: score weight has ", score_weight.size(),
+                     " values, not a positive multiple of hidden ", H));
   }
   if (pad_token_id && (*pad_token_id < 0 || *pad_token_id >= backbone->config().vocab_size)) {
     return absl::InvalidArgumentError("reward model: pad_token_id outside the vocabulary");
@@ -85,13 +85,14 @@ absl::StatusOr<std::unique_ptr<RewardModel>> RewardModel::Load(const std::string
     expected.insert(t.name);
     CheckpointDir::Entry e = ckpt->Find(t.name);
     if (e.file == nullptr) {
-      return absl::NotFoundError(absl::StrCat(
-          dir, ": tensor '", t.name, "' is missing; the checkpoint does not match its config.json"));
+      return absl::NotFoundError(
+          absl::StrCat(dir, ": tensor '", t.name,
+                       "' is missing; the checkpoint does not match its config.json"));
     }
     if (e.info->shape != t.shape) {
-      return absl::InvalidArgumentError(absl::StrCat(e.file->path(), ": tensor '", t.name,
-                                                     "' has shape ", ShapeString(e.info->shape),
-                                                     ", config.json implies ", ShapeString(t.shape)));
+      return absl::InvalidArgumentError(
+          absl::StrCat(e.file->path(), ": tensor '", t.name, "' has shape ",
+                       ShapeString(e.info->shape), ", config.json implies ", ShapeString(t.shape)));
     }
     RETURN_IF_ERROR(e.file->ReadAsFloat(*e.info, backbone->params() + t.offset));
   }
@@ -102,10 +103,9 @@ absl::StatusOr<std::unique_ptr<RewardModel>> RewardModel::Load(const std::string
         dir, ": no 'score.weight': not a sequence-classification (reward model) checkpoint"));
   }
   if (head.info->shape.size() != 2 || head.info->shape[1] != H || head.info->shape[0] < 1) {
-    return absl::InvalidArgumentError(absl::StrCat(head.file->path(),
-                                                   ": tensor 'score.weight' has shape ",
-                                                   ShapeString(head.info->shape),
-                                                   ", expected [num_labels, ", H, "]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(head.file->path(), ": tensor 'score.weight' has shape ",
+                     ShapeString(head.info->shape), ", expected [num_labels, ", H, "]"));
   }
   const int64_t num_labels = head.info->shape[0];
   std::vector<float> score(num_labels * H);
@@ -113,9 +113,9 @@ absl::StatusOr<std::unique_ptr<RewardModel>> RewardModel::Load(const std::string
   auto id2label = config.raw.find("id2label");
   if (id2label != config.raw.end() && id2label->is_object() &&
       static_cast<int64_t>(id2label->size()) != num_labels) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        config_path, ": field 'id2label' has ", id2label->size(), " labels but score.weight has ",
-        num_labels, " rows"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(config_path, ": field 'id2label' has ", id2label->size(),
+                     " labels but score.weight has ", num_labels, " rows"));
   }
   for (const std::string& name : ckpt->TensorNames()) {
     if (expected.count(name) != 0) continue;
@@ -124,9 +124,9 @@ absl::StatusOr<std::unique_ptr<RewardModel>> RewardModel::Load(const std::string
                dir);
       continue;
     }
-    return absl::InvalidArgumentError(absl::StrCat(
-        dir, ": unexpected tensor '", name,
-        "' that config.json does not account for (wrong model_type or layer count?)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(dir, ": unexpected tensor '", name,
+                     "' that config.json does not account for (wrong model_type or layer count?)"));
   }
   return std::unique_ptr<RewardModel>(
       new RewardModel(std::move(backbone), std::move(score), num_labels, pad));
@@ -146,15 +146,15 @@ absl::Status RewardModel::CheckSequence(absl::Span<const int32_t> seq) const {
   const int64_t V = config().vocab_size;
   for (size_t i = 0; i < seq.size(); ++i) {
     if (seq[i] < 0 || seq[i] >= V) {
-      return absl::InvalidArgumentError(absl::StrCat("token ", seq[i], " at position ", i,
-                                                     " is outside the reward model's vocabulary [0, ",
-                                                     V, ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("token ", seq[i], " at position ", i,
+                       " is outside the reward model's vocabulary [0, ", V, ")"));
     }
   }
   const int64_t n = ScoredLength(seq);
   if (n > max_length()) {
-    return absl::InvalidArgumentError(absl::StrCat(n, " tokens exceed the reward model's context (",
-                                                   max_length(), ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(n, " tokens exceed the reward model's context (", max_length(), ")"));
   }
   return absl::OkStatus();
 }
@@ -166,8 +166,7 @@ absl::Status RewardModel::Score(absl::Span<const std::vector<int32_t>> seqs,
   for (size_t i = 0; i < seqs.size(); ++i) {
     RETURN_IF_ERROR(WithContext(CheckSequence(seqs[i]), absl::StrCat("sequence ", i)));
   }
-  const int64_t N = static_cast<int64_t>(seqs.size()), H = config().hidden_size,
-                L = num_labels_;
+  const int64_t N = static_cast<int64_t>(seqs.size()), H = config().hidden_size, L = num_labels_;
   logits->assign(N * L, 0.0f);
   std::vector<float> hidden;  // (B, H)
   TokenBatch batch;

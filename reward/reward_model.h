@@ -66,6 +66,10 @@ class RewardModel {
   // The longest sequence a forward accepts (max_position_embeddings).
   int64_t max_length() const { return config().max_position_embeddings; }
 
+  // Batch-invariant kernels (Model::set_batch_invariant): a sequence's logits are then bitwise
+  // the same however it is batched, at some speed cost. Off by default. Set before sharing.
+  void set_batch_invariant(bool on) { backbone_->set_batch_invariant(on); }
+
   // The tokens of `seq` that decide its score: seq without trailing pad_token_id ids (one token
   // if all are pad; see the file comment). Its length, >= 1 for a non-empty seq.
   int64_t ScoredLength(absl::Span<const int32_t> seq) const;
@@ -75,10 +79,11 @@ class RewardModel {
 
   // The head's logits for every sequence, (N, num_labels) row-major into *logits. Packs the
   // sequences into forwards of at most `batching`'s budget. A sequence's logits do not depend on
-  // the others or on how they are batched, up to fp32 rounding (GEMM blocking varies with the
-  // number of rows). Thread-safe: concurrent calls run one forward at a time.
-  absl::Status Score(absl::Span<const std::vector<int32_t>> seqs, const RewardModelBatching& batching,
-                     std::vector<float>* logits) const;
+  // the others or on how they are batched: bitwise with set_batch_invariant(true), else up to
+  // fp32 rounding (oneDNN blocks GEMMs by their row count). Thread-safe: concurrent calls run
+  // one forward at a time.
+  absl::Status Score(absl::Span<const std::vector<int32_t>> seqs,
+                     const RewardModelBatching& batching, std::vector<float>* logits) const;
 
  private:
   RewardModel(std::unique_ptr<Model<float>> backbone, std::vector<float> score_weight,

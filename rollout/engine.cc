@@ -66,6 +66,7 @@ struct Engine::Group {
   std::vector<Completion> completions;  // (G)
   int64_t num_finished = 0;
   std::vector<std::vector<int32_t>> prompt_routing;  // per MoE layer (P, K)
+  std::vector<Sequence*> seqs;  // (G) while running; owned by Work::running
 };
 
 struct Engine::Sequence {
@@ -221,12 +222,19 @@ RolloutStatus Engine::GetStatus() const {
   s.layout_fingerprint = fingerprint_;
   s.model_type = config_.model_type;
   s.vocab_size = static_cast<int32_t>(config_.vocab_size);
-  if (recent_.size() >= 2) {
-    const double span = absl::ToDoubleSeconds(recent_.back().first - recent_.front().first);
-    int64_t tokens = 0;
-    for (size_t i = 1; i < recent_.size(); ++i) tokens += recent_[i].second;
-    if (span > 0) s.tokens_per_second = tokens / span;
+  // Tokens of the steps that ended in the last 10 s, over the time since the window began (or
+  // since the first of those steps began, when the engine was idle before): an idle engine
+  // decays to 0 instead of reporting its last busy rate.
+  const absl::Time now = absl::Now(), window_start = now - absl::Seconds(10);
+  int64_t tokens = 0;
+  absl::Time begin = now;
+  for (size_t i = 1; i < recent_.size(); ++i) {
+    if (recent_[i].first < window_start) continue;
+    tokens += recent_[i].second;
+    begin = std::min(begin, std::max(window_start, recent_[i - 1].first));
   }
+  const double span = absl::ToDoubleSeconds(now - begin);
+  if (tokens > 0 && span > 0) s.tokens_per_second = tokens / span;
   return s;
 }
 
@@ -328,6 +336,9 @@ absl::StatusOr<std::vector<GroupResult>> Engine::GenerateAll(std::vector<Rollout
 }
 
 namespace {
+
+// Prompt tokens prefilled in one model call (several groups' prompts share a call up to this).
+constexpr int64_t kMaxPrefillTokens = 4096;
 
 // Whether the decoded tail of `ids` contains one of `stops`; sets *matched.
 bool MatchStopString(const Tokenizer& tok, const std::vector<int32_t>& ids,
@@ -496,6 +507,7 @@ void Engine::Loop() {
           s->routing.resize(g->sampling->return_routing ? num_moe : 0);
           w.cache.Assign(s->slot, s->kv_offset, s->kv_rows);
           g->completions[i].sample_index = static_cast<int32_t>(i);
+          g->seqs.push_back(s.get());
           w.running.push_back(std::move(s));
         }
         queued_sequences_ -= G;
@@ -505,37 +517,50 @@ void Engine::Loop() {
     }
 
     int64_t new_tokens = 0;
-    // Prefill each admitted group alone (its arithmetic must not depend on other requests), then
-    // fork: copy the prompt's KV rows to the other samples; all sample from the shared logits.
-    for (std::unique_ptr<Group>& gp : admitted) {
-      Group* g = gp.get();
-      std::vector<Sequence*> seqs;
-      for (auto& s : w.running) {
-        if (s->group == g) seqs.push_back(s.get());
+    // Prefill: the admitted groups' prompts together, batch-invariant (so a prompt's KV and
+    // first logits do not depend on the other prompts of the call), then fork: copy each prompt's
+    // KV rows to its group's other samples; all sample from the shared logits.
+    for (size_t first = 0; first < admitted.size();) {
+      std::vector<Group*> chunk;
+      std::vector<int64_t> slots, offsets = {0};
+      std::vector<absl::Span<const int32_t>> feeds;
+      bool want_routing = false;
+      size_t next = first;
+      for (; next < admitted.size(); ++next) {
+        Group* g = admitted[next].get();
+        const int64_t P = static_cast<int64_t>(g->prompt.size());
+        if (!chunk.empty() && offsets.back() + P > kMaxPrefillTokens) break;
+        chunk.push_back(g);
+        slots.push_back(g->seqs[0]->slot);
+        feeds.emplace_back(g->prompt);
+        offsets.push_back(offsets.back() + P);
+        want_routing |= g->sampling->return_routing && num_moe > 0;
       }
-      const bool want_routing = g->sampling->return_routing && num_moe > 0;
-      model.set_batch_invariant(g->sampling->deterministic);
-      const int64_t slot0 = seqs[0]->slot;
-      const absl::Span<const int32_t> prompt(g->prompt);
-      absl::Status st = model.Extend(&w.cache, {slot0}, {prompt}, w.logits.data(),
+      for (size_t i = first; i < next; ++i) w.groups.push_back(std::move(admitted[i]));
+      first = next;
+      model.set_batch_invariant(true);
+      absl::Status st = model.Extend(&w.cache, slots, feeds, w.logits.data(),
                                      want_routing ? &w.routing : nullptr);
-      w.groups.push_back(std::move(gp));
       if (!st.ok()) {
-        fail_group(g, st);
+        for (Group* g : chunk) fail_group(g, st);
         continue;
       }
-      if (want_routing) {
-        const int64_t P = static_cast<int64_t>(g->prompt.size());
-        g->prompt_routing.resize(num_moe);
-        for (int64_t m = 0; m < num_moe; ++m) {
-          g->prompt_routing[m].assign(w.routing.begin() + m * P * K,
-                                      w.routing.begin() + (m + 1) * P * K);
+      const int64_t T = offsets.back();
+      for (size_t c = 0; c < chunk.size(); ++c) {
+        Group* g = chunk[c];
+        const int64_t P = offsets[c + 1] - offsets[c];
+        if (g->sampling->return_routing && num_moe > 0) {
+          g->prompt_routing.resize(num_moe);
+          for (int64_t m = 0; m < num_moe; ++m) {
+            const auto row = w.routing.begin() + (m * T + offsets[c]) * K;
+            g->prompt_routing[m].assign(row, row + P * K);
+          }
         }
+        for (size_t i = 1; i < g->seqs.size(); ++i) {
+          w.cache.CopyPrefix(g->seqs[0]->slot, g->seqs[i]->slot, P);
+        }
+        for (Sequence* s : g->seqs) new_tokens += accept(s, draw(s, w.logits.data() + c * V));
       }
-      for (size_t i = 1; i < seqs.size(); ++i) {
-        w.cache.CopyPrefix(slot0, seqs[i]->slot, static_cast<int64_t>(g->prompt.size()));
-      }
-      for (Sequence* s : seqs) new_tokens += accept(s, draw(s, w.logits.data()));
     }
 
     // Cancelled or failed requests: drop their sequences (no delivery).

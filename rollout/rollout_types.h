@@ -24,8 +24,8 @@ struct SamplingParams {
   std::vector<std::string> stop_strings;
   uint64_t seed = 0;
   bool return_routing = false;
-  // Batch-invariant prefill too: logprobs bitwise equal to Model<float>::Forward with
-  // set_batch_invariant(true) on the same tokens and weights.
+  // Logprobs bitwise equal to Model<float>::Forward with set_batch_invariant(true) on the same
+  // tokens and weights (the CPU engine always gives this; see engine.h).
   bool deterministic = false;
 
   // Checks ranges only (vocab-dependent checks happen in the engine). Errors name the field

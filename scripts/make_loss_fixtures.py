@@ -15,7 +15,9 @@ prompt+completion sequences, the loss the learner computes with
     kl_coef 0.1 with the k3 estimator, aggregation token-mean, temperature 0.8
 
 written here independently of the C++ (verl's formulas: ALGORITHMS.md §1.4, §1.8), and its gradient
-with respect to every parameter by autograd.
+with respect to every parameter by autograd. (transformers keeps RMSNorm, the attention and router
+softmaxes and the RoPE frequencies in fp32 even in a float64 model, so the reference carries about
+5e-7 of fp32 rounding in a logprob.)
 
 Files:
     model/config.json, model/model.safetensors   the policy (fp32)

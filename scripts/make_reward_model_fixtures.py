@@ -18,6 +18,8 @@ backbone's tensors plus score.weight [num_labels, hidden], no lm_head):
                (the C++ test reads both labels), pad_token_id 256.
     qwen3_moe  Qwen3MoeForSequenceClassification: as qwen3 plus 4 experts top-2,
                moe_intermediate 16, norm_topk_prob; num_labels 1, pad_token_id 256.
+    llama      LlamaForSequenceClassification: same sizes (head_dim 8, no biases, no q/k norm),
+               num_labels 1, pad_token_id 256.
 
 The vocabulary covers the toy tokenizer (configs/toy_tokenizer.json, copied into each directory as
 tokenizer.json; 263 ids, <|endoftext|> = 256 is the pad token as in Qwen's own tokenizers).
@@ -52,6 +54,7 @@ import torch
 import transformers
 from transformers import (
     AutoModelForSequenceClassification,
+    LlamaConfig,
     Qwen2Config,
     Qwen3Config,
     Qwen3MoeConfig,
@@ -60,7 +63,7 @@ from transformers import (
 PAD = 256
 INIT_STD = 0.3
 EMBED_STD = 0.5
-SEEDS = {"qwen3": 4101, "qwen2": 4202, "qwen3_moe": 4303}
+SEEDS = {"qwen3": 4101, "qwen2": 4202, "qwen3_moe": 4303, "llama": 4404}
 SEQ_LENGTHS = [1, 4, 11, 23, 40]
 TEXT_ITEMS = [
     ("What is 2+3?", "<think>2+3=5</think><answer>5</answer>"),
@@ -98,6 +101,7 @@ def make_configs():
             decoder_sparse_step=1,
             mlp_only_layers=[],
         ),
+        "llama": LlamaConfig(**common, head_dim=8, num_labels=1),
     }
 
 

@@ -12,5 +12,7 @@ expect_error() {
   local code=$1 text=$2; shift 2
   set +e; out=$("$@" 2>&1); got=$?; set -e
   [ "$got" = "$code" ] || fail "exit $got (want $code) from: $* -> $out"
-  echo "$out" | grep -qF -- "$text" || fail "message '$out' lacks '$text'"
+  # A here-string, not echo | grep: under pipefail grep -q exiting at its first match can kill
+  # echo with SIGPIPE and fail the check.
+  grep -qF -- "$text" <<<"$out" || fail "message '$out' lacks '$text'"
 }

@@ -1,10 +1,9 @@
 // Tests for learner/config.h: defaults fill what a config leaves out, --set overrides, unknown keys
 // and wrong types are rejected by their full name, ranges are checked (G = 1 under GRPO).
-#include <catch2/catch.hpp>
-
-#include <string>
-
 #include "learner/config.h"
+
+#include <catch2/catch.hpp>
+#include <string>
 
 namespace grpo {
 namespace {
@@ -22,7 +21,9 @@ std::string Error(const nlohmann::json& j) {
   return std::string(c.status().message());
 }
 
-bool Contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+bool Contains(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
 
 TEST_CASE("config: defaults fill every key the file leaves out", "[config]") {
   auto c = ParseLearnerConfig(Minimal(), "run.json");

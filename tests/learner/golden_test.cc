@@ -5,9 +5,10 @@
 // same is computed the way the trainer does it — Model<float> forward, ComputeLoss in fp64, the
 // logprob gradients through Model<float>::Backward — and compared.
 // Metrics: loss relative error <= 1e-5; per tensor, ||g - g_ref|| / ||g_ref|| <= 1e-5 (normalized
-// error, since single entries near zero carry fp32 rounding of the whole forward).
+// error, since single entries near zero carry fp32 rounding of the whole forward). Note that the
+// reference is not pure fp64: transformers keeps RMSNorm, the attention and router softmaxes and
+// the RoPE frequencies in fp32 even in a float64 model (~5e-7 in a logprob).
 #include <catch2/catch.hpp>
-
 #include <cmath>
 #include <string>
 #include <vector>
@@ -22,13 +23,12 @@ namespace {
 
 const std::string kDir = std::string(GRPO_SOURCE_DIR) + "/tests/fixtures/loss";
 
-TEST_CASE("golden: GRPO loss and parameter gradients match PyTorch", "[golden][learner]") {
+// Runs the fixture through `m` and checks logprobs (max abs), the loss (relative) and every
+// parameter gradient (normalized) against PyTorch's.
+template <typename Real>
+void CheckGolden(Model<Real>& m, double lp_tol, double loss_tol, double grad_tol) {
   auto fx = ReadJsonFile(kDir + "/loss.json");
   REQUIRE(fx.ok());
-  auto model = LoadModel(kDir + "/model");
-  INFO(model.status().ToString());
-  REQUIRE(model.ok());
-  Model<float>& m = **model;
 
   const auto seqs = (*fx)["sequences"].get<std::vector<std::vector<int32_t>>>();
   const auto prompt_lengths = (*fx)["prompt_lengths"].get<std::vector<int64_t>>();
@@ -37,7 +37,7 @@ TEST_CASE("golden: GRPO loss and parameter gradients match PyTorch", "[golden][l
   ForwardOptions fo;
   fo.temperature = (*fx)["temperature"].get<float>();
   fo.for_backward = true;
-  ForwardResult<float> res;
+  ForwardResult<Real> res;
   REQUIRE(m.Forward(batch, fo, &res).ok());
 
   std::vector<int64_t> offsets = {0};
@@ -61,7 +61,7 @@ TEST_CASE("golden: GRPO loss and parameter gradients match PyTorch", "[golden][l
     offsets.push_back(offsets.back() + static_cast<int64_t>(ref_seq.size()));
   }
   INFO("max |logprob - torch| = " << max_lp_err);
-  CHECK(max_lp_err < 1e-5);
+  CHECK(max_lp_err < lp_tol);
 
   const auto& c = (*fx)["config"];
   LossConfig lc;
@@ -83,14 +83,14 @@ TEST_CASE("golden: GRPO loss and parameter gradients match PyTorch", "[golden][l
   REQUIRE(out.ok());
   const double ref_loss = (*fx)["loss"].get<double>();
   INFO("loss " << out->loss << " vs torch " << ref_loss);
-  CHECK(std::abs(out->loss - ref_loss) <= 1e-5 * std::abs(ref_loss));
+  CHECK(std::abs(out->loss - ref_loss) <= loss_tol * std::abs(ref_loss));
   CHECK(out->stats.clipped > 0);  // the example exercises the clipped branch
 
-  std::vector<float> dlp(batch.num_tokens(), 0.0f);
+  std::vector<Real> dlp(batch.num_tokens(), Real(0));
   for (size_t b = 0; b < seqs.size(); ++b) {
     const int64_t P = prompt_lengths[b];
     for (int64_t j = 0; j < offsets[b + 1] - offsets[b]; ++j) {
-      dlp[batch.offsets[b] + P - 1 + j] = static_cast<float>(out->dlogprobs[offsets[b] + j]);
+      dlp[batch.offsets[b] + P - 1 + j] = static_cast<Real>(out->dlogprobs[offsets[b] + j]);
     }
   }
   m.ZeroGrads();
@@ -109,7 +109,7 @@ TEST_CASE("golden: GRPO loss and parameter gradients match PyTorch", "[golden][l
     std::vector<float> ref(t.numel);
     REQUIRE((*gf)->ReadAsFloat(*info, ref.data()).ok());
     double num = 0, den = 0;
-    const float* g = m.grads() + t.offset;
+    const Real* g = m.grads() + t.offset;
     for (int64_t i = 0; i < t.numel; ++i) {
       REQUIRE(std::isfinite(g[i]));
       num += (double(g[i]) - ref[i]) * (double(g[i]) - ref[i]);
@@ -121,14 +121,22 @@ TEST_CASE("golden: GRPO loss and parameter gradients match PyTorch", "[golden][l
       worst_name = t.name;
     }
     CHECK(den > 0);  // every tensor gets a gradient (non-zero reference)
-    CHECK(err <= 1e-5);
+    CHECK(err <= grad_tol);
     ++checked;
   }
   INFO("worst normalized gradient error " << worst << " in " << worst_name);
   CHECK(checked == static_cast<int64_t>((*gf)->tensors().size()));
-  WARN("golden: loss rel err " << std::abs(out->loss - ref_loss) / std::abs(ref_loss)
-                               << ", max logprob err " << max_lp_err << ", worst grad err "
-                               << worst << " (" << worst_name << ")");
+  WARN("golden (" << (sizeof(Real) == 4 ? "fp32" : "fp64") << "): loss rel err "
+                  << std::abs(out->loss - ref_loss) / std::abs(ref_loss) << ", max logprob err "
+                  << max_lp_err << ", worst grad err " << worst << " (" << worst_name << ")");
+}
+
+TEST_CASE("golden: GRPO loss and parameter gradients match PyTorch (fp32 learner path)",
+          "[golden][learner]") {
+  auto model = LoadModel(kDir + "/model");
+  INFO(model.status().ToString());
+  REQUIRE(model.ok());
+  CheckGolden<float>(**model, 1e-5, 1e-5, 1e-5);
 }
 
 }  // namespace

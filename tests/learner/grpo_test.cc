@@ -1,14 +1,13 @@
 // Tests for learner/grpo.h in fp64: advantages on hand-computed groups (all-equal groups, G = 1),
 // each policy-loss / KL / aggregation / mismatch mode on small hand-computed examples, and
 // d(loss)/d(logprob) and d(loss)/d(entropy) against central finite differences for every mode.
-#include <catch2/catch.hpp>
+#include "learner/grpo.h"
 
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <random>
 #include <string>
 #include <vector>
-
-#include "learner/grpo.h"
 
 namespace grpo {
 namespace {
@@ -298,8 +297,8 @@ void CheckFiniteDifferences(const Batch& base, const LossConfig& c) {
       Batch p = base, m = base;
       (which == 0 ? p.lp : p.ent)[t] += h;
       (which == 0 ? m.lp : m.ent)[t] -= h;
-      const double fd = (ComputeLoss(p.View(), norm, c)->loss - ComputeLoss(m.View(), norm, c)->loss) /
-                        (2 * h);
+      const double fd =
+          (ComputeLoss(p.View(), norm, c)->loss - ComputeLoss(m.View(), norm, c)->loss) / (2 * h);
       const double an = which == 0 ? out->dlogprobs[t] : out->dentropy[t];
       const double err = std::abs(fd - an) / (1e-6 + std::abs(fd));
       max_err = std::max(max_err, err);

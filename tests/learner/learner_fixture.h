@@ -20,12 +20,22 @@ namespace grpo::testing {
 
 inline nlohmann::json TinyLearnerModelJson() {
   return {{"architectures", {"Qwen3MoeForCausalLM"}},
-          {"model_type", "qwen3_moe"}, {"vocab_size", 263}, {"hidden_size", 16},
-          {"intermediate_size", 24}, {"num_hidden_layers", 2}, {"num_attention_heads", 2},
-          {"num_key_value_heads", 1}, {"head_dim", 8}, {"num_experts", 4},
-          {"num_experts_per_tok", 2}, {"moe_intermediate_size", 8}, {"norm_topk_prob", true},
-          {"mlp_only_layers", nlohmann::json::array()}, {"rms_norm_eps", 1e-6},
-          {"rope_theta", 10000.0}, {"max_position_embeddings", 128},
+          {"model_type", "qwen3_moe"},
+          {"vocab_size", 263},
+          {"hidden_size", 16},
+          {"intermediate_size", 24},
+          {"num_hidden_layers", 2},
+          {"num_attention_heads", 2},
+          {"num_key_value_heads", 1},
+          {"head_dim", 8},
+          {"num_experts", 4},
+          {"num_experts_per_tok", 2},
+          {"moe_intermediate_size", 8},
+          {"norm_topk_prob", true},
+          {"mlp_only_layers", nlohmann::json::array()},
+          {"rms_norm_eps", 1e-6},
+          {"rope_theta", 10000.0},
+          {"max_position_embeddings", 128},
           {"tie_word_embeddings", false}};
 }
 
@@ -65,10 +75,10 @@ inline nlohmann::json MakeLearnerFixture(const std::string& dir) {
       {"data", {{"path", data}, {"seed", 3u}}},  // unsigned, as parsed from a file
       {"chat_template", {{"name", "custom"}, {"custom", "{prompt} "}}},
       {"reward", {{"rewards", {{{"name", "regex_match"}, {"params", {{"pattern", "[0-9]"}}}}}}}},
-      {"rollout", {{"group_size", 4}, {"prompts_per_step", 4}, {"max_new_tokens", 6},
-                   {"local_workers", 2}}},
-      {"algorithm", {{"kl_coef", 0.05}, {"mini_batches", 2}, {"micro_batch_seqs", 3},
-                     {"clip_high", 0.28}}},
+      {"rollout",
+       {{"group_size", 4}, {"prompts_per_step", 4}, {"max_new_tokens", 6}, {"local_workers", 2}}},
+      {"algorithm",
+       {{"kl_coef", 0.05}, {"mini_batches", 2}, {"micro_batch_seqs", 3}, {"clip_high", 0.28}}},
       {"optimizer", {{"lr", 1e-2}, {"weight_decay", 0.0}}},
       {"log", {{"samples", 1}}},
   };

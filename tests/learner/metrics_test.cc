@@ -1,14 +1,14 @@
 // Tests for learner/metrics.h: TFRecord framing with masked CRC-32C read back and checked, the
-// Event/Summary payload, corruption detection, and resume truncation of metrics.jsonl. (TensorBoard's
-// own reader is run on a real file by scripts/check_tfevents.py, outside CI.)
-#include <catch2/catch.hpp>
+// Event/Summary payload, corruption detection, and resume truncation of metrics.jsonl.
+// (TensorBoard's own reader is run on a real file by scripts/check_tfevents.py, outside CI.)
+#include "learner/metrics.h"
 
+#include <catch2/catch.hpp>
 #include <filesystem>
 #include <fstream>
 #include <string>
 
 #include "common/json_util.h"
-#include "learner/metrics.h"
 #include "proto/tensorboard.pb.h"
 
 namespace grpo {
@@ -48,7 +48,8 @@ TEST_CASE("event files: records round-trip with both CRCs checked", "[metrics]")
   CHECK(!ReadTfRecords(bytes->substr(0, bytes->size() - 2)).ok());
 }
 
-TEST_CASE("metrics.jsonl: a resumed writer keeps only the steps up to the checkpoint", "[metrics]") {
+TEST_CASE("metrics.jsonl: a resumed writer keeps only the steps up to the checkpoint",
+          "[metrics]") {
   const std::string dir = (fs::temp_directory_path() / "grpo_metrics_resume").string();
   fs::remove_all(dir);
   {

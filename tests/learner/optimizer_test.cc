@@ -1,14 +1,14 @@
 // Tests for learner/optimizer.h: AdamW against an fp64 transcription of PyTorch's update,
 // global-norm clipping, skipping non-finite steps, the schedules at hand-computed points, and the
 // state file round trip and corruption checks. Plus CRC-32C's standard check value.
-#include <catch2/catch.hpp>
+#include "learner/optimizer.h"
 
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <numbers>
 #include <vector>
 
 #include "learner/crc32c.h"
-#include "learner/optimizer.h"
 
 namespace grpo {
 namespace {

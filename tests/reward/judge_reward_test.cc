@@ -1,8 +1,8 @@
 // Tests for reward/judge_reward.h: verdict parsing, and the `judge` reward end to end on a judge
 // whose answers are known in advance: a one-layer Qwen3 whose attention and MLP weights are zero
-// and whose embedding / LM head make it a bigram table (x -> "Score: 7" <|im_end|>, y -> y y y ...),
-// so greedy decoding writes exactly those verdicts. Also the deadline (items without a verdict get
-// an error and Score returns) and config errors.
+// and whose embedding / LM head make it a bigram table (x -> "Score: 7" <|im_end|>, y -> y y y
+// ...), so greedy decoding writes exactly those verdicts. Also the deadline (items without a
+// verdict get an error and Score returns) and config errors.
 #include "reward/judge_reward.h"
 
 #include <unistd.h>
@@ -33,11 +33,18 @@ TEST_CASE("judge: the score is the number after the last prefix", "[judge]") {
 
 // Writes the bigram judge (see the file comment) to a fresh directory with the toy tokenizer.
 std::string WriteBigramJudge() {
-  const nlohmann::json cfg = {
-      {"model_type", "qwen3"}, {"vocab_size", 272}, {"hidden_size", 16},
-      {"intermediate_size", 16}, {"num_hidden_layers", 1}, {"num_attention_heads", 2},
-      {"num_key_value_heads", 1}, {"head_dim", 8}, {"rms_norm_eps", 1e-6},
-      {"rope_theta", 10000.0}, {"max_position_embeddings", 256}, {"tie_word_embeddings", false}};
+  const nlohmann::json cfg = {{"model_type", "qwen3"},
+                              {"vocab_size", 272},
+                              {"hidden_size", 16},
+                              {"intermediate_size", 16},
+                              {"num_hidden_layers", 1},
+                              {"num_attention_heads", 2},
+                              {"num_key_value_heads", 1},
+                              {"head_dim", 8},
+                              {"rms_norm_eps", 1e-6},
+                              {"rope_theta", 10000.0},
+                              {"max_position_embeddings", 256},
+                              {"tie_word_embeddings", false}};
   auto config = ParseModelConfig(cfg, "bigram");
   REQUIRE(config.ok());
   auto model = Model<float>::Create(*config);
@@ -53,12 +60,12 @@ std::string WriteBigramJudge() {
   const int64_t H = 16;
   int64_t k = 0;
   for (const auto& [from, to] : next) {
-    m.params()[layout.embed + from * H + k] = 1.0f;     // token `from` is basis vector k
+    m.params()[layout.embed + from * H + k] = 1.0f;   // token `from` is basis vector k
     m.params()[layout.lm_head + to * H + k] = 10.0f;  // which votes for `to`
     ++k;
   }
-  const std::string dir = std::filesystem::temp_directory_path() /
-                          ("grpo_judge_" + std::to_string(::getpid()));
+  const std::string dir =
+      std::filesystem::temp_directory_path() / ("grpo_judge_" + std::to_string(::getpid()));
   REQUIRE(SaveModel(m, dir).ok());
   std::filesystem::copy_file(std::string(GRPO_SOURCE_DIR) + "/configs/toy_tokenizer.json",
                              dir + "/tokenizer.json",
@@ -75,9 +82,11 @@ RewardInput Item(const std::string& completion) {
 
 TEST_CASE("judge: verdicts from the rollout engine become scores", "[judge]") {
   const std::string dir = WriteBigramJudge();
-  auto fn = RewardRegistry::Global().Create(
-      "judge", {{"path", dir}, {"judge_prompt", "{completion}"}, {"template", "none"},
-                {"max_new_tokens", 12}});
+  auto fn = RewardRegistry::Global().Create("judge", {{"path", dir},
+                                                      {"judge_prompt", "{completion}"},
+                                                      {"template", "none"},
+                                                      {"kv_budget_mb", 8},
+                                                      {"max_new_tokens", 12}});
   INFO(fn.status().ToString());
   REQUIRE(fn.ok());
   const auto out = (*fn)->Score({Item("x"), Item("y"), Item(""), Item("\xff")});
@@ -88,24 +97,40 @@ TEST_CASE("judge: verdicts from the rollout engine become scores", "[judge]") {
   CHECK(out[0].score == Approx(0.7));
   CHECK(out[0].components.at("verdict") == 7.0);
   CHECK(out[1].error.find("no \"Score:\" in the verdict (finish length)") != std::string::npos);
-  CHECK(out[2].error.find("over the judge's context") != std::string::npos);  // empty prompt
+  CHECK(out[2].error.find("judge prompt: no tokens") != std::string::npos);
   CHECK(out[3].error.find("invalid UTF-8") != std::string::npos);
 
   // Out of range, and normalize off.
-  auto raw = RewardRegistry::Global().Create(
-      "judge", {{"path", dir}, {"judge_prompt", "{completion}"}, {"template", "none"},
-                {"normalize", false}, {"max_score", 5}});
+  auto raw = RewardRegistry::Global().Create("judge", {{"path", dir},
+                                                       {"judge_prompt", "{completion}"},
+                                                       {"template", "none"},
+                                                       {"kv_budget_mb", 8},
+                                                       {"normalize", false},
+                                                       {"max_score", 5}});
   REQUIRE(raw.ok());
   CHECK((*raw)->Score({Item("x")})[0].error.find("outside [0, 5]") != std::string::npos);
+  // A judge prompt that leaves no room for max_new_tokens in the context (256).
+  auto tight = RewardRegistry::Global().Create("judge", {{"path", dir},
+                                                         {"judge_prompt", "{completion}"},
+                                                         {"template", "none"},
+                                                         {"kv_budget_mb", 8},
+                                                         {"max_new_tokens", 250}});
+  REQUIRE(tight.ok());
+  const auto t = (*tight)->Score({Item(std::string(10, 'x')), Item("x")});
+  CHECK(t[0].error.find("over the judge's context") != std::string::npos);
+  CHECK(t[1].error.empty());
   std::filesystem::remove_all(dir);
 }
 
 TEST_CASE("judge: the deadline bounds a Score call", "[judge]") {
   const std::string dir = WriteBigramJudge();
   // 64 judges that never stop (y y y ...) for 200 tokens each, within 1 ms: most cannot finish.
-  auto fn = RewardRegistry::Global().Create(
-      "judge", {{"path", dir}, {"judge_prompt", "{completion}"}, {"template", "none"},
-                {"max_new_tokens", 200}, {"deadline_ms", 1}});
+  auto fn = RewardRegistry::Global().Create("judge", {{"path", dir},
+                                                      {"judge_prompt", "{completion}"},
+                                                      {"template", "none"},
+                                                      {"kv_budget_mb", 8},
+                                                      {"max_new_tokens", 200},
+                                                      {"deadline_ms", 1}});
   REQUIRE(fn.ok());
   std::vector<RewardInput> items(64, Item("y"));
   const auto out = (*fn)->Score(items);

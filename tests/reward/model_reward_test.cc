@@ -3,22 +3,25 @@
 // (tests/fixtures/reward_model/, scripts/make_reward_model_fixtures.py), independence from
 // batching, the pad-token rule, the `model` reward end to end (template, tokenizer, truncation,
 // normalization), composition with rule rewards, and bad checkpoints / params / items.
+#include "reward/model_reward.h"
+
 #include <unistd.h>
 
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
-#include <cstdlib>
-#include <functional>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "common/json_util.h"
+#include "model/config.h"
+#include "model/model.h"
 #include "model/safetensors.h"
-#include "reward/model_reward.h"
 #include "reward/reward_model.h"
 #include "reward/reward_set.h"
 
@@ -58,7 +61,7 @@ double MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b, size
 }
 
 TEST_CASE("reward model: scores equal transformers *ForSequenceClassification", "[reward_model]") {
-  for (const std::string name : {"qwen3", "qwen2", "qwen3_moe"}) {
+  for (const std::string name : {"qwen3", "qwen2", "qwen3_moe", "llama"}) {
     SECTION(name) {
       const nlohmann::json doc = ReadScores(name);
       auto model = LoadFixture(name);
@@ -132,6 +135,43 @@ TEST_CASE("reward model: scores do not depend on batching", "[reward_model]") {
   }
 }
 
+TEST_CASE("reward model: batch-invariant mode makes scores bitwise independent of batching",
+          "[reward_model]") {
+  for (const std::string name : {"qwen3", "qwen3_moe"}) {
+    SECTION(name) {
+      auto model = LoadFixture(name);
+      model->set_batch_invariant(true);
+      auto seqs = Sequences(ReadScores(name));
+      std::vector<float> together;
+      REQUIRE(model->Score(seqs, {}, &together).ok());
+      for (const RewardModelBatching& way :
+           std::vector<RewardModelBatching>{{1 << 20, 1}, {1 << 20, 3}, {16, 256}}) {
+        std::vector<float> got;
+        REQUIRE(model->Score(seqs, way, &got).ok());
+        CHECK(got == together);  // exact: bitwise
+      }
+      // Still the transformers numbers.
+      const nlohmann::json doc = ReadScores(name);
+      for (size_t i = 0; i < seqs.size(); ++i) {
+        CHECK(std::fabs(together[i] - doc["scores"][i][0].get<float>()) < 1e-4);
+      }
+    }
+  }
+  // Through the reward function's "deterministic" param.
+  auto fn = RewardRegistry::Global().Create(
+      "model", {{"path", kFixtures + "qwen3"}, {"deterministic", true}, {"max_batch_seqs", 1}});
+  REQUIRE(fn.ok());
+  auto whole = RewardRegistry::Global().Create(
+      "model", {{"path", kFixtures + "qwen3"}, {"deterministic", true}});
+  REQUIRE(whole.ok());
+  RewardInput a, b;
+  a.prompt = "one", a.completion = "two";
+  b.prompt = "three", b.completion = "four five";
+  const auto x = (*fn)->Score({a, b}), y = (*whole)->Score({a, b});
+  CHECK(x[0].score == y[0].score);
+  CHECK(x[1].score == y[1].score);
+}
+
 TEST_CASE("reward model: bad sequences are rejected with a reason", "[reward_model]") {
   auto model = LoadFixture("qwen3");
   CHECK_FALSE(model->CheckSequence(std::vector<int32_t>{}).ok());
@@ -147,13 +187,37 @@ TEST_CASE("reward model: bad sequences are rejected with a reason", "[reward_mod
   CHECK(std::string(s.message()).find("sequence 1") != std::string::npos);
 }
 
+TEST_CASE("Model::FinalHidden checks its batch", "[reward_model]") {
+  auto config = LoadModelConfig(kFixtures + "qwen3/config.json");
+  REQUIRE(config.ok());
+  config->tie_word_embeddings = true;
+  auto model = Model<float>::Create(*config);
+  REQUIRE(model.ok());
+  std::vector<float> hidden;
+  TokenBatch empty_seq;
+  empty_seq.Add(std::vector<int32_t>{1, 2});
+  empty_seq.Add(std::vector<int32_t>{});
+  auto s = (*model)->FinalHidden(empty_seq, &hidden);
+  CHECK(std::string(s.message()).find("sequence 1 is empty") != std::string::npos);
+  CHECK_FALSE((*model)->FinalHidden(TokenBatch(), &hidden).ok());
+  TokenBatch bad_id;
+  bad_id.Add(std::vector<int32_t>{1, 272});
+  CHECK(std::string((*model)->FinalHidden(bad_id, &hidden).message()).find("vocabulary") !=
+        std::string::npos);
+  TokenBatch ok;
+  ok.Add(std::vector<int32_t>{1, 2, 3});
+  ok.Add(std::vector<int32_t>{4});
+  REQUIRE((*model)->FinalHidden(ok, &hidden).ok());
+  CHECK(hidden.size() == 2 * 16);
+}
+
 // A copy of fixture `name` in a fresh directory, with its tensors edited by `edit`.
 std::string EditedCheckpoint(const std::string& name,
                              const std::function<void(std::vector<TensorToWrite>*,
                                                       std::vector<std::vector<float>>*)>& edit) {
-  const std::string dir = std::filesystem::temp_directory_path() /
-                          ("grpo_rm_" + name + "_" + std::to_string(::getpid()) + "_" +
-                           std::to_string(std::rand()));
+  const std::string dir =
+      std::filesystem::temp_directory_path() /
+      ("grpo_rm_" + name + "_" + std::to_string(::getpid()) + "_" + std::to_string(std::rand()));
   std::filesystem::create_directories(dir);
   std::filesystem::copy_file(kFixtures + name + "/config.json", dir + "/config.json");
   auto file = SafetensorsFile::Open(kFixtures + name + "/model.safetensors");
@@ -192,7 +256,8 @@ TEST_CASE("reward model: bad checkpoints get one clear error", "[reward_model]")
   });
   m = RewardModel::Load(extra);
   REQUIRE_FALSE(m.ok());
-  CHECK(std::string(m.status().message()).find("unexpected tensor 'score.bias'") != std::string::npos);
+  CHECK(std::string(m.status().message()).find("unexpected tensor 'score.bias'") !=
+        std::string::npos);
 
   // A stray lm_head.weight is ignored (transformers ignores it too); scores unchanged.
   const std::string with_head = EditedCheckpoint("qwen3", [](auto* tensors, auto* data) {
@@ -257,7 +322,8 @@ TEST_CASE("model reward: label picks the logit", "[model_reward]") {
   auto fn = MakeModelReward({{"path", kFixtures + "qwen2"}, {"label", 1}});
   const auto out = fn->Score({Item(doc["items"][0]["prompt"], doc["items"][0]["completion"])});
   CHECK(std::fabs(out[0].score - doc["items"][0]["scores"][1].get<double>()) < 1e-4);
-  auto bad = RewardRegistry::Global().Create("model", {{"path", kFixtures + "qwen2"}, {"label", 2}});
+  auto bad =
+      RewardRegistry::Global().Create("model", {{"path", kFixtures + "qwen2"}, {"label", 2}});
   REQUIRE_FALSE(bad.ok());
   CHECK(std::string(bad.status().message()).find("label") != std::string::npos);
 }
@@ -269,16 +335,17 @@ TEST_CASE("model reward: template none, prompt_field and completion suffix", "[m
   REQUIRE(ids.ok());
   CHECK(*ids == std::vector<int32_t>{'a', 'b', 'c', 'd'});  // toy tokenizer: id == byte
 
-  auto from_extra = MakeModelReward(
-      {{"path", kFixtures + "qwen3"}, {"prompt_field", "extra.question"}, {"completion_suffix", ""}});
+  auto from_extra = MakeModelReward({{"path", kFixtures + "qwen3"},
+                                     {"prompt_field", "extra.question"},
+                                     {"completion_suffix", ""}});
   const auto* e = dynamic_cast<const ModelReward*>(from_extra.get());
   RewardInput in = Item("ignored templated prompt", "7");
   in.extra = {{"question", nlohmann::json::array({{{"role", "user"}, {"content", "Q"}}})}};
   ids = e->Tokens(in);
   REQUIRE(ids.ok());
   // <|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n7
-  CHECK(*ids == std::vector<int32_t>{257, 'u', 's', 'e', 'r', '\n', 'Q', 258, '\n', 257, 'a', 's',
-                                     's', 'i', 's', 't', 'a', 'n', 't', '\n', '7'});
+  CHECK(*ids == std::vector<int32_t>{257, 'u', 's', 'e', 'r', '\n', 'Q', 258, '\n', 257, 'a',
+                                     's', 's', 'i', 's', 't', 'a',  'n', 't', '\n', '7'});
   in.extra = {{"other", 1}};
   const auto out = from_extra->Score({in});
   CHECK(out[0].error.find("extra has no \"question\"") != std::string::npos);
@@ -313,8 +380,8 @@ TEST_CASE("model reward: over-long items are truncated from the left of the prom
   CHECK(scored[0].error.find("completion alone") != std::string::npos);
   CHECK(scored[1].error.empty());
 
-  auto reject =
-      MakeModelReward({{"path", kFixtures + "qwen3"}, {"max_length", 40}, {"truncation", "reject"}});
+  auto reject = MakeModelReward(
+      {{"path", kFixtures + "qwen3"}, {"max_length", 40}, {"truncation", "reject"}});
   scored = reject->Score({Item(prompt, completion), Item("short", "ok")});
   CHECK(scored[0].error.find("exceed max_length 40") != std::string::npos);
   CHECK(scored[1].error.empty());
@@ -353,7 +420,10 @@ TEST_CASE("model reward: normalization", "[model_reward]") {
 TEST_CASE("model reward: composes with rule rewards under weights and routing", "[model_reward]") {
   const nlohmann::json config = {
       {"rewards",
-       {{{"name", "model"}, {"key", "rm"}, {"weight", 0.5}, {"params", {{"path", kFixtures + "qwen3"}}}},
+       {{{"name", "model"},
+         {"key", "rm"},
+         {"weight", 0.5},
+         {"params", {{"path", kFixtures + "qwen3"}}}},
         {{"name", "exact_match"}, {"weight", 1.0}, {"data_sources", {"qa"}}}}},
       {"failure_score", -3.0}};
   auto parsed = RewardSetConfig::FromJson(config);
@@ -398,7 +468,8 @@ TEST_CASE("model reward: bad params get one clear error", "[model_reward]") {
   CHECK(err({{"path", path}, {"truncation", "right"}}).find("\"left\", \"reject\"") !=
         std::string::npos);
   CHECK(err({{"path", path}, {"device", "cuda"}}).find("use \"cpu\"") != std::string::npos);
-  CHECK(err({{"path", path}, {"prompt_field", "extra."}}).find("prompt_field") != std::string::npos);
+  CHECK(err({{"path", path}, {"prompt_field", "extra."}}).find("prompt_field") !=
+        std::string::npos);
   CHECK(err({{"path", path + "/missing"}}).find("config.json") != std::string::npos);
   CHECK(err({{"path", path}, {"tokenizer", path + "/config.json"}}).size() > 0);
   CHECK(err({{"path", path}, {"max_batch_tokens", 0}}).find(">= 1") != std::string::npos);

@@ -57,11 +57,11 @@ class GatedReward : public RewardFunction {
 std::unique_ptr<RewardScorer> GatedScorer(Gate* gate) {
   RewardRegistry registry;
   REQUIRE(registry
-              .Register("gated",
-                        [gate](const nlohmann::json&)
-                            -> absl::StatusOr<std::unique_ptr<RewardFunction>> {
-                          return std::make_unique<GatedReward>(gate);
-                        })
+              .Register(
+                  "gated",
+                  [gate](const nlohmann::json&) -> absl::StatusOr<std::unique_ptr<RewardFunction>> {
+                    return std::make_unique<GatedReward>(gate);
+                  })
               .ok());
   auto config = RewardSetConfig::FromJson({{"rewards", {{{"name", "gated"}}}}});
   REQUIRE(config.ok());
@@ -95,7 +95,7 @@ TEST_CASE("score queue: a full queue answers RESOURCE_EXHAUSTED at once", "[scor
   ScoreQueue queue(scorer.get(), {/*max_queued=*/1, /*num_workers=*/1});
   Call a, b, c;
   REQUIRE(queue.Submit(&a.request, &a.response, a.Callback()).ok());
-  gate.AwaitEntered(1);  // a holds the only worker
+  gate.AwaitEntered(1);                                               // a holds the only worker
   REQUIRE(queue.Submit(&b.request, &b.response, b.Callback()).ok());  // b waits
   CHECK(queue.num_waiting() == 1);
   CHECK(queue.num_running() == 1);

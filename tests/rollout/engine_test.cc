@@ -365,6 +365,7 @@ TEST_CASE("a KV budget smaller than the work makes groups wait, not fail", "[rol
   CHECK(st.kv_bytes_budget == 192 * 40);
   CHECK(st.kv_bytes_used == 0);
   CHECK(st.total_tokens > 0);
+  CHECK(st.tokens_per_second > 0);
   // A group that can never fit is refused up front.
   auto too_big = engine->Submit({{0, RandomTokens(30, c.vocab_size, 1)}}, sp);
   REQUIRE(too_big.status().code() == absl::StatusCode::kInvalidArgument);

@@ -29,9 +29,9 @@ inline std::vector<int32_t> RandomTokens(int64_t n, int64_t V, uint64_t seed) {
   return t;
 }
 
-// Sample `sample_index` of prompt (prompt_id, tokens) drawn alone: prefill with the engine's
-// prefill kernels, decode one token at a time with batch-invariant kernels, same random stream
-// and stop rules (stop tokens and length only).
+// Sample `sample_index` of prompt (prompt_id, tokens) drawn alone: prefill, then decode one
+// token at a time, with batch-invariant kernels; same random stream and stop rules (stop tokens
+// and length only).
 inline Completion ReferenceSample(Model<float>& model, const std::vector<int32_t>& prompt,
                                   uint64_t prompt_id, int32_t sample_index,
                                   const SamplingParams& sp) {
@@ -42,10 +42,9 @@ inline Completion ReferenceSample(Model<float>& model, const std::vector<int32_t
   Completion c;
   c.sample_index = sample_index;
   const int64_t slot = 0;
-  model.set_batch_invariant(sp.deterministic);
+  model.set_batch_invariant(true);
   absl::Span<const int32_t> feed(prompt);
   if (!model.Extend(&cache, {slot}, {feed}, logits.data()).ok()) throw std::runtime_error("extend");
-  model.set_batch_invariant(true);
   int32_t last = 0;
   for (int64_t step = 0;; ++step) {
     const double u = SampleUniform(sp.seed, prompt_id, sample_index, step);

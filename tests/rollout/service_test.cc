@@ -52,7 +52,9 @@ TEST_CASE("CRC32C matches the standard check value", "[rollout][weights]") {
 
 TEST_CASE("several clients generate over loopback at once", "[rollout][service]") {
   const ModelConfig c = MustParse(testing::TinyQwen3MoeJson());
-  Loopback lb(c, 20);
+  EngineOptions opt;
+  opt.max_batch = 3;  // one group of 3 at a time: the cancellation check below can see a stop
+  Loopback lb(c, 20, opt);
   auto expected_engine = MakeEngine(c, 20);
   constexpr int kClients = 4;
   std::vector<std::vector<GroupResult>> got(kClients);
@@ -110,8 +112,25 @@ TEST_CASE("several clients generate over loopback at once", "[rollout][service]"
   CHECK(s.code() == absl::StatusCode::kInvalidArgument);
   CHECK_THAT(std::string(s.message()), Catch::Contains("group_size"));
   // A callback error cancels the call and is returned.
-  s = (*client)->Generate(prompts[0], sp, Soon(), [](GroupResult&&) { return absl::AbortedError("enough"); });
+  SamplingParams long_sp = sp;
+  long_sp.max_new_tokens = 40;
+  std::vector<RolloutPrompt> many;
+  for (int i = 0; i < 12; ++i) many.push_back({static_cast<uint64_t>(i), RandomTokens(4, c.vocab_size, 90 + i)});
+  const int64_t tokens_before = lb.engine->GetStatus().total_tokens;
+  s = (*client)->Generate(many, long_sp, Soon(), [](GroupResult&&) { return absl::AbortedError("enough"); });
   CHECK(s.code() == absl::StatusCode::kAborted);
+  // The server noticed the client went away and dropped the request's sequences.
+  RolloutStatus st;
+  for (int i = 0; i < 500; ++i) {
+    st = lb.engine->GetStatus();
+    if (st.running_sequences == 0 && st.queued_sequences == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  CHECK(st.running_sequences == 0);
+  CHECK(st.queued_sequences == 0);
+  CHECK(st.kv_bytes_used == 0);
+  // 12 groups x 3 x 40 tokens were asked for; the server stopped well before.
+  CHECK(st.total_tokens - tokens_before < 12 * 3 * 40 / 2);
   // A dead address is UNAVAILABLE (or DEADLINE_EXCEEDED), for the learner to re-issue elsewhere.
   auto dead = RolloutClient::Connect("127.0.0.1:1");
   REQUIRE(dead.ok());
