@@ -332,16 +332,36 @@ absl::Status Run::MakeModel() {
 
 absl::StatusOr<json> Run::Eval(const std::string& model_dir, const std::string& tag) {
   const json& e = c_["eval"];
-  const std::string summary = Path("eval_" + tag + ".json");
+  const json& t = c_["chat_template"];
+  const std::string name = t.value("name", std::string("chatml"));
+  std::string stops;
+  for (const auto& s : c_["stop_tokens"]) stops += (stops.empty() ? "" : ",") + s.get<std::string>();
   std::vector<std::string> argv = {
-      exe_, "eval", "--model", model_dir, "--data", eval_path_, "--reward",
-      Path("reward.json"), "--tokenizer", tokenizer_, "--template-json", Path("template.json"),
+      exe_, "eval", "--json", "--model", model_dir, "--data", eval_path_, "--reward",
+      Path("reward.json"), "--tokenizer", tokenizer_,
+      "--template", name == "custom" ? t.value("custom", std::string()) : name,
       "--samples", e["samples"].dump(), "--temperature", e["temperature"].dump(),
       "--max-new-tokens", e["max_new_tokens"].dump(), "--threshold", e["threshold"].dump(),
-      "--seed", e["seed"].dump(), "--stop-tokens", Path("stop_tokens.json"),
-      "--out", Path("eval_" + tag + ".jsonl"), "--summary", summary};
+      "--seed", e["seed"].dump(), "--stop-tokens", stops.empty() ? "none" : stops,
+      "--out", Path("eval_" + tag + ".jsonl")};
+  if (t.contains("system_prompt")) {
+    argv.push_back("--system-prompt");
+    argv.push_back(t["system_prompt"].get<std::string>());
+  }
+  const std::string log = Path("logs/eval_" + tag + ".log");
   RETURN_IF_ERROR(RunStage("eval_" + tag, argv, /*quiet=*/true));
-  return ReadJsonFile(summary);
+  // --json prints the summary as the last line of the stage's log.
+  ASSIGN_OR_RETURN(std::string text, ReadFile(log));
+  const size_t end = text.find_last_not_of("\n");
+  const size_t start = end == std::string::npos ? 0 : text.rfind('\n', end);
+  auto summary =
+      ParseJson(text.substr(start == std::string::npos ? 0 : start + 1,
+                            end == std::string::npos ? 0 : end - (start == std::string::npos ? 0 : start + 1) + 1));
+  if (!summary.ok() || !summary->is_object()) {
+    return absl::InternalError(absl::StrCat("eval_", tag, ": no JSON summary at the end of ", log));
+  }
+  RETURN_IF_ERROR(WriteFileAtomic(Path("eval_" + tag + ".json"), summary->dump(2) + "\n"));
+  return *summary;
 }
 
 absl::Status Run::StartServices() {
@@ -383,8 +403,6 @@ absl::Status Run::Go() {
   fs::create_directories(Path("data"));
   RETURN_IF_ERROR(WriteFileAtomic(Path("config.json"), c_.dump(2) + "\n"));
   RETURN_IF_ERROR(WriteFileAtomic(Path("reward.json"), c_["reward"].dump(2) + "\n"));
-  RETURN_IF_ERROR(WriteFileAtomic(Path("template.json"), c_["chat_template"].dump(2) + "\n"));
-  RETURN_IF_ERROR(WriteFileAtomic(Path("stop_tokens.json"), c_["stop_tokens"].dump() + "\n"));
   RETURN_IF_ERROR(MakeData());
   RETURN_IF_ERROR(MakeModel());
   const auto t0 = std::chrono::steady_clock::now();
