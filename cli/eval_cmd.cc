@@ -225,8 +225,9 @@ int RunEvalCommand(const std::vector<std::string>& raw_args) {
         " ids but the model's vocab_size is ", (*model)->config().vocab_size)));
   }
 
+  options->source = dc.path;
   auto result = Evaluate(**model, **tokenizer, *dataset, *tmpl, *rewards, *options);
-  if (!result.ok()) return Fail(WithContext(result.status(), dc.path));
+  if (!result.ok()) return Fail(result.status());
 
   if (!f.Get("out").empty()) {
     std::vector<nlohmann::json> lines;

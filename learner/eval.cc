@@ -128,7 +128,8 @@ absl::StatusOr<EvalResult> Evaluate(Engine& engine, const Tokenizer& tokenizer,
     rec.line = e.line;
     rec.ground_truth = e.ground_truth;
     rec.data_source = e.data_source;
-    const std::string where = absl::StrCat("line ", e.line);
+    const std::string where = options.source.empty() ? absl::StrCat("line ", e.line)
+                                                     : absl::StrCat(options.source, ":", e.line);
     auto text = chat_template.Render(e.prompt);
     if (!text.ok()) return WithContext(text.status(), where);
     rec.prompt = *std::move(text);

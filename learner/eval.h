@@ -45,6 +45,8 @@ struct EvalOptions {
   double correct_threshold = 1.0;     // correct: total reward >= this
   int64_t limit = 0;                  // evaluate the first N rows; 0 = all
   bool deterministic = false;         // batch-invariant prefill (rollout/engine.h)
+  // Names the dataset in row errors ("SOURCE:LINE: ..."); empty: "line LINE: ...".
+  std::string source;
 
   double EffectiveTemperature() const;
   // Range checks; errors name the field ("eval.samples: 0 must be >= 1").
@@ -109,7 +111,8 @@ std::vector<int64_t> PassAtKValues(int64_t samples);
 // Evaluates `examples` (the first options.limit of them when limit > 0) on a running engine.
 // `tokenizer` encodes rendered prompts and decodes completions. Errors: a prompt the template
 // cannot render or that does not fit the engine (prompt + max_new_tokens > max_context) names
-// the row's dataset line ("line 7: ..."; the caller adds the file); engine errors pass through.
+// the row's dataset line ("data.jsonl:7: ...", see EvalOptions::source); engine errors pass
+// through.
 absl::StatusOr<EvalResult> Evaluate(Engine& engine, const Tokenizer& tokenizer,
                                     absl::Span<const Example> examples, const ChatTemplate& chat_template,
                                     const RewardSet& rewards, const EvalOptions& options);

@@ -69,7 +69,7 @@ expect_error 2 "'<|nope|>' is not a token" "$grpo" eval "${common[@]}" --stop-to
 expect_error 2 "--template" "$grpo" eval "${common[@]}" --template nonsense
 echo '{"rewards": [{"name": "no_such_reward"}]}' > "$work/badr.json"
 expect_error 2 "badr.json" "$grpo" eval "${common[@]}" --reward "$work/badr.json"
-expect_error 1 "line 1: the prompt has" "$grpo" eval "${common[@]}" --max-new-tokens 1000
+expect_error 1 "data.jsonl:1: the prompt has" "$grpo" eval "${common[@]}" --max-new-tokens 1000
 "$grpo" model init --config configs/tiny_moe.json --seed 1 --out "$work/small" >/dev/null
 expect_error 1 "vocab_size is 64" "$grpo" eval "${common[@]}" --model "$work/small"
 echo "eval CLI ok"

@@ -258,6 +258,7 @@ TEST_CASE("Evaluate errors name the option or the dataset line", "[learner][eval
   REQUIRE(ct.ok());
   std::vector<Example> rows = {fx.dataset->row(0)};
   rows[0].line = 42;
+  o.source = "held_out.jsonl";
   rows[0].prompt = Prompt(std::vector<ChatMessage>{{"assistant", "hi"}});
   o.max_new_tokens = 4;
   auto engine_model = Model<float>::Create(fx.model->config());
@@ -268,7 +269,7 @@ TEST_CASE("Evaluate errors name the option or the dataset line", "[learner][eval
   REQUIRE(engine.ok());
   r = Evaluate(**engine, *fx.tokenizer, rows, *ct, *fx.rewards, o);
   REQUIRE_FALSE(r.ok());
-  CHECK_THAT(std::string(r.status().message()), Catch::Contains("line 42:"));
+  CHECK_THAT(std::string(r.status().message()), Catch::Contains("held_out.jsonl:42:"));
 }
 
 }  // namespace
