@@ -234,6 +234,32 @@ TEST_CASE("Evaluate on a caller's engine equals the private-engine overload", "[
   CHECK(Texts(*r) == Texts(fx.Run(o)));
 }
 
+TEST_CASE("Evaluate counts reward errors and scores them failure_score", "[learner][eval]") {
+  EvalFixture fx("reward_errors");
+  // A reward that takes no item of the dataset's data_source: every completion is an error.
+  auto rc = RewardSetConfig::FromJson(
+      {{"rewards", {{{"name", "regex_match"}, {"params", {{"pattern", "[0-9]"}}},
+                     {"data_sources", {"no_such_source"}}}}},
+       {"failure_score", -0.5}});
+  REQUIRE(rc.ok());
+  auto rs = RewardSet::Create(*rc);
+  REQUIRE(rs.ok());
+  EvalOptions o;
+  o.samples = 2;
+  o.max_new_tokens = 3;
+  o.limit = 3;
+  auto r = Evaluate(*fx.model, *fx.tokenizer, *fx.dataset, *fx.tmpl, *rs, o);
+  REQUIRE(r.ok());
+  CHECK(r->num_reward_errors == 6);
+  CHECK(r->mean_reward == -0.5);
+  CHECK(r->accuracy == 0.0);
+  CHECK(r->component_means.empty());
+  for (const EvalRecord& rec : r->records) {
+    for (const EvalCompletion& c : rec.completions) CHECK_FALSE(c.error.empty());
+  }
+  CHECK_FALSE(r->records[0].ToJson()["completions"][0]["error"].is_null());
+}
+
 TEST_CASE("Evaluate errors name the option or the dataset line", "[learner][eval]") {
   EvalFixture fx("errors");
   EvalOptions o;
