@@ -19,6 +19,7 @@
 #include "cli/commands.h"
 #include "cli/flags.h"
 #include "common/json_util.h"
+#include "common/log.h"
 #include "common/status.h"
 #include "learner/dataset.h"
 #include "learner/eval.h"
@@ -225,6 +226,10 @@ int RunEvalCommand(const std::vector<std::string>& raw_args) {
         " ids but the model's vocab_size is ", (*model)->config().vocab_size)));
   }
 
+  if (options->samples > 1 && options->EffectiveTemperature() == 0) {
+    GRPO_LOG(WARNING, "--temperature 0 with --samples %d: every sample of a prompt is the same "
+             "greedy completion, so pass@k equals pass@1", static_cast<int>(options->samples));
+  }
   options->source = dc.path;
   auto result = Evaluate(**model, **tokenizer, *dataset, *tmpl, *rewards, *options);
   if (!result.ok()) return Fail(result.status());

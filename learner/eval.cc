@@ -17,7 +17,8 @@ double EvalOptions::EffectiveTemperature() const {
 
 absl::Status EvalOptions::Validate() const {
   if (samples < 1 || samples > INT32_MAX) {
-    return absl::InvalidArgumentError(absl::StrCat("eval.samples: ", samples, " must be >= 1"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("eval.samples: ", samples, " must be >= 1 (and < 2^31)"));
   }
   if (temperature.has_value() && !(std::isfinite(*temperature) && *temperature >= 0)) {
     return absl::InvalidArgumentError(
@@ -177,8 +178,8 @@ absl::StatusOr<EvalResult> Evaluate(Engine& engine, const Tokenizer& tokenizer,
 
   double sum_reward = 0, sum_tokens = 0, num_correct = 0;
   std::map<std::string, std::pair<double, int64_t>> comps;  // key -> (sum, count)
-  std::vector<double> pass_sums(PassAtKValues(K).size(), 0.0);
   const std::vector<int64_t> ks = PassAtKValues(K);
+  std::vector<double> pass_sums(ks.size(), 0.0);  // parallel to ks
   for (int64_t i = 0; i < num_prompts; ++i) {
     EvalRecord& rec = r.records[i];
     for (int64_t s = 0; s < K; ++s) {
