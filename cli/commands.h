@@ -15,5 +15,6 @@ int RunRewardCommand(const std::vector<std::string>& args);
 int RunPlotCommand(const std::vector<std::string>& args);
 int RunRolloutCommand(const std::vector<std::string>& args);
 int RunLearnerCommand(const std::vector<std::string>& args);
+int RunEvalCommand(const std::vector<std::string>& args);
 
 }  // namespace grpo::cli

@@ -1,8 +1,12 @@
+// Device discovery, DeviceBuffer, copies, and the cuBLAS GEMM wrappers (see device.h).
 #include "kernels/cuda/device.h"
 
-#include <cuda_runtime.h>
-
 #include <cstdio>
+#include <cstring>
+#include <mutex>
+
+#include "common/status.h"
+#include "kernels/cuda/common.cuh"
 
 namespace grpo::cuda {
 
@@ -23,6 +27,240 @@ std::string DeviceDescription(int index) {
   std::snprintf(buf, sizeof(buf), "%.200s (sm_%d%d, %.0f GiB)", prop.name, prop.major, prop.minor,
                 prop.totalGlobalMem / double(1ull << 30));
   return buf;
+}
+
+absl::Status Synchronize() { return CudaStatus(cudaDeviceSynchronize(), "cudaDeviceSynchronize"); }
+
+absl::StatusOr<DeviceBuffer> DeviceBuffer::Allocate(size_t bytes) {
+  DeviceBuffer b;
+  if (bytes == 0) return b;
+  absl::Status s = CudaStatus(cudaMalloc(&b.ptr_, bytes), "cudaMalloc");
+  if (!s.ok()) {
+    return absl::ResourceExhaustedError(absl::StrCat(s.message(), " (", bytes, " bytes)"));
+  }
+  b.bytes_ = bytes;
+  return b;
+}
+
+DeviceBuffer::DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), bytes_(o.bytes_) {
+  o.ptr_ = nullptr;
+  o.bytes_ = 0;
+}
+
+DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
+  if (this != &o) {
+    if (ptr_ != nullptr) cudaFree(ptr_);
+    ptr_ = o.ptr_;
+    bytes_ = o.bytes_;
+    o.ptr_ = nullptr;
+    o.bytes_ = 0;
+  }
+  return *this;
+}
+
+DeviceBuffer::~DeviceBuffer() {
+  if (ptr_ != nullptr) cudaFree(ptr_);
+}
+
+absl::Status DeviceBuffer::CopyFromHost(const void* src, size_t bytes) {
+  if (bytes > bytes_) return absl::OutOfRangeError("CopyFromHost: more bytes than the buffer");
+  return CopyToDevice(ptr_, src, bytes);
+}
+
+absl::Status DeviceBuffer::CopyToHost(void* dst, size_t bytes) const {
+  if (bytes > bytes_) return absl::OutOfRangeError("CopyToHost: more bytes than the buffer");
+  return cuda::CopyToHost(dst, ptr_, bytes);
+}
+
+absl::Status DeviceBuffer::Reserve(size_t bytes) {
+  if (bytes <= bytes_) return absl::OkStatus();
+  // Free first so the peak is not old + new.
+  *this = DeviceBuffer();
+  auto b = Allocate(bytes);
+  if (!b.ok()) return b.status();
+  *this = std::move(*b);
+  return absl::OkStatus();
+}
+
+absl::Status CopyToDevice(void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return absl::OkStatus();
+  return CudaStatus(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "cudaMemcpy H2D");
+}
+absl::Status CopyToHost(void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return absl::OkStatus();
+  return CudaStatus(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy D2H");
+}
+absl::Status CopyOnDevice(void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return absl::OkStatus();
+  return CudaStatus(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, 0),
+                    "cudaMemcpyAsync D2D");
+}
+absl::Status Memset(void* dst, int value, size_t bytes) {
+  if (bytes == 0) return absl::OkStatus();
+  return CudaStatus(cudaMemsetAsync(dst, value, bytes, 0), "cudaMemsetAsync");
+}
+
+bf16_bits FloatToBf16(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x7fffffu) != 0) return 0x7fc0;  // NaN
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<bf16_bits>(u >> 16);
+}
+float Bf16ToFloat(bf16_bits x) {
+  const uint32_t u = static_cast<uint32_t>(x) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+absl::StatusOr<double> TimeOnDevice(const std::function<absl::Status()>& fn, int iters) {
+  RETURN_IF_ERROR(fn());
+  cudaEvent_t start, stop;
+  RETURN_IF_ERROR(CudaStatus(cudaEventCreate(&start), "cudaEventCreate"));
+  RETURN_IF_ERROR(CudaStatus(cudaEventCreate(&stop), "cudaEventCreate"));
+  // Update() keeps the first error; later calls still run (harmless after a failure).
+  absl::Status st = CudaStatus(cudaEventRecord(start, 0), "cudaEventRecord");
+  for (int i = 0; i < iters && st.ok(); ++i) st.Update(fn());
+  st.Update(CudaStatus(cudaEventRecord(stop, 0), "cudaEventRecord"));
+  st.Update(CudaStatus(cudaEventSynchronize(stop), "cudaEventSynchronize"));
+  float ms = 0;
+  st.Update(CudaStatus(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime"));
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  if (!st.ok()) return st;
+  return ms * 1e-3 / iters;
+}
+
+absl::StatusOr<double> MeasureCopyBandwidth(size_t bytes) {
+  ASSIGN_OR_RETURN(DeviceBuffer a, DeviceBuffer::Allocate(bytes));
+  ASSIGN_OR_RETURN(DeviceBuffer b, DeviceBuffer::Allocate(bytes));
+  RETURN_IF_ERROR(Memset(a.data(), 1, bytes));
+  ASSIGN_OR_RETURN(double s, TimeOnDevice([&] { return CopyOnDevice(b.data(), a.data(), bytes); },
+                                          20));
+  return 2.0 * static_cast<double>(bytes) / s;
+}
+
+namespace {
+
+__global__ void fill_random_bf16_kernel(__nv_bfloat16* x, int64_t n, uint32_t seed) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    uint32_t h = static_cast<uint32_t>(i) * 2654435761u ^ seed;
+    h ^= h >> 15;
+    h *= 2246822519u;
+    h ^= h >> 13;
+    x[i] = __float2bfloat16((h & 0xffff) / 32768.f - 1.f);
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<double> MeasureBf16GemmRate(int64_t n) {
+  ASSIGN_OR_RETURN(DeviceBuffer a, DeviceBuffer::Allocate(2 * n * n));
+  ASSIGN_OR_RETURN(DeviceBuffer b, DeviceBuffer::Allocate(2 * n * n));
+  ASSIGN_OR_RETURN(DeviceBuffer c, DeviceBuffer::Allocate(4 * n * n));
+  fill_random_bf16_kernel<<<1024, 256>>>(a.as<__nv_bfloat16>(), n * n, 1);
+  fill_random_bf16_kernel<<<1024, 256>>>(b.as<__nv_bfloat16>(), n * n, 2);
+  RETURN_IF_ERROR(CudaStatus(cudaGetLastError(), "fill_random_bf16_kernel"));
+  ASSIGN_OR_RETURN(double s, TimeOnDevice(
+                                 [&] {
+                                   return GemmBf16(false, true, n, n, n, 1.f, a.as<bf16_bits>(), n,
+                                                   b.as<bf16_bits>(), n, 0.f, c.as<float>(), n);
+                                 },
+                                 10));
+  return 2.0 * n * n * n / s;
+}
+
+namespace {
+
+// One handle for the process, on the default stream; cuBLAS workspace is its own.
+absl::StatusOr<cublasHandle_t> Handle() {
+  static std::once_flag once;
+  static cublasHandle_t handle = nullptr;
+  static cublasStatus_t init = CUBLAS_STATUS_SUCCESS;
+  std::call_once(once, [] {
+    init = cublasCreate(&handle);
+    if (init == CUBLAS_STATUS_SUCCESS) cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH);
+  });
+  if (init != CUBLAS_STATUS_SUCCESS) return CublasStatus(init, "cublasCreate");
+  return handle;
+}
+
+// Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
+absl::Status GemmEx(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                    const void* A, cudaDataType_t at, int64_t lda, const void* B,
+                    cudaDataType_t bt, int64_t ldb, float beta, float* C, int64_t ldc,
+                    cublasComputeType_t compute) {
+  if (M == 0 || N == 0) return absl::OkStatus();
+  auto h = Handle();
+  if (!h.ok()) return h.status();
+  if (K == 0) {
+    if (beta == 0.f) {
+      for (int64_t i = 0; i < M; ++i) {
+        RETURN_IF_ERROR(Memset(C + i * ldc, 0, sizeof(float) * N));
+      }
+    }
+    return absl::OkStatus();
+  }
+  return CublasStatus(
+      cublasGemmEx(*h, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+                   static_cast<int>(N), static_cast<int>(M), static_cast<int>(K), &alpha, B, bt,
+                   static_cast<int>(ldb), A, at, static_cast<int>(lda), &beta, C, CUDA_R_32F,
+                   static_cast<int>(ldc), compute, CUBLAS_GEMM_DEFAULT),
+      "cublasGemmEx");
+}
+
+}  // namespace
+
+absl::Status GemmBf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                      const bf16_bits* A, int64_t lda, const bf16_bits* B, int64_t ldb,
+                      float beta, float* C, int64_t ldc) {
+  return GemmEx(trans_a, trans_b, M, N, K, alpha, A, CUDA_R_16BF, lda, B, CUDA_R_16BF, ldb, beta,
+                C, ldc, CUBLAS_COMPUTE_32F);
+}
+
+absl::Status GemmF32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                     const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
+                     float* C, int64_t ldc) {
+  return GemmEx(trans_a, trans_b, M, N, K, alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb, beta, C,
+                ldc, CUBLAS_COMPUTE_32F);
+}
+
+absl::Status GroupedLinearForward(float* y, const bf16_bits* x, const bf16_bits* W,
+                                  const int64_t* begin, int64_t num_groups, int64_t in,
+                                  int64_t out, float beta) {
+  for (int64_t g = 0; g < num_groups; ++g) {
+    const int64_t r0 = begin[g], n = begin[g + 1] - r0;
+    if (n == 0) continue;
+    RETURN_IF_ERROR(GemmBf16(false, true, n, out, in, 1.f, x + r0 * in, in, W + g * out * in, in,
+                              beta, y + r0 * out, out));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status GroupedLinearBackwardData(float* dx, const bf16_bits* dy, const bf16_bits* W,
+                                       const int64_t* begin, int64_t num_groups, int64_t in,
+                                       int64_t out) {
+  for (int64_t g = 0; g < num_groups; ++g) {
+    const int64_t r0 = begin[g], n = begin[g + 1] - r0;
+    if (n == 0) continue;
+    RETURN_IF_ERROR(GemmBf16(false, false, n, in, out, 1.f, dy + r0 * out, out, W + g * out * in,
+                              in, 0.f, dx + r0 * in, in));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status GroupedLinearBackwardWeight(float* dW, const bf16_bits* dy, const bf16_bits* x,
+                                         const int64_t* begin, int64_t num_groups, int64_t in,
+                                         int64_t out) {
+  for (int64_t g = 0; g < num_groups; ++g) {
+    const int64_t r0 = begin[g], n = begin[g + 1] - r0;
+    if (n == 0) continue;
+    RETURN_IF_ERROR(GemmBf16(true, false, out, in, n, 1.f, dy + r0 * out, out, x + r0 * in, in,
+                              1.f, dW + g * out * in, in));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace grpo::cuda

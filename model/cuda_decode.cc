@@ -1,0 +1,159 @@
+// CudaModel's incremental decode: the device KV cache, Extend (prefill and decode steps over
+// cache slots, mixed freely) and Sample (argmax / temperature / top-k / top-p on the device).
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "model/cuda_model.h"
+
+#ifdef GRPO_HAVE_CUDA
+#include "kernels/cuda/device.h"
+#include "kernels/cuda/ops.h"
+#include "model/cuda_model_internal.h"
+
+namespace grpo {
+
+absl::Status CudaModel::InitCache(int64_t num_slots, int64_t max_len) {
+  Impl& s = *impl_;
+  if (num_slots <= 0 || max_len <= 0) {
+    return absl::InvalidArgumentError("cuda cache: need num_slots > 0 and max_len > 0");
+  }
+  const ModelConfig& c = s.config;
+  const int64_t row = c.num_key_value_heads * c.head_dim;
+  s.cache_k.clear();
+  s.cache_v.clear();
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    ASSIGN_OR_RETURN(DeviceBuffer k,
+                     DeviceBuffer::Allocate(sizeof(bf16_bits) * num_slots * max_len * row));
+    ASSIGN_OR_RETURN(DeviceBuffer v,
+                     DeviceBuffer::Allocate(sizeof(bf16_bits) * num_slots * max_len * row));
+    s.cache_k.push_back(std::move(k));
+    s.cache_v.push_back(std::move(v));
+  }
+  s.cache_slots = num_slots;
+  s.cache_max_len = max_len;
+  s.cache_len.assign(num_slots, 0);
+  return absl::OkStatus();
+}
+
+int64_t CudaModel::cache_length(int64_t slot) const { return impl_->cache_len.at(slot); }
+void CudaModel::ResetSlot(int64_t slot) { impl_->cache_len.at(slot) = 0; }
+
+absl::Status CudaModel::Extend(absl::Span<const int64_t> slots,
+                               absl::Span<const absl::Span<const int32_t>> new_tokens,
+                               float* logits, std::vector<int32_t>* routing) {
+  Impl& s = *impl_;
+  const ModelConfig& c = s.config;
+  s.valid = false;  // Extend reuses the scratch buffers
+  const int64_t B = static_cast<int64_t>(slots.size());
+  const int64_t H = c.hidden_size, V = c.vocab_size;
+  if (B == 0 || new_tokens.size() != slots.size()) {
+    return absl::InvalidArgumentError("extend: need one token list per slot, and at least one");
+  }
+  if (s.cache_slots == 0) return absl::FailedPreconditionError("extend: call InitCache first");
+  std::vector<int64_t> offsets = {0}, kv_row;
+  std::vector<int32_t> tokens, pos, last;
+  std::vector<cuda::AttnSeq> seqs;
+  int64_t max_pos = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t slot = slots[b];
+    if (slot < 0 || slot >= s.cache_slots) {
+      return absl::InvalidArgumentError(absl::StrCat("extend: slot ", slot, " out of range"));
+    }
+    for (int64_t j = 0; j < b; ++j) {
+      if (slots[j] == slot) {
+        return absl::InvalidArgumentError(absl::StrCat("extend: slot ", slot, " listed twice"));
+      }
+    }
+    const int64_t n = static_cast<int64_t>(new_tokens[b].size()), past = s.cache_len[slot];
+    if (n == 0) {
+      return absl::InvalidArgumentError(absl::StrCat("extend: slot ", slot, " has no new tokens"));
+    }
+    if (past + n > s.cache_max_len || past + n > c.max_position_embeddings) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "extend: slot ", slot, " would hold ", past + n, " tokens; the cache holds ",
+          s.cache_max_len, " and the model ", c.max_position_embeddings));
+    }
+    for (size_t i = 0; i < new_tokens[b].size(); ++i) {
+      const int32_t t = new_tokens[b][i];
+      if (t < 0 || t >= V) {
+        return absl::InvalidArgumentError(absl::StrCat("slot ", slot, ": token ", t,
+                                                       " at position ", i,
+                                                       " is outside the vocabulary [0, ", V, ")"));
+      }
+    }
+    seqs.push_back({offsets.back(), n, slot * s.cache_max_len, past + n});
+    tokens.insert(tokens.end(), new_tokens[b].begin(), new_tokens[b].end());
+    for (int64_t i = 0; i < n; ++i) {
+      pos.push_back(static_cast<int32_t>(past + i));
+      kv_row.push_back(slot * s.cache_max_len + past + i);
+    }
+    offsets.push_back(static_cast<int64_t>(tokens.size()));
+    last.push_back(static_cast<int32_t>(offsets.back() - 1));
+    max_pos = std::max(max_pos, past + n);
+  }
+  const int64_t T = static_cast<int64_t>(tokens.size());
+  RETURN_IF_ERROR(s.EnsureRope(max_pos));
+  RETURN_IF_ERROR(s.Prepare(T, false));
+  RETURN_IF_ERROR(cuda::CopyToDevice(s.tokens, tokens.data(), sizeof(int32_t) * T));
+  RETURN_IF_ERROR(cuda::CopyToDevice(s.pos, pos.data(), sizeof(int32_t) * T));
+  RETURN_IF_ERROR(cuda::CopyToDevice(s.kv_row, kv_row.data(), sizeof(int64_t) * T));
+  RETURN_IF_ERROR(cuda::CopyToDevice(s.targets, last.data(), sizeof(int32_t) * B));
+  RETURN_IF_ERROR(cuda::EmbeddingForward(s.x, s.tokens, s.P16() + s.layout.embed, T, H));
+  if (routing != nullptr) routing->clear();
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    RETURN_IF_ERROR(WithContext(
+        s.LayerForward(l, s.scratch, T, seqs, true, nullptr, routing, nullptr),
+        absl::StrCat("cuda extend, layer ", l)));
+  }
+  for (int64_t b = 0; b < B; ++b) s.cache_len[slots[b]] += offsets[b + 1] - offsets[b];
+  RETURN_IF_ERROR(cuda::RmsNormForward(nullptr, s.lnf, s.rstdf, s.x, s.P() + s.layout.norm, T, H,
+                                       c.rms_norm_eps));
+  // Last new token of each slot: rows `last` of lnf, gathered into dx16 (B, H).
+  RETURN_IF_ERROR(cuda::GatherRows(s.dx16, s.lnf, s.targets, B, H));
+  if (s.dec_B < B) {
+    s.decode_arena.Begin();
+    s.decode_arena.Take<float>(B * V);
+    RETURN_IF_ERROR(s.decode_arena.Grow());
+    s.dec_B = B;
+  }
+  s.decode_arena.Begin();
+  s.dec_logits = s.decode_arena.Take<float>(B * V);
+  RETURN_IF_ERROR(cuda::GemmBf16(false, true, B, V, H, 1.f, s.dx16, H,
+                                 s.P16() + s.layout.lm_head, H, 0.f, s.dec_logits, V));
+  s.dec_B = std::max(s.dec_B, B);
+  s.last_B = B;
+  if (logits != nullptr) {
+    RETURN_IF_ERROR(cuda::CopyToHost(logits, s.dec_logits, sizeof(float) * B * V));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaModel::Sample(float temperature, int64_t top_k, float top_p,
+                               absl::Span<const float> u, std::vector<int32_t>* tokens) {
+  Impl& s = *impl_;
+  const int64_t B = s.last_B;
+  if (B == 0) return absl::FailedPreconditionError("sample: call Extend first");
+  if (static_cast<int64_t>(u.size()) != B) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sample: need one uniform per slot of the last Extend (", B, "), got ",
+                     u.size()));
+  }
+  if (!std::isfinite(temperature) || temperature < 0 || top_k < 0 || !(top_p > 0 && top_p <= 1)) {
+    return absl::InvalidArgumentError(
+        "sample: need temperature >= 0 (finite), top_k >= 0, top_p in (0, 1]");
+  }
+  RETURN_IF_ERROR(s.sample_buf.Reserve(8 * B));
+  float* du = s.sample_buf.as<float>();
+  int32_t* dt = reinterpret_cast<int32_t*>(du + B);
+  RETURN_IF_ERROR(cuda::CopyToDevice(du, u.data(), sizeof(float) * B));
+  RETURN_IF_ERROR(cuda::SampleTokens(dt, s.dec_logits, du, B, s.config.vocab_size, temperature,
+                                     top_k, top_p));
+  tokens->resize(B);
+  return cuda::CopyToHost(tokens->data(), dt, sizeof(int32_t) * B);
+}
+
+}  // namespace grpo
+
+#endif  // GRPO_HAVE_CUDA

@@ -1,0 +1,95 @@
+// The decoder model on a CUDA GPU: the same contract as Model<float> (model.h) for a packed batch
+// (per-token logprobs and entropies at a temperature, routing record/replay, the Switch
+// load-balancing loss, an explicit backward accumulating parameter gradients) and incremental
+// decode over a KV cache kept on the device, with sampling on the device.
+//
+// Numerics: fp32 master weights and gradients; a bf16 copy of the weights feeds every GEMM
+// (cuBLAS, fp32 accumulation); activations that feed GEMMs, and K/V, are bf16; norms, softmaxes,
+// residual stream and reductions are fp32. So it agrees with the CPU model to bf16 precision,
+// not bitwise (tests/gpu/cuda_model_test.cc states the tolerances).
+//
+// Supported: qwen3_moe / qwen3 / qwen2 / llama families without a shared expert (qwen2_moe's
+// shared expert returns Unimplemented). No CUDA types here: the header builds without CUDA, and
+// without CUDA every entry point returns Unavailable.
+//
+// Also here: the --device auto|cpu|cuda choice shared by the CLI commands.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "model/config.h"
+#include "model/model.h"
+#include "model/params.h"
+
+namespace grpo {
+
+enum class Device { kCpu, kCuda };
+
+// True when this build has the CUDA backend and a CUDA device is present.
+bool CudaAvailable();
+// "auto" (CUDA when available, else CPU), "cpu" or "cuda" (an error naming the reason when no
+// device can be used). Anything else is InvalidArgument naming the accepted values.
+absl::StatusOr<Device> ResolveDevice(const std::string& flag);
+const char* DeviceName(Device d);
+
+struct CudaAdamW {
+  float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.0f;
+};
+
+class CudaModel {
+ public:
+  // Validates the config; parameters are zero until SetParams.
+  static absl::StatusOr<std::unique_ptr<CudaModel>> Create(const ModelConfig& config);
+  ~CudaModel();
+
+  const ModelConfig& config() const;
+  const ParamLayout& layout() const;
+  int64_t num_params() const;
+
+  // host (layout().total fp32 values, the CPU model's flat layout) -> device master + bf16 copy.
+  absl::Status SetParams(absl::Span<const float> host);
+  absl::Status GetParams(absl::Span<float> host) const;
+  // Gradients (same layout); Backward() accumulates into them.
+  absl::Status GetGrads(absl::Span<float> host) const;
+  absl::Status ZeroGrads();
+
+  // As Model<float>::Forward / Backward (same errors, same result layout).
+  absl::Status Forward(const TokenBatch& batch, const ForwardOptions& options,
+                       ForwardResult<float>* result);
+  absl::Status Backward(absl::Span<const float> dlogprobs, absl::Span<const float> dentropy);
+  // One fused AdamW step over all parameters with the current gradients (step counts from 1),
+  // refreshing the bf16 weights. Moments are allocated (zeroed) on first use.
+  absl::Status AdamWStep(const CudaAdamW& opt, int64_t step);
+
+  // KV cache on the device: num_slots sequences of up to max_len tokens (bf16 K/V per layer).
+  absl::Status InitCache(int64_t num_slots, int64_t max_len);
+  int64_t cache_length(int64_t slot) const;
+  void ResetSlot(int64_t slot);
+  // As Model<float>::Extend: new tokens for some slots (prefill or decode, mixed), keys/values
+  // appended; the temperature-1 logits of each slot's last new token stay on the device for
+  // Sample(), and are copied to host `logits` (slots.size(), V) when it is non-null.
+  absl::Status Extend(absl::Span<const int64_t> slots,
+                      absl::Span<const absl::Span<const int32_t>> new_tokens, float* logits,
+                      std::vector<int32_t>* routing = nullptr);
+  // Draws one token per slot of the last Extend from its device logits: temperature (0: argmax),
+  // top_k (0: off), top_p (1: off), u (one uniform in [0,1) per slot).
+  absl::Status Sample(float temperature, int64_t top_k, float top_p, absl::Span<const float> u,
+                      std::vector<int32_t>* tokens);
+
+  // Bytes of weights (bf16) the model reads per decode step if every expert is used; for the
+  // bandwidth roofline in benchmarks.
+  int64_t WeightBytesBf16() const;
+
+ private:
+  struct Impl;
+  explicit CudaModel(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace grpo

@@ -1,0 +1,146 @@
+// Private to model/cuda_model*.cc: the device state of a CudaModel. Needs the CUDA backend.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "kernels/cuda/device.h"
+#include "kernels/cuda/ops.h"
+#include "model/cuda_model.h"
+
+namespace grpo {
+
+using cuda::bf16_bits;
+using cuda::DeviceBuffer;
+
+// Bump allocator over one device buffer, re-planned when the token count grows: Plan() runs
+// once with the old buffer to measure, and once more after growing it.
+class DeviceArena {
+ public:
+  void Begin() { used_ = 0; }
+  template <typename T>
+  T* Take(int64_t n) {
+    const size_t off = used_;
+    used_ += (sizeof(T) * static_cast<size_t>(n) + 255) / 256 * 256;
+    return used_ <= buf_.size() ? reinterpret_cast<T*>(static_cast<char*>(buf_.data()) + off)
+                                : nullptr;
+  }
+  bool Fits() const { return used_ <= buf_.size(); }
+  absl::Status Grow() { return buf_.Reserve(used_ + used_ / 4); }
+
+ private:
+  DeviceBuffer buf_;
+  size_t used_ = 0;
+};
+
+// One layer's activations (saved for backward, or scratch for inference). NK = T*K.
+struct CudaLayerActs {
+  float* x_in;            // (T, H)
+  bf16_bits* ln1;         // (T, H)
+  float* rstd1;           // (T)
+  float* qkv;             // (T, nh*hd + 2*nkv*hd) projection output (before bias)
+  float* rstd_q;          // (T, nh)
+  float* rstd_k;          // (T, nkv)
+  float* q;               // (T, nh, hd) after norm + RoPE
+  bf16_bits* k;           // (T, nkv, hd)
+  bf16_bits* v;           // (T, nkv, hd)
+  bf16_bits* attn;        // (T, nh, hd)
+  float* lse;             // (T, nh)
+  float* x_mid;           // (T, H)
+  bf16_bits* ln2;         // (T, H)
+  float* rstd2;           // (T)
+  // Dense MLP.
+  float* gu;              // (T, 2I)
+  bf16_bits* h;           // (T, I)
+  // MoE.
+  float* router_logits;   // (T, E)
+  float* probs;           // (T, E)
+  int32_t* idx;           // (T, K)
+  float* w;               // (T, K)
+  int64_t* expert_begin;  // (E+1) device copy of host_begin
+  int32_t* slot_token;    // (NK)
+  int32_t* slot_of;       // (NK)
+  bf16_bits* xe;          // (NK, H)
+  float* gu_e;            // (NK, 2Im)
+  bf16_bits* h_e;         // (NK, Im)
+  float* ye;              // (NK, H)
+  std::vector<int64_t> host_begin;  // (E+1)
+};
+
+struct CudaModel::Impl {
+  ModelConfig config;
+  ParamLayout layout;
+  DeviceBuffer params;    // fp32 master (total)
+  DeviceBuffer params16;  // bf16 copy (total)
+  DeviceBuffer grads;     // fp32 (total), allocated on first use
+  DeviceBuffer adam_m, adam_v;
+  DeviceBuffer rope_cos, rope_sin;  // (rope_len, hd/2)
+  int64_t rope_len = 0;
+
+  // Forward/backward state.
+  DeviceArena saved_arena;   // per-layer activations when for_backward
+  DeviceArena scratch_arena; // one layer's scratch + head / backward buffers
+  std::vector<CudaLayerActs> layers;
+  CudaLayerActs scratch;
+  bool valid = false;
+  int64_t T = 0;
+  float temperature = 1.f;
+  std::vector<int64_t> offsets;
+  // Head and per-batch device arrays (in scratch_arena).
+  int32_t* tokens = nullptr;   // (T)
+  int32_t* targets = nullptr;  // (T)
+  int32_t* pos = nullptr;      // (T)
+  int64_t* kv_row = nullptr;   // (T) decode only
+  int32_t* forced = nullptr;   // (num_moe, T, K) replay
+  int32_t* counts = nullptr;   // (E)
+  float* x = nullptr;          // (T, H) residual stream
+  float* x_final = nullptr;    // (T, H)
+  bf16_bits* lnf = nullptr;    // (T, H)
+  float* rstdf = nullptr;      // (T)
+  float* lp = nullptr;         // (T)
+  float* ent = nullptr;        // (T)
+  float* lse = nullptr;        // (T)
+  float* logits = nullptr;     // (chunk, V)
+  bf16_bits* dlogits = nullptr;  // (chunk, V)
+  float* prob_sum = nullptr;   // (E)
+  float* aux_dprobs = nullptr; // (E)
+  bool use_aux = false;
+  int64_t chunk = 0;
+  // Backward scratch.
+  float *dx = nullptr, *dln = nullptr, *dq = nullptr, *dk = nullptr, *dv = nullptr,
+        *delta = nullptr, *dqkv = nullptr, *dattn_f = nullptr, *dw = nullptr, *dh = nullptr,
+        *dxe = nullptr, *drouter = nullptr, *dlp = nullptr, *dent = nullptr;
+  bf16_bits *dx16 = nullptr, *dattn16 = nullptr, *dqkv16 = nullptr, *dye16 = nullptr,
+            *dgu16 = nullptr, *drouter16 = nullptr;
+
+  // Decode.
+  int64_t cache_slots = 0, cache_max_len = 0;
+  std::vector<int64_t> cache_len;
+  std::vector<DeviceBuffer> cache_k, cache_v;  // per layer (slots, max_len, nkv, hd) bf16
+  DeviceArena decode_arena;
+  float* dec_logits = nullptr;  // (B, V)
+  int64_t dec_B = 0;            // rows dec_logits has room for
+  int64_t last_B = 0;           // slots of the last Extend
+  DeviceBuffer sample_buf;      // u (B) floats then tokens (B) int32
+
+  const float* P() const { return params.as<float>(); }
+  const bf16_bits* P16() const { return params16.as<bf16_bits>(); }
+  float* G() const { return grads.as<float>(); }
+  absl::Status EnsureGrads();
+  absl::Status EnsureRope(int64_t max_pos);
+  // Assigns layer buffer pointers for T tokens from `arena`.
+  void PlanLayer(DeviceArena& arena, CudaLayerActs& a, int64_t T, bool training);
+  void PlanHead(DeviceArena& arena, int64_t T, bool training);
+  absl::Status Prepare(int64_t T, bool save);
+  // One decoder layer over x (T, H) in place. kv: null for training (K/V into a.k/a.v).
+  absl::Status LayerForward(int64_t l, CudaLayerActs& a, int64_t T,
+                            const std::vector<cuda::AttnSeq>& seqs, bool decode,
+                            const int32_t* forced_l, std::vector<int32_t>* routing_out,
+                            double* count_acc);  // count_acc (E) += expert loads; aux stats
+  absl::Status FfnForward(int64_t l, CudaLayerActs& a, int64_t T, const int32_t* forced_l);
+  absl::Status LayerBackward(int64_t l, CudaLayerActs& a, int64_t T,
+                             const std::vector<cuda::AttnSeq>& seqs);
+  absl::Status FfnBackward(int64_t l, CudaLayerActs& a, int64_t T);
+};
+
+}  // namespace grpo
