@@ -118,13 +118,15 @@ int main(int argc, char** argv) {
   fopt.for_backward = true;
   std::vector<float> dlp(TB * S);
   for (auto& x : dlp) x = -std::uniform_real_distribution<float>(0, 1)(rng);
-  std::vector<double> step_s;
+  std::vector<double> step_s, fwd_s, bwd_s;
   for (int i = 0; i < train_steps + 1; ++i) {
     const auto t0 = Clock::now();
     grpo::ForwardResult<float> r;
     if (auto s = model.Forward(batch, fopt, &r); !s.ok()) return Fail("train forward", s);
+    const auto tf = Clock::now();  // Forward and Backward return after the device finished
     if (auto s = model.ZeroGrads(); !s.ok()) return Fail("zero grads", s);
     if (auto s = model.Backward(dlp, {}); !s.ok()) return Fail("backward", s);
+    const auto tb = Clock::now();
     if (auto s = model.AdamWStep({1e-5f, 0.9f, 0.95f, 1e-8f, 0.f}, i + 1); !s.ok()) {
       return Fail("adamw", s);
     }
@@ -145,6 +147,8 @@ int main(int argc, char** argv) {
       continue;
     }
     step_s.push_back(Seconds(t0, t1));
+    fwd_s.push_back(Seconds(t0, tf));
+    bwd_s.push_back(Seconds(tf, tb));
   }
   const double train_step = Median(step_s);
   const double train_tps = TB * S / train_step;
@@ -153,6 +157,8 @@ int main(int argc, char** argv) {
               "model FLOPs, MFU %.1f%% of the measured bf16 GEMM rate\n",
               (long long)TB, (long long)S, train_step, train_steps, train_tps,
               train_flops / train_step / 1e12, 100 * mfu);
+  std::printf("train: split (medians) forward %.4f s, zero grads + backward %.4f s, rest (AdamW) "
+              "%.4f s\n", Median(fwd_s), Median(bwd_s), train_step - Median(fwd_s) - Median(bwd_s));
 
   // ---- Decode: B slots, prefill `prompt` tokens, then `gen` greedy steps. ----
   std::string decode_json;

@@ -5,6 +5,7 @@
 // the saved logsumexp: one kernel for dq (per query) and one for dk/dv (per key), no atomics.
 // Plain fp32 SIMT arithmetic (no tensor cores): correct for any head_dim <= 256.
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "common/status.h"
@@ -222,11 +223,20 @@ absl::Status CheckDims(int64_t nh, int64_t nkv, int64_t hd) {
   return absl::OkStatus();
 }
 
-// Uploads the sequence table; returns the grid for (seqs, heads, query groups).
+// Uploads the sequence table (skipped when it equals the last one uploaded: every layer of a
+// forward passes the same table); returns the grid for (seqs, heads, query groups). Like all
+// kernels/cuda scratch, this assumes one host thread drives the device.
 absl::Status Upload(absl::Span<const AttnSeq> seqs, int warps, AttnSeq** dev, unsigned* gz) {
+  static std::vector<AttnSeq> last;
+  static void* last_ptr = nullptr;
   void* p = nullptr;
   RETURN_IF_ERROR(GetScratch(kScratchSeqs, sizeof(AttnSeq) * seqs.size(), &p));
-  RETURN_IF_ERROR(CopyToDevice(p, seqs.data(), sizeof(AttnSeq) * seqs.size()));
+  if (p != last_ptr || last.size() != seqs.size() ||
+      std::memcmp(last.data(), seqs.data(), sizeof(AttnSeq) * seqs.size()) != 0) {
+    RETURN_IF_ERROR(CopyToDevice(p, seqs.data(), sizeof(AttnSeq) * seqs.size()));
+    last.assign(seqs.begin(), seqs.end());
+    last_ptr = p;
+  }
   *dev = static_cast<AttnSeq*>(p);
   int64_t max_q = 1;
   for (const AttnSeq& q : seqs) max_q = std::max(max_q, q.q_len);

@@ -2,8 +2,10 @@
 #include "kernels/cuda/device.h"
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <vector>
 
 #include "common/status.h"
 #include "kernels/cuda/common.cuh"
@@ -227,40 +229,112 @@ absl::Status GemmF32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K
                 ldc, CUBLAS_COMPUTE_32F);
 }
 
+namespace {
+
+// One row-major GEMM of a group: C = alpha op(A) op(B) + beta C, A/B bf16, C fp32.
+struct Problem {
+  bool ta, tb;
+  int64_t M, N, K;
+  const bf16_bits* A;
+  int64_t lda;
+  const bf16_bits* B;
+  int64_t ldb;
+  float* C;
+  int64_t ldc;
+};
+
+// cublasGemmGroupedBatchedEx (one call for all experts; sizes on the host, pointer arrays on the
+// device) when this cuBLAS supports bf16 x bf16 -> fp32 there; otherwise, or with
+// GRPO_CUDA_GROUPED_GEMM=0 in the environment, one cublasGemmEx per expert.
+absl::Status GroupedGemm(const std::vector<Problem>& ps, float alpha, float beta) {
+  static const bool disabled = [] {
+    const char* e = std::getenv("GRPO_CUDA_GROUPED_GEMM");
+    return e != nullptr && std::string(e) == "0";
+  }();
+  static bool unsupported = false;
+  if (ps.empty()) return absl::OkStatus();
+  if (!disabled && !unsupported) {
+    auto h = Handle();
+    if (!h.ok()) return h.status();
+    const size_t G = ps.size();
+    std::vector<cublasOperation_t> ta(G), tb(G);
+    std::vector<int> m(G), n(G), k(G), lda(G), ldb(G), ldc(G), size(G, 1);
+    std::vector<float> alphas(G, alpha), betas(G, beta);
+    std::vector<const void*> ptrs(3 * G);
+    for (size_t i = 0; i < G; ++i) {
+      const Problem& p = ps[i];  // row-major -> column-major: swap the operands
+      ta[i] = p.tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+      tb[i] = p.ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+      m[i] = static_cast<int>(p.N);
+      n[i] = static_cast<int>(p.M);
+      k[i] = static_cast<int>(p.K);
+      lda[i] = static_cast<int>(p.ldb);
+      ldb[i] = static_cast<int>(p.lda);
+      ldc[i] = static_cast<int>(p.ldc);
+      ptrs[i] = p.B;
+      ptrs[G + i] = p.A;
+      ptrs[2 * G + i] = p.C;
+    }
+    void* dev = nullptr;
+    RETURN_IF_ERROR(GetScratch(kScratchGemmPtrs, sizeof(void*) * ptrs.size(), &dev));
+    RETURN_IF_ERROR(CopyToDevice(dev, ptrs.data(), sizeof(void*) * ptrs.size()));
+    const void* const* d = static_cast<const void* const*>(dev);
+    const cublasStatus_t st = cublasGemmGroupedBatchedEx(
+        *h, ta.data(), tb.data(), m.data(), n.data(), k.data(), alphas.data(), d, CUDA_R_16BF,
+        lda.data(), d + G, CUDA_R_16BF, ldb.data(), betas.data(),
+        const_cast<void* const*>(d + 2 * G), CUDA_R_32F, ldc.data(), static_cast<int>(G),
+        size.data(), CUBLAS_COMPUTE_32F);
+    if (st == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
+    if (st != CUBLAS_STATUS_NOT_SUPPORTED && st != CUBLAS_STATUS_INVALID_VALUE) {
+      return CublasStatus(st, "cublasGemmGroupedBatchedEx");
+    }
+    unsupported = true;
+    std::fprintf(stderr, "grpo cuda: cublasGemmGroupedBatchedEx unsupported here (status %d); "
+                 "looping over experts\n", static_cast<int>(st));
+  }
+  for (const Problem& p : ps) {
+    RETURN_IF_ERROR(GemmBf16(p.ta, p.tb, p.M, p.N, p.K, alpha, p.A, p.lda, p.B, p.ldb, beta, p.C,
+                             p.ldc));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::Status GroupedLinearForward(float* y, const bf16_bits* x, const bf16_bits* W,
                                   const int64_t* begin, int64_t num_groups, int64_t in,
                                   int64_t out, float beta) {
+  std::vector<Problem> ps;
   for (int64_t g = 0; g < num_groups; ++g) {
     const int64_t r0 = begin[g], n = begin[g + 1] - r0;
-    if (n == 0) continue;
-    RETURN_IF_ERROR(GemmBf16(false, true, n, out, in, 1.f, x + r0 * in, in, W + g * out * in, in,
-                              beta, y + r0 * out, out));
+    if (n > 0) ps.push_back({false, true, n, out, in, x + r0 * in, in, W + g * out * in, in,
+                             y + r0 * out, out});
   }
-  return absl::OkStatus();
+  return GroupedGemm(ps, 1.f, beta);
 }
 
 absl::Status GroupedLinearBackwardData(float* dx, const bf16_bits* dy, const bf16_bits* W,
                                        const int64_t* begin, int64_t num_groups, int64_t in,
                                        int64_t out) {
+  std::vector<Problem> ps;
   for (int64_t g = 0; g < num_groups; ++g) {
     const int64_t r0 = begin[g], n = begin[g + 1] - r0;
-    if (n == 0) continue;
-    RETURN_IF_ERROR(GemmBf16(false, false, n, in, out, 1.f, dy + r0 * out, out, W + g * out * in,
-                              in, 0.f, dx + r0 * in, in));
+    if (n > 0) ps.push_back({false, false, n, in, out, dy + r0 * out, out, W + g * out * in, in,
+                             dx + r0 * in, in});
   }
-  return absl::OkStatus();
+  return GroupedGemm(ps, 1.f, 0.f);
 }
 
 absl::Status GroupedLinearBackwardWeight(float* dW, const bf16_bits* dy, const bf16_bits* x,
                                          const int64_t* begin, int64_t num_groups, int64_t in,
                                          int64_t out) {
+  std::vector<Problem> ps;
   for (int64_t g = 0; g < num_groups; ++g) {
     const int64_t r0 = begin[g], n = begin[g + 1] - r0;
-    if (n == 0) continue;
-    RETURN_IF_ERROR(GemmBf16(true, false, out, in, n, 1.f, dy + r0 * out, out, x + r0 * in, in,
-                              1.f, dW + g * out * in, in));
+    if (n > 0) ps.push_back({true, false, out, in, n, dy + r0 * out, out, x + r0 * in, in,
+                             dW + g * out * in, in});
   }
-  return absl::OkStatus();
+  return GroupedGemm(ps, 1.f, 1.f);
 }
 
 }  // namespace grpo::cuda

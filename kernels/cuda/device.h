@@ -87,9 +87,9 @@ absl::Status GemmF32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K
                      const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
                      float* C, int64_t ldc);
 
-// Grouped GEMMs over experts, rows of each group contiguous: for group g with rows
-// [begin[g], begin[g+1]), C_g = A_g @ B_g^T (forward / data gradient form when trans_b) or the
-// weight-gradient form. These loop over groups on the host (sizes must be host-known).
+// Grouped GEMMs over experts, rows of each group contiguous: group g owns rows
+// [begin[g], begin[g+1]) (begin: HOST array, num_groups+1) and weight W_g = W + g*out*in.
+// One cublasGemmGroupedBatchedEx call where supported, else a cublasGemmEx per non-empty group.
 // y[rows, out] (fp32, beta as given) = x[rows, in] (bf16) @ W_g[out, in]^T
 absl::Status GroupedLinearForward(float* y, const bf16_bits* x, const bf16_bits* W,
                                   const int64_t* begin, int64_t num_groups, int64_t in,
