@@ -157,6 +157,10 @@ int main(int argc, char** argv) {
               "model FLOPs, MFU %.1f%% of the measured bf16 GEMM rate\n",
               (long long)TB, (long long)S, train_step, train_steps, train_tps,
               train_flops / train_step / 1e12, 100 * mfu);
+  if (grpo::cuda::OpTimingEnabled()) {
+    std::printf("train: per-op device time over %d steps (GRPO_CUDA_TIMING=1, synchronized):\n%s",
+                train_steps + 1, grpo::cuda::OpTimingReport().c_str());
+  }
   std::printf("train: split (medians) forward %.4f s, zero grads + backward %.4f s, rest (AdamW) "
               "%.4f s\n", Median(fwd_s), Median(bwd_s), train_step - Median(fwd_s) - Median(bwd_s));
 
@@ -226,6 +230,10 @@ int main(int argc, char** argv) {
                 "per layer %.1f of %lld), roofline step %.3f ms -> %.1f%% of roofline\n",
                 (long long)B, tps, 1e3 * step_time, bytes / 1e6, mean_touched, (long long)E,
                 1e3 * roofline, 100 * roofline / step_time);
+    if (grpo::cuda::OpTimingEnabled()) {
+      std::printf("decode B=%lld: per-op device time (2 x prefill + decode):\n%s", (long long)B,
+                  grpo::cuda::OpTimingReport().c_str());
+    }
     char buf[256];
     std::snprintf(buf, sizeof(buf),
                   "%s\"%lld\": {\"tokens_per_s\": %.1f, \"step_ms\": %.4f, \"roofline_pct\": %.2f}",

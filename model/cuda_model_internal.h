@@ -1,8 +1,13 @@
 // Private to model/cuda_model*.cc: the device state of a CudaModel. Needs the CUDA backend.
 #pragma once
 
+#include <algorithm>
+#include <chrono>
 #include <cstdint>
+#include <functional>
 #include <vector>
+
+#include "common/status.h"
 
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/ops.h"
@@ -12,6 +17,19 @@ namespace grpo {
 
 using cuda::bf16_bits;
 using cuda::DeviceBuffer;
+
+// Runs one op; with GRPO_CUDA_TIMING=1, synchronizes around it and books its time under `name`
+// (cuda::OpTimingReport). Off, it is a plain call.
+inline absl::Status TimedOp(const char* name, const std::function<absl::Status()>& fn) {
+  if (!cuda::OpTimingEnabled()) return fn();
+  RETURN_IF_ERROR(cuda::Synchronize());
+  const auto t0 = std::chrono::steady_clock::now();
+  RETURN_IF_ERROR(fn());
+  RETURN_IF_ERROR(cuda::Synchronize());
+  cuda::AddOpTime(name, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  return absl::OkStatus();
+}
+#define TIMED(name, expr) RETURN_IF_ERROR(::grpo::TimedOp(name, [&]() -> absl::Status { return (expr); }))
 
 // Bump allocator over one device buffer, re-planned when the token count grows: Plan() runs
 // once with the old buffer to measure, and once more after growing it.
@@ -58,14 +76,27 @@ struct CudaLayerActs {
   int32_t* idx;           // (T, K)
   float* w;               // (T, K)
   int64_t* expert_begin;  // (E+1) device copy of host_begin
-  int32_t* slot_token;    // (NK)
+  int32_t* slot_token;    // (rows capacity) -1 on padding rows
   int32_t* slot_of;       // (NK)
   bf16_bits* xe;          // (NK, H)
   float* gu_e;            // (NK, 2Im)
   bf16_bits* h_e;         // (NK, Im)
   float* ye;              // (NK, H)
   std::vector<int64_t> host_begin;  // (E+1)
+  std::vector<int32_t> host_counts; // (E) pairs routed to each expert
+  // Expert rows: padded (every expert owns cap rows, zeros past its count, one batched GEMM per
+  // projection) when E*cap fits the arena, else packed (host_begin = prefix sums, a GEMM per
+  // expert). rows = E*cap or NK.
+  bool padded = false;
+  int64_t cap = 0, rows = 0;
 };
+
+// Rows the expert buffers are sized for: the padded layout needs E * cap rows with cap the
+// largest expert load rounded up to 64; every expert can hold at most T = NK/K pairs, so room for
+// min(E*T, 4*NK) rows (and at least 64 per expert) makes the padded (fast) path the usual one.
+inline int64_t ExpertRowsCapacity(int64_t NK, int64_t E, int64_t K) {
+  return std::max(std::min(E * (NK / K), 4 * NK), 64 * E);
+}
 
 struct CudaModel::Impl {
   ModelConfig config;

@@ -5,6 +5,7 @@
 // the saved logsumexp: one kernel for dq (per query) and one for dk/dv (per key), no atomics.
 // Plain fp32 SIMT arithmetic (no tensor cores): correct for any head_dim <= 256.
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <vector>
 
@@ -278,12 +279,25 @@ absl::Status AttentionBackward(float* dq, float* dk, float* dv, float* delta,
       return absl::InvalidArgumentError("AttentionBackward: training only (q_len == kv_len)");
     }
   }
+  // With GRPO_CUDA_TIMING=1 each of the three kernels is timed on its own (synchronized).
+  const bool timing = OpTimingEnabled();
+  auto t_last = std::chrono::steady_clock::now();
+  auto mark = [&](const char* name) -> absl::Status {
+    if (!timing) return absl::OkStatus();
+    RETURN_IF_ERROR(Synchronize());
+    const auto now = std::chrono::steady_clock::now();
+    AddOpTime(name, std::chrono::duration<double>(now - t_last).count());
+    t_last = now;
+    return absl::OkStatus();
+  };
+  RETURN_IF_ERROR(mark("attention_bwd.(before)"));
   const auto* dob = reinterpret_cast<const __nv_bfloat16*>(dout);
   const auto* kb = reinterpret_cast<const __nv_bfloat16*>(k);
   const auto* vb = reinterpret_cast<const __nv_bfloat16*>(v);
   attention_delta_kernel<<<CeilDiv(T * nh, 8), 256>>>(
       delta, dob, reinterpret_cast<const __nv_bfloat16*>(out), T * nh, hd);
   RETURN_IF_ERROR(LaunchStatus("attention_delta_kernel"));
+  RETURN_IF_ERROR(mark("attention_bwd.delta"));
   constexpr int kWarps = 4;
   AttnSeq* dev = nullptr;
   unsigned gz = 1;
@@ -293,10 +307,12 @@ absl::Status AttentionBackward(float* dq, float* dk, float* dv, float* delta,
                         kWarps * 2 * hd * sizeof(float)>>>(dq, dob, lse, delta, q, kb, vb, dev,
                                                            nh, nkv, hd, scale);
   RETURN_IF_ERROR(LaunchStatus("attention_dq_kernel"));
+  RETURN_IF_ERROR(mark("attention_bwd.dq"));
   attention_dkv_kernel<<<dim3(B, static_cast<unsigned>(nkv), gz), kWarps * 32,
                          kWarps * 2 * hd * sizeof(float)>>>(dk, dv, dob, lse, delta, q, kb, vb,
                                                             dev, nh, nkv, hd, scale);
-  return LaunchStatus("attention_dkv_kernel");
+  RETURN_IF_ERROR(LaunchStatus("attention_dkv_kernel"));
+  return mark("attention_bwd.dkv");
 }
 
 }  // namespace grpo::cuda

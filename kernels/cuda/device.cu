@@ -1,7 +1,9 @@
 // Device discovery, DeviceBuffer, copies, and the cuBLAS GEMM wrappers (see device.h).
 #include "kernels/cuda/device.h"
 
+#include <algorithm>
 #include <cstdio>
+#include <map>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -29,6 +31,42 @@ std::string DeviceDescription(int index) {
   std::snprintf(buf, sizeof(buf), "%.200s (sm_%d%d, %.0f GiB)", prop.name, prop.major, prop.minor,
                 prop.totalGlobalMem / double(1ull << 30));
   return buf;
+}
+
+bool OpTimingEnabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("GRPO_CUDA_TIMING");
+    return e != nullptr && std::string(e) == "1";
+  }();
+  return on;
+}
+
+namespace {
+std::map<std::string, std::pair<double, int64_t>>& OpTimes() {
+  static std::map<std::string, std::pair<double, int64_t>> times;
+  return times;
+}
+}  // namespace
+
+void AddOpTime(const std::string& name, double seconds) {
+  auto& t = OpTimes()[name];
+  t.first += seconds;
+  t.second += 1;
+}
+
+std::string OpTimingReport() {
+  std::vector<std::pair<double, std::string>> rows;
+  double total = 0;
+  for (const auto& [name, t] : OpTimes()) {
+    rows.push_back({t.first, absl::StrCat("  ", name, ": ", t.first * 1e3, " ms (", t.second,
+                                          " calls)\n")});
+    total += t.first;
+  }
+  std::sort(rows.rbegin(), rows.rend());
+  std::string out = absl::StrCat("  total timed: ", total * 1e3, " ms\n");
+  for (const auto& r : rows) out += r.second;
+  OpTimes().clear();
+  return out;
 }
 
 absl::Status Synchronize() { return CudaStatus(cudaDeviceSynchronize(), "cudaDeviceSynchronize"); }
@@ -335,6 +373,47 @@ absl::Status GroupedLinearBackwardWeight(float* dW, const bf16_bits* dy, const b
                              dW + g * out * in, in});
   }
   return GroupedGemm(ps, 1.f, 1.f);
+}
+
+namespace {
+
+// Row-major strided-batched C_g = alpha op(A_g) op(B_g) + beta C_g (see GemmEx for the swap).
+absl::Status StridedBatched(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const bf16_bits* A,
+                            int64_t lda, int64_t sA, const bf16_bits* B, int64_t ldb, int64_t sB,
+                            float beta, float* C, int64_t ldc, int64_t sC, int64_t G) {
+  if (M == 0 || N == 0 || K == 0 || G == 0) return absl::OkStatus();
+  auto h = Handle();
+  if (!h.ok()) return h.status();
+  const float alpha = 1.f;
+  return CublasStatus(
+      cublasGemmStridedBatchedEx(*h, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                 static_cast<int>(N), static_cast<int>(M), static_cast<int>(K),
+                                 &alpha, B, CUDA_R_16BF, static_cast<int>(ldb), sB, A,
+                                 CUDA_R_16BF, static_cast<int>(lda), sA, &beta, C, CUDA_R_32F,
+                                 static_cast<int>(ldc), sC, static_cast<int>(G),
+                                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+      "cublasGemmStridedBatchedEx");
+}
+
+}  // namespace
+
+absl::Status BatchedLinearForward(float* y, const bf16_bits* x, const bf16_bits* W,
+                                  int64_t num_groups, int64_t rows, int64_t in, int64_t out) {
+  return StridedBatched(false, true, rows, out, in, x, in, rows * in, W, in, out * in, 0.f, y, out,
+                        rows * out, num_groups);
+}
+
+absl::Status BatchedLinearBackwardData(float* dx, const bf16_bits* dy, const bf16_bits* W,
+                                       int64_t num_groups, int64_t rows, int64_t in, int64_t out) {
+  return StridedBatched(false, false, rows, in, out, dy, out, rows * out, W, in, out * in, 0.f, dx,
+                        in, rows * in, num_groups);
+}
+
+absl::Status BatchedLinearBackwardWeight(float* dW, const bf16_bits* dy, const bf16_bits* x,
+                                         int64_t num_groups, int64_t rows, int64_t in,
+                                         int64_t out) {
+  return StridedBatched(true, false, out, in, rows, dy, out, rows * out, x, in, rows * in, 1.f, dW,
+                        in, out * in, num_groups);
 }
 
 }  // namespace grpo::cuda

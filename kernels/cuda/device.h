@@ -35,6 +35,12 @@ absl::StatusOr<double> TimeOnDevice(const std::function<absl::Status()>& fn, int
 absl::StatusOr<double> MeasureCopyBandwidth(size_t bytes);
 absl::StatusOr<double> MeasureBf16GemmRate(int64_t n);
 
+// Optional per-op timing for benchmarks: on when the environment has GRPO_CUDA_TIMING=1. The
+// model then synchronizes around each op it times (slower; only for finding where time goes).
+bool OpTimingEnabled();
+void AddOpTime(const std::string& name, double seconds);
+std::string OpTimingReport();  // "name: total ms (calls)" lines, largest first; then resets
+
 // Owns one device allocation (move-only). Empty when size is 0.
 class DeviceBuffer {
  public:
@@ -101,6 +107,17 @@ absl::Status GroupedLinearBackwardData(float* dx, const bf16_bits* dy, const bf1
 // dW_g[out, in] (fp32) += dy_g^T @ x_g
 absl::Status GroupedLinearBackwardWeight(float* dW, const bf16_bits* dy, const bf16_bits* x,
                                          const int64_t* begin, int64_t num_groups, int64_t in,
+                                         int64_t out);
+
+// The same three products for experts padded to a fixed capacity: group g owns rows
+// [g*rows, (g+1)*rows) whatever its real count (padding rows must hold zeros where the result
+// matters: zero dy rows leave dW unchanged). One cublasGemmStridedBatchedEx call each.
+absl::Status BatchedLinearForward(float* y, const bf16_bits* x, const bf16_bits* W,
+                                  int64_t num_groups, int64_t rows, int64_t in, int64_t out);
+absl::Status BatchedLinearBackwardData(float* dx, const bf16_bits* dy, const bf16_bits* W,
+                                       int64_t num_groups, int64_t rows, int64_t in, int64_t out);
+absl::Status BatchedLinearBackwardWeight(float* dW, const bf16_bits* dy, const bf16_bits* x,
+                                         int64_t num_groups, int64_t rows, int64_t in,
                                          int64_t out);
 
 }  // namespace grpo::cuda

@@ -143,7 +143,12 @@ __global__ void moe_assign_kernel(int32_t* slot_token, int32_t* slot_of, const i
 __global__ void gather_rows_kernel(__nv_bfloat16* xe, const __nv_bfloat16* x,
                                    const int32_t* slot_token, int64_t H) {
   const int64_t r = blockIdx.x;
-  const __nv_bfloat16* src = x + int64_t(slot_token[r]) * H;
+  const int32_t t = slot_token[r];
+  if (t < 0) {  // a padding row
+    for (int64_t j = threadIdx.x; j < H; j += blockDim.x) xe[r * H + j] = __float2bfloat16(0.f);
+    return;
+  }
+  const __nv_bfloat16* src = x + int64_t(t) * H;
   for (int64_t j = threadIdx.x; j < H; j += blockDim.x) xe[r * H + j] = src[j];
 }
 
@@ -224,7 +229,7 @@ absl::Status MoeCount(int32_t* counts, const int32_t* idx, int64_t NK, int64_t E
 absl::Status MoeAssign(int32_t* slot_token, int32_t* slot_of, const int32_t* idx,
                        const int64_t* expert_begin, int64_t NK, int64_t K, int64_t E) {
   if (NK == 0) return absl::OkStatus();
-  moe_assign_kernel<256><<<static_cast<unsigned>(E), 256>>>(slot_token, slot_of, idx,
+  moe_assign_kernel<1024><<<static_cast<unsigned>(E), 1024>>>(slot_token, slot_of, idx,
                                                             expert_begin, NK, K);
   return LaunchStatus("moe_assign_kernel");
 }

@@ -103,11 +103,12 @@ absl::Status RouterBackward(float* dlogits, const float* dw, const float* dprobs
 // counts (E) int32 = how many of the T*K (token, k) pairs chose each expert.
 absl::Status MoeCount(int32_t* counts, const int32_t* idx, int64_t NK, int64_t E);
 // Stable dispatch given expert_begin (E+1, device, prefix sums of counts): rows grouped by expert,
-// tokens ascending within an expert (the CPU model's order). slot_token (NK) = token of each
-// dispatched row; slot_of (NK) = dispatched row of pair (t, k).
+// tokens ascending within an expert (the CPU model's order). slot_token (rows) = token of each
+// dispatched row (entries not written stay as they were: a padded layout presets them to -1);
+// slot_of (NK) = dispatched row of pair (t, k).
 absl::Status MoeAssign(int32_t* slot_token, int32_t* slot_of, const int32_t* idx,
                        const int64_t* expert_begin, int64_t NK, int64_t K, int64_t E);
-// xe (NK, H) = x[slot_token[r]] (bf16 rows).
+// xe (NK, H) = x[slot_token[r]] (bf16 rows); rows with slot_token < 0 (padding) become zeros.
 absl::Status GatherRows(bf16_bits* xe, const bf16_bits* x, const int32_t* slot_token, int64_t NK,
                         int64_t H);
 // out (T, H) += sum_k w[t,k] * ye[slot_of[t,k]].

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <vector>
 
 #include "model/cuda_model.h"
@@ -162,6 +163,10 @@ TEST_CASE("cuda model logprobs and gradients match the CPU model", "[cuda][gpu][
   CheckModel("tiny llama (biases, llama3 rope, nkv 1)", TinyLlamaJson(), 1.f, loose);
   CheckModel("tiny qwen2 (qkv bias, tied)", TinyQwen2Json(), 1.f, loose);
   CheckModel("mid qwen3_moe (hd 64, 16 experts top-4)", MidQwen3MoeJson(), 1.f, loose);
+  // The packed expert layout (a GEMM per expert), which large skewed batches fall back to.
+  setenv("GRPO_CUDA_EXPERT_LAYOUT", "packed", 1);
+  CheckModel("mid qwen3_moe, packed expert layout", MidQwen3MoeJson(), 1.f, loose);
+  unsetenv("GRPO_CUDA_EXPERT_LAYOUT");
   // Weights scaled by 0.2 (std 0.06-0.1, closer to a trained model): the error must shrink to
   // the bf16 scale. A precision loss that only hides in chaos would show here.
   const Tol tight{0.01, 5e-3, 2e-2, 4e-2, 1.5e-2};

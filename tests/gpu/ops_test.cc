@@ -88,6 +88,37 @@ TEST_CASE("cuda grouped expert GEMMs are exact on small integers", "[cuda][gpu]"
   CheckClose("grouped dW", Download<float>(dDw, G * out * in), dW, 0, 0);
 }
 
+TEST_CASE("cuda batched (padded) expert GEMMs equal the grouped ones", "[cuda][gpu]") {
+  const int64_t G = 3, cap = 16, in = 24, out = 40, R = G * cap;
+  // Padded rows of x and dy are zero, as the model keeps them.
+  std::vector<float> x = SmallInts(R * in, 13), W = SmallInts(G * out * in, 14),
+                     dy = SmallInts(R * out, 15);
+  const int64_t counts[G] = {5, 0, 16};
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t r = counts[g]; r < cap; ++r) {
+      std::fill_n(&x[(g * cap + r) * in], in, 0.f);
+      std::fill_n(&dy[(g * cap + r) * out], out, 0.f);
+    }
+  const std::vector<int64_t> begin = {0, cap, 2 * cap, 3 * cap};
+  auto dX = Upload(ToBf16(x)), dWt = Upload(ToBf16(W)), dDy = Upload(ToBf16(dy));
+  auto y1 = Zeros<float>(R * out), y2 = Zeros<float>(R * out), dx1 = Zeros<float>(R * in),
+       dx2 = Zeros<float>(R * in), dw1 = Upload(std::vector<float>(G * out * in, 1.f)),
+       dw2 = Upload(std::vector<float>(G * out * in, 1.f));
+  const auto* xb = dX.as<bf16_bits>();
+  const auto* wb = dWt.as<bf16_bits>();
+  const auto* yb = dDy.as<bf16_bits>();
+  REQUIRE(cuda::GroupedLinearForward(y1.as<float>(), xb, wb, begin.data(), G, in, out, 0.f).ok());
+  REQUIRE(cuda::BatchedLinearForward(y2.as<float>(), xb, wb, G, cap, in, out).ok());
+  REQUIRE(cuda::GroupedLinearBackwardData(dx1.as<float>(), yb, wb, begin.data(), G, in, out).ok());
+  REQUIRE(cuda::BatchedLinearBackwardData(dx2.as<float>(), yb, wb, G, cap, in, out).ok());
+  REQUIRE(cuda::GroupedLinearBackwardWeight(dw1.as<float>(), yb, xb, begin.data(), G, in, out).ok());
+  REQUIRE(cuda::BatchedLinearBackwardWeight(dw2.as<float>(), yb, xb, G, cap, in, out).ok());
+  CheckClose("batched y", Download<float>(y2, R * out), Download<float>(y1, R * out), 0, 0);
+  CheckClose("batched dx", Download<float>(dx2, R * in), Download<float>(dx1, R * in), 0, 0);
+  CheckClose("batched dW", Download<float>(dw2, G * out * in), Download<float>(dw1, G * out * in),
+             0, 0);
+}
+
 TEST_CASE("cuda embedding forward/backward match the CPU", "[cuda][gpu]") {
   const int64_t V = 50, H = 33, T = 80;
   std::vector<float> table = RoundBf16(Randn(V * H, 1));
