@@ -36,9 +36,8 @@ __device__ __forceinline__ float DotF32Bf16(const float* a, const __nv_bfloat16*
 
 // The block cooperatively copies rows [r0, r0 + kChunk) of a (rows, stride) bf16 matrix, at
 // column offset col, into shared rows of Hdp(hd) elements; rows at or past r_end read as zero.
-__device__ __forceinline__ void StageBf16(__nv_bfloat16* dst, const __nv_bfloat16* src,
-                                          int64_t r0, int64_t r_end, int64_t stride, int64_t col,
-                                          int64_t hd) {
+__device__ __forceinline__ void StageBf16(__nv_bfloat16* dst, const __nv_bfloat16* src, int64_t r0,
+                                          int64_t r_end, int64_t stride, int64_t col, int64_t hd) {
   const int64_t half = hd / 2, hdp = Hdp(hd);
   for (int64_t idx = threadIdx.x; idx < kChunk * half; idx += blockDim.x) {
     const int64_t r = idx / half, c = idx % half;
@@ -213,9 +212,9 @@ __global__ void attention_dkv_kernel(float* dk, float* dv, const __nv_bfloat16* 
   const int64_t g = blockIdx.y, group = nh / nkv, kvd = nkv * hd, hdp = Hdp(hd), qst = hd + 1;
   float* ks = smem + warp * 2 * hd;
   float* vsm = ks + hd;
-  float* qsh = smem + warps * 2 * hd;      // (kChunk, hd + 1)
-  float* lse_s = qsh + kChunk * qst;       // (kChunk)
-  float* delta_s = lse_s + kChunk;         // (kChunk)
+  float* qsh = smem + warps * 2 * hd;                                       // (kChunk, hd + 1)
+  float* lse_s = qsh + kChunk * qst;                                        // (kChunk)
+  float* delta_s = lse_s + kChunk;                                          // (kChunk)
   __nv_bfloat16* dos = reinterpret_cast<__nv_bfloat16*>(delta_s + kChunk);  // (kChunk, hdp)
   for (int64_t base = int64_t(blockIdx.z) * warps; base < sq.q_len;
        base += int64_t(gridDim.z) * warps) {
@@ -309,9 +308,9 @@ absl::Status AllowSmem(Kernel kernel, size_t bytes) {
 
 absl::Status CheckDims(int64_t nh, int64_t nkv, int64_t hd) {
   if (hd <= 0 || hd > 32 * kMaxPer || hd % 2 != 0 || nkv <= 0 || nh % nkv != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "attention: unsupported shape nh=", nh, " nkv=", nkv, " hd=", hd,
-        " (need even head_dim <= ", 32 * kMaxPer, " and nkv dividing nh)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("attention: unsupported shape nh=", nh, " nkv=", nkv, " hd=", hd,
+                     " (need even head_dim <= ", 32 * kMaxPer, " and nkv dividing nh)"));
   }
   return absl::OkStatus();
 }
@@ -354,15 +353,14 @@ absl::Status AttentionForward(bf16_bits* out, float* lse, const float* q, const 
   attention_forward_kernel<<<dim3(static_cast<unsigned>(seqs.size()), static_cast<unsigned>(nh),
                                   gz),
                              warps * 32, ForwardSmem(warps, hd)>>>(
-      reinterpret_cast<__nv_bfloat16*>(out), lse, q,
-      reinterpret_cast<const __nv_bfloat16*>(k), reinterpret_cast<const __nv_bfloat16*>(v), dev,
-      nh, nkv, hd, scale);
+      reinterpret_cast<__nv_bfloat16*>(out), lse, q, reinterpret_cast<const __nv_bfloat16*>(k),
+      reinterpret_cast<const __nv_bfloat16*>(v), dev, nh, nkv, hd, scale);
   return LaunchStatus("attention_forward_kernel");
 }
 
-absl::Status AttentionBackward(float* dq, float* dk, float* dv, float* delta,
-                               const bf16_bits* dout, const bf16_bits* out, const float* lse,
-                               const float* q, const bf16_bits* k, const bf16_bits* v,
+absl::Status AttentionBackward(float* dq, float* dk, float* dv, float* delta, const bf16_bits* dout,
+                               const bf16_bits* out, const float* lse, const float* q,
+                               const bf16_bits* k, const bf16_bits* v,
                                absl::Span<const AttnSeq> seqs, int64_t T, int64_t nh, int64_t nkv,
                                int64_t hd, float scale) {
   if (seqs.empty() || T == 0) return absl::OkStatus();
@@ -398,14 +396,13 @@ absl::Status AttentionBackward(float* dq, float* dk, float* dv, float* delta,
   const unsigned B = static_cast<unsigned>(seqs.size());
   RETURN_IF_ERROR(AllowSmem(attention_dq_kernel, DqSmem(kWarps, hd)));
   RETURN_IF_ERROR(AllowSmem(attention_dkv_kernel, DkvSmem(kWarps, hd)));
-  attention_dq_kernel<<<dim3(B, static_cast<unsigned>(nh), gz), kWarps * 32,
-                        DqSmem(kWarps, hd)>>>(dq, dob, lse, delta, q, kb, vb, dev,
-                                                           nh, nkv, hd, scale);
+  attention_dq_kernel<<<dim3(B, static_cast<unsigned>(nh), gz), kWarps * 32, DqSmem(kWarps, hd)>>>(
+      dq, dob, lse, delta, q, kb, vb, dev, nh, nkv, hd, scale);
   RETURN_IF_ERROR(LaunchStatus("attention_dq_kernel"));
   RETURN_IF_ERROR(mark("attention_bwd.dq"));
   attention_dkv_kernel<<<dim3(B, static_cast<unsigned>(nkv), gz), kWarps * 32,
-                         DkvSmem(kWarps, hd)>>>(dk, dv, dob, lse, delta, q, kb, vb,
-                                                            dev, nh, nkv, hd, scale);
+                         DkvSmem(kWarps, hd)>>>(dk, dv, dob, lse, delta, q, kb, vb, dev, nh, nkv,
+                                                hd, scale);
   RETURN_IF_ERROR(LaunchStatus("attention_dkv_kernel"));
   return mark("attention_bwd.dkv");
 }

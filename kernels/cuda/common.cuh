@@ -100,7 +100,7 @@ enum ScratchSlot {
 absl::Status GetScratch(ScratchSlot slot, size_t bytes, void** ptr);
 
 // out (C) += sum over rows of a[r,c] (b == null) or of a[r,c] * b[r,c] * s[r]; deterministic.
-absl::Status ColumnReduceAdd(float* out, const float* a, const float* b, const float* s,
-                             int64_t R, int64_t C);
+absl::Status ColumnReduceAdd(float* out, const float* a, const float* b, const float* s, int64_t R,
+                             int64_t C);
 
 }  // namespace grpo::cuda

@@ -1,16 +1,15 @@
 // Device discovery, DeviceBuffer, copies, and the cuBLAS GEMM wrappers (see device.h).
-#include "kernels/cuda/device.h"
-
 #include <algorithm>
 #include <cstdio>
-#include <map>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <vector>
 
 #include "common/status.h"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/device.h"
 
 namespace grpo::cuda {
 
@@ -58,8 +57,8 @@ std::string OpTimingReport() {
   std::vector<std::pair<double, std::string>> rows;
   double total = 0;
   for (const auto& [name, t] : OpTimes()) {
-    rows.push_back({t.first, absl::StrCat("  ", name, ": ", t.first * 1e3, " ms (", t.second,
-                                          " calls)\n")});
+    rows.push_back(
+        {t.first, absl::StrCat("  ", name, ": ", t.first * 1e3, " ms (", t.second, " calls)\n")});
     total += t.first;
   }
   std::sort(rows.rbegin(), rows.rend());
@@ -176,8 +175,8 @@ absl::StatusOr<double> MeasureCopyBandwidth(size_t bytes) {
   ASSIGN_OR_RETURN(DeviceBuffer a, DeviceBuffer::Allocate(bytes));
   ASSIGN_OR_RETURN(DeviceBuffer b, DeviceBuffer::Allocate(bytes));
   RETURN_IF_ERROR(Memset(a.data(), 1, bytes));
-  ASSIGN_OR_RETURN(double s, TimeOnDevice([&] { return CopyOnDevice(b.data(), a.data(), bytes); },
-                                          20));
+  ASSIGN_OR_RETURN(double s,
+                   TimeOnDevice([&] { return CopyOnDevice(b.data(), a.data(), bytes); }, 20));
   return 2.0 * static_cast<double>(bytes) / s;
 }
 
@@ -229,9 +228,8 @@ absl::StatusOr<cublasHandle_t> Handle() {
 
 // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
 absl::Status GemmEx(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                    const void* A, cudaDataType_t at, int64_t lda, const void* B,
-                    cudaDataType_t bt, int64_t ldb, float beta, float* C, int64_t ldc,
-                    cublasComputeType_t compute) {
+                    const void* A, cudaDataType_t at, int64_t lda, const void* B, cudaDataType_t bt,
+                    int64_t ldb, float beta, float* C, int64_t ldc, cublasComputeType_t compute) {
   if (M == 0 || N == 0) return absl::OkStatus();
   auto h = Handle();
   if (!h.ok()) return h.status();
@@ -254,15 +252,15 @@ absl::Status GemmEx(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
 }  // namespace
 
 absl::Status GemmBf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                      const bf16_bits* A, int64_t lda, const bf16_bits* B, int64_t ldb,
-                      float beta, float* C, int64_t ldc) {
-  return GemmEx(trans_a, trans_b, M, N, K, alpha, A, CUDA_R_16BF, lda, B, CUDA_R_16BF, ldb, beta,
-                C, ldc, CUBLAS_COMPUTE_32F);
+                      const bf16_bits* A, int64_t lda, const bf16_bits* B, int64_t ldb, float beta,
+                      float* C, int64_t ldc) {
+  return GemmEx(trans_a, trans_b, M, N, K, alpha, A, CUDA_R_16BF, lda, B, CUDA_R_16BF, ldb, beta, C,
+                ldc, CUBLAS_COMPUTE_32F);
 }
 
 absl::Status GemmF32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                     const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
-                     float* C, int64_t ldc) {
+                     const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+                     int64_t ldc) {
   return GemmEx(trans_a, trans_b, M, N, K, alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb, beta, C,
                 ldc, CUBLAS_COMPUTE_32F);
 }
@@ -327,12 +325,14 @@ absl::Status GroupedGemm(const std::vector<Problem>& ps, float alpha, float beta
       return CublasStatus(st, "cublasGemmGroupedBatchedEx");
     }
     unsupported = true;
-    std::fprintf(stderr, "grpo cuda: cublasGemmGroupedBatchedEx unsupported here (status %d); "
-                 "looping over experts\n", static_cast<int>(st));
+    std::fprintf(stderr,
+                 "grpo cuda: cublasGemmGroupedBatchedEx unsupported here (status %d); "
+                 "looping over experts\n",
+                 static_cast<int>(st));
   }
   for (const Problem& p : ps) {
-    RETURN_IF_ERROR(GemmBf16(p.ta, p.tb, p.M, p.N, p.K, alpha, p.A, p.lda, p.B, p.ldb, beta, p.C,
-                             p.ldc));
+    RETURN_IF_ERROR(
+        GemmBf16(p.ta, p.tb, p.M, p.N, p.K, alpha, p.A, p.lda, p.B, p.ldb, beta, p.C, p.ldc));
   }
   return absl::OkStatus();
 }
@@ -340,13 +340,14 @@ absl::Status GroupedGemm(const std::vector<Problem>& ps, float alpha, float beta
 }  // namespace
 
 absl::Status GroupedLinearForward(float* y, const bf16_bits* x, const bf16_bits* W,
-                                  const int64_t* begin, int64_t num_groups, int64_t in,
-                                  int64_t out, float beta) {
+                                  const int64_t* begin, int64_t num_groups, int64_t in, int64_t out,
+                                  float beta) {
   std::vector<Problem> ps;
   for (int64_t g = 0; g < num_groups; ++g) {
     const int64_t r0 = begin[g], n = begin[g + 1] - r0;
-    if (n > 0) ps.push_back({false, true, n, out, in, x + r0 * in, in, W + g * out * in, in,
-                             y + r0 * out, out});
+    if (n > 0)
+      ps.push_back(
+          {false, true, n, out, in, x + r0 * in, in, W + g * out * in, in, y + r0 * out, out});
   }
   return GroupedGemm(ps, 1.f, beta);
 }
@@ -357,8 +358,9 @@ absl::Status GroupedLinearBackwardData(float* dx, const bf16_bits* dy, const bf1
   std::vector<Problem> ps;
   for (int64_t g = 0; g < num_groups; ++g) {
     const int64_t r0 = begin[g], n = begin[g + 1] - r0;
-    if (n > 0) ps.push_back({false, false, n, in, out, dy + r0 * out, out, W + g * out * in, in,
-                             dx + r0 * in, in});
+    if (n > 0)
+      ps.push_back(
+          {false, false, n, in, out, dy + r0 * out, out, W + g * out * in, in, dx + r0 * in, in});
   }
   return GroupedGemm(ps, 1.f, 0.f);
 }
@@ -369,8 +371,9 @@ absl::Status GroupedLinearBackwardWeight(float* dW, const bf16_bits* dy, const b
   std::vector<Problem> ps;
   for (int64_t g = 0; g < num_groups; ++g) {
     const int64_t r0 = begin[g], n = begin[g + 1] - r0;
-    if (n > 0) ps.push_back({true, false, out, in, n, dy + r0 * out, out, x + r0 * in, in,
-                             dW + g * out * in, in});
+    if (n > 0)
+      ps.push_back(
+          {true, false, out, in, n, dy + r0 * out, out, x + r0 * in, in, dW + g * out * in, in});
   }
   return GroupedGemm(ps, 1.f, 1.f);
 }
@@ -386,12 +389,11 @@ absl::Status StridedBatched(bool ta, bool tb, int64_t M, int64_t N, int64_t K, c
   if (!h.ok()) return h.status();
   const float alpha = 1.f;
   return CublasStatus(
-      cublasGemmStridedBatchedEx(*h, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                 static_cast<int>(N), static_cast<int>(M), static_cast<int>(K),
-                                 &alpha, B, CUDA_R_16BF, static_cast<int>(ldb), sB, A,
-                                 CUDA_R_16BF, static_cast<int>(lda), sA, &beta, C, CUDA_R_32F,
-                                 static_cast<int>(ldc), sC, static_cast<int>(G),
-                                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+      cublasGemmStridedBatchedEx(
+          *h, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, static_cast<int>(N),
+          static_cast<int>(M), static_cast<int>(K), &alpha, B, CUDA_R_16BF, static_cast<int>(ldb),
+          sB, A, CUDA_R_16BF, static_cast<int>(lda), sA, &beta, C, CUDA_R_32F,
+          static_cast<int>(ldc), sC, static_cast<int>(G), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
       "cublasGemmStridedBatchedEx");
 }
 

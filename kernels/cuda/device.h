@@ -85,21 +85,21 @@ float Bf16ToFloat(bf16_bits x);
 // C (M,N) fp32 with leading dimension ldc; A and B are bf16; fp32 accumulation (cuBLAS,
 // CUBLAS_COMPUTE_32F). Uses a process-wide cuBLAS handle created on first use.
 absl::Status GemmBf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                      const bf16_bits* A, int64_t lda, const bf16_bits* B, int64_t ldb,
-                      float beta, float* C, int64_t ldc);
+                      const bf16_bits* A, int64_t lda, const bf16_bits* B, int64_t ldb, float beta,
+                      float* C, int64_t ldc);
 
 // Same with fp32 A, B, C (TF32 off: exact fp32 products), for tests and small fp32 work.
 absl::Status GemmF32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                     const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
-                     float* C, int64_t ldc);
+                     const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+                     int64_t ldc);
 
 // Grouped GEMMs over experts, rows of each group contiguous: group g owns rows
 // [begin[g], begin[g+1]) (begin: HOST array, num_groups+1) and weight W_g = W + g*out*in.
 // One cublasGemmGroupedBatchedEx call where supported, else a cublasGemmEx per non-empty group.
 // y[rows, out] (fp32, beta as given) = x[rows, in] (bf16) @ W_g[out, in]^T
 absl::Status GroupedLinearForward(float* y, const bf16_bits* x, const bf16_bits* W,
-                                  const int64_t* begin, int64_t num_groups, int64_t in,
-                                  int64_t out, float beta);
+                                  const int64_t* begin, int64_t num_groups, int64_t in, int64_t out,
+                                  float beta);
 // dx[rows, in] (fp32, overwritten) = dy[rows, out] (bf16) @ W_g[out, in]
 absl::Status GroupedLinearBackwardData(float* dx, const bf16_bits* dy, const bf16_bits* W,
                                        const int64_t* begin, int64_t num_groups, int64_t in,
@@ -117,7 +117,6 @@ absl::Status BatchedLinearForward(float* y, const bf16_bits* x, const bf16_bits*
 absl::Status BatchedLinearBackwardData(float* dx, const bf16_bits* dy, const bf16_bits* W,
                                        int64_t num_groups, int64_t rows, int64_t in, int64_t out);
 absl::Status BatchedLinearBackwardWeight(float* dW, const bf16_bits* dy, const bf16_bits* x,
-                                         int64_t num_groups, int64_t rows, int64_t in,
-                                         int64_t out);
+                                         int64_t num_groups, int64_t rows, int64_t in, int64_t out);
 
 }  // namespace grpo::cuda

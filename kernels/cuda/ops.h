@@ -58,10 +58,9 @@ absl::Status QkvForward(float* q, bf16_bits* kbuf, bf16_bits* vbuf, float* rstd_
 // Backward: dq (T,nh,hd), dk (T,nkv,hd), dv (T,nkv,hd) fp32 in; dqkv (T, nh*hd + 2*nkv*hd) fp32
 // out (overwritten). dq/dk are used as scratch (destroyed). q_norm/k_norm grads (hd) +=.
 absl::Status QkvBackward(float* dqkv, float* dq_norm, float* dk_norm, float* dq, float* dk,
-                         const float* dv, const float* qkv, const float* bias,
-                         const float* q_norm, const float* k_norm, const float* rstd_q,
-                         const float* rstd_k, const int32_t* pos, const float* cos,
-                         const float* sin, QkvDims d);
+                         const float* dv, const float* qkv, const float* bias, const float* q_norm,
+                         const float* k_norm, const float* rstd_q, const float* rstd_k,
+                         const int32_t* pos, const float* cos, const float* sin, QkvDims d);
 
 // ---- Causal GQA attention (flash-style: never materializes scores). -----------------------------
 // Sequence s: its queries are rows q_begin..q_begin+q_len-1 of q/out; its keys/values are rows
@@ -77,17 +76,16 @@ absl::Status AttentionForward(bf16_bits* out, float* lse, const float* q, const 
                               int64_t nkv, int64_t hd, float scale);
 // Training backward (q_len == kv_len, kv_begin == q_begin). dq (T,nh,hd), dk/dv (T,nkv,hd) fp32,
 // overwritten. delta (T, nh) fp32 scratch. Deterministic (no atomics).
-absl::Status AttentionBackward(float* dq, float* dk, float* dv, float* delta,
-                               const bf16_bits* dout, const bf16_bits* out, const float* lse,
-                               const float* q, const bf16_bits* k, const bf16_bits* v,
+absl::Status AttentionBackward(float* dq, float* dk, float* dv, float* delta, const bf16_bits* dout,
+                               const bf16_bits* out, const float* lse, const float* q,
+                               const bf16_bits* k, const bf16_bits* v,
                                absl::Span<const AttnSeq> seqs, int64_t T, int64_t nh, int64_t nkv,
                                int64_t hd, float scale);
 
 // ---- SwiGLU: h = silu(g) * u, gu (N, 2I) = [g | u]. --------------------------------------------
 absl::Status SwiGluForward(bf16_bits* h, const float* gu, int64_t N, int64_t I);
 // dgu (N, 2I) bf16 (overwritten) from dh (N, I) fp32.
-absl::Status SwiGluBackward(bf16_bits* dgu, const float* dh, const float* gu, int64_t N,
-                            int64_t I);
+absl::Status SwiGluBackward(bf16_bits* dgu, const float* dh, const float* gu, int64_t N, int64_t I);
 
 // ---- MoE router and token permutation. ----------------------------------------------------------
 // probs (T,E) = softmax(logits); idx (T,K) = top-K descending (ties: lower id), or forced_idx
@@ -119,8 +117,8 @@ absl::Status MoeCombineBackward(bf16_bits* dye, float* dw, const float* dout, co
                                 const float* w, const int32_t* slot_of, int64_t T, int64_t K,
                                 int64_t H);
 // dx (T, H) += sum_k dxe[slot_of[t,k]] (gather form: deterministic).
-absl::Status MoeGatherAdd(float* dx, const float* dxe, const int32_t* slot_of, int64_t T,
-                          int64_t K, int64_t H);
+absl::Status MoeGatherAdd(float* dx, const float* dxe, const int32_t* slot_of, int64_t T, int64_t K,
+                          int64_t H);
 
 // ---- Logprobs and entropy over the vocabulary at temperature tau. -------------------------------
 // Per row t of logits (T, V) fp32: lse, lp = logits[target]/tau - lse (0 when target < 0),
@@ -129,8 +127,8 @@ absl::Status LogprobForward(float* lp, float* ent, float* lse, const float* logi
                             const int32_t* target, int64_t T, int64_t V, float tau);
 // dlogits (T, V) bf16 from dlp (T) and dent (T, may be null), given the forward's lse.
 absl::Status LogprobBackward(bf16_bits* dlogits, const float* logits, const float* dlp,
-                             const float* dent, const float* lse, const int32_t* target,
-                             int64_t T, int64_t V, float tau);
+                             const float* dent, const float* lse, const int32_t* target, int64_t T,
+                             int64_t V, float tau);
 
 // ---- Sampling. ----------------------------------------------------------------------------------
 // out (B) = token per row of logits (B, V): temperature <= 0 is argmax (lowest id on ties);
