@@ -88,14 +88,12 @@ namespace grpo::cuda {
 // Per-purpose device scratch that grows on demand and is never shrunk (steady state: no
 // allocation per call). Safe because all work is on one stream in order: a later user of the same
 // slot is queued after every earlier reader. Slots: kScratchSeqs (attention sequence tables),
-// kScratchPartials (column-reduction partials), kScratchSample (unused), kScratchGemmPtrs
-// (grouped GEMM pointer arrays).
+// kScratchPartials (column-reduction partials), kScratchGemmPtrs (grouped GEMM pointer arrays).
 enum ScratchSlot {
   kScratchSeqs = 0,
   kScratchPartials = 1,
-  kScratchSample = 2,
-  kScratchGemmPtrs = 3,
-  kNumScratch = 4
+  kScratchGemmPtrs = 2,
+  kNumScratch = 3
 };
 absl::Status GetScratch(ScratchSlot slot, size_t bytes, void** ptr);
 

@@ -5,7 +5,9 @@
 // Conventions: all launches go on the default stream and are asynchronous; a returned error is a
 // launch/configuration error (execution errors appear at the next Synchronize()). Row-major dense
 // buffers. Unlike the CPU ops, backward functions OVERWRITE their data-gradient outputs unless a
-// comment says "+=" (parameter gradients always accumulate). Shape letters as in cpu/ops.h:
+// comment says "+=" (parameter gradients always accumulate). Ops share device scratch, so one host
+// thread at a time may drive them (the model and the rollout worker each own the device in turn).
+// Shape letters as in cpu/ops.h:
 // T tokens, C channels, H hidden, E experts, K top-k, V vocab, nh/nkv heads, hd head dim.
 #pragma once
 
@@ -70,7 +72,8 @@ struct AttnSeq {
   int64_t q_begin, q_len, kv_begin, kv_len;
 };
 // out (T, nh, hd) bf16, lse (T, nh) fp32 (may be null), q (T, nh, hd) fp32, k/v rows (nkv*hd)
-// bf16. seqs is a HOST span (copied to the device per call). head dim hd <= 256.
+// bf16. seqs is a HOST span, uploaded when it differs from the last one (every layer of a forward
+// reuses it). Even head dim hd <= 256.
 absl::Status AttentionForward(bf16_bits* out, float* lse, const float* q, const bf16_bits* k,
                               const bf16_bits* v, absl::Span<const AttnSeq> seqs, int64_t nh,
                               int64_t nkv, int64_t hd, float scale);
