@@ -29,19 +29,19 @@
 namespace {
 
 using Clock = std::chrono::steady_clock;
-double Seconds(Clock::time_point a, Clock::time_point b) {
+[[maybe_unused]] double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
-double Median(std::vector<double> v) {
+[[maybe_unused]] double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
 }
-const char* Arg(int argc, char** argv, const char* name, const char* def) {
+[[maybe_unused]] const char* Arg(int argc, char** argv, const char* name, const char* def) {
   for (int i = 1; i + 1 < argc; ++i)
     if (std::strcmp(argv[i], name) == 0) return argv[i + 1];
   return def;
 }
-int Fail(const std::string& what, const absl::Status& s) {
+[[maybe_unused]] int Fail(const std::string& what, const absl::Status& s) {
   std::fprintf(stderr, "cuda_model_bench: %s: %s\n", what.c_str(), s.ToString().c_str());
   return 1;
 }
@@ -106,8 +106,7 @@ int main(int argc, char** argv) {
     mm_params += c.IsMoeLayer(l) ? E * H + K * 3.0 * Im * H : 3.0 * c.intermediate_size * H;
   }
   mm_params += static_cast<double>(V) * H;
-  const double train_flops =
-      3.0 * (2.0 * mm_params * TB * S + L * TB * 2.0 * S * (S + 1) * qd);
+  const double train_flops = 3.0 * (2.0 * mm_params * TB * S + L * TB * 2.0 * S * (S + 1) * qd);
   grpo::TokenBatch batch;
   for (int64_t b = 0; b < TB; ++b) {
     std::vector<int32_t> s(S);
@@ -118,13 +117,15 @@ int main(int argc, char** argv) {
   fopt.for_backward = true;
   std::vector<float> dlp(TB * S);
   for (auto& x : dlp) x = -std::uniform_real_distribution<float>(0, 1)(rng);
-  std::vector<double> step_s;
+  std::vector<double> step_s, fwd_s, bwd_s;
   for (int i = 0; i < train_steps + 1; ++i) {
     const auto t0 = Clock::now();
     grpo::ForwardResult<float> r;
     if (auto s = model.Forward(batch, fopt, &r); !s.ok()) return Fail("train forward", s);
+    const auto tf = Clock::now();  // Forward and Backward return after the device finished
     if (auto s = model.ZeroGrads(); !s.ok()) return Fail("zero grads", s);
     if (auto s = model.Backward(dlp, {}); !s.ok()) return Fail("backward", s);
+    const auto tb = Clock::now();
     if (auto s = model.AdamWStep({1e-5f, 0.9f, 0.95f, 1e-8f, 0.f}, i + 1); !s.ok()) {
       return Fail("adamw", s);
     }
@@ -145,14 +146,25 @@ int main(int argc, char** argv) {
       continue;
     }
     step_s.push_back(Seconds(t0, t1));
+    fwd_s.push_back(Seconds(t0, tf));
+    bwd_s.push_back(Seconds(tf, tb));
   }
   const double train_step = Median(step_s);
   const double train_tps = TB * S / train_step;
   const double mfu = train_flops / train_step / *peak;
-  std::printf("train: %lld x %lld tokens, step %.4f s (median of %d), %.0f tokens/s, %.1f TFLOP/s "
-              "model FLOPs, MFU %.1f%% of the measured bf16 GEMM rate\n",
-              (long long)TB, (long long)S, train_step, train_steps, train_tps,
-              train_flops / train_step / 1e12, 100 * mfu);
+  std::printf(
+      "train: %lld x %lld tokens, step %.4f s (median of %d), %.0f tokens/s, %.1f TFLOP/s "
+      "model FLOPs, MFU %.1f%% of the measured bf16 GEMM rate\n",
+      (long long)TB, (long long)S, train_step, train_steps, train_tps,
+      train_flops / train_step / 1e12, 100 * mfu);
+  if (grpo::cuda::OpTimingEnabled()) {
+    std::printf("train: per-op device time over %d steps (GRPO_CUDA_TIMING=1, synchronized):\n%s",
+                train_steps + 1, grpo::cuda::OpTimingReport().c_str());
+  }
+  std::printf(
+      "train: split (medians) forward %.4f s, zero grads + backward %.4f s, rest (AdamW) "
+      "%.4f s\n",
+      Median(fwd_s), Median(bwd_s), train_step - Median(fwd_s) - Median(bwd_s));
 
   // ---- Decode: B slots, prefill `prompt` tokens, then `gen` greedy steps. ----
   std::string decode_json;
@@ -160,7 +172,7 @@ int main(int argc, char** argv) {
     if (auto s = model.InitCache(B, prompt + gen + 1); !s.ok()) return Fail("cache", s);
     std::vector<int64_t> slots(B);
     for (int64_t b = 0; b < B; ++b) slots[b] = b;
-    std::vector<std::vector<int32_t>> prompts(B, std::vector<int32_t>(prompt));
+    std::vector<std::vector<int32_t> > prompts(B, std::vector<int32_t>(prompt));
     for (auto& p : prompts)
       for (auto& t : p) t = tok(rng);
     std::vector<float> u(B, 0.5f);
@@ -168,7 +180,7 @@ int main(int argc, char** argv) {
     std::vector<double> times;
     for (int rep = 0; rep < 2; ++rep) {  // rep 0: warm-up + routing probe; rep 1: timed
       for (int64_t b = 0; b < B; ++b) model.ResetSlot(b);
-      std::vector<absl::Span<const int32_t>> spans(prompts.begin(), prompts.end());
+      std::vector<absl::Span<const int32_t> > spans(prompts.begin(), prompts.end());
       if (auto s = model.Extend(slots, spans, nullptr); !s.ok()) return Fail("prefill", s);
       std::vector<int32_t> next;
       if (auto s = model.Sample(0.f, 0, 1.f, u, &next); !s.ok()) return Fail("sample", s);
@@ -176,9 +188,9 @@ int main(int argc, char** argv) {
       const auto t0 = Clock::now();
       int64_t probe_layers = 0;
       for (int64_t step = 0; step < gen; ++step) {
-        std::vector<std::vector<int32_t>> one(B);
+        std::vector<std::vector<int32_t> > one(B);
         for (int64_t b = 0; b < B; ++b) one[b] = {next[b]};
-        std::vector<absl::Span<const int32_t>> sp(one.begin(), one.end());
+        std::vector<absl::Span<const int32_t> > sp(one.begin(), one.end());
         std::vector<int32_t> routing;
         const bool probe = rep == 0 && step % 8 == 0 && E > 0;
         if (auto s = model.Extend(slots, sp, nullptr, probe ? &routing : nullptr); !s.ok()) {
@@ -216,10 +228,15 @@ int main(int argc, char** argv) {
     bytes += 2.0 * (V * H + H + B * H);
     bytes += L * B * (prompt + gen / 2.0) * kvd * 2 /*k,v*/ * 2 /*bf16*/;
     const double roofline = bytes / *bw;  // bw counts read + write; a decode step only reads
-    std::printf("decode B=%lld: %.0f tokens/s, step %.3f ms, %.1f MB read/step (experts touched "
-                "per layer %.1f of %lld), roofline step %.3f ms -> %.1f%% of roofline\n",
-                (long long)B, tps, 1e3 * step_time, bytes / 1e6, mean_touched, (long long)E,
-                1e3 * roofline, 100 * roofline / step_time);
+    std::printf(
+        "decode B=%lld: %.0f tokens/s, step %.3f ms, %.1f MB read/step (experts touched "
+        "per layer %.1f of %lld), roofline step %.3f ms -> %.1f%% of roofline\n",
+        (long long)B, tps, 1e3 * step_time, bytes / 1e6, mean_touched, (long long)E, 1e3 * roofline,
+        100 * roofline / step_time);
+    if (grpo::cuda::OpTimingEnabled()) {
+      std::printf("decode B=%lld: per-op device time (2 x prefill + decode):\n%s", (long long)B,
+                  grpo::cuda::OpTimingReport().c_str());
+    }
     char buf[256];
     std::snprintf(buf, sizeof(buf),
                   "%s\"%lld\": {\"tokens_per_s\": %.1f, \"step_ms\": %.4f, \"roofline_pct\": %.2f}",
@@ -227,9 +244,10 @@ int main(int argc, char** argv) {
                   100 * roofline / step_time);
     decode_json += buf;
   }
-  std::printf("RESULT {\"copy_GBps\": %.1f, \"bf16_tflops\": %.1f, \"train_tokens_per_s\": %.1f, "
-              "\"mfu_pct\": %.2f, \"decode\": {%s}}\n",
-              *bw / 1e9, *peak / 1e12, train_tps, 100 * mfu, decode_json.c_str());
+  std::printf(
+      "RESULT {\"copy_GBps\": %.1f, \"bf16_tflops\": %.1f, \"train_tokens_per_s\": %.1f, "
+      "\"mfu_pct\": %.2f, \"decode\": {%s}}\n",
+      *bw / 1e9, *peak / 1e12, train_tps, 100 * mfu, decode_json.c_str());
   return 0;
 #endif
 }

@@ -17,5 +17,6 @@ int RunSftCommand(const std::vector<std::string>& args);
 int RunTrainCommand(const std::vector<std::string>& args);
 int RunRolloutCommand(const std::vector<std::string>& args);
 int RunLearnerCommand(const std::vector<std::string>& args);
+int RunEvalCommand(const std::vector<std::string>& args);
 
 }  // namespace grpo::cli

@@ -30,6 +30,7 @@ constexpr char kUsage[] =
     "  plot             draw a run's metrics.jsonl as an SVG of line charts\n"
     "  rollout serve    serve a model as a gRPC RolloutService (sampling, weight updates)\n"
     "  learner          run GRPO training from a learner config\n"
+    "  eval             accuracy and pass@k of a model on a dataset under a reward config\n"
     "\n"
     "Run `grpo <command> --help` for a command's options.\n";
 
@@ -51,6 +52,7 @@ int Run(int argc, char** argv) {
   if (args[0] == "plot") return grpo::cli::RunPlotCommand({args.begin() + 1, args.end()});
   if (args[0] == "rollout") return grpo::cli::RunRolloutCommand({args.begin() + 1, args.end()});
   if (args[0] == "learner") return grpo::cli::RunLearnerCommand({args.begin() + 1, args.end()});
+  if (args[0] == "eval") return grpo::cli::RunEvalCommand({args.begin() + 1, args.end()});
   if (args[0] == "detokenize") {
     return grpo::cli::RunDetokenizeCommand({args.begin() + 1, args.end()});
   }

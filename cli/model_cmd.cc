@@ -15,6 +15,7 @@
 #include "common/log.h"
 #include "common/status.h"
 #include "model/checkpoint.h"
+#include "model/cuda_model.h"
 #include "model/generate.h"
 #include "model/model.h"
 #include "model/params.h"
@@ -67,7 +68,14 @@ absl::Status Init(const Flags& f) {
 }
 
 absl::Status Logprobs(const Flags& f) {
+  ASSIGN_OR_RETURN(const Device device, ResolveDevice(f.Get("device")));
   ASSIGN_OR_RETURN(auto model, LoadModel(f.Get("model")));
+  std::unique_ptr<CudaModel> gpu;  // --device cuda: the same weights on the GPU (bf16 GEMMs)
+  if (device == Device::kCuda) {
+    ASSIGN_OR_RETURN(gpu, CudaModel::Create(model->config()));
+    RETURN_IF_ERROR(gpu->SetParams(absl::MakeConstSpan(model->params(), model->num_params())));
+  }
+  GRPO_LOG(INFO, "logprobs on %s", DeviceName(device));
   ASSIGN_OR_RETURN(auto seqs, ReadTokenLines(f.Get("tokens")));
   ASSIGN_OR_RETURN(double temperature, f.GetDouble("temperature"));
   ASSIGN_OR_RETURN(int64_t max_tokens, f.GetInt("max-batch-tokens"));
@@ -86,7 +94,9 @@ absl::Status Logprobs(const Flags& f) {
     ForwardResult<float> r;
     total_tokens += batch.num_tokens();
     // A batch of empty sequences has nothing to score (each gets an empty list).
-    absl::Status s = batch.num_tokens() == 0 ? absl::OkStatus() : model->Forward(batch, opt, &r);
+    absl::Status s = batch.num_tokens() == 0 ? absl::OkStatus()
+                     : gpu != nullptr         ? gpu->Forward(batch, opt, &r)
+                                              : model->Forward(batch, opt, &r);
     if (!s.ok()) return WithContext(s, absl::StrCat(f.Get("tokens"), ": sequences ", i + 1, "..", j));
     for (size_t b = 0; b < j - i; ++b) {
       const int64_t begin = batch.offsets[b], end = batch.offsets[b + 1];
@@ -186,6 +196,10 @@ int RunModelCommand(const std::vector<std::string>& args) {
     f.Add("temperature", "temperature T (> 0)", "1.0", false, Flags::Kind::kNumber);
     f.Add("entropy", "also write \"entropy\" per position: true or false", "false");
     f.Add("max-batch-tokens", "tokens per forward batch", "8192", false, Flags::Kind::kInt);
+    f.Add("device",
+          "auto (CUDA when a GPU is present, else CPU), cpu (fp32) or cuda (bf16 weights and "
+          "GEMM inputs, fp32 accumulation)",
+          "auto");
     return RunWithFlags(f, rest, Logprobs);
   }
   if (sub == "generate") {

@@ -71,9 +71,9 @@ absl::Status CudaModel::Extend(absl::Span<const int64_t> slots,
       return absl::InvalidArgumentError(absl::StrCat("extend: slot ", slot, " has no new tokens"));
     }
     if (past + n > s.cache_max_len || past + n > c.max_position_embeddings) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "extend: slot ", slot, " would hold ", past + n, " tokens; the cache holds ",
-          s.cache_max_len, " and the model ", c.max_position_embeddings));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("extend: slot ", slot, " would hold ", past + n, " tokens; the cache holds ",
+                       s.cache_max_len, " and the model ", c.max_position_embeddings));
     }
     for (size_t i = 0; i < new_tokens[b].size(); ++i) {
       const int32_t t = new_tokens[b][i];
@@ -100,18 +100,18 @@ absl::Status CudaModel::Extend(absl::Span<const int64_t> slots,
   RETURN_IF_ERROR(cuda::CopyToDevice(s.pos, pos.data(), sizeof(int32_t) * T));
   RETURN_IF_ERROR(cuda::CopyToDevice(s.kv_row, kv_row.data(), sizeof(int64_t) * T));
   RETURN_IF_ERROR(cuda::CopyToDevice(s.targets, last.data(), sizeof(int32_t) * B));
-  RETURN_IF_ERROR(cuda::EmbeddingForward(s.x, s.tokens, s.P16() + s.layout.embed, T, H));
+  TIMED("EmbeddingForward", cuda::EmbeddingForward(s.x, s.tokens, s.P16() + s.layout.embed, T, H));
   if (routing != nullptr) routing->clear();
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    RETURN_IF_ERROR(WithContext(
-        s.LayerForward(l, s.scratch, T, seqs, true, nullptr, routing, nullptr),
-        absl::StrCat("cuda extend, layer ", l)));
+    RETURN_IF_ERROR(
+        WithContext(s.LayerForward(l, s.scratch, T, seqs, true, nullptr, routing, nullptr),
+                    absl::StrCat("cuda extend, layer ", l)));
   }
   for (int64_t b = 0; b < B; ++b) s.cache_len[slots[b]] += offsets[b + 1] - offsets[b];
-  RETURN_IF_ERROR(cuda::RmsNormForward(nullptr, s.lnf, s.rstdf, s.x, s.P() + s.layout.norm, T, H,
-                                       c.rms_norm_eps));
+  TIMED("RmsNormForward", cuda::RmsNormForward(nullptr, s.lnf, s.rstdf, s.x, s.P() + s.layout.norm,
+                                               T, H, c.rms_norm_eps));
   // Last new token of each slot: rows `last` of lnf, gathered into dx16 (B, H).
-  RETURN_IF_ERROR(cuda::GatherRows(s.dx16, s.lnf, s.targets, B, H));
+  TIMED("GatherRows", cuda::GatherRows(s.dx16, s.lnf, s.targets, B, H));
   if (s.dec_B < B) {
     s.decode_arena.Begin();
     s.decode_arena.Take<float>(B * V);
@@ -120,8 +120,8 @@ absl::Status CudaModel::Extend(absl::Span<const int64_t> slots,
   }
   s.decode_arena.Begin();
   s.dec_logits = s.decode_arena.Take<float>(B * V);
-  RETURN_IF_ERROR(cuda::GemmBf16(false, true, B, V, H, 1.f, s.dx16, H,
-                                 s.P16() + s.layout.lm_head, H, 0.f, s.dec_logits, V));
+  TIMED("GemmBf16", cuda::GemmBf16(false, true, B, V, H, 1.f, s.dx16, H, s.P16() + s.layout.lm_head,
+                                   H, 0.f, s.dec_logits, V));
   s.dec_B = std::max(s.dec_B, B);
   s.last_B = B;
   if (logits != nullptr) {
@@ -136,9 +136,8 @@ absl::Status CudaModel::Sample(float temperature, int64_t top_k, float top_p,
   const int64_t B = s.last_B;
   if (B == 0) return absl::FailedPreconditionError("sample: call Extend first");
   if (static_cast<int64_t>(u.size()) != B) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("sample: need one uniform per slot of the last Extend (", B, "), got ",
-                     u.size()));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "sample: need one uniform per slot of the last Extend (", B, "), got ", u.size()));
   }
   if (!std::isfinite(temperature) || temperature < 0 || top_k < 0 || !(top_p > 0 && top_p <= 1)) {
     return absl::InvalidArgumentError(
@@ -148,10 +147,11 @@ absl::Status CudaModel::Sample(float temperature, int64_t top_k, float top_p,
   float* du = s.sample_buf.as<float>();
   int32_t* dt = reinterpret_cast<int32_t*>(du + B);
   RETURN_IF_ERROR(cuda::CopyToDevice(du, u.data(), sizeof(float) * B));
-  RETURN_IF_ERROR(cuda::SampleTokens(dt, s.dec_logits, du, B, s.config.vocab_size, temperature,
-                                     top_k, top_p));
+  TIMED("SampleTokens", cuda::SampleTokens(dt, s.dec_logits, du, B, s.config.vocab_size,
+                                           temperature, top_k, top_p));
   tokens->resize(B);
-  return cuda::CopyToHost(tokens->data(), dt, sizeof(int32_t) * B);
+  TIMED("CopyToHost", cuda::CopyToHost(tokens->data(), dt, sizeof(int32_t) * B));
+  return absl::OkStatus();
 }
 
 }  // namespace grpo

@@ -45,9 +45,17 @@ using cuda::GemmBf16;
 struct Dims {
   int64_t H, nh, nkv, hd, qd, kvd, qkvd, E, K, Im, I, V;
   explicit Dims(const ModelConfig& c)
-      : H(c.hidden_size), nh(c.num_attention_heads), nkv(c.num_key_value_heads), hd(c.head_dim),
-        qd(nh * hd), kvd(nkv * hd), qkvd(qd + 2 * kvd), E(c.num_experts),
-        K(c.num_experts_per_tok), Im(c.moe_intermediate_size), I(c.intermediate_size),
+      : H(c.hidden_size),
+        nh(c.num_attention_heads),
+        nkv(c.num_key_value_heads),
+        hd(c.head_dim),
+        qd(nh * hd),
+        kvd(nkv * hd),
+        qkvd(qd + 2 * kvd),
+        E(c.num_experts),
+        K(c.num_experts_per_tok),
+        Im(c.moe_intermediate_size),
+        I(c.intermediate_size),
         V(c.vocab_size) {}
 };
 
@@ -61,13 +69,14 @@ int64_t HeadChunk(int64_t T, int64_t V) {
 absl::Status CudaModel::Impl::EnsureGrads() {
   if (grads.size() != 0) return absl::OkStatus();
   ASSIGN_OR_RETURN(grads, DeviceBuffer::Allocate(sizeof(float) * layout.total));
-  return cuda::Memset(grads.data(), 0, grads.size());
+  TIMED("Memset", cuda::Memset(grads.data(), 0, grads.size()));
+  return absl::OkStatus();
 }
 
 absl::Status CudaModel::Impl::EnsureRope(int64_t max_pos) {
   if (max_pos <= rope_len) return absl::OkStatus();
-  const int64_t n = std::max<int64_t>(
-      max_pos, std::min<int64_t>(2 * rope_len, config.max_position_embeddings));
+  const int64_t n =
+      std::max<int64_t>(max_pos, std::min<int64_t>(2 * rope_len, config.max_position_embeddings));
   const int64_t half = config.head_dim / 2;
   const std::vector<float> inv = config.RopeInvFreq();
   std::vector<float> c(n * half), s(n * half);
@@ -85,7 +94,7 @@ void CudaModel::Impl::PlanLayer(DeviceArena& A, CudaLayerActs& a, int64_t T, boo
   const Dims d(config);
   const bool any_moe = config.num_experts > 0;
   const bool any_dense = config.NumMoeLayers() < config.num_hidden_layers;
-  const int64_t NK = T * d.K;
+  const int64_t NK = T * d.K, R = ExpertRowsCapacity(NK, d.E, d.K);
   a.x_in = training ? A.Take<float>(T * d.H) : nullptr;
   a.ln1 = A.Take<bf16_bits>(T * d.H);
   a.rstd1 = A.Take<float>(T);
@@ -108,18 +117,18 @@ void CudaModel::Impl::PlanLayer(DeviceArena& A, CudaLayerActs& a, int64_t T, boo
     a.idx = A.Take<int32_t>(NK);
     a.w = A.Take<float>(NK);
     a.expert_begin = A.Take<int64_t>(d.E + 1);
-    a.slot_token = A.Take<int32_t>(NK);
+    a.slot_token = A.Take<int32_t>(R);
     a.slot_of = A.Take<int32_t>(NK);
-    a.xe = A.Take<bf16_bits>(NK * d.H);
-    a.gu_e = A.Take<float>(NK * 2 * d.Im);
-    a.h_e = A.Take<bf16_bits>(NK * d.Im);
-    a.ye = A.Take<float>(NK * d.H);
+    a.xe = A.Take<bf16_bits>(R * d.H);
+    a.gu_e = A.Take<float>(R * 2 * d.Im);
+    a.h_e = A.Take<bf16_bits>(R * d.Im);
+    a.ye = A.Take<float>(R * d.H);
   }
 }
 
 void CudaModel::Impl::PlanHead(DeviceArena& A, int64_t T, bool training) {
   const Dims d(config);
-  const int64_t NK = T * d.K;
+  const int64_t NK = T * d.K, R = ExpertRowsCapacity(NK, d.E, d.K);
   chunk = HeadChunk(T, d.V);
   tokens = A.Take<int32_t>(T);
   targets = A.Take<int32_t>(T);
@@ -138,7 +147,7 @@ void CudaModel::Impl::PlanHead(DeviceArena& A, int64_t T, bool training) {
   aux_dprobs = A.Take<float>(std::max<int64_t>(1, d.E));
   dx16 = A.Take<bf16_bits>(T * d.H);  // also the gathered last rows in decode
   if (!training) return;
-  const int64_t ffn_rows = std::max(NK * d.Im, T * d.I);
+  const int64_t ffn_rows = std::max(R * d.Im, T * d.I);
   dlogits = A.Take<bf16_bits>(chunk * d.V);
   dx = A.Take<float>(T * d.H);
   dln = A.Take<float>(T * d.H);
@@ -150,13 +159,13 @@ void CudaModel::Impl::PlanHead(DeviceArena& A, int64_t T, bool training) {
   dattn_f = A.Take<float>(T * d.qd);
   dw = A.Take<float>(std::max<int64_t>(1, NK));
   dh = A.Take<float>(ffn_rows);
-  dxe = A.Take<float>(std::max<int64_t>(1, NK * d.H));
+  dxe = A.Take<float>(std::max<int64_t>(1, R * d.H));
   drouter = A.Take<float>(std::max<int64_t>(1, T * d.E));
   dlp = A.Take<float>(T);
   dent = A.Take<float>(T);
   dattn16 = A.Take<bf16_bits>(T * d.qd);
   dqkv16 = A.Take<bf16_bits>(T * d.qkvd);
-  dye16 = A.Take<bf16_bits>(std::max<int64_t>(1, NK * d.H));
+  dye16 = A.Take<bf16_bits>(std::max<int64_t>(1, R * d.H));
   dgu16 = A.Take<bf16_bits>(2 * ffn_rows);
   drouter16 = A.Take<bf16_bits>(std::max<int64_t>(1, T * d.E));
 }
@@ -187,64 +196,95 @@ absl::Status CudaModel::Impl::FfnForward(int64_t l, CudaLayerActs& a, int64_t T,
   const Dims d(config);
   const LayerOffsets& o = layout.layers[l];
   if (!o.moe) {
-    RETURN_IF_ERROR(GemmBf16(false, true, T, 2 * d.I, d.H, 1.f, a.ln2, d.H, P16() + o.mlp_gate_up,
-                             d.H, 0.f, a.gu, 2 * d.I));
-    RETURN_IF_ERROR(cuda::SwiGluForward(a.h, a.gu, T, d.I));
-    return GemmBf16(false, true, T, d.H, d.I, 1.f, a.h, d.I, P16() + o.mlp_down, d.I, 1.f, x, d.H);
+    TIMED("GemmBf16", GemmBf16(false, true, T, 2 * d.I, d.H, 1.f, a.ln2, d.H, P16() + o.mlp_gate_up,
+                               d.H, 0.f, a.gu, 2 * d.I));
+    TIMED("SwiGluForward", cuda::SwiGluForward(a.h, a.gu, T, d.I));
+    TIMED("GemmBf16",
+          GemmBf16(false, true, T, d.H, d.I, 1.f, a.h, d.I, P16() + o.mlp_down, d.I, 1.f, x, d.H));
+    return absl::OkStatus();
   }
   const int64_t NK = T * d.K;
-  RETURN_IF_ERROR(GemmBf16(false, true, T, d.E, d.H, 1.f, a.ln2, d.H, P16() + o.router, d.H, 0.f,
-                           a.router_logits, d.E));
-  RETURN_IF_ERROR(cuda::RouterForward(a.probs, a.idx, a.w, a.router_logits, forced_l, T, d.E, d.K,
-                                      config.norm_topk_prob));
+  TIMED("GemmBf16", GemmBf16(false, true, T, d.E, d.H, 1.f, a.ln2, d.H, P16() + o.router, d.H, 0.f,
+                             a.router_logits, d.E));
+  TIMED("RouterForward", cuda::RouterForward(a.probs, a.idx, a.w, a.router_logits, forced_l, T, d.E,
+                                             d.K, config.norm_topk_prob));
   // Expert sizes must be known on the host for the GEMM shapes: one small copy per MoE layer.
-  RETURN_IF_ERROR(cuda::MoeCount(counts, a.idx, NK, d.E));
-  std::vector<int32_t> host_counts(d.E);
+  TIMED("MoeCount", cuda::MoeCount(counts, a.idx, NK, d.E));
+  std::vector<int32_t>& host_counts = a.host_counts;
+  host_counts.resize(d.E);
   RETURN_IF_ERROR(cuda::CopyToHost(host_counts.data(), counts, sizeof(int32_t) * d.E));
+  // Padded layout when it fits (one batched GEMM per projection; the capacity is rounded up so
+  // that shapes repeat and cuBLAS reuses its choices), else packed.
+  const int64_t max_count = *std::max_element(host_counts.begin(), host_counts.end());
+  a.cap = (max_count + 63) / 64 * 64;
+  // GRPO_CUDA_EXPERT_LAYOUT=packed forces the packed layout (tests cover both).
+  const char* layout_env = std::getenv("GRPO_CUDA_EXPERT_LAYOUT");
+  const bool force_packed = layout_env != nullptr && std::string(layout_env) == "packed";
+  a.padded = !force_packed && d.E * a.cap <= ExpertRowsCapacity(NK, d.E, d.K);
   a.host_begin.assign(d.E + 1, 0);
-  for (int64_t e = 0; e < d.E; ++e) a.host_begin[e + 1] = a.host_begin[e] + host_counts[e];
+  for (int64_t e = 0; e < d.E; ++e) {
+    a.host_begin[e + 1] = a.padded ? (e + 1) * a.cap : a.host_begin[e] + host_counts[e];
+  }
+  a.rows = a.padded ? d.E * a.cap : NK;
   RETURN_IF_ERROR(
       cuda::CopyToDevice(a.expert_begin, a.host_begin.data(), sizeof(int64_t) * (d.E + 1)));
-  RETURN_IF_ERROR(cuda::MoeAssign(a.slot_token, a.slot_of, a.idx, a.expert_begin, NK, d.K, d.E));
-  RETURN_IF_ERROR(cuda::GatherRows(a.xe, a.ln2, a.slot_token, NK, d.H));
-  RETURN_IF_ERROR(cuda::GroupedLinearForward(a.gu_e, a.xe, P16() + o.experts_gate_up,
-                                             a.host_begin.data(), d.E, d.H, 2 * d.Im, 0.f));
-  RETURN_IF_ERROR(cuda::SwiGluForward(a.h_e, a.gu_e, NK, d.Im));
-  RETURN_IF_ERROR(cuda::GroupedLinearForward(a.ye, a.h_e, P16() + o.experts_down,
-                                             a.host_begin.data(), d.E, d.Im, d.H, 0.f));
-  return cuda::MoeCombine(x, a.ye, a.w, a.slot_of, T, d.K, d.H);
+  if (a.padded) RETURN_IF_ERROR(cuda::Memset(a.slot_token, 0xff, sizeof(int32_t) * a.rows));
+  TIMED("MoeAssign", cuda::MoeAssign(a.slot_token, a.slot_of, a.idx, a.expert_begin, NK, d.K, d.E));
+  TIMED("GatherRows", cuda::GatherRows(a.xe, a.ln2, a.slot_token, a.rows, d.H));
+  if (a.padded) {
+    TIMED("BatchedLinearForward",
+          cuda::BatchedLinearForward(a.gu_e, a.xe, P16() + o.experts_gate_up, d.E, a.cap, d.H,
+                                     2 * d.Im));
+  } else {
+    TIMED("GroupedLinearForward",
+          cuda::GroupedLinearForward(a.gu_e, a.xe, P16() + o.experts_gate_up, a.host_begin.data(),
+                                     d.E, d.H, 2 * d.Im, 0.f));
+  }
+  TIMED("SwiGluForward", cuda::SwiGluForward(a.h_e, a.gu_e, a.rows, d.Im));
+  if (a.padded) {
+    TIMED("BatchedLinearForward",
+          cuda::BatchedLinearForward(a.ye, a.h_e, P16() + o.experts_down, d.E, a.cap, d.Im, d.H));
+  } else {
+    TIMED("GroupedLinearForward",
+          cuda::GroupedLinearForward(a.ye, a.h_e, P16() + o.experts_down, a.host_begin.data(), d.E,
+                                     d.Im, d.H, 0.f));
+  }
+  TIMED("MoeCombine", cuda::MoeCombine(x, a.ye, a.w, a.slot_of, T, d.K, d.H));
+  return absl::OkStatus();
 }
 
 absl::Status CudaModel::Impl::LayerForward(int64_t l, CudaLayerActs& a, int64_t T,
                                            const std::vector<cuda::AttnSeq>& seqs, bool decode,
                                            const int32_t* forced_l,
-                                           std::vector<int32_t>* routing_out,
-                                           double* count_acc) {
+                                           std::vector<int32_t>* routing_out, double* count_acc) {
   const Dims d(config);
   const LayerOffsets& o = layout.layers[l];
   const float eps = config.rms_norm_eps;
-  if (a.x_in != nullptr) RETURN_IF_ERROR(cuda::CopyOnDevice(a.x_in, x, sizeof(float) * T * d.H));
-  RETURN_IF_ERROR(cuda::RmsNormForward(nullptr, a.ln1, a.rstd1, x, P() + o.ln1, T, d.H, eps));
-  RETURN_IF_ERROR(GemmBf16(false, true, T, d.qkvd, d.H, 1.f, a.ln1, d.H, P16() + o.q, d.H, 0.f,
-                           a.qkv, d.qkvd));
+  if (a.x_in != nullptr)
+    TIMED("CopyOnDevice", cuda::CopyOnDevice(a.x_in, x, sizeof(float) * T * d.H));
+  TIMED("RmsNormForward",
+        cuda::RmsNormForward(nullptr, a.ln1, a.rstd1, x, P() + o.ln1, T, d.H, eps));
+  TIMED("GemmBf16", GemmBf16(false, true, T, d.qkvd, d.H, 1.f, a.ln1, d.H, P16() + o.q, d.H, 0.f,
+                             a.qkv, d.qkvd));
   bf16_bits* kb = decode ? cache_k[l].as<bf16_bits>() : a.k;
   bf16_bits* vb = decode ? cache_v[l].as<bf16_bits>() : a.v;
   const bool qkn = config.qk_norm;
-  RETURN_IF_ERROR(cuda::QkvForward(
-      a.q, kb, vb, a.rstd_q, a.rstd_k, a.qkv, o.qb >= 0 ? P() + o.qb : nullptr,
-      qkn ? P() + o.q_norm : nullptr, qkn ? P() + o.k_norm : nullptr, pos,
-      decode ? kv_row : nullptr, rope_cos.as<float>(), rope_sin.as<float>(),
-      {T, d.nh, d.nkv, d.hd}, eps));
+  TIMED("QkvForward",
+        cuda::QkvForward(a.q, kb, vb, a.rstd_q, a.rstd_k, a.qkv, o.qb >= 0 ? P() + o.qb : nullptr,
+                         qkn ? P() + o.q_norm : nullptr, qkn ? P() + o.k_norm : nullptr, pos,
+                         decode ? kv_row : nullptr, rope_cos.as<float>(), rope_sin.as<float>(),
+                         {T, d.nh, d.nkv, d.hd}, eps));
   const float scale = 1.f / std::sqrt(static_cast<float>(d.hd));
-  RETURN_IF_ERROR(
-      cuda::AttentionForward(a.attn, a.lse, a.q, kb, vb, seqs, d.nh, d.nkv, d.hd, scale));
+  TIMED("AttentionForward",
+        cuda::AttentionForward(a.attn, a.lse, a.q, kb, vb, seqs, d.nh, d.nkv, d.hd, scale));
   RETURN_IF_ERROR(
       GemmBf16(false, true, T, d.H, d.qd, 1.f, a.attn, d.qd, P16() + o.o, d.qd, 1.f, x, d.H));
-  if (o.ob >= 0) RETURN_IF_ERROR(cuda::AddRowBias(x, P() + o.ob, T, d.H));
+  if (o.ob >= 0) TIMED("AddRowBias", cuda::AddRowBias(x, P() + o.ob, T, d.H));
   if (a.x_mid != nullptr) {
-    RETURN_IF_ERROR(cuda::CopyOnDevice(a.x_mid, x, sizeof(float) * T * d.H));
+    TIMED("CopyOnDevice", cuda::CopyOnDevice(a.x_mid, x, sizeof(float) * T * d.H));
   }
-  RETURN_IF_ERROR(cuda::RmsNormForward(nullptr, a.ln2, a.rstd2, x, P() + o.ln2, T, d.H, eps));
+  TIMED("RmsNormForward",
+        cuda::RmsNormForward(nullptr, a.ln2, a.rstd2, x, P() + o.ln2, T, d.H, eps));
   RETURN_IF_ERROR(FfnForward(l, a, T, forced_l));
   if (o.moe) {
     if (routing_out != nullptr) {
@@ -253,8 +293,8 @@ absl::Status CudaModel::Impl::LayerForward(int64_t l, CudaLayerActs& a, int64_t 
       RETURN_IF_ERROR(cuda::CopyToHost(routing_out->data() + n, a.idx, sizeof(int32_t) * T * d.K));
     }
     if (count_acc != nullptr) {
-      for (int64_t e = 0; e < d.E; ++e) count_acc[e] += a.host_begin[e + 1] - a.host_begin[e];
-      RETURN_IF_ERROR(cuda::ColumnSumAdd(prob_sum, a.probs, T, d.E));
+      for (int64_t e = 0; e < d.E; ++e) count_acc[e] += a.host_counts[e];
+      TIMED("ColumnSumAdd", cuda::ColumnSumAdd(prob_sum, a.probs, T, d.E));
     }
   }
   return absl::OkStatus();
@@ -265,38 +305,64 @@ absl::Status CudaModel::Impl::FfnBackward(int64_t l, CudaLayerActs& a, int64_t T
   const LayerOffsets& o = layout.layers[l];
   float* Gr = G();
   if (!o.moe) {
-    RETURN_IF_ERROR(cuda::CastToBf16(dx16, dx, T * d.H));
-    RETURN_IF_ERROR(GemmBf16(false, false, T, d.I, d.H, 1.f, dx16, d.H, P16() + o.mlp_down, d.I,
-                             0.f, dh, d.I));
-    RETURN_IF_ERROR(GemmBf16(true, false, d.H, d.I, T, 1.f, dx16, d.H, a.h, d.I, 1.f,
-                             Gr + o.mlp_down, d.I));
-    RETURN_IF_ERROR(cuda::SwiGluBackward(dgu16, dh, a.gu, T, d.I));
-    RETURN_IF_ERROR(GemmBf16(false, false, T, d.H, 2 * d.I, 1.f, dgu16, 2 * d.I,
-                             P16() + o.mlp_gate_up, d.H, 0.f, dln, d.H));
-    return GemmBf16(true, false, 2 * d.I, d.H, T, 1.f, dgu16, 2 * d.I, a.ln2, d.H, 1.f,
-                    Gr + o.mlp_gate_up, d.H);
+    TIMED("CastToBf16", cuda::CastToBf16(dx16, dx, T * d.H));
+    TIMED("GemmBf16", GemmBf16(false, false, T, d.I, d.H, 1.f, dx16, d.H, P16() + o.mlp_down, d.I,
+                               0.f, dh, d.I));
+    TIMED("GemmBf16",
+          GemmBf16(true, false, d.H, d.I, T, 1.f, dx16, d.H, a.h, d.I, 1.f, Gr + o.mlp_down, d.I));
+    TIMED("SwiGluBackward", cuda::SwiGluBackward(dgu16, dh, a.gu, T, d.I));
+    TIMED("GemmBf16", GemmBf16(false, false, T, d.H, 2 * d.I, 1.f, dgu16, 2 * d.I,
+                               P16() + o.mlp_gate_up, d.H, 0.f, dln, d.H));
+    TIMED("GemmBf16", GemmBf16(true, false, 2 * d.I, d.H, T, 1.f, dgu16, 2 * d.I, a.ln2, d.H, 1.f,
+                               Gr + o.mlp_gate_up, d.H));
+    return absl::OkStatus();
   }
-  const int64_t NK = T * d.K;
   const int64_t* begin = a.host_begin.data();
-  RETURN_IF_ERROR(cuda::MoeCombineBackward(dye16, dw, dx, a.ye, a.w, a.slot_of, T, d.K, d.H));
-  RETURN_IF_ERROR(
-      cuda::GroupedLinearBackwardData(dh, dye16, P16() + o.experts_down, begin, d.E, d.Im, d.H));
-  RETURN_IF_ERROR(cuda::GroupedLinearBackwardWeight(Gr + o.experts_down, dye16, a.h_e, begin, d.E,
-                                                    d.Im, d.H));
-  RETURN_IF_ERROR(cuda::SwiGluBackward(dgu16, dh, a.gu_e, NK, d.Im));
-  RETURN_IF_ERROR(cuda::GroupedLinearBackwardData(dxe, dgu16, P16() + o.experts_gate_up, begin,
-                                                  d.E, d.H, 2 * d.Im));
-  RETURN_IF_ERROR(cuda::GroupedLinearBackwardWeight(Gr + o.experts_gate_up, dgu16, a.xe, begin,
-                                                    d.E, d.H, 2 * d.Im));
+  // Padding rows of dye must be zero: they multiply the (zero) padding rows of h_e / xe.
+  if (a.padded) RETURN_IF_ERROR(cuda::Memset(dye16, 0, sizeof(bf16_bits) * a.rows * d.H));
+  TIMED("MoeCombineBackward",
+        cuda::MoeCombineBackward(dye16, dw, dx, a.ye, a.w, a.slot_of, T, d.K, d.H));
+  if (a.padded) {
+    TIMED(
+        "BatchedLinearBackwardData",
+        cuda::BatchedLinearBackwardData(dh, dye16, P16() + o.experts_down, d.E, a.cap, d.Im, d.H));
+    TIMED("BatchedLinearBackwardWeight",
+          cuda::BatchedLinearBackwardWeight(Gr + o.experts_down, dye16, a.h_e, d.E, a.cap, d.Im,
+                                            d.H));
+  } else {
+    TIMED(
+        "GroupedLinearBackwardData",
+        cuda::GroupedLinearBackwardData(dh, dye16, P16() + o.experts_down, begin, d.E, d.Im, d.H));
+    TIMED("GroupedLinearBackwardWeight",
+          cuda::GroupedLinearBackwardWeight(Gr + o.experts_down, dye16, a.h_e, begin, d.E, d.Im,
+                                            d.H));
+  }
+  TIMED("SwiGluBackward", cuda::SwiGluBackward(dgu16, dh, a.gu_e, a.rows, d.Im));
+  if (a.padded) {
+    TIMED("BatchedLinearBackwardData",
+          cuda::BatchedLinearBackwardData(dxe, dgu16, P16() + o.experts_gate_up, d.E, a.cap, d.H,
+                                          2 * d.Im));
+    TIMED("BatchedLinearBackwardWeight",
+          cuda::BatchedLinearBackwardWeight(Gr + o.experts_gate_up, dgu16, a.xe, d.E, a.cap, d.H,
+                                            2 * d.Im));
+  } else {
+    TIMED("GroupedLinearBackwardData",
+          cuda::GroupedLinearBackwardData(dxe, dgu16, P16() + o.experts_gate_up, begin, d.E, d.H,
+                                          2 * d.Im));
+    TIMED("GroupedLinearBackwardWeight",
+          cuda::GroupedLinearBackwardWeight(Gr + o.experts_gate_up, dgu16, a.xe, begin, d.E, d.H,
+                                            2 * d.Im));
+  }
   RETURN_IF_ERROR(cuda::Memset(dln, 0, sizeof(float) * T * d.H));
-  RETURN_IF_ERROR(cuda::MoeGatherAdd(dln, dxe, a.slot_of, T, d.K, d.H));
-  RETURN_IF_ERROR(cuda::RouterBackward(drouter, dw, use_aux ? aux_dprobs : nullptr, a.probs,
-                                       a.idx, a.w, T, d.E, d.K, config.norm_topk_prob));
-  RETURN_IF_ERROR(cuda::CastToBf16(drouter16, drouter, T * d.E));
-  RETURN_IF_ERROR(GemmBf16(false, false, T, d.H, d.E, 1.f, drouter16, d.E, P16() + o.router, d.H,
-                           1.f, dln, d.H));
-  return GemmBf16(true, false, d.E, d.H, T, 1.f, drouter16, d.E, a.ln2, d.H, 1.f, Gr + o.router,
-                  d.H);
+  TIMED("MoeGatherAdd", cuda::MoeGatherAdd(dln, dxe, a.slot_of, T, d.K, d.H));
+  TIMED("RouterBackward", cuda::RouterBackward(drouter, dw, use_aux ? aux_dprobs : nullptr, a.probs,
+                                               a.idx, a.w, T, d.E, d.K, config.norm_topk_prob));
+  TIMED("CastToBf16", cuda::CastToBf16(drouter16, drouter, T * d.E));
+  TIMED("GemmBf16", GemmBf16(false, false, T, d.H, d.E, 1.f, drouter16, d.E, P16() + o.router, d.H,
+                             1.f, dln, d.H));
+  TIMED("GemmBf16", GemmBf16(true, false, d.E, d.H, T, 1.f, drouter16, d.E, a.ln2, d.H, 1.f,
+                             Gr + o.router, d.H));
+  return absl::OkStatus();
 }
 
 absl::Status CudaModel::Impl::LayerBackward(int64_t l, CudaLayerActs& a, int64_t T,
@@ -307,29 +373,32 @@ absl::Status CudaModel::Impl::LayerBackward(int64_t l, CudaLayerActs& a, int64_t
   RETURN_IF_ERROR(FfnBackward(l, a, T));
   RETURN_IF_ERROR(
       cuda::RmsNormBackward(dx, Gr + o.ln2, dln, a.x_mid, P() + o.ln2, a.rstd2, T, d.H));
-  RETURN_IF_ERROR(cuda::CastToBf16(dx16, dx, T * d.H));
-  RETURN_IF_ERROR(GemmBf16(false, false, T, d.qd, d.H, 1.f, dx16, d.H, P16() + o.o, d.qd, 0.f,
-                           dattn_f, d.qd));
+  TIMED("CastToBf16", cuda::CastToBf16(dx16, dx, T * d.H));
+  TIMED("GemmBf16", GemmBf16(false, false, T, d.qd, d.H, 1.f, dx16, d.H, P16() + o.o, d.qd, 0.f,
+                             dattn_f, d.qd));
   RETURN_IF_ERROR(
       GemmBf16(true, false, d.H, d.qd, T, 1.f, dx16, d.H, a.attn, d.qd, 1.f, Gr + o.o, d.qd));
-  if (o.ob >= 0) RETURN_IF_ERROR(cuda::ColumnSumAdd(Gr + o.ob, dx, T, d.H));
-  RETURN_IF_ERROR(cuda::CastToBf16(dattn16, dattn_f, T * d.qd));
+  if (o.ob >= 0) TIMED("ColumnSumAdd", cuda::ColumnSumAdd(Gr + o.ob, dx, T, d.H));
+  TIMED("CastToBf16", cuda::CastToBf16(dattn16, dattn_f, T * d.qd));
   const float scale = 1.f / std::sqrt(static_cast<float>(d.hd));
-  RETURN_IF_ERROR(cuda::AttentionBackward(dq, dk, dv, delta, dattn16, a.attn, a.lse, a.q, a.k,
-                                          a.v, seqs, T, d.nh, d.nkv, d.hd, scale));
+  TIMED("AttentionBackward", cuda::AttentionBackward(dq, dk, dv, delta, dattn16, a.attn, a.lse, a.q,
+                                                     a.k, a.v, seqs, T, d.nh, d.nkv, d.hd, scale));
   const bool qkn = config.qk_norm;
-  RETURN_IF_ERROR(cuda::QkvBackward(
-      dqkv, qkn ? Gr + o.q_norm : nullptr, qkn ? Gr + o.k_norm : nullptr, dq, dk, dv, a.qkv,
-      o.qb >= 0 ? P() + o.qb : nullptr, qkn ? P() + o.q_norm : nullptr,
-      qkn ? P() + o.k_norm : nullptr, a.rstd_q, a.rstd_k, pos, rope_cos.as<float>(),
-      rope_sin.as<float>(), {T, d.nh, d.nkv, d.hd}));
-  if (o.qb >= 0) RETURN_IF_ERROR(cuda::ColumnSumAdd(Gr + o.qb, dqkv, T, d.qkvd));
-  RETURN_IF_ERROR(cuda::CastToBf16(dqkv16, dqkv, T * d.qkvd));
-  RETURN_IF_ERROR(GemmBf16(false, false, T, d.H, d.qkvd, 1.f, dqkv16, d.qkvd, P16() + o.q, d.H,
-                           0.f, dln, d.H));
-  RETURN_IF_ERROR(GemmBf16(true, false, d.qkvd, d.H, T, 1.f, dqkv16, d.qkvd, a.ln1, d.H, 1.f,
-                           Gr + o.q, d.H));
-  return cuda::RmsNormBackward(dx, Gr + o.ln1, dln, a.x_in, P() + o.ln1, a.rstd1, T, d.H);
+  TIMED(
+      "QkvBackward",
+      cuda::QkvBackward(dqkv, qkn ? Gr + o.q_norm : nullptr, qkn ? Gr + o.k_norm : nullptr, dq, dk,
+                        dv, a.qkv, o.qb >= 0 ? P() + o.qb : nullptr, qkn ? P() + o.q_norm : nullptr,
+                        qkn ? P() + o.k_norm : nullptr, a.rstd_q, a.rstd_k, pos,
+                        rope_cos.as<float>(), rope_sin.as<float>(), {T, d.nh, d.nkv, d.hd}));
+  if (o.qb >= 0) TIMED("ColumnSumAdd", cuda::ColumnSumAdd(Gr + o.qb, dqkv, T, d.qkvd));
+  TIMED("CastToBf16", cuda::CastToBf16(dqkv16, dqkv, T * d.qkvd));
+  TIMED("GemmBf16", GemmBf16(false, false, T, d.H, d.qkvd, 1.f, dqkv16, d.qkvd, P16() + o.q, d.H,
+                             0.f, dln, d.H));
+  TIMED("GemmBf16",
+        GemmBf16(true, false, d.qkvd, d.H, T, 1.f, dqkv16, d.qkvd, a.ln1, d.H, 1.f, Gr + o.q, d.H));
+  TIMED("RmsNormBackward",
+        cuda::RmsNormBackward(dx, Gr + o.ln1, dln, a.x_in, P() + o.ln1, a.rstd1, T, d.H));
+  return absl::OkStatus();
 }
 
 CudaModel::CudaModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -368,7 +437,9 @@ absl::Status CudaModel::SetParams(absl::Span<const float> host) {
                                                    " values, the model has ", s.layout.total));
   }
   RETURN_IF_ERROR(s.params.CopyFromHost(host.data(), sizeof(float) * host.size()));
-  return cuda::CastToBf16(s.params16.as<bf16_bits>(), s.params.as<float>(), s.layout.total);
+  TIMED("CastToBf16",
+        cuda::CastToBf16(s.params16.as<bf16_bits>(), s.params.as<float>(), s.layout.total));
+  return absl::OkStatus();
 }
 
 absl::Status CudaModel::GetParams(absl::Span<float> host) const {
@@ -388,7 +459,8 @@ absl::Status CudaModel::GetGrads(absl::Span<float> host) const {
 
 absl::Status CudaModel::ZeroGrads() {
   RETURN_IF_ERROR(impl_->EnsureGrads());
-  return cuda::Memset(impl_->grads.data(), 0, impl_->grads.size());
+  TIMED("Memset", cuda::Memset(impl_->grads.data(), 0, impl_->grads.size()));
+  return absl::OkStatus();
 }
 
 absl::Status CudaModel::Forward(const TokenBatch& batch, const ForwardOptions& opt,
@@ -410,25 +482,25 @@ absl::Status CudaModel::Forward(const TokenBatch& batch, const ForwardOptions& o
     max_len = std::max(max_len, len);
   }
   if (max_len > c.max_position_embeddings) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "forward: a sequence of ", max_len, " tokens exceeds max_position_embeddings (",
-        c.max_position_embeddings, ")"));
+    return absl::InvalidArgumentError(absl::StrCat("forward: a sequence of ", max_len,
+                                                   " tokens exceeds max_position_embeddings (",
+                                                   c.max_position_embeddings, ")"));
   }
   if (!(opt.temperature > 0) || !std::isfinite(opt.temperature)) {
     return absl::InvalidArgumentError("forward: temperature must be a positive finite number");
   }
   for (int64_t p = 0; p < T; ++p) {
     if (batch.tokens[p] < 0 || batch.tokens[p] >= c.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "forward: token ", batch.tokens[p], " at packed position ", p,
-          " is outside the vocabulary [0, ", c.vocab_size, ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("forward: token ", batch.tokens[p], " at packed position ", p,
+                       " is outside the vocabulary [0, ", c.vocab_size, ")"));
     }
   }
   if (!opt.replay_routing.empty()) {
     if (static_cast<int64_t>(opt.replay_routing.size()) != num_moe * T * d.K) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "forward: replay_routing has ", opt.replay_routing.size(), " ids, expected ", num_moe,
-          " MoE layers x ", T, " tokens x ", d.K, " = ", num_moe * T * d.K));
+      return absl::InvalidArgumentError(
+          absl::StrCat("forward: replay_routing has ", opt.replay_routing.size(), " ids, expected ",
+                       num_moe, " MoE layers x ", T, " tokens x ", d.K, " = ", num_moe * T * d.K));
     }
     for (size_t i = 0; i < opt.replay_routing.size(); ++i) {
       const int32_t e = opt.replay_routing[i];
@@ -436,9 +508,9 @@ absl::Status CudaModel::Forward(const TokenBatch& batch, const ForwardOptions& o
       bool dup = false;
       for (size_t j = row; j < i; ++j) dup |= opt.replay_routing[j] == e;
       if (e < 0 || e >= c.num_experts || dup) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "forward: replay_routing[", i, "] = ", e, " is not a valid distinct expert id in [0, ",
-            c.num_experts, ")"));
+        return absl::InvalidArgumentError(absl::StrCat("forward: replay_routing[", i, "] = ", e,
+                                                       " is not a valid distinct expert id in [0, ",
+                                                       c.num_experts, ")"));
       }
     }
   }
@@ -465,7 +537,8 @@ absl::Status CudaModel::Forward(const TokenBatch& batch, const ForwardOptions& o
     RETURN_IF_ERROR(cuda::CopyToDevice(s.forced, opt.replay_routing.data(),
                                        sizeof(int32_t) * opt.replay_routing.size()));
   }
-  RETURN_IF_ERROR(cuda::EmbeddingForward(s.x, s.tokens, s.P16() + s.layout.embed, T, d.H));
+  TIMED("EmbeddingForward",
+        cuda::EmbeddingForward(s.x, s.tokens, s.P16() + s.layout.embed, T, d.H));
   result->routing.clear();
   const bool aux = opt.aux_loss_coef > 0 && num_moe > 0;
   std::vector<double> count(std::max<int64_t>(1, d.E), 0.0);
@@ -476,11 +549,10 @@ absl::Status CudaModel::Forward(const TokenBatch& batch, const ForwardOptions& o
     const bool moe = s.layout.layers[l].moe;
     const int32_t* forced_l =
         moe && !opt.replay_routing.empty() ? s.forced + moe_idx * T * d.K : nullptr;
-    RETURN_IF_ERROR(WithContext(
-        s.LayerForward(l, a, T, seqs, false, forced_l,
-                       opt.record_routing ? &result->routing : nullptr,
-                       aux ? count.data() : nullptr),
-        absl::StrCat("cuda forward, layer ", l)));
+    RETURN_IF_ERROR(WithContext(s.LayerForward(l, a, T, seqs, false, forced_l,
+                                               opt.record_routing ? &result->routing : nullptr,
+                                               aux ? count.data() : nullptr),
+                                absl::StrCat("cuda forward, layer ", l)));
     moe_idx += moe;
   }
   result->aux_loss = 0;
@@ -499,14 +571,14 @@ absl::Status CudaModel::Forward(const TokenBatch& batch, const ForwardOptions& o
     RETURN_IF_ERROR(cuda::CopyToDevice(s.aux_dprobs, dprobs.data(), sizeof(float) * d.E));
   }
   // Final norm and the vocabulary head, a chunk of rows at a time.
-  RETURN_IF_ERROR(cuda::RmsNormForward(nullptr, s.lnf, s.rstdf, s.x, s.P() + s.layout.norm, T,
-                                       d.H, c.rms_norm_eps));
+  TIMED("RmsNormForward", cuda::RmsNormForward(nullptr, s.lnf, s.rstdf, s.x, s.P() + s.layout.norm,
+                                               T, d.H, c.rms_norm_eps));
   for (int64_t r0 = 0; r0 < T; r0 += s.chunk) {
     const int64_t rows = std::min(s.chunk, T - r0);
-    RETURN_IF_ERROR(GemmBf16(false, true, rows, d.V, d.H, 1.f, s.lnf + r0 * d.H, d.H,
-                             s.P16() + s.layout.lm_head, d.H, 0.f, s.logits, d.V));
-    RETURN_IF_ERROR(cuda::LogprobForward(s.lp + r0, s.ent + r0, s.lse + r0, s.logits,
-                                         s.targets + r0, rows, d.V, opt.temperature));
+    TIMED("GemmBf16", GemmBf16(false, true, rows, d.V, d.H, 1.f, s.lnf + r0 * d.H, d.H,
+                               s.P16() + s.layout.lm_head, d.H, 0.f, s.logits, d.V));
+    TIMED("LogprobForward", cuda::LogprobForward(s.lp + r0, s.ent + r0, s.lse + r0, s.logits,
+                                                 s.targets + r0, rows, d.V, opt.temperature));
   }
   result->logprobs.resize(T);
   result->entropy.resize(T);
@@ -542,20 +614,21 @@ absl::Status CudaModel::Backward(absl::Span<const float> dlogprobs,
   }
   for (int64_t r0 = 0; r0 < T; r0 += s.chunk) {
     const int64_t rows = std::min(s.chunk, T - r0);
-    RETURN_IF_ERROR(GemmBf16(false, true, rows, d.V, d.H, 1.f, s.lnf + r0 * d.H, d.H,
-                             s.P16() + s.layout.lm_head, d.H, 0.f, s.logits, d.V));
-    RETURN_IF_ERROR(cuda::LogprobBackward(s.dlogits, s.logits, s.dlp + r0,
-                                          dentropy.empty() ? nullptr : s.dent + r0, s.lse + r0,
-                                          s.targets + r0, rows, d.V, s.temperature));
-    RETURN_IF_ERROR(GemmBf16(false, false, rows, d.H, d.V, 1.f, s.dlogits, d.V,
-                             s.P16() + s.layout.lm_head, d.H, 0.f, s.dln + r0 * d.H, d.H));
-    RETURN_IF_ERROR(GemmBf16(true, false, d.V, d.H, rows, 1.f, s.dlogits, d.V, s.lnf + r0 * d.H,
-                             d.H, 1.f, Gr + s.layout.lm_head, d.H));
+    TIMED("GemmBf16", GemmBf16(false, true, rows, d.V, d.H, 1.f, s.lnf + r0 * d.H, d.H,
+                               s.P16() + s.layout.lm_head, d.H, 0.f, s.logits, d.V));
+    TIMED("LogprobBackward",
+          cuda::LogprobBackward(s.dlogits, s.logits, s.dlp + r0,
+                                dentropy.empty() ? nullptr : s.dent + r0, s.lse + r0,
+                                s.targets + r0, rows, d.V, s.temperature));
+    TIMED("GemmBf16", GemmBf16(false, false, rows, d.H, d.V, 1.f, s.dlogits, d.V,
+                               s.P16() + s.layout.lm_head, d.H, 0.f, s.dln + r0 * d.H, d.H));
+    TIMED("GemmBf16", GemmBf16(true, false, d.V, d.H, rows, 1.f, s.dlogits, d.V, s.lnf + r0 * d.H,
+                               d.H, 1.f, Gr + s.layout.lm_head, d.H));
   }
   RETURN_IF_ERROR(cuda::Memset(s.dx, 0, sizeof(float) * T * d.H));
   // s.x still holds the last layer's output (nothing wrote it after the forward's last layer).
-  RETURN_IF_ERROR(cuda::RmsNormBackward(s.dx, Gr + s.layout.norm, s.dln, s.x,
-                                        s.P() + s.layout.norm, s.rstdf, T, d.H));
+  TIMED("RmsNormBackward", cuda::RmsNormBackward(s.dx, Gr + s.layout.norm, s.dln, s.x,
+                                                 s.P() + s.layout.norm, s.rstdf, T, d.H));
   const int64_t B = static_cast<int64_t>(s.offsets.size()) - 1;
   std::vector<cuda::AttnSeq> seqs(B);
   for (int64_t b = 0; b < B; ++b) {
@@ -566,7 +639,7 @@ absl::Status CudaModel::Backward(absl::Span<const float> dlogprobs,
     RETURN_IF_ERROR(WithContext(s.LayerBackward(l, s.layers[l], T, seqs),
                                 absl::StrCat("cuda backward, layer ", l)));
   }
-  RETURN_IF_ERROR(cuda::EmbeddingBackward(Gr + s.layout.embed, s.tokens, s.dx, T, d.H));
+  TIMED("EmbeddingBackward", cuda::EmbeddingBackward(Gr + s.layout.embed, s.tokens, s.dx, T, d.H));
   return cuda::Synchronize();
 }
 
@@ -580,9 +653,10 @@ absl::Status CudaModel::AdamWStep(const CudaAdamW& opt, int64_t step) {
     RETURN_IF_ERROR(cuda::Memset(s.adam_m.data(), 0, s.adam_m.size()));
     RETURN_IF_ERROR(cuda::Memset(s.adam_v.data(), 0, s.adam_v.size()));
   }
-  return cuda::AdamW(s.params.as<float>(), s.params16.as<bf16_bits>(), s.G(),
-                     s.adam_m.as<float>(), s.adam_v.as<float>(), n,
-                     {opt.lr, opt.beta1, opt.beta2, opt.eps, opt.weight_decay, step});
+  TIMED("AdamW", cuda::AdamW(s.params.as<float>(), s.params16.as<bf16_bits>(), s.G(),
+                             s.adam_m.as<float>(), s.adam_v.as<float>(), n,
+                             {opt.lr, opt.beta1, opt.beta2, opt.eps, opt.weight_decay, step}));
+  return absl::OkStatus();
 }
 
 #else  // no CUDA in this build

@@ -1,9 +1,13 @@
 // Private to model/cuda_model*.cc: the device state of a CudaModel. Needs the CUDA backend.
 #pragma once
 
+#include <algorithm>
+#include <chrono>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
+#include "common/status.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/ops.h"
 #include "model/cuda_model.h"
@@ -12,6 +16,21 @@ namespace grpo {
 
 using cuda::bf16_bits;
 using cuda::DeviceBuffer;
+
+// Runs one op; with GRPO_CUDA_TIMING=1, synchronizes around it and books its time under `name`
+// (cuda::OpTimingReport). Off, it is a plain call.
+inline absl::Status TimedOp(const char* name, const std::function<absl::Status()>& fn) {
+  if (!cuda::OpTimingEnabled()) return fn();
+  RETURN_IF_ERROR(cuda::Synchronize());
+  const auto t0 = std::chrono::steady_clock::now();
+  RETURN_IF_ERROR(fn());
+  RETURN_IF_ERROR(cuda::Synchronize());
+  cuda::AddOpTime(name,
+                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  return absl::OkStatus();
+}
+#define TIMED(name, expr) \
+  RETURN_IF_ERROR(::grpo::TimedOp(name, [&]() -> absl::Status { return (expr); }))
 
 // Bump allocator over one device buffer, re-planned when the token count grows: Plan() runs
 // once with the old buffer to measure, and once more after growing it.
@@ -35,37 +54,50 @@ class DeviceArena {
 
 // One layer's activations (saved for backward, or scratch for inference). NK = T*K.
 struct CudaLayerActs {
-  float* x_in;            // (T, H)
-  bf16_bits* ln1;         // (T, H)
-  float* rstd1;           // (T)
-  float* qkv;             // (T, nh*hd + 2*nkv*hd) projection output (before bias)
-  float* rstd_q;          // (T, nh)
-  float* rstd_k;          // (T, nkv)
-  float* q;               // (T, nh, hd) after norm + RoPE
-  bf16_bits* k;           // (T, nkv, hd)
-  bf16_bits* v;           // (T, nkv, hd)
-  bf16_bits* attn;        // (T, nh, hd)
-  float* lse;             // (T, nh)
-  float* x_mid;           // (T, H)
-  bf16_bits* ln2;         // (T, H)
-  float* rstd2;           // (T)
+  float* x_in;      // (T, H)
+  bf16_bits* ln1;   // (T, H)
+  float* rstd1;     // (T)
+  float* qkv;       // (T, nh*hd + 2*nkv*hd) projection output (before bias)
+  float* rstd_q;    // (T, nh)
+  float* rstd_k;    // (T, nkv)
+  float* q;         // (T, nh, hd) after norm + RoPE
+  bf16_bits* k;     // (T, nkv, hd)
+  bf16_bits* v;     // (T, nkv, hd)
+  bf16_bits* attn;  // (T, nh, hd)
+  float* lse;       // (T, nh)
+  float* x_mid;     // (T, H)
+  bf16_bits* ln2;   // (T, H)
+  float* rstd2;     // (T)
   // Dense MLP.
-  float* gu;              // (T, 2I)
-  bf16_bits* h;           // (T, I)
+  float* gu;     // (T, 2I)
+  bf16_bits* h;  // (T, I)
   // MoE.
-  float* router_logits;   // (T, E)
-  float* probs;           // (T, E)
-  int32_t* idx;           // (T, K)
-  float* w;               // (T, K)
-  int64_t* expert_begin;  // (E+1) device copy of host_begin
-  int32_t* slot_token;    // (NK)
-  int32_t* slot_of;       // (NK)
-  bf16_bits* xe;          // (NK, H)
-  float* gu_e;            // (NK, 2Im)
-  bf16_bits* h_e;         // (NK, Im)
-  float* ye;              // (NK, H)
-  std::vector<int64_t> host_begin;  // (E+1)
+  float* router_logits;              // (T, E)
+  float* probs;                      // (T, E)
+  int32_t* idx;                      // (T, K)
+  float* w;                          // (T, K)
+  int64_t* expert_begin;             // (E+1) device copy of host_begin
+  int32_t* slot_token;               // (rows capacity) -1 on padding rows
+  int32_t* slot_of;                  // (NK)
+  bf16_bits* xe;                     // (NK, H)
+  float* gu_e;                       // (NK, 2Im)
+  bf16_bits* h_e;                    // (NK, Im)
+  float* ye;                         // (NK, H)
+  std::vector<int64_t> host_begin;   // (E+1)
+  std::vector<int32_t> host_counts;  // (E) pairs routed to each expert
+  // Expert rows: padded (every expert owns cap rows, zeros past its count, one batched GEMM per
+  // projection) when E*cap fits the arena, else packed (host_begin = prefix sums, a GEMM per
+  // expert). rows = E*cap or NK.
+  bool padded = false;
+  int64_t cap = 0, rows = 0;
 };
+
+// Rows the expert buffers are sized for: the padded layout needs E * cap rows with cap the
+// largest expert load rounded up to 64; every expert can hold at most T = NK/K pairs, so room for
+// min(E*T, 4*NK) rows (and at least 64 per expert) makes the padded (fast) path the usual one.
+inline int64_t ExpertRowsCapacity(int64_t NK, int64_t E, int64_t K) {
+  return std::max(std::min(E * (NK / K), 4 * NK), 64 * E);
+}
 
 struct CudaModel::Impl {
   ModelConfig config;
@@ -78,8 +110,8 @@ struct CudaModel::Impl {
   int64_t rope_len = 0;
 
   // Forward/backward state.
-  DeviceArena saved_arena;   // per-layer activations when for_backward
-  DeviceArena scratch_arena; // one layer's scratch + head / backward buffers
+  DeviceArena saved_arena;    // per-layer activations when for_backward
+  DeviceArena scratch_arena;  // one layer's scratch + head / backward buffers
   std::vector<CudaLayerActs> layers;
   CudaLayerActs scratch;
   bool valid = false;
@@ -87,23 +119,23 @@ struct CudaModel::Impl {
   float temperature = 1.f;
   std::vector<int64_t> offsets;
   // Head and per-batch device arrays (in scratch_arena).
-  int32_t* tokens = nullptr;   // (T)
-  int32_t* targets = nullptr;  // (T)
-  int32_t* pos = nullptr;      // (T)
-  int64_t* kv_row = nullptr;   // (T) decode only
-  int32_t* forced = nullptr;   // (num_moe, T, K) replay
-  int32_t* counts = nullptr;   // (E)
-  float* x = nullptr;          // (T, H) residual stream
-  float* x_final = nullptr;    // (T, H)
-  bf16_bits* lnf = nullptr;    // (T, H)
-  float* rstdf = nullptr;      // (T)
-  float* lp = nullptr;         // (T)
-  float* ent = nullptr;        // (T)
-  float* lse = nullptr;        // (T)
-  float* logits = nullptr;     // (chunk, V)
+  int32_t* tokens = nullptr;     // (T)
+  int32_t* targets = nullptr;    // (T)
+  int32_t* pos = nullptr;        // (T)
+  int64_t* kv_row = nullptr;     // (T) decode only
+  int32_t* forced = nullptr;     // (num_moe, T, K) replay
+  int32_t* counts = nullptr;     // (E)
+  float* x = nullptr;            // (T, H) residual stream
+  float* x_final = nullptr;      // (T, H)
+  bf16_bits* lnf = nullptr;      // (T, H)
+  float* rstdf = nullptr;        // (T)
+  float* lp = nullptr;           // (T)
+  float* ent = nullptr;          // (T)
+  float* lse = nullptr;          // (T)
+  float* logits = nullptr;       // (chunk, V)
   bf16_bits* dlogits = nullptr;  // (chunk, V)
-  float* prob_sum = nullptr;   // (E)
-  float* aux_dprobs = nullptr; // (E)
+  float* prob_sum = nullptr;     // (E)
+  float* aux_dprobs = nullptr;   // (E)
   bool use_aux = false;
   int64_t chunk = 0;
   // Backward scratch.

@@ -88,12 +88,17 @@ namespace grpo::cuda {
 // Per-purpose device scratch that grows on demand and is never shrunk (steady state: no
 // allocation per call). Safe because all work is on one stream in order: a later user of the same
 // slot is queued after every earlier reader. Slots: kScratchSeqs (attention sequence tables),
-// kScratchPartials (column-reduction partials), kScratchSample (sampling thresholds).
-enum ScratchSlot { kScratchSeqs = 0, kScratchPartials = 1, kScratchSample = 2, kNumScratch = 3 };
+// kScratchPartials (column-reduction partials), kScratchGemmPtrs (grouped GEMM pointer arrays).
+enum ScratchSlot {
+  kScratchSeqs = 0,
+  kScratchPartials = 1,
+  kScratchGemmPtrs = 2,
+  kNumScratch = 3
+};
 absl::Status GetScratch(ScratchSlot slot, size_t bytes, void** ptr);
 
 // out (C) += sum over rows of a[r,c] (b == null) or of a[r,c] * b[r,c] * s[r]; deterministic.
-absl::Status ColumnReduceAdd(float* out, const float* a, const float* b, const float* s,
-                             int64_t R, int64_t C);
+absl::Status ColumnReduceAdd(float* out, const float* a, const float* b, const float* s, int64_t R,
+                             int64_t C);
 
 }  // namespace grpo::cuda

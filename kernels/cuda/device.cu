@@ -1,12 +1,15 @@
 // Device discovery, DeviceBuffer, copies, and the cuBLAS GEMM wrappers (see device.h).
-#include "kernels/cuda/device.h"
-
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <map>
 #include <mutex>
+#include <vector>
 
 #include "common/status.h"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/device.h"
 
 namespace grpo::cuda {
 
@@ -27,6 +30,42 @@ std::string DeviceDescription(int index) {
   std::snprintf(buf, sizeof(buf), "%.200s (sm_%d%d, %.0f GiB)", prop.name, prop.major, prop.minor,
                 prop.totalGlobalMem / double(1ull << 30));
   return buf;
+}
+
+bool OpTimingEnabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("GRPO_CUDA_TIMING");
+    return e != nullptr && std::string(e) == "1";
+  }();
+  return on;
+}
+
+namespace {
+std::map<std::string, std::pair<double, int64_t>>& OpTimes() {
+  static std::map<std::string, std::pair<double, int64_t>> times;
+  return times;
+}
+}  // namespace
+
+void AddOpTime(const std::string& name, double seconds) {
+  auto& t = OpTimes()[name];
+  t.first += seconds;
+  t.second += 1;
+}
+
+std::string OpTimingReport() {
+  std::vector<std::pair<double, std::string>> rows;
+  double total = 0;
+  for (const auto& [name, t] : OpTimes()) {
+    rows.push_back(
+        {t.first, absl::StrCat("  ", name, ": ", t.first * 1e3, " ms (", t.second, " calls)\n")});
+    total += t.first;
+  }
+  std::sort(rows.rbegin(), rows.rend());
+  std::string out = absl::StrCat("  total timed: ", total * 1e3, " ms\n");
+  for (const auto& r : rows) out += r.second;
+  OpTimes().clear();
+  return out;
 }
 
 absl::Status Synchronize() { return CudaStatus(cudaDeviceSynchronize(), "cudaDeviceSynchronize"); }
@@ -136,8 +175,8 @@ absl::StatusOr<double> MeasureCopyBandwidth(size_t bytes) {
   ASSIGN_OR_RETURN(DeviceBuffer a, DeviceBuffer::Allocate(bytes));
   ASSIGN_OR_RETURN(DeviceBuffer b, DeviceBuffer::Allocate(bytes));
   RETURN_IF_ERROR(Memset(a.data(), 1, bytes));
-  ASSIGN_OR_RETURN(double s, TimeOnDevice([&] { return CopyOnDevice(b.data(), a.data(), bytes); },
-                                          20));
+  ASSIGN_OR_RETURN(double s,
+                   TimeOnDevice([&] { return CopyOnDevice(b.data(), a.data(), bytes); }, 20));
   return 2.0 * static_cast<double>(bytes) / s;
 }
 
@@ -189,9 +228,8 @@ absl::StatusOr<cublasHandle_t> Handle() {
 
 // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
 absl::Status GemmEx(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                    const void* A, cudaDataType_t at, int64_t lda, const void* B,
-                    cudaDataType_t bt, int64_t ldb, float beta, float* C, int64_t ldc,
-                    cublasComputeType_t compute) {
+                    const void* A, cudaDataType_t at, int64_t lda, const void* B, cudaDataType_t bt,
+                    int64_t ldb, float beta, float* C, int64_t ldc, cublasComputeType_t compute) {
   if (M == 0 || N == 0) return absl::OkStatus();
   auto h = Handle();
   if (!h.ok()) return h.status();
@@ -214,53 +252,170 @@ absl::Status GemmEx(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
 }  // namespace
 
 absl::Status GemmBf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                      const bf16_bits* A, int64_t lda, const bf16_bits* B, int64_t ldb,
-                      float beta, float* C, int64_t ldc) {
-  return GemmEx(trans_a, trans_b, M, N, K, alpha, A, CUDA_R_16BF, lda, B, CUDA_R_16BF, ldb, beta,
-                C, ldc, CUBLAS_COMPUTE_32F);
+                      const bf16_bits* A, int64_t lda, const bf16_bits* B, int64_t ldb, float beta,
+                      float* C, int64_t ldc) {
+  return GemmEx(trans_a, trans_b, M, N, K, alpha, A, CUDA_R_16BF, lda, B, CUDA_R_16BF, ldb, beta, C,
+                ldc, CUBLAS_COMPUTE_32F);
 }
 
 absl::Status GemmF32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                     const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
-                     float* C, int64_t ldc) {
+                     const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+                     int64_t ldc) {
   return GemmEx(trans_a, trans_b, M, N, K, alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb, beta, C,
                 ldc, CUBLAS_COMPUTE_32F);
 }
 
-absl::Status GroupedLinearForward(float* y, const bf16_bits* x, const bf16_bits* W,
-                                  const int64_t* begin, int64_t num_groups, int64_t in,
-                                  int64_t out, float beta) {
-  for (int64_t g = 0; g < num_groups; ++g) {
-    const int64_t r0 = begin[g], n = begin[g + 1] - r0;
-    if (n == 0) continue;
-    RETURN_IF_ERROR(GemmBf16(false, true, n, out, in, 1.f, x + r0 * in, in, W + g * out * in, in,
-                              beta, y + r0 * out, out));
+namespace {
+
+// One row-major GEMM of a group: C = alpha op(A) op(B) + beta C, A/B bf16, C fp32.
+struct Problem {
+  bool ta, tb;
+  int64_t M, N, K;
+  const bf16_bits* A;
+  int64_t lda;
+  const bf16_bits* B;
+  int64_t ldb;
+  float* C;
+  int64_t ldc;
+};
+
+// cublasGemmGroupedBatchedEx (one call for all experts; sizes on the host, pointer arrays on the
+// device) when this cuBLAS supports bf16 x bf16 -> fp32 there; otherwise, or with
+// GRPO_CUDA_GROUPED_GEMM=0 in the environment, one cublasGemmEx per expert.
+absl::Status GroupedGemm(const std::vector<Problem>& ps, float alpha, float beta) {
+  static const bool disabled = [] {
+    const char* e = std::getenv("GRPO_CUDA_GROUPED_GEMM");
+    return e != nullptr && std::string(e) == "0";
+  }();
+  static bool unsupported = false;
+  if (ps.empty()) return absl::OkStatus();
+  if (!disabled && !unsupported) {
+    auto h = Handle();
+    if (!h.ok()) return h.status();
+    const size_t G = ps.size();
+    std::vector<cublasOperation_t> ta(G), tb(G);
+    std::vector<int> m(G), n(G), k(G), lda(G), ldb(G), ldc(G), size(G, 1);
+    std::vector<float> alphas(G, alpha), betas(G, beta);
+    std::vector<const void*> ptrs(3 * G);
+    for (size_t i = 0; i < G; ++i) {
+      const Problem& p = ps[i];  // row-major -> column-major: swap the operands
+      ta[i] = p.tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+      tb[i] = p.ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+      m[i] = static_cast<int>(p.N);
+      n[i] = static_cast<int>(p.M);
+      k[i] = static_cast<int>(p.K);
+      lda[i] = static_cast<int>(p.ldb);
+      ldb[i] = static_cast<int>(p.lda);
+      ldc[i] = static_cast<int>(p.ldc);
+      ptrs[i] = p.B;
+      ptrs[G + i] = p.A;
+      ptrs[2 * G + i] = p.C;
+    }
+    void* dev = nullptr;
+    RETURN_IF_ERROR(GetScratch(kScratchGemmPtrs, sizeof(void*) * ptrs.size(), &dev));
+    RETURN_IF_ERROR(CopyToDevice(dev, ptrs.data(), sizeof(void*) * ptrs.size()));
+    const void* const* d = static_cast<const void* const*>(dev);
+    const cublasStatus_t st = cublasGemmGroupedBatchedEx(
+        *h, ta.data(), tb.data(), m.data(), n.data(), k.data(), alphas.data(), d, CUDA_R_16BF,
+        lda.data(), d + G, CUDA_R_16BF, ldb.data(), betas.data(),
+        const_cast<void* const*>(d + 2 * G), CUDA_R_32F, ldc.data(), static_cast<int>(G),
+        size.data(), CUBLAS_COMPUTE_32F);
+    if (st == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
+    if (st != CUBLAS_STATUS_NOT_SUPPORTED && st != CUBLAS_STATUS_INVALID_VALUE) {
+      return CublasStatus(st, "cublasGemmGroupedBatchedEx");
+    }
+    unsupported = true;
+    std::fprintf(stderr,
+                 "grpo cuda: cublasGemmGroupedBatchedEx unsupported here (status %d); "
+                 "looping over experts\n",
+                 static_cast<int>(st));
+  }
+  for (const Problem& p : ps) {
+    RETURN_IF_ERROR(
+        GemmBf16(p.ta, p.tb, p.M, p.N, p.K, alpha, p.A, p.lda, p.B, p.ldb, beta, p.C, p.ldc));
   }
   return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status GroupedLinearForward(float* y, const bf16_bits* x, const bf16_bits* W,
+                                  const int64_t* begin, int64_t num_groups, int64_t in, int64_t out,
+                                  float beta) {
+  std::vector<Problem> ps;
+  for (int64_t g = 0; g < num_groups; ++g) {
+    const int64_t r0 = begin[g], n = begin[g + 1] - r0;
+    if (n > 0)
+      ps.push_back(
+          {false, true, n, out, in, x + r0 * in, in, W + g * out * in, in, y + r0 * out, out});
+  }
+  return GroupedGemm(ps, 1.f, beta);
 }
 
 absl::Status GroupedLinearBackwardData(float* dx, const bf16_bits* dy, const bf16_bits* W,
                                        const int64_t* begin, int64_t num_groups, int64_t in,
                                        int64_t out) {
+  std::vector<Problem> ps;
   for (int64_t g = 0; g < num_groups; ++g) {
     const int64_t r0 = begin[g], n = begin[g + 1] - r0;
-    if (n == 0) continue;
-    RETURN_IF_ERROR(GemmBf16(false, false, n, in, out, 1.f, dy + r0 * out, out, W + g * out * in,
-                              in, 0.f, dx + r0 * in, in));
+    if (n > 0)
+      ps.push_back(
+          {false, false, n, in, out, dy + r0 * out, out, W + g * out * in, in, dx + r0 * in, in});
   }
-  return absl::OkStatus();
+  return GroupedGemm(ps, 1.f, 0.f);
 }
 
 absl::Status GroupedLinearBackwardWeight(float* dW, const bf16_bits* dy, const bf16_bits* x,
                                          const int64_t* begin, int64_t num_groups, int64_t in,
                                          int64_t out) {
+  std::vector<Problem> ps;
   for (int64_t g = 0; g < num_groups; ++g) {
     const int64_t r0 = begin[g], n = begin[g + 1] - r0;
-    if (n == 0) continue;
-    RETURN_IF_ERROR(GemmBf16(true, false, out, in, n, 1.f, dy + r0 * out, out, x + r0 * in, in,
-                              1.f, dW + g * out * in, in));
+    if (n > 0)
+      ps.push_back(
+          {true, false, out, in, n, dy + r0 * out, out, x + r0 * in, in, dW + g * out * in, in});
   }
-  return absl::OkStatus();
+  return GroupedGemm(ps, 1.f, 1.f);
+}
+
+namespace {
+
+// Row-major strided-batched C_g = alpha op(A_g) op(B_g) + beta C_g (see GemmEx for the swap).
+absl::Status StridedBatched(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const bf16_bits* A,
+                            int64_t lda, int64_t sA, const bf16_bits* B, int64_t ldb, int64_t sB,
+                            float beta, float* C, int64_t ldc, int64_t sC, int64_t G) {
+  if (M == 0 || N == 0 || K == 0 || G == 0) return absl::OkStatus();
+  auto h = Handle();
+  if (!h.ok()) return h.status();
+  const float alpha = 1.f;
+  return CublasStatus(
+      cublasGemmStridedBatchedEx(
+          *h, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, static_cast<int>(N),
+          static_cast<int>(M), static_cast<int>(K), &alpha, B, CUDA_R_16BF, static_cast<int>(ldb),
+          sB, A, CUDA_R_16BF, static_cast<int>(lda), sA, &beta, C, CUDA_R_32F,
+          static_cast<int>(ldc), sC, static_cast<int>(G), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+      "cublasGemmStridedBatchedEx");
+}
+
+}  // namespace
+
+absl::Status BatchedLinearForward(float* y, const bf16_bits* x, const bf16_bits* W,
+                                  int64_t num_groups, int64_t rows, int64_t in, int64_t out) {
+  return StridedBatched(false, true, rows, out, in, x, in, rows * in, W, in, out * in, 0.f, y, out,
+                        rows * out, num_groups);
+}
+
+absl::Status BatchedLinearBackwardData(float* dx, const bf16_bits* dy, const bf16_bits* W,
+                                       int64_t num_groups, int64_t rows, int64_t in, int64_t out) {
+  return StridedBatched(false, false, rows, in, out, dy, out, rows * out, W, in, out * in, 0.f, dx,
+                        in, rows * in, num_groups);
+}
+
+absl::Status BatchedLinearBackwardWeight(float* dW, const bf16_bits* dy, const bf16_bits* x,
+                                         int64_t num_groups, int64_t rows, int64_t in,
+                                         int64_t out) {
+  return StridedBatched(true, false, out, in, rows, dy, out, rows * out, x, in, rows * in, 1.f, dW,
+                        in, out * in, num_groups);
 }
 
 }  // namespace grpo::cuda

@@ -35,6 +35,12 @@ absl::StatusOr<double> TimeOnDevice(const std::function<absl::Status()>& fn, int
 absl::StatusOr<double> MeasureCopyBandwidth(size_t bytes);
 absl::StatusOr<double> MeasureBf16GemmRate(int64_t n);
 
+// Optional per-op timing for benchmarks: on when the environment has GRPO_CUDA_TIMING=1. The
+// model then synchronizes around each op it times (slower; only for finding where time goes).
+bool OpTimingEnabled();
+void AddOpTime(const std::string& name, double seconds);
+std::string OpTimingReport();  // "name: total ms (calls)" lines, largest first; then resets
+
 // Owns one device allocation (move-only). Empty when size is 0.
 class DeviceBuffer {
  public:
@@ -79,21 +85,21 @@ float Bf16ToFloat(bf16_bits x);
 // C (M,N) fp32 with leading dimension ldc; A and B are bf16; fp32 accumulation (cuBLAS,
 // CUBLAS_COMPUTE_32F). Uses a process-wide cuBLAS handle created on first use.
 absl::Status GemmBf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                      const bf16_bits* A, int64_t lda, const bf16_bits* B, int64_t ldb,
-                      float beta, float* C, int64_t ldc);
+                      const bf16_bits* A, int64_t lda, const bf16_bits* B, int64_t ldb, float beta,
+                      float* C, int64_t ldc);
 
 // Same with fp32 A, B, C (TF32 off: exact fp32 products), for tests and small fp32 work.
 absl::Status GemmF32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                     const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
-                     float* C, int64_t ldc);
+                     const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+                     int64_t ldc);
 
-// Grouped GEMMs over experts, rows of each group contiguous: for group g with rows
-// [begin[g], begin[g+1]), C_g = A_g @ B_g^T (forward / data gradient form when trans_b) or the
-// weight-gradient form. These loop over groups on the host (sizes must be host-known).
+// Grouped GEMMs over experts, rows of each group contiguous: group g owns rows
+// [begin[g], begin[g+1]) (begin: HOST array, num_groups+1) and weight W_g = W + g*out*in.
+// One cublasGemmGroupedBatchedEx call where supported, else a cublasGemmEx per non-empty group.
 // y[rows, out] (fp32, beta as given) = x[rows, in] (bf16) @ W_g[out, in]^T
 absl::Status GroupedLinearForward(float* y, const bf16_bits* x, const bf16_bits* W,
-                                  const int64_t* begin, int64_t num_groups, int64_t in,
-                                  int64_t out, float beta);
+                                  const int64_t* begin, int64_t num_groups, int64_t in, int64_t out,
+                                  float beta);
 // dx[rows, in] (fp32, overwritten) = dy[rows, out] (bf16) @ W_g[out, in]
 absl::Status GroupedLinearBackwardData(float* dx, const bf16_bits* dy, const bf16_bits* W,
                                        const int64_t* begin, int64_t num_groups, int64_t in,
@@ -102,5 +108,15 @@ absl::Status GroupedLinearBackwardData(float* dx, const bf16_bits* dy, const bf1
 absl::Status GroupedLinearBackwardWeight(float* dW, const bf16_bits* dy, const bf16_bits* x,
                                          const int64_t* begin, int64_t num_groups, int64_t in,
                                          int64_t out);
+
+// The same three products for experts padded to a fixed capacity: group g owns rows
+// [g*rows, (g+1)*rows) whatever its real count (padding rows must hold zeros where the result
+// matters: zero dy rows leave dW unchanged). One cublasGemmStridedBatchedEx call each.
+absl::Status BatchedLinearForward(float* y, const bf16_bits* x, const bf16_bits* W,
+                                  int64_t num_groups, int64_t rows, int64_t in, int64_t out);
+absl::Status BatchedLinearBackwardData(float* dx, const bf16_bits* dy, const bf16_bits* W,
+                                       int64_t num_groups, int64_t rows, int64_t in, int64_t out);
+absl::Status BatchedLinearBackwardWeight(float* dW, const bf16_bits* dy, const bf16_bits* x,
+                                         int64_t num_groups, int64_t rows, int64_t in, int64_t out);
 
 }  // namespace grpo::cuda

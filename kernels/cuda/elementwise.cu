@@ -133,8 +133,7 @@ absl::Status CastToBf16(bf16_bits* out, const float* in, int64_t n) {
 }
 absl::Status CastToFloat(float* out, const bf16_bits* in, int64_t n) {
   if (n == 0) return absl::OkStatus();
-  cast_to_float_kernel<<<Blocks(n), kThreads>>>(out, reinterpret_cast<const __nv_bfloat16*>(in),
-                                                n);
+  cast_to_float_kernel<<<Blocks(n), kThreads>>>(out, reinterpret_cast<const __nv_bfloat16*>(in), n);
   return LaunchStatus("cast_to_float_kernel");
 }
 absl::Status AddRowBias(float* y, const float* b, int64_t R, int64_t C) {
@@ -143,8 +142,8 @@ absl::Status AddRowBias(float* y, const float* b, int64_t R, int64_t C) {
   return LaunchStatus("add_row_bias_kernel");
 }
 
-absl::Status ColumnReduceAdd(float* out, const float* a, const float* b, const float* s,
-                             int64_t R, int64_t C) {
+absl::Status ColumnReduceAdd(float* out, const float* a, const float* b, const float* s, int64_t R,
+                             int64_t C) {
   if (R == 0 || C == 0) return absl::OkStatus();
   // Enough row splits to fill the GPU, each at least 64 rows.
   const int64_t col_blocks = (C + 31) / 32;
@@ -182,15 +181,14 @@ absl::Status EmbeddingBackward(float* dtable, const int32_t* tokens, const float
 
 absl::Status SwiGluForward(bf16_bits* h, const float* gu, int64_t N, int64_t I) {
   if (N * I == 0) return absl::OkStatus();
-  swiglu_forward_kernel<<<Blocks(N * I), kThreads>>>(reinterpret_cast<__nv_bfloat16*>(h), gu, N,
-                                                     I);
+  swiglu_forward_kernel<<<Blocks(N * I), kThreads>>>(reinterpret_cast<__nv_bfloat16*>(h), gu, N, I);
   return LaunchStatus("swiglu_forward_kernel");
 }
 absl::Status SwiGluBackward(bf16_bits* dgu, const float* dh, const float* gu, int64_t N,
                             int64_t I) {
   if (N * I == 0) return absl::OkStatus();
-  swiglu_backward_kernel<<<Blocks(N * I), kThreads>>>(reinterpret_cast<__nv_bfloat16*>(dgu), dh,
-                                                      gu, N, I);
+  swiglu_backward_kernel<<<Blocks(N * I), kThreads>>>(reinterpret_cast<__nv_bfloat16*>(dgu), dh, gu,
+                                                      N, I);
   return LaunchStatus("swiglu_backward_kernel");
 }
 
@@ -200,8 +198,8 @@ absl::Status AdamW(float* p, bf16_bits* p_bf16, const float* g, float* m, float*
   if (a.step < 1) return absl::InvalidArgumentError("AdamW: step counts from 1");
   const float bc1 = 1.f - std::pow(a.beta1, static_cast<float>(a.step));
   const float bc2 = 1.f - std::pow(a.beta2, static_cast<float>(a.step));
-  adamw_kernel<<<Blocks(n), kThreads>>>(p, reinterpret_cast<__nv_bfloat16*>(p_bf16), g, m, v, n,
-                                        a, bc1, bc2);
+  adamw_kernel<<<Blocks(n), kThreads>>>(p, reinterpret_cast<__nv_bfloat16*>(p_bf16), g, m, v, n, a,
+                                        bc1, bc2);
   return LaunchStatus("adamw_kernel");
 }
 

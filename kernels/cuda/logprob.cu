@@ -111,8 +111,10 @@ __global__ void sample_kernel(int32_t* out, const float* logits, const float* u,
       float c = 0.f;
       for (int64_t v = threadIdx.x; v < V; v += blockDim.x) c += Weight(lg, v, m, inv_temp) >= tm;
       c = BlockSum(c, scratch);
-      if (c >= static_cast<float>(top_k)) lo = mid;
-      else hi = mid - 1;
+      if (c >= static_cast<float>(top_k))
+        lo = mid;
+      else
+        hi = mid - 1;
     }
     thr_bits = lo;
   }
@@ -138,8 +140,10 @@ __global__ void sample_kernel(int32_t* out, const float* logits, const float* u,
         s += e >= tm ? e : 0.f;
       }
       s = BlockSum(s, scratch);
-      if (s >= need) lo = mid;
-      else hi = mid - 1;
+      if (s >= need)
+        lo = mid;
+      else
+        hi = mid - 1;
     }
     if (lo != thr_bits) {
       thr_bits = lo;
@@ -206,8 +210,8 @@ absl::Status LogprobForward(float* lp, float* ent, float* lse, const float* logi
 }
 
 absl::Status LogprobBackward(bf16_bits* dlogits, const float* logits, const float* dlp,
-                             const float* dent, const float* lse, const int32_t* target,
-                             int64_t T, int64_t V, float tau) {
+                             const float* dent, const float* lse, const int32_t* target, int64_t T,
+                             int64_t V, float tau) {
   if (T == 0) return absl::OkStatus();
   logprob_backward_kernel<<<static_cast<unsigned>(T), kThreads>>>(
       reinterpret_cast<__nv_bfloat16*>(dlogits), logits, dlp, dent, lse, target, V, tau);

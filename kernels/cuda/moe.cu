@@ -143,7 +143,12 @@ __global__ void moe_assign_kernel(int32_t* slot_token, int32_t* slot_of, const i
 __global__ void gather_rows_kernel(__nv_bfloat16* xe, const __nv_bfloat16* x,
                                    const int32_t* slot_token, int64_t H) {
   const int64_t r = blockIdx.x;
-  const __nv_bfloat16* src = x + int64_t(slot_token[r]) * H;
+  const int32_t t = slot_token[r];
+  if (t < 0) {  // a padding row
+    for (int64_t j = threadIdx.x; j < H; j += blockDim.x) xe[r * H + j] = __float2bfloat16(0.f);
+    return;
+  }
+  const __nv_bfloat16* src = x + int64_t(t) * H;
   for (int64_t j = threadIdx.x; j < H; j += blockDim.x) xe[r * H + j] = src[j];
 }
 
@@ -158,8 +163,8 @@ __global__ void moe_combine_kernel(float* out, const float* ye, const float* w,
 }
 
 __global__ void moe_combine_backward_kernel(__nv_bfloat16* dye, float* dw, const float* dout,
-                                            const float* ye, const float* w,
-                                            const int32_t* slot_of, int64_t K, int64_t H) {
+                                            const float* ye, const float* w, const int32_t* slot_of,
+                                            int64_t K, int64_t H) {
   __shared__ float scratch[33];
   const int64_t t = blockIdx.x;
   const float* dy = dout + t * H;
@@ -195,8 +200,8 @@ absl::Status RouterForward(float* probs, int32_t* idx, float* w, const float* lo
                            bool norm_topk) {
   if (T == 0) return absl::OkStatus();
   if (E > 1024 || K < 1 || K > E) {
-    return absl::InvalidArgumentError(absl::StrCat("RouterForward: need 1 <= K (", K,
-                                                   ") <= E (", E, ") <= 1024"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("RouterForward: need 1 <= K (", K, ") <= E (", E, ") <= 1024"));
   }
   constexpr int kWarps = 4;
   router_forward_kernel<<<CeilDiv(T, kWarps), kWarps * 32, kWarps * E * sizeof(float)>>>(
@@ -224,8 +229,8 @@ absl::Status MoeCount(int32_t* counts, const int32_t* idx, int64_t NK, int64_t E
 absl::Status MoeAssign(int32_t* slot_token, int32_t* slot_of, const int32_t* idx,
                        const int64_t* expert_begin, int64_t NK, int64_t K, int64_t E) {
   if (NK == 0) return absl::OkStatus();
-  moe_assign_kernel<256><<<static_cast<unsigned>(E), 256>>>(slot_token, slot_of, idx,
-                                                            expert_begin, NK, K);
+  moe_assign_kernel<1024>
+      <<<static_cast<unsigned>(E), 1024>>>(slot_token, slot_of, idx, expert_begin, NK, K);
   return LaunchStatus("moe_assign_kernel");
 }
 
@@ -254,8 +259,8 @@ absl::Status MoeCombineBackward(bf16_bits* dye, float* dw, const float* dout, co
   return LaunchStatus("moe_combine_backward_kernel");
 }
 
-absl::Status MoeGatherAdd(float* dx, const float* dxe, const int32_t* slot_of, int64_t T,
-                          int64_t K, int64_t H) {
+absl::Status MoeGatherAdd(float* dx, const float* dxe, const int32_t* slot_of, int64_t T, int64_t K,
+                          int64_t H) {
   if (T == 0) return absl::OkStatus();
   moe_gather_add_kernel<<<static_cast<unsigned>(T), RowThreads(H)>>>(dx, dxe, slot_of, K, H);
   return LaunchStatus("moe_gather_add_kernel");

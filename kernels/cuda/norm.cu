@@ -77,8 +77,10 @@ __global__ void qkv_forward_kernel(float* q, __nv_bfloat16* kbuf, __nv_bfloat16*
     ss = WarpSum(ss);
     const float r = rsqrtf(ss / static_cast<float>(hd) + eps);
     if (lane == 0) {
-      if (is_q) rstd_q[t * d.nh + s] = r;
-      else rstd_k[t * d.nkv + (s - d.nh)] = r;
+      if (is_q)
+        rstd_q[t * d.nh + s] = r;
+      else
+        rstd_k[t * d.nkv + (s - d.nh)] = r;
     }
     for (int64_t j = lane; j < hd; j += 32) buf[j] = nw[j] * (buf[j] * r);
   }
@@ -104,9 +106,9 @@ __global__ void qkv_forward_kernel(float* q, __nv_bfloat16* kbuf, __nv_bfloat16*
 // buffer dq/dk row is overwritten with dy * x * rstd (the norm weight's per-row contribution).
 __global__ void qkv_backward_kernel(float* dqkv, float* dq, float* dk, const float* dv,
                                     const float* qkv, const float* bias, const float* q_norm,
-                                    const float* k_norm, const float* rstd_q,
-                                    const float* rstd_k, const int32_t* pos, const float* cos,
-                                    const float* sin, QkvDims d) {
+                                    const float* k_norm, const float* rstd_q, const float* rstd_k,
+                                    const int32_t* pos, const float* cos, const float* sin,
+                                    QkvDims d) {
   extern __shared__ float smem[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t slots = d.nh + 2 * d.nkv;
@@ -189,10 +191,9 @@ absl::Status QkvForward(float* q, bf16_bits* kbuf, bf16_bits* vbuf, float* rstd_
 }
 
 absl::Status QkvBackward(float* dqkv, float* dq_norm, float* dk_norm, float* dq, float* dk,
-                         const float* dv, const float* qkv, const float* bias,
-                         const float* q_norm, const float* k_norm, const float* rstd_q,
-                         const float* rstd_k, const int32_t* pos, const float* cos,
-                         const float* sin, QkvDims d) {
+                         const float* dv, const float* qkv, const float* bias, const float* q_norm,
+                         const float* k_norm, const float* rstd_q, const float* rstd_k,
+                         const int32_t* pos, const float* cos, const float* sin, QkvDims d) {
   if (d.T == 0) return absl::OkStatus();
   const int64_t items = d.T * (d.nh + 2 * d.nkv);
   constexpr int kWarps = 4;

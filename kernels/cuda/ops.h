@@ -5,7 +5,9 @@
 // Conventions: all launches go on the default stream and are asynchronous; a returned error is a
 // launch/configuration error (execution errors appear at the next Synchronize()). Row-major dense
 // buffers. Unlike the CPU ops, backward functions OVERWRITE their data-gradient outputs unless a
-// comment says "+=" (parameter gradients always accumulate). Shape letters as in cpu/ops.h:
+// comment says "+=" (parameter gradients always accumulate). Ops share device scratch, so one host
+// thread at a time may drive them (the model and the rollout worker each own the device in turn).
+// Shape letters as in cpu/ops.h:
 // T tokens, C channels, H hidden, E experts, K top-k, V vocab, nh/nkv heads, hd head dim.
 #pragma once
 
@@ -58,10 +60,9 @@ absl::Status QkvForward(float* q, bf16_bits* kbuf, bf16_bits* vbuf, float* rstd_
 // Backward: dq (T,nh,hd), dk (T,nkv,hd), dv (T,nkv,hd) fp32 in; dqkv (T, nh*hd + 2*nkv*hd) fp32
 // out (overwritten). dq/dk are used as scratch (destroyed). q_norm/k_norm grads (hd) +=.
 absl::Status QkvBackward(float* dqkv, float* dq_norm, float* dk_norm, float* dq, float* dk,
-                         const float* dv, const float* qkv, const float* bias,
-                         const float* q_norm, const float* k_norm, const float* rstd_q,
-                         const float* rstd_k, const int32_t* pos, const float* cos,
-                         const float* sin, QkvDims d);
+                         const float* dv, const float* qkv, const float* bias, const float* q_norm,
+                         const float* k_norm, const float* rstd_q, const float* rstd_k,
+                         const int32_t* pos, const float* cos, const float* sin, QkvDims d);
 
 // ---- Causal GQA attention (flash-style: never materializes scores). -----------------------------
 // Sequence s: its queries are rows q_begin..q_begin+q_len-1 of q/out; its keys/values are rows
@@ -71,23 +72,23 @@ struct AttnSeq {
   int64_t q_begin, q_len, kv_begin, kv_len;
 };
 // out (T, nh, hd) bf16, lse (T, nh) fp32 (may be null), q (T, nh, hd) fp32, k/v rows (nkv*hd)
-// bf16. seqs is a HOST span (copied to the device per call). head dim hd <= 256.
+// bf16. seqs is a HOST span, uploaded when it differs from the last one (every layer of a forward
+// reuses it). Even head dim hd <= 256.
 absl::Status AttentionForward(bf16_bits* out, float* lse, const float* q, const bf16_bits* k,
                               const bf16_bits* v, absl::Span<const AttnSeq> seqs, int64_t nh,
                               int64_t nkv, int64_t hd, float scale);
 // Training backward (q_len == kv_len, kv_begin == q_begin). dq (T,nh,hd), dk/dv (T,nkv,hd) fp32,
 // overwritten. delta (T, nh) fp32 scratch. Deterministic (no atomics).
-absl::Status AttentionBackward(float* dq, float* dk, float* dv, float* delta,
-                               const bf16_bits* dout, const bf16_bits* out, const float* lse,
-                               const float* q, const bf16_bits* k, const bf16_bits* v,
+absl::Status AttentionBackward(float* dq, float* dk, float* dv, float* delta, const bf16_bits* dout,
+                               const bf16_bits* out, const float* lse, const float* q,
+                               const bf16_bits* k, const bf16_bits* v,
                                absl::Span<const AttnSeq> seqs, int64_t T, int64_t nh, int64_t nkv,
                                int64_t hd, float scale);
 
 // ---- SwiGLU: h = silu(g) * u, gu (N, 2I) = [g | u]. --------------------------------------------
 absl::Status SwiGluForward(bf16_bits* h, const float* gu, int64_t N, int64_t I);
 // dgu (N, 2I) bf16 (overwritten) from dh (N, I) fp32.
-absl::Status SwiGluBackward(bf16_bits* dgu, const float* dh, const float* gu, int64_t N,
-                            int64_t I);
+absl::Status SwiGluBackward(bf16_bits* dgu, const float* dh, const float* gu, int64_t N, int64_t I);
 
 // ---- MoE router and token permutation. ----------------------------------------------------------
 // probs (T,E) = softmax(logits); idx (T,K) = top-K descending (ties: lower id), or forced_idx
@@ -103,11 +104,12 @@ absl::Status RouterBackward(float* dlogits, const float* dw, const float* dprobs
 // counts (E) int32 = how many of the T*K (token, k) pairs chose each expert.
 absl::Status MoeCount(int32_t* counts, const int32_t* idx, int64_t NK, int64_t E);
 // Stable dispatch given expert_begin (E+1, device, prefix sums of counts): rows grouped by expert,
-// tokens ascending within an expert (the CPU model's order). slot_token (NK) = token of each
-// dispatched row; slot_of (NK) = dispatched row of pair (t, k).
+// tokens ascending within an expert (the CPU model's order). slot_token (rows) = token of each
+// dispatched row (entries not written stay as they were: a padded layout presets them to -1);
+// slot_of (NK) = dispatched row of pair (t, k).
 absl::Status MoeAssign(int32_t* slot_token, int32_t* slot_of, const int32_t* idx,
                        const int64_t* expert_begin, int64_t NK, int64_t K, int64_t E);
-// xe (NK, H) = x[slot_token[r]] (bf16 rows).
+// xe (NK, H) = x[slot_token[r]] (bf16 rows); rows with slot_token < 0 (padding) become zeros.
 absl::Status GatherRows(bf16_bits* xe, const bf16_bits* x, const int32_t* slot_token, int64_t NK,
                         int64_t H);
 // out (T, H) += sum_k w[t,k] * ye[slot_of[t,k]].
@@ -118,8 +120,8 @@ absl::Status MoeCombineBackward(bf16_bits* dye, float* dw, const float* dout, co
                                 const float* w, const int32_t* slot_of, int64_t T, int64_t K,
                                 int64_t H);
 // dx (T, H) += sum_k dxe[slot_of[t,k]] (gather form: deterministic).
-absl::Status MoeGatherAdd(float* dx, const float* dxe, const int32_t* slot_of, int64_t T,
-                          int64_t K, int64_t H);
+absl::Status MoeGatherAdd(float* dx, const float* dxe, const int32_t* slot_of, int64_t T, int64_t K,
+                          int64_t H);
 
 // ---- Logprobs and entropy over the vocabulary at temperature tau. -------------------------------
 // Per row t of logits (T, V) fp32: lse, lp = logits[target]/tau - lse (0 when target < 0),
@@ -128,8 +130,8 @@ absl::Status LogprobForward(float* lp, float* ent, float* lse, const float* logi
                             const int32_t* target, int64_t T, int64_t V, float tau);
 // dlogits (T, V) bf16 from dlp (T) and dent (T, may be null), given the forward's lse.
 absl::Status LogprobBackward(bf16_bits* dlogits, const float* logits, const float* dlp,
-                             const float* dent, const float* lse, const int32_t* target,
-                             int64_t T, int64_t V, float tau);
+                             const float* dent, const float* lse, const int32_t* target, int64_t T,
+                             int64_t V, float tau);
 
 // ---- Sampling. ----------------------------------------------------------------------------------
 // out (B) = token per row of logits (B, V): temperature <= 0 is argmax (lowest id on ties);

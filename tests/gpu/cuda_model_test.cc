@@ -9,14 +9,15 @@
 // network chaotic enough to amplify that through the layers, so tolerances are per spread and
 // were set from measured H200 runs with about 2x margin (measured figures in the comments at each
 // call). A real bug (a wrong sign, index or scale) gives O(1) errors and fails all of them.
-#include <catch2/catch.hpp>
+#include "model/cuda_model.h"
 
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <vector>
 
-#include "model/cuda_model.h"
 #include "model/model.h"
 #include "tests/gpu/gpu_test_util.h"
 #include "tests/model/tiny_models.h"
@@ -28,12 +29,15 @@ using namespace grpo::testing;
 
 nlohmann::json MidQwen3MoeJson() {
   // head_dim 64 and 16 experts top-4: the shapes the kernels are tuned for, still small.
-  return {{"model_type", "qwen3_moe"}, {"vocab_size", 300}, {"hidden_size", 128},
-          {"intermediate_size", 160}, {"num_hidden_layers", 3}, {"num_attention_heads", 4},
-          {"num_key_value_heads", 2}, {"head_dim", 64}, {"num_experts", 16},
-          {"num_experts_per_tok", 4}, {"moe_intermediate_size", 48}, {"norm_topk_prob", true},
-          {"mlp_only_layers", {2}}, {"rms_norm_eps", 1e-6}, {"rope_theta", 10000.0},
-          {"max_position_embeddings", 256}, {"tie_word_embeddings", false}};
+  return {{"model_type", "qwen3_moe"},   {"vocab_size", 300},
+          {"hidden_size", 128},          {"intermediate_size", 160},
+          {"num_hidden_layers", 3},      {"num_attention_heads", 4},
+          {"num_key_value_heads", 2},    {"head_dim", 64},
+          {"num_experts", 16},           {"num_experts_per_tok", 4},
+          {"moe_intermediate_size", 48}, {"norm_topk_prob", true},
+          {"mlp_only_layers", {2}},      {"rms_norm_eps", 1e-6},
+          {"rope_theta", 10000.0},       {"max_position_embeddings", 256},
+          {"tie_word_embeddings", false}};
 }
 
 struct Pair {
@@ -156,12 +160,17 @@ void CheckModel(const char* name, const nlohmann::json& j, float spread, Tol tol
 
 TEST_CASE("cuda model logprobs and gradients match the CPU model", "[cuda][gpu][model]") {
   // Full test spread. Measured (first H200 run): logprob normalized error <= 0.0056, entropy
-  // per token off by up to 0.14 at temperature 0.7, gradient per-tensor worst 0.104 / typical 0.03-0.05.
+  // per token off by up to 0.14 at temperature 0.7, gradient per-tensor worst 0.104 / typical
+  // 0.03-0.05.
   const Tol loose{0.05, 2e-2, 0.1, 0.2, 0.1};
   CheckModel("tiny qwen3_moe (hd 6, one dense layer)", TinyQwen3MoeJson(), 1.f, loose);
   CheckModel("tiny llama (biases, llama3 rope, nkv 1)", TinyLlamaJson(), 1.f, loose);
   CheckModel("tiny qwen2 (qkv bias, tied)", TinyQwen2Json(), 1.f, loose);
   CheckModel("mid qwen3_moe (hd 64, 16 experts top-4)", MidQwen3MoeJson(), 1.f, loose);
+  // The packed expert layout (a GEMM per expert), which large skewed batches fall back to.
+  setenv("GRPO_CUDA_EXPERT_LAYOUT", "packed", 1);
+  CheckModel("mid qwen3_moe, packed expert layout", MidQwen3MoeJson(), 1.f, loose);
+  unsetenv("GRPO_CUDA_EXPERT_LAYOUT");
   // Weights scaled by 0.2 (std 0.06-0.1, closer to a trained model): the error must shrink to
   // the bf16 scale. A precision loss that only hides in chaos would show here.
   const Tol tight{0.01, 5e-3, 2e-2, 4e-2, 1.5e-2};

@@ -2,7 +2,6 @@
 // prints a SKIPPED line and exits 77, which ctest reports as "Skipped" (visible in CI's log).
 #define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
-
 #include <cstdio>
 
 #include "kernels/cuda/device.h"

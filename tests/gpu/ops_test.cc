@@ -5,15 +5,15 @@
 //    bf16 outputs get rel 2^-8 (one bf16 rounding) on top;
 //  - normalized error ||got-ref||/||ref|| for reductions (attention backward, logprob backward);
 //  - NaN/Inf parity inside every comparison (NormErr/CheckClose).
-#include <catch2/catch.hpp>
+#include "kernels/cpu/ops.h"
 
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <numeric>
 #include <vector>
 
 #include "kernels/cpu/gemm.h"
-#include "kernels/cpu/ops.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/ops.h"
 #include "tests/gpu/gpu_test_util.h"
@@ -45,8 +45,7 @@ TEST_CASE("cuda GemmBf16 is exact on small integers in all layouts", "[cuda][gpu
     REQUIRE(cuda::GemmBf16(ta, tb, M, N, K, 2.f, dA.as<bf16_bits>(), lda, dB.as<bf16_bits>(), ldb,
                            1.f, dC.as<float>(), N)
                 .ok());
-    CheckClose("gemm bf16 layout " + std::to_string(layout), Download<float>(dC, M * N), ref, 0,
-               0);
+    CheckClose("gemm bf16 layout " + std::to_string(layout), Download<float>(dC, M * N), ref, 0, 0);
     auto fA = Upload(A), fB = Upload(B), fC = Upload(C0);
     REQUIRE(cuda::GemmF32(ta, tb, M, N, K, 2.f, fA.as<float>(), lda, fB.as<float>(), ldb, 1.f,
                           fC.as<float>(), N)
@@ -68,8 +67,8 @@ TEST_CASE("cuda grouped expert GEMMs are exact on small integers", "[cuda][gpu]"
     cpu::LinearForward<float>(y.data() + r0 * out, x.data() + r0 * in, W.data() + g * out * in,
                               nullptr, n, in, out);
     cpu::LinearBackward<float>(dx.data() + r0 * in, dW.data() + g * out * in, nullptr,
-                               dy.data() + r0 * out, x.data() + r0 * in, W.data() + g * out * in,
-                               n, in, out);
+                               dy.data() + r0 * out, x.data() + r0 * in, W.data() + g * out * in, n,
+                               in, out);
   }
   auto dX = Upload(ToBf16(x)), dWt = Upload(ToBf16(W)), dDy = Upload(ToBf16(dy));
   auto dY = Zeros<float>(R * out), dDx = Zeros<float>(R * in);
@@ -77,8 +76,8 @@ TEST_CASE("cuda grouped expert GEMMs are exact on small integers", "[cuda][gpu]"
   REQUIRE(cuda::GroupedLinearForward(dY.as<float>(), dX.as<bf16_bits>(), dWt.as<bf16_bits>(),
                                      begin.data(), G, in, out, 0.f)
               .ok());
-  REQUIRE(cuda::GroupedLinearBackwardData(dDx.as<float>(), dDy.as<bf16_bits>(),
-                                          dWt.as<bf16_bits>(), begin.data(), G, in, out)
+  REQUIRE(cuda::GroupedLinearBackwardData(dDx.as<float>(), dDy.as<bf16_bits>(), dWt.as<bf16_bits>(),
+                                          begin.data(), G, in, out)
               .ok());
   REQUIRE(cuda::GroupedLinearBackwardWeight(dDw.as<float>(), dDy.as<bf16_bits>(),
                                             dX.as<bf16_bits>(), begin.data(), G, in, out)
@@ -86,6 +85,38 @@ TEST_CASE("cuda grouped expert GEMMs are exact on small integers", "[cuda][gpu]"
   CheckClose("grouped y", Download<float>(dY, R * out), y, 0, 0);
   CheckClose("grouped dx", Download<float>(dDx, R * in), dx, 0, 0);
   CheckClose("grouped dW", Download<float>(dDw, G * out * in), dW, 0, 0);
+}
+
+TEST_CASE("cuda batched (padded) expert GEMMs equal the grouped ones", "[cuda][gpu]") {
+  const int64_t G = 3, cap = 16, in = 24, out = 40, R = G * cap;
+  // Padded rows of x and dy are zero, as the model keeps them.
+  std::vector<float> x = SmallInts(R * in, 13), W = SmallInts(G * out * in, 14),
+                     dy = SmallInts(R * out, 15);
+  const int64_t counts[G] = {5, 0, 16};
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t r = counts[g]; r < cap; ++r) {
+      std::fill_n(&x[(g * cap + r) * in], in, 0.f);
+      std::fill_n(&dy[(g * cap + r) * out], out, 0.f);
+    }
+  const std::vector<int64_t> begin = {0, cap, 2 * cap, 3 * cap};
+  auto dX = Upload(ToBf16(x)), dWt = Upload(ToBf16(W)), dDy = Upload(ToBf16(dy));
+  auto y1 = Zeros<float>(R * out), y2 = Zeros<float>(R * out), dx1 = Zeros<float>(R * in),
+       dx2 = Zeros<float>(R * in), dw1 = Upload(std::vector<float>(G * out * in, 1.f)),
+       dw2 = Upload(std::vector<float>(G * out * in, 1.f));
+  const auto* xb = dX.as<bf16_bits>();
+  const auto* wb = dWt.as<bf16_bits>();
+  const auto* yb = dDy.as<bf16_bits>();
+  REQUIRE(cuda::GroupedLinearForward(y1.as<float>(), xb, wb, begin.data(), G, in, out, 0.f).ok());
+  REQUIRE(cuda::BatchedLinearForward(y2.as<float>(), xb, wb, G, cap, in, out).ok());
+  REQUIRE(cuda::GroupedLinearBackwardData(dx1.as<float>(), yb, wb, begin.data(), G, in, out).ok());
+  REQUIRE(cuda::BatchedLinearBackwardData(dx2.as<float>(), yb, wb, G, cap, in, out).ok());
+  REQUIRE(
+      cuda::GroupedLinearBackwardWeight(dw1.as<float>(), yb, xb, begin.data(), G, in, out).ok());
+  REQUIRE(cuda::BatchedLinearBackwardWeight(dw2.as<float>(), yb, xb, G, cap, in, out).ok());
+  CheckClose("batched y", Download<float>(y2, R * out), Download<float>(y1, R * out), 0, 0);
+  CheckClose("batched dx", Download<float>(dx2, R * in), Download<float>(dx1, R * in), 0, 0);
+  CheckClose("batched dW", Download<float>(dw2, G * out * in), Download<float>(dw1, G * out * in),
+             0, 0);
 }
 
 TEST_CASE("cuda embedding forward/backward match the CPU", "[cuda][gpu]") {
@@ -98,15 +129,15 @@ TEST_CASE("cuda embedding forward/backward match the CPU", "[cuda][gpu]") {
   auto dT = Upload(ToBf16(table));
   auto dTok = Upload(tok);
   auto dX = Zeros<float>(T * H);
-  REQUIRE(cuda::EmbeddingForward(dX.as<float>(), dTok.as<int32_t>(), dT.as<bf16_bits>(), T, H)
-              .ok());
+  REQUIRE(
+      cuda::EmbeddingForward(dX.as<float>(), dTok.as<int32_t>(), dT.as<bf16_bits>(), T, H).ok());
   CheckClose("embedding fwd", Download<float>(dX, T * H), ref, 0, 0);  // a copy: exact
   std::vector<float> dx = Randn(T * H, 2), dref(V * H, 0.5f);
   cpu::EmbeddingBackward<float>(dref.data(), tok.data(), dx.data(), T, H, V);
   auto dDx = Upload(dx);
   auto dTab = Upload(std::vector<float>(V * H, 0.5f));
-  REQUIRE(cuda::EmbeddingBackward(dTab.as<float>(), dTok.as<int32_t>(), dDx.as<float>(), T, H)
-              .ok());
+  REQUIRE(
+      cuda::EmbeddingBackward(dTab.as<float>(), dTok.as<int32_t>(), dDx.as<float>(), T, H).ok());
   CheckClose("embedding bwd", Download<float>(dTab, V * H), dref, 1e-5, 1e-5);
 }
 
@@ -143,8 +174,8 @@ TEST_CASE("cuda RMSNorm forward/backward match the CPU", "[cuda][gpu]") {
 TEST_CASE("cuda QkvForward/Backward match CPU RMSNorm + RoPE", "[cuda][gpu]") {
   const int64_t T = 29, nh = 4, nkv = 2, hd = 16, half = hd / 2, qd = nh * hd, kvd = nkv * hd,
                 qkvd = qd + 2 * kvd, max_pos = 40;
-  std::vector<float> qkv = Randn(T * qkvd, 6), bias = Randn(qkvd, 7, 0.3f),
-                     qn = Randn(hd, 8, 0.2f), kn = Randn(hd, 9, 0.2f);
+  std::vector<float> qkv = Randn(T * qkvd, 6), bias = Randn(qkvd, 7, 0.3f), qn = Randn(hd, 8, 0.2f),
+                     kn = Randn(hd, 9, 0.2f);
   for (auto& v : qn) v += 1.f;
   for (auto& v : kn) v += 1.f;
   std::vector<int32_t> pos(T);
@@ -158,9 +189,12 @@ TEST_CASE("cuda QkvForward/Backward match CPU RMSNorm + RoPE", "[cuda][gpu]") {
   for (int64_t t = 0; t < T; ++t)
     for (int64_t j = 0; j < qkvd; ++j) {
       const float x = qkv[t * qkvd + j] + bias[j];
-      if (j < qd) qr[t * qd + j] = x;
-      else if (j < qd + kvd) kr[t * kvd + j - qd] = x;
-      else vr[t * kvd + j - qd - kvd] = x;
+      if (j < qd)
+        qr[t * qd + j] = x;
+      else if (j < qd + kvd)
+        kr[t * kvd + j - qd] = x;
+      else
+        vr[t * kvd + j - qd - kvd] = x;
     }
   std::vector<float> q(T * qd), k(T * kvd), rq(T * nh), rk(T * nkv);
   cpu::RmsNormForward<float>(q.data(), rq.data(), qr.data(), qn.data(), T * nh, hd, 1e-6f);
@@ -173,10 +207,10 @@ TEST_CASE("cuda QkvForward/Backward match CPU RMSNorm + RoPE", "[cuda][gpu]") {
   auto gq = Zeros<float>(T * qd), grq = Zeros<float>(T * nh), grk = Zeros<float>(T * nkv);
   auto gk = Zeros<bf16_bits>(T * kvd), gv = Zeros<bf16_bits>(T * kvd);
   const cuda::QkvDims dims{T, nh, nkv, hd};
-  REQUIRE(cuda::QkvForward(gq.as<float>(), gk.as<bf16_bits>(), gv.as<bf16_bits>(),
-                           grq.as<float>(), grk.as<float>(), dqkv.as<float>(), db.as<float>(),
-                           dqn.as<float>(), dkn.as<float>(), dpos.as<int32_t>(), nullptr,
-                           dcs.as<float>(), dsn.as<float>(), dims, 1e-6f)
+  REQUIRE(cuda::QkvForward(gq.as<float>(), gk.as<bf16_bits>(), gv.as<bf16_bits>(), grq.as<float>(),
+                           grk.as<float>(), dqkv.as<float>(), db.as<float>(), dqn.as<float>(),
+                           dkn.as<float>(), dpos.as<int32_t>(), nullptr, dcs.as<float>(),
+                           dsn.as<float>(), dims, 1e-6f)
               .ok());
   CheckClose("qkv q", Download<float>(gq, T * qd), q, 1e-5, 1e-5);
   CheckClose("qkv k (bf16)", FromBf16(Download<bf16_bits>(gk, T * kvd)), k, 1e-6, kBf16);
@@ -190,10 +224,10 @@ TEST_CASE("cuda QkvForward/Backward match CPU RMSNorm + RoPE", "[cuda][gpu]") {
   cpu::RopeBackward<float>(a.data(), pos.data(), cs.data(), sn.data(), T, nh, hd);
   cpu::RopeBackward<float>(b.data(), pos.data(), cs.data(), sn.data(), T, nkv, hd);
   std::vector<float> dqr(T * qd, 0.f), dkr(T * kvd, 0.f), dqn_ref(hd, 0.f), dkn_ref(hd, 0.f);
-  cpu::RmsNormBackward<float>(dqr.data(), dqn_ref.data(), a.data(), qr.data(), qn.data(),
-                              rq.data(), T * nh, hd);
-  cpu::RmsNormBackward<float>(dkr.data(), dkn_ref.data(), b.data(), kr.data(), kn.data(),
-                              rk.data(), T * nkv, hd);
+  cpu::RmsNormBackward<float>(dqr.data(), dqn_ref.data(), a.data(), qr.data(), qn.data(), rq.data(),
+                              T * nh, hd);
+  cpu::RmsNormBackward<float>(dkr.data(), dkn_ref.data(), b.data(), kr.data(), kn.data(), rk.data(),
+                              T * nkv, hd);
   std::vector<float> ref(T * qkvd);
   for (int64_t t = 0; t < T; ++t) {
     std::copy_n(dqr.data() + t * qd, qd, ref.data() + t * qkvd);
@@ -257,9 +291,8 @@ TEST_CASE("cuda attention forward matches the CPU (training, prefix cache, decod
     std::vector<cuda::AttnSeq> one = {{0, 1, 0, 70}};
     auto dq1 = Upload(std::vector<float>(q.begin() + 69 * qd, q.begin() + 70 * qd));
     auto o1 = Zeros<bf16_bits>(qd);
-    REQUIRE(cuda::AttentionForward(o1.as<bf16_bits>(), nullptr, dq1.as<float>(),
-                                   dk.as<bf16_bits>(), dv.as<bf16_bits>(), one, c.nh, c.nkv, hd,
-                                   scale)
+    REQUIRE(cuda::AttentionForward(o1.as<bf16_bits>(), nullptr, dq1.as<float>(), dk.as<bf16_bits>(),
+                                   dv.as<bf16_bits>(), one, c.nh, c.nkv, hd, scale)
                 .ok());
     CheckClose("attn decode" + tag, FromBf16(Download<bf16_bits>(o1, qd)),
                std::vector<float>(ref.begin() + 69 * qd, ref.begin() + 70 * qd), 1e-5, kBf16);
@@ -294,10 +327,10 @@ TEST_CASE("cuda attention backward matches the CPU", "[cuda][gpu]") {
                                 q.data(), cs.data(), cs.size(), c.nh, c.nkv, c.hd, scale);
   auto rq = Zeros<float>(T * qd), rk = Zeros<float>(T * kvd), rv = Zeros<float>(T * kvd),
        delta = Zeros<float>(T * c.nh);
-  REQUIRE(cuda::AttentionBackward(rq.as<float>(), rk.as<float>(), rv.as<float>(),
-                                  delta.as<float>(), ddo.as<bf16_bits>(), out.as<bf16_bits>(),
-                                  lse.as<float>(), dq.as<float>(), dk.as<bf16_bits>(),
-                                  dv.as<bf16_bits>(), gs, T, c.nh, c.nkv, c.hd, scale)
+  REQUIRE(cuda::AttentionBackward(rq.as<float>(), rk.as<float>(), rv.as<float>(), delta.as<float>(),
+                                  ddo.as<bf16_bits>(), out.as<bf16_bits>(), lse.as<float>(),
+                                  dq.as<float>(), dk.as<bf16_bits>(), dv.as<bf16_bits>(), gs, T,
+                                  c.nh, c.nkv, c.hd, scale)
               .ok());
   // Same inputs in fp32 on both sides; only summation order differs.
   CHECK(NormErr("attn dq", Download<float>(rq, T * qd), gq) < 1e-5);
@@ -353,12 +386,12 @@ TEST_CASE("cuda router top-k (+ replay) and its backward match the CPU", "[cuda]
     std::vector<float> dw = Randn(T * K, 51), extra = Randn(E, 52, 0.1f), extra_rows(T * E);
     for (int64_t t = 0; t < T; ++t) std::copy(extra.begin(), extra.end(), &extra_rows[t * E]);
     std::vector<float> dlog(T * E, 0.f);
-    cpu::RouterBackward<float>(dlog.data(), dw.data(), extra_rows.data(), probs.data(),
-                               idx.data(), w.data(), T, E, K, norm);
+    cpu::RouterBackward<float>(dlog.data(), dw.data(), extra_rows.data(), probs.data(), idx.data(),
+                               w.data(), T, E, K, norm);
     auto ddw = Upload(dw), dex = Upload(extra);
     auto gdl = Zeros<float>(T * E);
-    REQUIRE(cuda::RouterBackward(gdl.as<float>(), ddw.as<float>(), dex.as<float>(),
-                                 gp.as<float>(), gi.as<int32_t>(), gw.as<float>(), T, E, K, norm)
+    REQUIRE(cuda::RouterBackward(gdl.as<float>(), ddw.as<float>(), dex.as<float>(), gp.as<float>(),
+                                 gi.as<int32_t>(), gw.as<float>(), T, E, K, norm)
                 .ok());
     CHECK(NormErr(norm ? "router dlogits (norm)" : "router dlogits", Download<float>(gdl, T * E),
                   dlog) < 1e-5);
@@ -390,21 +423,20 @@ TEST_CASE("cuda MoE dispatch, gather, combine and backward match host loops", "[
   for (int64_t e = 0; e < E; ++e) CHECK(gc[e] == begin[e + 1] - begin[e]);
   auto db = Upload(begin);
   auto gst = Zeros<int32_t>(NK), gso = Zeros<int32_t>(NK);
-  REQUIRE(cuda::MoeAssign(gst.as<int32_t>(), gso.as<int32_t>(), di.as<int32_t>(),
-                          db.as<int64_t>(), NK, K, E)
+  REQUIRE(cuda::MoeAssign(gst.as<int32_t>(), gso.as<int32_t>(), di.as<int32_t>(), db.as<int64_t>(),
+                          NK, K, E)
               .ok());
   CHECK(Download<int32_t>(gst, NK) == slot_token);
   CHECK(Download<int32_t>(gso, NK) == slot_of);
 
-  std::vector<float> x = RoundBf16(Randn(T * H, 61)), ye = Randn(NK * H, 62),
-                     w = Randn(NK, 63), dout = Randn(T * H, 64), dxe = Randn(NK * H, 65);
+  std::vector<float> x = RoundBf16(Randn(T * H, 61)), ye = Randn(NK * H, 62), w = Randn(NK, 63),
+                     dout = Randn(T * H, 64), dxe = Randn(NK * H, 65);
   auto dx = Upload(ToBf16(x));
   auto xe = Zeros<bf16_bits>(NK * H);
   REQUIRE(cuda::GatherRows(xe.as<bf16_bits>(), dx.as<bf16_bits>(), gst.as<int32_t>(), NK, H).ok());
   std::vector<float> xe_ref(NK * H), out_ref(T * H, 1.f), dye_ref(NK * H), dw_ref(NK),
       dxr(T * H, 1.f);
-  for (int64_t r = 0; r < NK; ++r)
-    std::copy_n(&x[slot_token[r] * H], H, &xe_ref[r * H]);
+  for (int64_t r = 0; r < NK; ++r) std::copy_n(&x[slot_token[r] * H], H, &xe_ref[r * H]);
   CheckClose("gather", FromBf16(Download<bf16_bits>(xe, NK * H)), xe_ref, 0, 0);
   for (int64_t t = 0; t < T; ++t)
     for (int64_t k = 0; k < K; ++k) {
@@ -460,8 +492,7 @@ TEST_CASE("cuda logprob/entropy forward and backward match the CPU", "[cuda][gpu
     auto ddlp = Upload(dlp), ddent = Upload(dent);
     auto g = Zeros<bf16_bits>(T * V);
     REQUIRE(cuda::LogprobBackward(g.as<bf16_bits>(), dl.as<float>(), ddlp.as<float>(),
-                                  ddent.as<float>(), glse.as<float>(), dt.as<int32_t>(), T, V,
-                                  tau)
+                                  ddent.as<float>(), glse.as<float>(), dt.as<int32_t>(), T, V, tau)
                 .ok());
     // bf16 output: one rounding per element, so the normalized error is about 2^-9.
     CHECK(NormErr("logprob dlogits (bf16)", FromBf16(Download<bf16_bits>(g, T * V)), ref) < 4e-3);
@@ -511,8 +542,7 @@ int32_t HostSample(const float* lg, int64_t V, float temp, int64_t top_k, float 
   return last;
 }
 
-TEST_CASE("cuda sampling (argmax, temperature, top-k, top-p) matches a host twin",
-          "[cuda][gpu]") {
+TEST_CASE("cuda sampling (argmax, temperature, top-k, top-p) matches a host twin", "[cuda][gpu]") {
   const int64_t B = 64, V = 3000;
   std::vector<float> logits = Randn(B * V, 80, 2.f);
   std::vector<float> u(B);
@@ -529,8 +559,8 @@ TEST_CASE("cuda sampling (argmax, temperature, top-k, top-p) matches a host twin
   };
   for (Setting s : {Setting{0.f, 0, 1.f}, Setting{1.f, 0, 1.f}, Setting{0.7f, 50, 1.f},
                     Setting{1.f, 0, 0.9f}, Setting{1.3f, 20, 0.5f}, Setting{1.f, 1, 1.f}}) {
-    REQUIRE(cuda::SampleTokens(out.as<int32_t>(), dl.as<float>(), du.as<float>(), B, V, s.temp,
-                               s.k, s.p)
+    REQUIRE(cuda::SampleTokens(out.as<int32_t>(), dl.as<float>(), du.as<float>(), B, V, s.temp, s.k,
+                               s.p)
                 .ok());
     std::vector<int32_t> got = Download<int32_t>(out, B);
     int checked = 0;
