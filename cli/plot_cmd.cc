@@ -20,8 +20,8 @@ namespace {
 
 // Panels drawn when --keys is not given; each that no line has is left out.
 constexpr char kDefaultKeys[] =
-    "reward/mean,accuracy|eval/accuracy,response_length/mean|response_length/max,kl,entropy,"
-    "grad_norm";
+    "reward/mean,reward/accuracy|eval/accuracy,response_length/mean|response_length/max,"
+    "actor/kl,actor/entropy,actor/grad_norm";
 
 // The value under `key` in a metrics line: a top-level field of that exact name, else a path
 // through nested objects ("reward/mean" -> j["reward"]["mean"]). NaN when absent or not a number.

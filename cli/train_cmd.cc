@@ -32,11 +32,14 @@
 #include "common/process.h"
 #include "common/status.h"
 #include "learner/checkpoint.h"
+#include "learner/config.h"
+#include "learner/sft.h"
 #include "learner/tasks.h"
 #include "model/checkpoint.h"
 #include "model/config.h"
 #include "model/model.h"
 #include "model/params.h"
+#include "reward/reward_set.h"
 
 namespace grpo::cli {
 namespace {
@@ -57,6 +60,7 @@ constexpr char kTrainUsage[] =
     "  --set key.sub=value  override one config key (repeatable); value is JSON or a string\n"
     "  --out DIR            output directory (default: the config's output_dir)\n"
     "  --resume             keep finished stages and continue GRPO from its newest checkpoint\n"
+    "  --check              validate the config through every stage's parser; start nothing\n"
     "  --print-defaults     print the train config keys with their defaults and exit\n"
     "\n"
     "Shipped configs: configs/train/tiny.json (CPU, minutes), configs/train/qwen3_moe_math.json\n"
@@ -459,6 +463,8 @@ absl::Status Run::Go() {
   learner["chat_template"] = c_["chat_template"];
   learner["rollout"]["workers"] = worker_addresses_;
   learner["rollout"]["stop_tokens"] = c_["stop_tokens"];
+  learner["eval"]["path"] = eval_path_;
+  if (!learner["eval"].contains("every")) learner["eval"]["every"] = 0;
   if (reward_) {
     learner["reward"] = {{"rewards", json::array({{{"name", "remote"},
                                                    {"params", {{"address", reward_address_}}}}})}};
@@ -493,12 +499,67 @@ absl::Status Run::Go() {
   return absl::OkStatus();
 }
 
+// --check: every section through its own parser, with placeholders for what the run decides
+// (paths, addresses); nothing is started and no file needs to exist.
+absl::Status CheckConfig(const json& c) {
+  const json& m = c["model"];
+  if (m["path"].get<std::string>().empty() == m["init"].get<std::string>().empty()) {
+    return absl::InvalidArgumentError("set exactly one of model.path and model.init");
+  }
+  const json& d = c["data"];
+  if (d["train_path"].get<std::string>().empty()) {
+    const std::string task = d["task"].get<std::string>();
+    if (task != "arith" && task != "countdown") {
+      return absl::InvalidArgumentError(absl::StrCat("data.task \"", task, "\" is unknown"));
+    }
+  } else if (d["eval_path"].get<std::string>().empty()) {
+    return absl::InvalidArgumentError("data.eval_path is required when data.train_path is set");
+  }
+  auto rc = RewardSetConfig::FromJson(c["reward"]);
+  if (!rc.ok()) return WithContext(rc.status(), "reward");
+  bool heavy = false;  // rewards that load models or connect somewhere are not built here
+  for (const auto& r : c["reward"].value("rewards", json::array())) {
+    const std::string name = r.value("name", "");
+    heavy = heavy || name == "model" || name == "judge" || name == "remote" || name == "plugin";
+  }
+  if (!heavy) {
+    auto rs = RewardSet::Create(*rc);
+    if (!rs.ok()) return WithContext(rs.status(), "reward");
+  }
+  if (!c["sft"].is_null()) {
+    json sft = c["sft"];
+    sft["model"] = "MODEL";
+    sft["tokenizer"] = "TOKENIZER";
+    sft["output_dir"] = "OUT";
+    sft["chat_template"] = c["chat_template"];
+    auto sc = SftConfigFromJson(sft, "sft");
+    if (!sc.ok()) return sc.status();
+  }
+  json learner = c["learner"];
+  learner["model"] = "MODEL";
+  learner["tokenizer"] = "TOKENIZER";
+  learner["output_dir"] = "OUT";
+  learner["data"]["path"] = "TRAIN.jsonl";
+  learner["chat_template"] = c["chat_template"];
+  learner["rollout"]["workers"] = json::array({"127.0.0.1:1"});
+  learner["rollout"]["stop_tokens"] = c["stop_tokens"];
+  learner["eval"]["path"] = "EVAL.jsonl";
+  learner["reward"] = c["reward"];
+  auto lc = ParseLearnerConfig(learner, "learner");
+  if (!lc.ok()) return lc.status();
+  const int64_t workers = c["services"]["rollout_workers"].get<int64_t>();
+  if (workers < 1 || workers > 64) {
+    return absl::InvalidArgumentError("services.rollout_workers must be in [1, 64]");
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 int RunTrainCommand(const std::vector<std::string>& args) {
   std::string config_path, out;
   std::vector<std::string> sets;
-  bool resume = false;
+  bool resume = false, check = false;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     if (a == "--help" || a == "-h") {
@@ -511,6 +572,8 @@ int RunTrainCommand(const std::vector<std::string>& args) {
     }
     if (a == "--resume") {
       resume = true;
+    } else if (a == "--check") {
+      check = true;
     } else if (a == "--set" || a == "--out") {
       if (i + 1 >= args.size()) {
         std::fprintf(stderr, "grpo train: %s needs a value\n\n%s", a.c_str(), kTrainUsage);
@@ -539,6 +602,17 @@ int RunTrainCommand(const std::vector<std::string>& args) {
     return Fail(WithContext(st, config_path));
   }
   if (!out.empty()) config["output_dir"] = out;
+  if (check) {
+    absl::Status st;
+    try {
+      st = CheckConfig(config);
+    } catch (const json::exception& e) {
+      st = absl::InvalidArgumentError(e.what());
+    }
+    if (!st.ok()) return Fail(WithContext(st, config_path));
+    std::printf("%s: config OK\n", config_path.c_str());
+    return 0;
+  }
   struct sigaction sa {};
   sa.sa_handler = OnSignal;
   sigemptyset(&sa.sa_mask);

@@ -86,6 +86,14 @@ json MakeDefaults() {
       {"samples", 2},               // completions per step written to samples.jsonl
       {"tensorboard", true},        // events.out.tfevents.* in output_dir
     }},
+    {"eval", {
+      {"path", ""},                 // held-out JSONL dataset; "" = no evaluation during training
+      {"every", 0},                 // steps between evaluations (and after the last); 0 = never
+      {"samples", 1},               // completions per prompt
+      {"temperature", 0.0},         // 0 = greedy
+      {"max_new_tokens", 0},        // 0 = rollout.max_new_tokens
+      {"limit", 0},                 // first N rows; 0 = all
+    }},
   };
   // clang-format on
 }
@@ -307,6 +315,12 @@ absl::StatusOr<LearnerConfig> ParseLearnerConfig(const json& user, const std::st
   c.checkpoint_keep = r.Int("checkpoint.keep");
   c.log_samples = r.Int("log.samples");
   c.tensorboard = r.Bool("log.tensorboard");
+  c.eval.path = r.Str("eval.path");
+  c.eval.every = r.Int("eval.every");
+  c.eval.samples = r.Int("eval.samples");
+  c.eval.temperature = r.Double("eval.temperature");
+  c.eval.max_new_tokens = r.Int("eval.max_new_tokens");
+  c.eval.limit = r.Int("eval.limit");
   if (!r.status.ok()) return WithContext(r.status, source);
   RETURN_IF_ERROR(WithContext(c.Validate(), source));
   return c;
@@ -358,6 +372,15 @@ absl::Status LearnerConfig::Validate() const {
   RETURN_IF_ERROR(optimizer.Validate());
   RETURN_IF_ERROR(Range(checkpoint_every >= 0, "checkpoint.every", "must be >= 0"));
   RETURN_IF_ERROR(Range(checkpoint_keep >= 1, "checkpoint.keep", "must be >= 1"));
+  RETURN_IF_ERROR(Range(eval.every >= 0, "eval.every", "must be >= 0"));
+  RETURN_IF_ERROR(Range(eval.every == 0 || !eval.path.empty(), "eval.every",
+                        "needs eval.path (a held-out dataset)"));
+  RETURN_IF_ERROR(Range(eval.samples >= 1 && eval.samples <= 1024, "eval.samples",
+                        "must be in [1, 1024]"));
+  RETURN_IF_ERROR(Range(eval.temperature >= 0 && eval.temperature <= 10, "eval.temperature",
+                        "must be in [0, 10]"));
+  RETURN_IF_ERROR(Range(eval.max_new_tokens >= 0, "eval.max_new_tokens", "must be >= 0"));
+  RETURN_IF_ERROR(Range(eval.limit >= 0, "eval.limit", "must be >= 0"));
   RETURN_IF_ERROR(Range(log_samples >= 0, "log.samples", "must be >= 0"));
   return absl::OkStatus();
 }

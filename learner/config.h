@@ -51,6 +51,17 @@ struct LearnerAlgorithmConfig {
   double aux_loss_coef = 0.0;     // router load-balancing loss coefficient (HF uses 0.001)
 };
 
+// Held-out evaluation during training (learner/eval.h): greedy accuracy of the current policy on
+// a dataset every N steps, logged as eval/accuracy and eval/mean_reward.
+struct LearnerEvalConfig {
+  std::string path;            // JSONL dataset (learner/dataset.h rows); "" = no evaluation
+  int64_t every = 0;           // steps between evaluations (and after the last step); 0 = never
+  int64_t samples = 1;         // completions per prompt
+  double temperature = 0.0;    // 0 = greedy
+  int64_t max_new_tokens = 0;  // 0 = rollout.max_new_tokens
+  int64_t limit = 0;           // first N rows; 0 = all
+};
+
 struct LearnerConfig {
   std::string model;       // HF directory with the initial policy (config.json + safetensors)
   std::string tokenizer;   // tokenizer.json; "" = MODEL/tokenizer.json
@@ -67,6 +78,7 @@ struct LearnerConfig {
   int64_t checkpoint_keep = 3;   // newest K kept
   int64_t log_samples = 2;       // completions written to samples.jsonl per step
   bool tensorboard = true;
+  LearnerEvalConfig eval;
 
   // Range and consistency checks; errors name the key ("algorithm.loss.clip_low ...").
   absl::Status Validate() const;

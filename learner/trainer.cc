@@ -1,6 +1,8 @@
 // The GRPO training loop (see trainer.h).
 #include "learner/trainer.h"
 
+#include "learner/eval.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -88,6 +90,13 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LearnerConfig config,
   if (c.algorithm.loss.kl_coef > 0) {
     ASSIGN_OR_RETURN(t->reference_, Model<float>::Create(t->policy_->config()));
     std::copy_n(t->policy_->params(), t->policy_->num_params(), t->reference_->params());
+  }
+  if (!c.eval.path.empty()) {
+    DatasetConfig ec;
+    ec.path = c.eval.path;
+    ec.shuffle = false;
+    ASSIGN_OR_RETURN(Dataset eval_ds, Dataset::Load(ec));
+    t->eval_dataset_ = std::make_unique<Dataset>(std::move(eval_ds));
   }
   ASSIGN_OR_RETURN(Dataset ds, Dataset::Load(c.data));
   t->dataset_ = std::make_unique<Dataset>(std::move(ds));
@@ -589,6 +598,26 @@ absl::Status Trainer::TrainOnGroups(std::vector<Group>& groups, std::map<std::st
   return absl::OkStatus();
 }
 
+absl::Status Trainer::EvaluateHeldOut(std::map<std::string, double>* m) {
+  const auto t0 = std::chrono::steady_clock::now();
+  EvalOptions o;
+  o.samples = config_.eval.samples;
+  o.temperature = config_.eval.temperature;
+  o.max_new_tokens = config_.eval.max_new_tokens > 0 ? config_.eval.max_new_tokens
+                                                     : config_.rollout.max_new_tokens;
+  o.stop_token_ids = stop_ids_;
+  o.seed = config_.seed;
+  o.limit = config_.eval.limit;
+  o.source = config_.eval.path;
+  ASSIGN_OR_RETURN(EvalResult r,
+                   Evaluate(*policy_, *tokenizer_, *eval_dataset_, *template_, *rewards_, o));
+  (*m)["eval/accuracy"] = r.accuracy;
+  (*m)["eval/mean_reward"] = r.mean_reward;
+  (*m)["eval/response_length"] = r.mean_response_tokens;
+  (*m)["time/eval_s"] = Seconds(t0);
+  return absl::OkStatus();
+}
+
 absl::Status Trainer::Step() {
   const auto t_step = std::chrono::steady_clock::now();
   std::map<std::string, double> m;
@@ -606,6 +635,10 @@ absl::Status Trainer::Step() {
     std::copy_n(policy_->params(), policy_->num_params(), reference_->params());
   }
   RETURN_IF_ERROR(PushWeights(&m));
+  if (eval_dataset_ != nullptr && config_.eval.every > 0 &&
+      (step_ % config_.eval.every == 0 || step_ == config_.total_steps)) {
+    RETURN_IF_ERROR(WithContext(EvaluateHeldOut(&m), absl::StrCat("step ", step_, " eval")));
+  }
   m["time/step_s"] = Seconds(t_step);
   m["rollout/workers_alive"] = static_cast<double>(std::count(alive_.begin(), alive_.end(), true));
   RETURN_IF_ERROR(metrics_->Write(step_, m));
@@ -631,6 +664,11 @@ absl::Status Trainer::Step() {
         get("reward/mean"), get("reward/std"), get("reward/accuracy"), get("response_length/mean"),
         get("actor/kl"), get("actor/clip_fraction"), get("actor/grad_norm"), get("actor/lr"),
         get("time/step_s"), get("time/rollout_s"), get("time/train_s"), get("weight_sync/seconds"));
+    if (m.count("eval/accuracy")) {
+      std::fprintf(stderr, "step %lld/%lld | held-out accuracy %.3f (mean reward %.3f, %.2f s)\n",
+                   static_cast<long long>(step_), static_cast<long long>(config_.total_steps),
+                   m.at("eval/accuracy"), m.at("eval/mean_reward"), m.at("time/eval_s"));
+    }
   }
   const bool due = (config_.checkpoint_every > 0 && step_ % config_.checkpoint_every == 0) ||
                    step_ == config_.total_steps;

@@ -86,6 +86,8 @@ class Trainer {
   std::unique_ptr<Tokenizer> tokenizer_;
   std::string tokenizer_path_;
   std::unique_ptr<Dataset> dataset_;
+  std::unique_ptr<Dataset> eval_dataset_;  // held-out set (config.eval.path), or null
+  absl::Status EvaluateHeldOut(std::map<std::string, double>* m);
   std::unique_ptr<ChatTemplate> template_;
   std::unique_ptr<RewardSet> rewards_;
   std::vector<std::unique_ptr<RolloutWorker>> workers_;

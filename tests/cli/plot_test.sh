@@ -3,7 +3,7 @@ source "$(dirname "$0")/lib.sh"
 
 m=$work/metrics.jsonl
 for s in 0 1 2 3 4 5; do
-  echo "{\"step\": $s, \"reward\": {\"mean\": 0.$s}, \"accuracy\": 0.$((s * 1)), \"response_length/mean\": $((10 + s))}" >>"$m"
+  echo "{\"step\": $s, \"reward\": {\"mean\": 0.$s}, \"accuracy\": 0.$((s * 1)), \"eval/accuracy\": 0.$s, \"response_length/mean\": $((10 + s))}" >>"$m"
 done
 "$grpo" plot --metrics "$m" --out "$work/p.svg" >"$work/log"
 grep -q "3 panels, 6 steps" "$work/log" || fail "unexpected summary: $(cat "$work/log")"
