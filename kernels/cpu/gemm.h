@@ -28,8 +28,9 @@ void LinearBackward(Real* dx, Real* dW, Real* db, const Real* dy, const Real* x,
 
 // Batch-invariant mode, per calling thread: while a scope with on = true is alive on a thread,
 // float Gemm calls from that thread with op(A) = A and op(B) = B^T (every LinearForward) compute
-// each C[m, n] with one fixed sequence of operations over k (16-lane FMA chains, masked tail, one
-// lane reduction) whatever M, N, the row's position or the thread count, and AttentionForward
+// each C[m, n] with one fixed sequence of operations over k that depends on N and K only, never
+// on M, the row's position or the thread count (N < 1024: 16-lane FMA chains and a fixed lane
+// tree; N >= 1024 with AVX-512: one sequential FMA chain over a packed panel), and AttentionForward
 // processes every query token by itself. A row's result then depends only on its own inputs:
 // the rollout engine's decode and the learner's forward agree bitwise (model.h
 // set_batch_invariant). Other layouts (backward) are unaffected. Scopes nest.

@@ -21,8 +21,10 @@ std::vector<float> Random(int64_t n, uint64_t seed) {
 }
 
 TEST_CASE("batch-invariant GEMM rows do not depend on M", "[kernels][batch_invariant]") {
+  // N 75: the dot form; N 1100: the packed-panel form (a partial last panel).
+  for (const int64_t N : {75, 1100})
   for (const int64_t K : {6, 16, 37, 512}) {
-    const int64_t N = 75, M_max = 70;
+    const int64_t M_max = 70;
     const std::vector<float> A = Random(M_max * K, K), B = Random(N * K, K + 1);
     std::vector<float> full(M_max * N), part(N);
     {
@@ -40,7 +42,7 @@ TEST_CASE("batch-invariant GEMM rows do not depend on M", "[kernels][batch_invar
           LinearForward<float>(out.data(), A.data() + first * K, B.data(), nullptr, M, K, N);
         }
         const float* row = out.data() + (r - first) * N;
-        INFO("K " << K << " row " << r << " M " << M);
+        INFO("N " << N << " K " << K << " row " << r << " M " << M);
         REQUIRE(std::memcmp(row, full.data() + r * N, N * sizeof(float)) == 0);
       }
     }
