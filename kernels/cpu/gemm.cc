@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "common/status.h"
@@ -463,6 +464,62 @@ void LinearForward(Real* y, const Real* x, const Real* W, const Real* b, int64_t
     }
   }
 }
+
+template <typename Real>
+void GroupedLinearForward(Real* y, const Real* x, const Real* W, int64_t w_stride,
+                          const int64_t* row_begin, int64_t num_groups, int64_t in, int64_t out) {
+  bool grouped = false;
+  if constexpr (std::is_same_v<Real, float>) {
+#if defined(__AVX512F__)
+    grouped = t_batch_invariant && out < kPanelMinN;
+#else
+    grouped = t_batch_invariant;
+#endif
+  }
+  if (!grouped) {
+    for (int64_t g = 0; g < num_groups; ++g) {
+      const int64_t r0 = row_begin[g], n = row_begin[g + 1] - r0;
+      if (n > 0) LinearForward<Real>(y + r0 * out, x + r0 * in, W + g * w_stride, nullptr, n, in, out);
+    }
+    return;
+  }
+  if constexpr (std::is_same_v<Real, float>) {
+    // The tasks InvariantGemmNT would run for each group, all in one region.
+    constexpr int64_t kCols = 64, kRows = 64;
+    struct Task {
+      int64_t g, j0, i0, i1;
+    };
+    std::vector<Task> tasks;
+    int64_t work = 0;
+    for (int64_t g = 0; g < num_groups; ++g) {
+      for (int64_t i0 = row_begin[g]; i0 < row_begin[g + 1]; i0 += kRows) {
+        const int64_t i1 = std::min(row_begin[g + 1], i0 + kRows);
+        for (int64_t j0 = 0; j0 < out; j0 += kCols) tasks.push_back({g, j0, i0, i1});
+        work += (i1 - i0) * out * in;
+      }
+    }
+    const int64_t num_tasks = static_cast<int64_t>(tasks.size());
+    const bool parallel = !omp_in_parallel() && work > (1 << 16) && num_tasks > 1;
+#pragma omp parallel for schedule(dynamic, 1) if (parallel)
+    for (int64_t t = 0; t < num_tasks; ++t) {
+      const Task& task = tasks[t];
+      const float* B = W + task.g * w_stride + task.j0 * in;
+      const int64_t nj = std::min(kCols, out - task.j0);
+      int64_t i = task.i0;
+      for (; i + 4 <= task.i1; i += 4) {
+        InvariantRows<4>(x + i * in, in, B, in, in, nj, 1.0f, 0.0f, y + i * out + task.j0, out);
+      }
+      for (; i < task.i1; ++i) {
+        InvariantRows<1>(x + i * in, in, B, in, in, nj, 1.0f, 0.0f, y + i * out + task.j0, out);
+      }
+    }
+  }
+}
+
+template void GroupedLinearForward<float>(float*, const float*, const float*, int64_t,
+                                          const int64_t*, int64_t, int64_t, int64_t);
+template void GroupedLinearForward<double>(double*, const double*, const double*, int64_t,
+                                           const int64_t*, int64_t, int64_t, int64_t);
 
 template <typename Real>
 void LinearBackward(Real* dx, Real* dW, Real* db, const Real* dy, const Real* x, const Real* W,
