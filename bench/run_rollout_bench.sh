@@ -21,8 +21,10 @@ if ! "$PY" -c 'import torch, transformers' 2>/dev/null; then
   echo "baseline: torch/transformers not installed; no ratio"
   exit 0
 fi
-theirs=$(OMP_NUM_THREADS=$threads "$PY" bench/hf_generate_baseline.py --threads "$threads" \
-  --prompt 32 --decode-tokens 64 --repeats 3 --json | tee /dev/stderr | tail -n 1)
+theirs_log=$(OMP_NUM_THREADS=$threads "$PY" bench/hf_generate_baseline.py --threads "$threads" \
+  --prompt 32 --decode-tokens 64 --repeats 3 --json)
+echo "$theirs_log" | grep -v '^{'
+theirs=$(echo "$theirs_log" | tail -n 1)
 python3 - "$ours" "$theirs" <<'PY'
 import json, sys
 ours, theirs = json.loads(sys.argv[1]), json.loads(sys.argv[2])

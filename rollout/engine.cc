@@ -375,7 +375,6 @@ void Engine::Loop() {
     c.weight_version = g->version;
     if (g->sampling->return_routing && num_moe > 0) {
       const int64_t P = static_cast<int64_t>(g->prompt.size());
-      const int64_t N = static_cast<int64_t>(c.token_ids.size());
       c.routing.num_moe_layers = static_cast<int32_t>(num_moe);
       c.routing.top_k = static_cast<int32_t>(K);
       // Tokens whose routing is known: the prompt and every fed completion token.
@@ -388,7 +387,6 @@ void Engine::Loop() {
         c.routing.expert_ids.insert(c.routing.expert_ids.end(), s->routing[m].begin(),
                                     s->routing[m].end());
       }
-      (void)N;
     }
     w.rows.Free(s->kv_offset, s->kv_rows);
     w.free_slots.push_back(s->slot);
