@@ -115,8 +115,9 @@ int main(int argc, char** argv) {
         }
       }
     }
-    std::printf("validation: %lld logprobs vs Model::Forward, #wrong %lld (tol 1e-4), max |diff| %.2e\n",
-                static_cast<long long>(total), static_cast<long long>(wrong), worst);
+    std::printf(
+        "validation: %lld logprobs vs Model::Forward, #wrong %lld (tol 1e-4), max |diff| %.2e\n",
+        static_cast<long long>(total), static_cast<long long>(wrong), worst);
     if (wrong > 0) return 1;
   }
 
@@ -152,10 +153,10 @@ int main(int argc, char** argv) {
     const double decode_s = Median(full) - Median(first);
     const double decode_cpu = Median(full_cpu) - Median(first_cpu);
     const double tps = B * decode_tokens / decode_s, tps_cpu = B * decode_tokens / decode_cpu;
-    std::printf("batch %3lld: decode %.0f tok/s (%.1f ms/step), %.0f tok per CPU-s; prefill+first "
-                "token %.3f s\n",
-                static_cast<long long>(B), tps, 1000 * decode_s / decode_tokens, tps_cpu,
-                Median(first));
+    std::printf(
+        "batch %3lld: decode %.0f tok/s (%.1f ms/step), %.0f tok per CPU-s; prefill+first "
+        "token %.3f s\n",
+        static_cast<long long>(B), tps, 1000 * decode_s / decode_tokens, tps_cpu, Median(first));
     json += "\"decode_b" + std::to_string(B) + "\": " + std::to_string(tps) + ", ";
     json += "\"decode_cpu_b" + std::to_string(B) + "\": " + std::to_string(tps_cpu) + ", ";
   }
@@ -178,11 +179,12 @@ int main(int argc, char** argv) {
       for (const auto& c : g.completions) tokens += static_cast<int64_t>(c.token_ids.size());
     }
     const double all = Seconds(t0, Clock::now());
-    std::printf("8 prompts x G 8 (temperature 1, max %d new): first group after %.3f s, all after "
-                "%.3f s, %lld tokens, %.0f tok/s overall\n",
-                sp.max_new_tokens, first_group, all, static_cast<long long>(tokens), tokens / all);
-    json += "\"first_group_s\": " + std::to_string(first_group) + ", \"all_groups_s\": " +
-            std::to_string(all);
+    std::printf(
+        "8 prompts x G 8 (temperature 1, max %d new): first group after %.3f s, all after "
+        "%.3f s, %lld tokens, %.0f tok/s overall\n",
+        sp.max_new_tokens, first_group, all, static_cast<long long>(tokens), tokens / all);
+    json += "\"first_group_s\": " + std::to_string(first_group) +
+            ", \"all_groups_s\": " + std::to_string(all);
   }
   json += "}";
   std::printf("RESULT %s\n", json.c_str());

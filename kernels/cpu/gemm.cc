@@ -93,7 +93,8 @@ inline void DotRows(const float* a, const float* B, int64_t ldb, int64_t K, floa
   int64_t k = 0;
   for (; k + 16 <= K; k += 16) {
     const __m512 av = _mm512_loadu_ps(a + k);
-    for (int r = 0; r < NJ; ++r) acc[r] = _mm512_fmadd_ps(av, _mm512_loadu_ps(B + r * ldb + k), acc[r]);
+    for (int r = 0; r < NJ; ++r)
+      acc[r] = _mm512_fmadd_ps(av, _mm512_loadu_ps(B + r * ldb + k), acc[r]);
   }
   if (k < K) {
     const __mmask16 mask = static_cast<__mmask16>((1u << (K - k)) - 1);
@@ -124,7 +125,8 @@ inline void DotRows(const float* a, const float* B, int64_t ldb, int64_t K, floa
 inline void SumLanes16(const __m512* a, float* out) {
   __m512 b[8], c[4], d[2];
   const __m512i lo8 = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
-  const __m512i hi8 = _mm512_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  const __m512i hi8 =
+      _mm512_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
   for (int k = 0; k < 8; ++k) {
     b[k] = _mm512_add_ps(_mm512_permutex2var_ps(a[2 * k], lo8, a[2 * k + 1]),
                          _mm512_permutex2var_ps(a[2 * k], hi8, a[2 * k + 1]));
@@ -197,7 +199,8 @@ template <int kMr>
 inline void InvariantRows(const float* A, int64_t lda, const float* B, int64_t ldb, int64_t K,
                           int64_t nj, float alpha, float beta, float* C, int64_t ldc) {
   int64_t j = 0;
-  for (; j + 4 <= nj; j += 4) InvariantBlock<kMr, 4>(A, lda, B + j * ldb, ldb, K, alpha, beta, C + j, ldc);
+  for (; j + 4 <= nj; j += 4)
+    InvariantBlock<kMr, 4>(A, lda, B + j * ldb, ldb, K, alpha, beta, C + j, ldc);
   for (; j < nj; ++j) InvariantBlock<kMr, 1>(A, lda, B + j * ldb, ldb, K, alpha, beta, C + j, ldc);
 }
 
@@ -214,10 +217,12 @@ void InvariantGemmNT(int64_t M, int64_t N, int64_t K, float alpha, const float* 
       const int64_t i0 = rb * kRows, i1 = std::min(M, i0 + kRows);
       int64_t i = i0;
       for (; i + 4 <= i1; i += 4) {
-        InvariantRows<4>(A + i * lda, lda, B + j0 * ldb, ldb, K, nj, alpha, beta, C + i * ldc + j0, ldc);
+        InvariantRows<4>(A + i * lda, lda, B + j0 * ldb, ldb, K, nj, alpha, beta, C + i * ldc + j0,
+                         ldc);
       }
       for (; i < i1; ++i) {
-        InvariantRows<1>(A + i * lda, lda, B + j0 * ldb, ldb, K, nj, alpha, beta, C + i * ldc + j0, ldc);
+        InvariantRows<1>(A + i * lda, lda, B + j0 * ldb, ldb, K, nj, alpha, beta, C + i * ldc + j0,
+                         ldc);
       }
     }
   }
@@ -273,7 +278,8 @@ void PackPanel(const float* B, int64_t ldb, int64_t nj, int64_t K, float* packed
         r[i] = row < nj ? _mm512_maskz_loadu_ps(kmask, B + row * ldb + k0) : _mm512_setzero_ps();
       }
       Transpose16(r);
-      for (int64_t kk = 0; kk < nk; ++kk) _mm512_storeu_ps(packed + (k0 + kk) * kPanel + h * 16, r[kk]);
+      for (int64_t kk = 0; kk < nk; ++kk)
+        _mm512_storeu_ps(packed + (k0 + kk) * kPanel + h * 16, r[kk]);
     }
   }
 }
@@ -318,17 +324,31 @@ void InvariantGemmNTPanels(int64_t M, int64_t N, int64_t K, float alpha, const f
     const int64_t j0 = p * kPanel, nj = std::min(kPanel, N - j0);
     PackPanel(B + j0 * ldb, ldb, nj, K, packed.data());
     const __mmask16 m0 = static_cast<__mmask16>(nj >= 16 ? 0xFFFF : (1u << nj) - 1);
-    const __mmask16 m1 = static_cast<__mmask16>(nj >= 32 ? 0xFFFF : nj <= 16 ? 0 : (1u << (nj - 16)) - 1);
+    const __mmask16 m1 = static_cast<__mmask16>(nj >= 32   ? 0xFFFF
+                                                : nj <= 16 ? 0
+                                                           : (1u << (nj - 16)) - 1);
     float* Cp = C + j0;
     int64_t i = 0;
-    for (; i + kMr <= M; i += kMr) PanelRows<kMr>(A + i * lda, lda, packed.data(), K, alpha, beta, Cp + i * ldc, ldc, m0, m1);
+    for (; i + kMr <= M; i += kMr)
+      PanelRows<kMr>(A + i * lda, lda, packed.data(), K, alpha, beta, Cp + i * ldc, ldc, m0, m1);
     switch (M - i) {
-      case 5: PanelRows<5>(A + i * lda, lda, packed.data(), K, alpha, beta, Cp + i * ldc, ldc, m0, m1); break;
-      case 4: PanelRows<4>(A + i * lda, lda, packed.data(), K, alpha, beta, Cp + i * ldc, ldc, m0, m1); break;
-      case 3: PanelRows<3>(A + i * lda, lda, packed.data(), K, alpha, beta, Cp + i * ldc, ldc, m0, m1); break;
-      case 2: PanelRows<2>(A + i * lda, lda, packed.data(), K, alpha, beta, Cp + i * ldc, ldc, m0, m1); break;
-      case 1: PanelRows<1>(A + i * lda, lda, packed.data(), K, alpha, beta, Cp + i * ldc, ldc, m0, m1); break;
-      default: break;
+      case 5:
+        PanelRows<5>(A + i * lda, lda, packed.data(), K, alpha, beta, Cp + i * ldc, ldc, m0, m1);
+        break;
+      case 4:
+        PanelRows<4>(A + i * lda, lda, packed.data(), K, alpha, beta, Cp + i * ldc, ldc, m0, m1);
+        break;
+      case 3:
+        PanelRows<3>(A + i * lda, lda, packed.data(), K, alpha, beta, Cp + i * ldc, ldc, m0, m1);
+        break;
+      case 2:
+        PanelRows<2>(A + i * lda, lda, packed.data(), K, alpha, beta, Cp + i * ldc, ldc, m0, m1);
+        break;
+      case 1:
+        PanelRows<1>(A + i * lda, lda, packed.data(), K, alpha, beta, Cp + i * ldc, ldc, m0, m1);
+        break;
+      default:
+        break;
     }
   }
 }
@@ -429,8 +449,8 @@ void Gemm<float>(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, fl
     LoopGemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
-  dnnl_status_t st = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', M, N, K, alpha, A, lda,
-                                B, ldb, beta, C, ldc);
+  dnnl_status_t st = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', M, N, K, alpha, A, lda, B,
+                                ldb, beta, C, ldc);
   GRPO_CHECK_MSG(st == dnnl_success, "dnnl_sgemm failed");
 }
 
@@ -479,7 +499,8 @@ void GroupedLinearForward(Real* y, const Real* x, const Real* W, int64_t w_strid
   if (!grouped) {
     for (int64_t g = 0; g < num_groups; ++g) {
       const int64_t r0 = row_begin[g], n = row_begin[g + 1] - r0;
-      if (n > 0) LinearForward<Real>(y + r0 * out, x + r0 * in, W + g * w_stride, nullptr, n, in, out);
+      if (n > 0)
+        LinearForward<Real>(y + r0 * out, x + r0 * in, W + g * w_stride, nullptr, n, in, out);
     }
     return;
   }
