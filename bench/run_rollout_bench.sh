@@ -4,6 +4,8 @@
 # Needs: a Release build in $BUILD_DIR (default build); for the baseline, a python with torch and
 # transformers ($PYTHON, default /tmp/venv-fx/bin/python, else python3).
 # Usage: bench/run_rollout_bench.sh [THREADS]        (default: 2)
+# Both wall-clock and process-CPU-time rates are printed: on a shared machine the CPU-time ratio is
+# the trustworthy one (with THREADS 1 it does not count time other processes took).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${1:-2}
@@ -19,13 +21,17 @@ if ! "$PY" -c 'import torch, transformers' 2>/dev/null; then
   echo "baseline: torch/transformers not installed; no ratio"
   exit 0
 fi
-theirs=$(OMP_NUM_THREADS=$threads "$PY" bench/hf_generate_baseline.py --threads "$threads" \
-  --prompt 32 --decode-tokens 64 --repeats 3 --json | tee /dev/stderr | tail -n 1)
+theirs_log=$(OMP_NUM_THREADS=$threads "$PY" bench/hf_generate_baseline.py --threads "$threads" \
+  --prompt 32 --decode-tokens 64 --repeats 3 --json)
+echo "$theirs_log" | grep -v '^{'
+theirs=$(echo "$theirs_log" | tail -n 1)
 python3 - "$ours" "$theirs" <<'PY'
 import json, sys
 ours, theirs = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 for b in (1, 16, 64):
     o, t = ours[f"decode_b{b}"], theirs[f"decode_b{b}"]
-    print(f"decode batch {b:3d}: grpo {o:7.0f} tok/s, transformers generate() {t:7.0f} tok/s, ratio {o/t:.2f}x")
+    oc, tc = ours[f"decode_cpu_b{b}"], theirs[f"decode_cpu_b{b}"]
+    print(f"decode batch {b:3d}: grpo {o:7.0f} tok/s, transformers generate() {t:7.0f} tok/s, ratio {o/t:.2f}x"
+          f" | per CPU-second: {oc:.0f} vs {tc:.0f}, ratio {oc/tc:.2f}x")
 print(f"8 prompts x G 8: first group after {ours['first_group_s']:.2f} s, all after {ours['all_groups_s']:.2f} s")
 PY

@@ -73,28 +73,30 @@ absl::Status Generate(const Flags& f) {
     }
   }
   std::vector<RolloutPrompt> prompts;
-  RETURN_IF_ERROR(ForEachJsonLine(f.Get("in"), [&](const nlohmann::json& j, int64_t) -> absl::Status {
-    auto it = j.is_object() ? j.find("tokens") : j.end();
-    if (!j.is_object() || it == j.end() || !it->is_array()) {
-      return absl::InvalidArgumentError("expected an object {\"tokens\": [ids...]}");
-    }
-    RolloutPrompt p;
-    p.prompt_id = prompts.size();
-    if (j.contains("prompt_id")) {
-      if (!j["prompt_id"].is_number_unsigned()) {
-        return absl::InvalidArgumentError("\"prompt_id\" must be a non-negative integer");
-      }
-      p.prompt_id = j["prompt_id"].get<uint64_t>();
-    }
-    for (const auto& v : *it) {
-      if (!v.is_number_integer() || v.get<int64_t>() < INT32_MIN || v.get<int64_t>() > INT32_MAX) {
-        return absl::InvalidArgumentError("\"tokens\" must hold integer ids");
-      }
-      p.token_ids.push_back(static_cast<int32_t>(v.get<int64_t>()));
-    }
-    prompts.push_back(std::move(p));
-    return absl::OkStatus();
-  }));
+  RETURN_IF_ERROR(
+      ForEachJsonLine(f.Get("in"), [&](const nlohmann::json& j, int64_t) -> absl::Status {
+        auto it = j.is_object() ? j.find("tokens") : j.end();
+        if (!j.is_object() || it == j.end() || !it->is_array()) {
+          return absl::InvalidArgumentError("expected an object {\"tokens\": [ids...]}");
+        }
+        RolloutPrompt p;
+        p.prompt_id = prompts.size();
+        if (j.contains("prompt_id")) {
+          if (!j["prompt_id"].is_number_unsigned()) {
+            return absl::InvalidArgumentError("\"prompt_id\" must be a non-negative integer");
+          }
+          p.prompt_id = j["prompt_id"].get<uint64_t>();
+        }
+        for (const auto& v : *it) {
+          if (!v.is_number_integer() || v.get<int64_t>() < INT32_MIN ||
+              v.get<int64_t>() > INT32_MAX) {
+            return absl::InvalidArgumentError("\"tokens\" must hold integer ids");
+          }
+          p.token_ids.push_back(static_cast<int32_t>(v.get<int64_t>()));
+        }
+        prompts.push_back(std::move(p));
+        return absl::OkStatus();
+      }));
   ASSIGN_OR_RETURN(auto client, RolloutClient::Connect(f.Get("address")));
   std::vector<nlohmann::json> lines(prompts.size());
   RETURN_IF_ERROR(client->Generate(prompts, sp, Deadline(f), [&](GroupResult&& g) {
@@ -126,7 +128,8 @@ absl::Status PushWeights(const Flags& f) {
   ASSIGN_OR_RETURN(int64_t version, f.GetInt("version"));
   ASSIGN_OR_RETURN(int64_t chunk_mb, f.GetInt("chunk-mb"));
   if (version < 1) return absl::InvalidArgumentError("--version must be >= 1");
-  if (chunk_mb < 1 || chunk_mb > 64) return absl::InvalidArgumentError("--chunk-mb must be in [1, 64]");
+  if (chunk_mb < 1 || chunk_mb > 64)
+    return absl::InvalidArgumentError("--chunk-mb must be in [1, 64]");
   ASSIGN_OR_RETURN(auto model, LoadModel(f.Get("model")));
   ASSIGN_OR_RETURN(auto client, RolloutClient::Connect(f.Get("address")));
   RETURN_IF_ERROR(client->PushWeights(static_cast<uint64_t>(version), model->layout(),
@@ -158,23 +161,23 @@ absl::Status Status(const Flags& f) {
 }
 
 int Serve(const std::vector<std::string>& args) {
-  Flags f("grpo rollout serve --model DIR [--port P] [--host 127.0.0.1] [--kv-budget-mb M] "
-          "[--max-batch B] [--version V]",
-          "Serves a model as a RolloutService (proto/rollout.proto): Generate (G completions per\n"
-          "prompt, streamed per group, continuous batching), UpdateWeights (streamed, verified,\n"
-          "swapped between sequences) and GetStatus. DIR is a Hugging Face checkpoint directory\n"
-          "(config.json + safetensors); its tokenizer.json, when present, enables stop strings.\n"
-          "Prints \"listening on HOST:PORT\" once ready; --port 0 picks a free port. Binds to\n"
-          "loopback unless --host says otherwise. SIGINT/SIGTERM: running sequences end with\n"
-          "finish reason abort, their groups are sent, waiting requests fail with UNAVAILABLE.");
+  Flags f(
+      "grpo rollout serve --model DIR [--port P] [--host 127.0.0.1] [--kv-budget-mb M] "
+      "[--max-batch B] [--version V]",
+      "Serves a model as a RolloutService (proto/rollout.proto): Generate (G completions per\n"
+      "prompt, streamed per group, continuous batching), UpdateWeights (streamed, verified,\n"
+      "swapped between sequences) and GetStatus. DIR is a Hugging Face checkpoint directory\n"
+      "(config.json + safetensors); its tokenizer.json, when present, enables stop strings.\n"
+      "Prints \"listening on HOST:PORT\" once ready; --port 0 picks a free port. Binds to\n"
+      "loopback unless --host says otherwise. SIGINT/SIGTERM: running sequences end with\n"
+      "finish reason abort, their groups are sent, waiting requests fail with UNAVAILABLE.");
   f.Add("model", "model directory (config.json + *.safetensors [+ tokenizer.json])", "", true);
   f.Add("port", "TCP port (0 = any free port)", "0", false, Flags::Kind::kInt);
   f.Add("host", "address to bind", "127.0.0.1");
   f.Add("kv-budget-mb", "KV cache pool for all running sequences, MiB", "256", false,
         Flags::Kind::kInt);
   f.Add("max-batch", "most sequences decoded together", "64", false, Flags::Kind::kInt);
-  f.Add("version", "weight version reported for the loaded weights", "0", false,
-        Flags::Kind::kInt);
+  f.Add("version", "weight version reported for the loaded weights", "0", false, Flags::Kind::kInt);
   if (int code = ParseFlags(f, args); code >= 0) return code;
   const int64_t port = *f.GetInt("port"), budget_mb = *f.GetInt("kv-budget-mb"),
                 max_batch = *f.GetInt("max-batch"), version = *f.GetInt("version");
@@ -238,11 +241,12 @@ int RunRolloutCommand(const std::vector<std::string>& args) {
   const std::vector<std::string> rest(args.begin() + 1, args.end());
   if (args[0] == "serve") return Serve(rest);
   if (args[0] == "generate") {
-    Flags f("grpo rollout generate --address HOST:PORT --in PROMPTS.jsonl --out OUT.jsonl",
-            "Sends every line {\"tokens\": [ids...], \"prompt_id\": N (optional)} of PROMPTS.jsonl\n"
-            "to a RolloutService in one Generate call and writes one line per prompt, in input\n"
-            "order: {\"prompt_id\", \"completions\": [{\"tokens\", \"logprobs\", \"finish_reason\",\n"
-            "\"weight_version\", ...}]}.");
+    Flags f(
+        "grpo rollout generate --address HOST:PORT --in PROMPTS.jsonl --out OUT.jsonl",
+        "Sends every line {\"tokens\": [ids...], \"prompt_id\": N (optional)} of PROMPTS.jsonl\n"
+        "to a RolloutService in one Generate call and writes one line per prompt, in input\n"
+        "order: {\"prompt_id\", \"completions\": [{\"tokens\", \"logprobs\", \"finish_reason\",\n"
+        "\"weight_version\", ...}]}.");
     f.Add("address", "HOST:PORT of the server", "", true);
     f.Add("in", "prompts JSONL", "", true);
     f.Add("out", "output JSONL", "", true);

@@ -88,19 +88,11 @@ void Model<Real>::FfnForward(int64_t l, LayerActs& a, const Real* in, Real* out,
   Resize(a.ye, NK * H);
   const Real* W_gu = P + o.experts_gate_up;
   const Real* W_down = P + o.experts_down;
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t r0 = a.expert_begin[e], n = a.expert_begin[e + 1] - r0;
-    if (n == 0) continue;
-    LinearForward<Real>(a.gu_e.data() + r0 * 2 * Im, a.xe.data() + r0 * H, W_gu + e * 2 * Im * H,
-                        nullptr, n, H, 2 * Im);
-  }
+  cpu::GroupedLinearForward<Real>(a.gu_e.data(), a.xe.data(), W_gu, 2 * Im * H,
+                                  a.expert_begin.data(), E, H, 2 * Im);
   cpu::SwiGluForward<Real>(a.h_e.data(), a.gu_e.data(), NK, Im);
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t r0 = a.expert_begin[e], n = a.expert_begin[e + 1] - r0;
-    if (n == 0) continue;
-    LinearForward<Real>(a.ye.data() + r0 * H, a.h_e.data() + r0 * Im, W_down + e * H * Im,
-                        nullptr, n, Im, H);
-  }
+  cpu::GroupedLinearForward<Real>(a.ye.data(), a.h_e.data(), W_down, H * Im,
+                                  a.expert_begin.data(), E, Im, H);
   // Combine: out[t] = sum_k w[t,k] * ye[slot(t,k)].
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < T; ++t) {

@@ -66,7 +66,7 @@ struct Engine::Group {
   std::vector<Completion> completions;  // (G)
   int64_t num_finished = 0;
   std::vector<std::vector<int32_t>> prompt_routing;  // per MoE layer (P, K)
-  std::vector<Sequence*> seqs;  // (G) while running; owned by Work::running
+  std::vector<Sequence*> seqs;                       // (G) while running; owned by Work::running
 };
 
 struct Engine::Sequence {
@@ -122,10 +122,10 @@ struct Engine::Work {
   KvCache<float> cache;
   RowAllocator rows;
   std::vector<int64_t> free_slots;
-  std::vector<std::unique_ptr<Group>> groups;       // admitted, not yet delivered
-  std::vector<std::unique_ptr<Sequence>> running;   // one per slot in use
-  std::vector<float> logits;                        // (max_batch, V)
-  std::vector<int32_t> routing;                     // (num_moe, T, K) of the last Extend
+  std::vector<std::unique_ptr<Group>> groups;      // admitted, not yet delivered
+  std::vector<std::unique_ptr<Sequence>> running;  // one per slot in use
+  std::vector<float> logits;                       // (max_batch, V)
+  std::vector<int32_t> routing;                    // (num_moe, T, K) of the last Extend
   uint64_t version = 0;
 
   Work(std::unique_ptr<Model<float>> m, std::unique_ptr<Tokenizer> t, int64_t num_slots,
@@ -146,12 +146,12 @@ Engine::Engine(std::unique_ptr<Model<float>> model, std::unique_ptr<Tokenizer> t
       config_(model->config()),
       num_params_(model->num_params()),
       fingerprint_(LayoutFingerprint(model->layout())) {
-  kv_row_bytes_ = 2 * config_.num_hidden_layers * config_.num_key_value_heads *
-                  config_.head_dim * static_cast<int64_t>(sizeof(float));
+  kv_row_bytes_ = 2 * config_.num_hidden_layers * config_.num_key_value_heads * config_.head_dim *
+                  static_cast<int64_t>(sizeof(float));
   const int64_t pool_rows = options_.kv_budget_bytes / kv_row_bytes_;
   max_context_ = std::min<int64_t>(config_.max_position_embeddings, pool_rows);
-  work_ = std::make_unique<Work>(std::move(model), std::move(tokenizer), options_.max_batch,
-                                 pool_rows);
+  work_ =
+      std::make_unique<Work>(std::move(model), std::move(tokenizer), options_.max_batch, pool_rows);
   work_->logits.resize(options_.max_batch * config_.vocab_size);
   work_->version = options_.initial_version;
   version_ = options_.initial_version;
@@ -166,9 +166,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<Model<flo
   const int64_t row_bytes =
       2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * int64_t{sizeof(float)};
   if (options.kv_budget_bytes / row_bytes < 2) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "kv budget of ", options.kv_budget_bytes, " bytes holds fewer than 2 tokens (",
-        row_bytes, " bytes per token for this model); raise it"));
+    return absl::InvalidArgumentError(absl::StrCat("kv budget of ", options.kv_budget_bytes,
+                                                   " bytes holds fewer than 2 tokens (", row_bytes,
+                                                   " bytes per token for this model); raise it"));
   }
   std::unique_ptr<Engine> engine(new Engine(std::move(model), std::move(tokenizer), options));
   engine->thread_ = std::thread([e = engine.get()] { e->Loop(); });
@@ -192,15 +192,15 @@ uint64_t Engine::newest_version() const {
 
 absl::Status Engine::StageWeights(uint64_t version, std::vector<float> params) {
   if (static_cast<int64_t>(params.size()) != num_params_) {
-    return absl::InvalidArgumentError(absl::StrCat("stage weights: ", params.size(),
-                                                   " params, the model has ", num_params_));
+    return absl::InvalidArgumentError(
+        absl::StrCat("stage weights: ", params.size(), " params, the model has ", num_params_));
   }
   absl::MutexLock lock(&mu_);
   if (stopping_) return absl::UnavailableError("rollout engine is shutting down");
   const uint64_t newest = std::max(version_, staged_version_);
   if (version <= newest) {
-    return absl::FailedPreconditionError(absl::StrCat("weight version ", version,
-                                                      " is not newer than ", newest));
+    return absl::FailedPreconditionError(
+        absl::StrCat("weight version ", version, " is not newer than ", newest));
   }
   staged_version_ = version;
   staged_params_ = std::move(params);
@@ -266,9 +266,9 @@ absl::StatusOr<std::shared_ptr<RolloutRequest>> Engine::Submit(std::vector<Rollo
     if (p.empty()) return absl::InvalidArgumentError(absl::StrCat("prompts[", i, "]: empty"));
     for (size_t j = 0; j < p.size(); ++j) {
       if (p[j] < 0 || p[j] >= V) {
-        return absl::InvalidArgumentError(absl::StrCat("prompts[", i, "].token_ids[", j, "]: ",
-                                                       p[j], " is outside the vocabulary [0, ",
-                                                       V, ")"));
+        return absl::InvalidArgumentError(absl::StrCat("prompts[", i, "].token_ids[", j,
+                                                       "]: ", p[j],
+                                                       " is outside the vocabulary [0, ", V, ")"));
       }
     }
     const int64_t need = static_cast<int64_t>(p.size()) + sampling.max_new_tokens;
@@ -375,7 +375,6 @@ void Engine::Loop() {
     c.weight_version = g->version;
     if (g->sampling->return_routing && num_moe > 0) {
       const int64_t P = static_cast<int64_t>(g->prompt.size());
-      const int64_t N = static_cast<int64_t>(c.token_ids.size());
       c.routing.num_moe_layers = static_cast<int32_t>(num_moe);
       c.routing.top_k = static_cast<int32_t>(K);
       // Tokens whose routing is known: the prompt and every fed completion token.
@@ -388,7 +387,6 @@ void Engine::Loop() {
         c.routing.expert_ids.insert(c.routing.expert_ids.end(), s->routing[m].begin(),
                                     s->routing[m].end());
       }
-      (void)N;
     }
     w.rows.Free(s->kv_offset, s->kv_rows);
     w.free_slots.push_back(s->slot);
@@ -444,9 +442,10 @@ void Engine::Loop() {
     w.running.erase(std::remove_if(w.running.begin(), w.running.end(),
                                    [](const std::unique_ptr<Sequence>& s) { return s->slot < 0; }),
                     w.running.end());
-    w.groups.erase(std::remove_if(w.groups.begin(), w.groups.end(),
-                                  [](const std::unique_ptr<Group>& g) { return g->request == nullptr; }),
-                   w.groups.end());
+    w.groups.erase(
+        std::remove_if(w.groups.begin(), w.groups.end(),
+                       [](const std::unique_ptr<Group>& g) { return g->request == nullptr; }),
+        w.groups.end());
   };
   auto fail_group = [&](Group* g, const absl::Status& s) {
     if (g->request == nullptr) return;
@@ -460,8 +459,7 @@ void Engine::Loop() {
     {
       absl::MutexLock lock(&mu_);
       auto has_work = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return stopping_ || !w.running.empty() ||
-               (staged_version_ > 0) || !waiting_.empty();
+        return stopping_ || !w.running.empty() || (staged_version_ > 0) || !waiting_.empty();
       };
       mu_.Await(absl::Condition(&has_work));
       if (stopping_) break;
@@ -596,8 +594,8 @@ void Engine::Loop() {
         want_routing |= !s->routing.empty();
       }
       model.set_batch_invariant(true);
-      absl::Status st = model.Extend(&w.cache, slots, feed, w.logits.data(),
-                                     want_routing ? &w.routing : nullptr);
+      absl::Status st =
+          model.Extend(&w.cache, slots, feed, w.logits.data(), want_routing ? &w.routing : nullptr);
       if (!st.ok()) {
         for (auto& s : w.running) fail_group(s->group, st);
       } else {
@@ -605,7 +603,8 @@ void Engine::Loop() {
         std::vector<SampledToken> picks(B);
 #pragma omp parallel for schedule(static) if (B > 1)
         for (int64_t b = 0; b < B; ++b) {
-          if (!w.running[b]->routing_pending) picks[b] = draw(w.running[b].get(), w.logits.data() + b * V);
+          if (!w.running[b]->routing_pending)
+            picks[b] = draw(w.running[b].get(), w.logits.data() + b * V);
         }
         for (int64_t b = 0; b < B; ++b) {
           Sequence* s = w.running[b].get();

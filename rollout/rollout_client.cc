@@ -42,8 +42,7 @@ absl::StatusOr<std::unique_ptr<RolloutClient>> RolloutClient::Connect(const std:
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(-1);  // a group of long completions with routing can be large
   args.SetMaxSendMessageSize(-1);
-  impl->channel =
-      grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  impl->channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
   impl->stub = rollout::RolloutService::NewStub(impl->channel);
   return std::unique_ptr<RolloutClient>(new RolloutClient(address, std::move(impl)));
 }
@@ -91,8 +90,8 @@ absl::Status RolloutClient::PushWeights(uint64_t version, const ParamLayout& lay
                                         absl::Span<const float> params, absl::Time deadline,
                                         int64_t chunk_bytes) {
   if (static_cast<int64_t>(params.size()) != layout.total) {
-    return absl::InvalidArgumentError(absl::StrCat("push weights: ", params.size(),
-                                                   " params for a layout of ", layout.total));
+    return absl::InvalidArgumentError(
+        absl::StrCat("push weights: ", params.size(), " params for a layout of ", layout.total));
   }
   chunk_bytes = std::clamp<int64_t>(chunk_bytes, 4, kMaxWeightChunkBytes) / 4 * 4;
   const char* bytes = reinterpret_cast<const char*>(params.data());
@@ -124,7 +123,8 @@ absl::StatusOr<RolloutStatus> RolloutClient::GetStatus(absl::Time deadline) {
   grpc::ClientContext ctx;
   ctx.set_deadline(ToChrono(deadline));
   rollout::StatusResponse response;
-  RETURN_IF_ERROR(FromGrpc(address_, impl_->stub->GetStatus(&ctx, rollout::StatusRequest(), &response)));
+  RETURN_IF_ERROR(
+      FromGrpc(address_, impl_->stub->GetStatus(&ctx, rollout::StatusRequest(), &response)));
   return FromProto(response);
 }
 

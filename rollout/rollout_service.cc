@@ -82,8 +82,8 @@ grpc::Status RolloutServiceImpl::GetStatus(grpc::ServerContext*, const rollout::
 }
 
 absl::StatusOr<std::unique_ptr<grpc::Server>> StartRolloutServer(grpc::Service* service,
-                                                                 const std::string& host,
-                                                                 int port, int* selected_port) {
+                                                                 const std::string& host, int port,
+                                                                 int* selected_port) {
   if (port < 0 || port > 65535) {
     return absl::InvalidArgumentError(absl::StrCat("port ", port, " is not in [0, 65535]"));
   }

@@ -41,7 +41,7 @@ class RolloutServiceImpl final : public rollout::RolloutService::Service {
 // port; *selected_port gets the bound one), with a receive limit that fits the largest weight
 // chunk. The service must outlive the server.
 absl::StatusOr<std::unique_ptr<grpc::Server>> StartRolloutServer(grpc::Service* service,
-                                                                 const std::string& host,
-                                                                 int port, int* selected_port);
+                                                                 const std::string& host, int port,
+                                                                 int* selected_port);
 
 }  // namespace grpo

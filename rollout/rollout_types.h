@@ -13,11 +13,11 @@
 namespace grpo {
 
 struct SamplingParams {
-  int32_t group_size = 1;        // G >= 1
-  float temperature = 1.0f;      // >= 0; 0 = greedy (logprobs then at temperature 1)
-  float top_p = 1.0f;            // (0, 1]; 1 = off
-  int32_t top_k = 0;             // >= 0; 0 = off
-  int32_t max_new_tokens = 16;   // >= 1
+  int32_t group_size = 1;       // G >= 1
+  float temperature = 1.0f;     // >= 0; 0 = greedy (logprobs then at temperature 1)
+  float top_p = 1.0f;           // (0, 1]; 1 = off
+  int32_t top_k = 0;            // >= 0; 0 = off
+  int32_t max_new_tokens = 16;  // >= 1
   std::vector<int32_t> stop_token_ids;
   // Checked against the decoded completion text (needs a tokenizer); the token that completes a
   // match ends the completion and is kept (nothing is cut; see Completion::stop_string).
@@ -55,10 +55,10 @@ struct Completion {
   std::vector<int32_t> token_ids;  // (N) generated tokens only
   std::vector<float> logprobs;     // (N) under the sampling distribution
   FinishReason finish_reason = FinishReason::kUnspecified;
-  int32_t stop_token_id = -1;      // the stop token emitted, else -1
-  std::string stop_string;         // the stop string matched, else empty
+  int32_t stop_token_id = -1;  // the stop token emitted, else -1
+  std::string stop_string;     // the stop string matched, else empty
   uint64_t weight_version = 0;
-  RoutingData routing;             // empty unless return_routing on an MoE model
+  RoutingData routing;  // empty unless return_routing on an MoE model
 };
 
 struct GroupResult {

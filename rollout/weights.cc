@@ -91,13 +91,13 @@ absl::Status WeightAssembler::Add(const rollout::WeightChunk& chunk) {
     }
     if (chunk.total_bytes() != static_cast<uint64_t>(num_params_) * sizeof(float)) {
       return absl::InvalidArgumentError(absl::StrCat("weight update: total_bytes ",
-                                                     chunk.total_bytes(), " != num_params * 4 = ",
-                                                     num_params_ * 4));
+                                                     chunk.total_bytes(),
+                                                     " != num_params * 4 = ", num_params_ * 4));
     }
     if (chunk.version() <= newest_version_) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("weight update: version ", chunk.version(),
-                       " is not newer than the server's version ", newest_version_));
+      return absl::FailedPreconditionError(absl::StrCat("weight update: version ", chunk.version(),
+                                                        " is not newer than the server's version ",
+                                                        newest_version_));
     }
     header_ = chunk;
     header_.clear_data();
@@ -111,13 +111,14 @@ absl::Status WeightAssembler::Add(const rollout::WeightChunk& chunk) {
              chunk.total_bytes() != header_.total_bytes() ||
              chunk.payload_crc32c() != header_.payload_crc32c()) {
     return absl::InvalidArgumentError(
-        absl::StrCat(where, ": header fields (version, dtype, num_params, layout_fingerprint, "
-                            "total_bytes, payload_crc32c) differ from the first chunk's"));
+        absl::StrCat(where,
+                     ": header fields (version, dtype, num_params, layout_fingerprint, "
+                     "total_bytes, payload_crc32c) differ from the first chunk's"));
   }
   const int64_t n = static_cast<int64_t>(chunk.data().size());
   if (chunk.offset() != static_cast<uint64_t>(received_)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        where, ": expected offset ", received_, " (chunks must be contiguous and in order)"));
+    return absl::InvalidArgumentError(absl::StrCat(where, ": expected offset ", received_,
+                                                   " (chunks must be contiguous and in order)"));
   }
   if (n == 0 || n > kMaxWeightChunkBytes) {
     return absl::InvalidArgumentError(
@@ -141,8 +142,8 @@ absl::Status WeightAssembler::Add(const rollout::WeightChunk& chunk) {
 absl::StatusOr<std::vector<float>> WeightAssembler::Finish(uint64_t* version) {
   if (!started_) return absl::AbortedError("weight update: the stream carried no chunks");
   if (static_cast<uint64_t>(received_) != header_.total_bytes()) {
-    return absl::AbortedError(absl::StrCat("weight update: stream ended after ", received_,
-                                           " of ", header_.total_bytes(), " bytes"));
+    return absl::AbortedError(absl::StrCat("weight update: stream ended after ", received_, " of ",
+                                           header_.total_bytes(), " bytes"));
   }
   if (running_crc_ != header_.payload_crc32c()) {
     return absl::DataLossError(absl::StrCat("weight update: payload crc32c ", running_crc_,

@@ -6,6 +6,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <type_traits>
+#include <vector>
 
 #include "common/status.h"
 #include "oneapi/dnnl/dnnl.h"
@@ -91,7 +93,8 @@ inline void DotRows(const float* a, const float* B, int64_t ldb, int64_t K, floa
   int64_t k = 0;
   for (; k + 16 <= K; k += 16) {
     const __m512 av = _mm512_loadu_ps(a + k);
-    for (int r = 0; r < NJ; ++r) acc[r] = _mm512_fmadd_ps(av, _mm512_loadu_ps(B + r * ldb + k), acc[r]);
+    for (int r = 0; r < NJ; ++r)
+      acc[r] = _mm512_fmadd_ps(av, _mm512_loadu_ps(B + r * ldb + k), acc[r]);
   }
   if (k < K) {
     const __mmask16 mask = static_cast<__mmask16>((1u << (K - k)) - 1);
@@ -113,22 +116,54 @@ inline void DotRows(const float* a, const float* B, int64_t ldb, int64_t K, floa
 }
 
 // Batch-invariant C (M, N) = alpha * A (M, K) @ B (N, K)^T + beta * C: every element is one
-// 16-lane FMA chain over k (then the masked tail, then one lane reduction), exactly as in
-// DotRows, whatever the blocking. Register block: kMr rows of A x kNr rows of B.
+// 16-lane FMA chain over k (then the masked tail), then the same fixed tree over its 16 lanes
+// (SumLanes16: lanes l and l+8, then l and l+4, l and l+2, l and l+1), whatever the blocking.
+// Register block: kMr rows of A x kNr rows of B (at most 16 accumulators, reduced together).
+#if defined(__AVX512F__)
+// out[i] = the sum of the 16 lanes of a[i], i < 16, by the tree above for every i. The shuffles
+// route each accumulator's lanes to their own output lane, so out[i] depends on a[i] only.
+inline void SumLanes16(const __m512* a, float* out) {
+  __m512 b[8], c[4], d[2];
+  const __m512i lo8 = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+  const __m512i hi8 =
+      _mm512_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  for (int k = 0; k < 8; ++k) {
+    b[k] = _mm512_add_ps(_mm512_permutex2var_ps(a[2 * k], lo8, a[2 * k + 1]),
+                         _mm512_permutex2var_ps(a[2 * k], hi8, a[2 * k + 1]));
+  }
+  const __m512i lo4 = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27);
+  const __m512i hi4 = _mm512_setr_epi32(4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+  for (int k = 0; k < 4; ++k) {
+    c[k] = _mm512_add_ps(_mm512_permutex2var_ps(b[2 * k], lo4, b[2 * k + 1]),
+                         _mm512_permutex2var_ps(b[2 * k], hi4, b[2 * k + 1]));
+  }
+  const __m512i lo2 = _mm512_setr_epi32(0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29);
+  const __m512i hi2 = _mm512_setr_epi32(2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
+  for (int k = 0; k < 2; ++k) {
+    d[k] = _mm512_add_ps(_mm512_permutex2var_ps(c[2 * k], lo2, c[2 * k + 1]),
+                         _mm512_permutex2var_ps(c[2 * k], hi2, c[2 * k + 1]));
+  }
+  const __m512i lo1 = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i hi1 = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  _mm512_storeu_ps(out, _mm512_add_ps(_mm512_permutex2var_ps(d[0], lo1, d[1]),
+                                      _mm512_permutex2var_ps(d[0], hi1, d[1])));
+}
+#endif
+
 template <int kMr, int kNr>
 inline void InvariantBlock(const float* A, int64_t lda, const float* B, int64_t ldb, int64_t K,
                            float alpha, float beta, float* C, int64_t ldc) {
 #if defined(__AVX512F__)
-  __m512 acc[kMr][kNr];
-  for (int i = 0; i < kMr; ++i)
-    for (int j = 0; j < kNr; ++j) acc[i][j] = _mm512_setzero_ps();
+  static_assert(kMr * kNr <= 16);
+  __m512 acc[16];
+  for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
   int64_t k = 0;
   for (; k + 16 <= K; k += 16) {
     __m512 b[kNr];
     for (int j = 0; j < kNr; ++j) b[j] = _mm512_loadu_ps(B + j * ldb + k);
     for (int i = 0; i < kMr; ++i) {
       const __m512 a = _mm512_loadu_ps(A + i * lda + k);
-      for (int j = 0; j < kNr; ++j) acc[i][j] = _mm512_fmadd_ps(a, b[j], acc[i][j]);
+      for (int j = 0; j < kNr; ++j) acc[i * kNr + j] = _mm512_fmadd_ps(a, b[j], acc[i * kNr + j]);
     }
   }
   if (k < K) {
@@ -137,14 +172,15 @@ inline void InvariantBlock(const float* A, int64_t lda, const float* B, int64_t 
     for (int j = 0; j < kNr; ++j) b[j] = _mm512_maskz_loadu_ps(mask, B + j * ldb + k);
     for (int i = 0; i < kMr; ++i) {
       const __m512 a = _mm512_maskz_loadu_ps(mask, A + i * lda + k);
-      for (int j = 0; j < kNr; ++j) acc[i][j] = _mm512_fmadd_ps(a, b[j], acc[i][j]);
+      for (int j = 0; j < kNr; ++j) acc[i * kNr + j] = _mm512_fmadd_ps(a, b[j], acc[i * kNr + j]);
     }
   }
+  float sums[16];
+  SumLanes16(acc, sums);
   for (int i = 0; i < kMr; ++i) {
     for (int j = 0; j < kNr; ++j) {
-      const float d = _mm512_reduce_add_ps(acc[i][j]);
       float* c = C + i * ldc + j;
-      *c = alpha * d + (beta == 0.0f ? 0.0f : beta * *c);
+      *c = alpha * sums[i * kNr + j] + (beta == 0.0f ? 0.0f : beta * *c);
     }
   }
 #else
@@ -163,7 +199,8 @@ template <int kMr>
 inline void InvariantRows(const float* A, int64_t lda, const float* B, int64_t ldb, int64_t K,
                           int64_t nj, float alpha, float beta, float* C, int64_t ldc) {
   int64_t j = 0;
-  for (; j + 4 <= nj; j += 4) InvariantBlock<kMr, 4>(A, lda, B + j * ldb, ldb, K, alpha, beta, C + j, ldc);
+  for (; j + 4 <= nj; j += 4)
+    InvariantBlock<kMr, 4>(A, lda, B + j * ldb, ldb, K, alpha, beta, C + j, ldc);
   for (; j < nj; ++j) InvariantBlock<kMr, 1>(A, lda, B + j * ldb, ldb, K, alpha, beta, C + j, ldc);
 }
 
@@ -180,14 +217,142 @@ void InvariantGemmNT(int64_t M, int64_t N, int64_t K, float alpha, const float* 
       const int64_t i0 = rb * kRows, i1 = std::min(M, i0 + kRows);
       int64_t i = i0;
       for (; i + 4 <= i1; i += 4) {
-        InvariantRows<4>(A + i * lda, lda, B + j0 * ldb, ldb, K, nj, alpha, beta, C + i * ldc + j0, ldc);
+        InvariantRows<4>(A + i * lda, lda, B + j0 * ldb, ldb, K, nj, alpha, beta, C + i * ldc + j0,
+                         ldc);
       }
       for (; i < i1; ++i) {
-        InvariantRows<1>(A + i * lda, lda, B + j0 * ldb, ldb, K, nj, alpha, beta, C + i * ldc + j0, ldc);
+        InvariantRows<1>(A + i * lda, lda, B + j0 * ldb, ldb, K, nj, alpha, beta, C + i * ldc + j0,
+                         ldc);
       }
     }
   }
 }
+
+#if defined(__AVX512F__)
+// Outer-product form of the batch-invariant GEMM (the AVX-512 path): every C[m, n] is ONE
+// sequential FMA chain c = fma(A[m,k], B[n,k], c) over k = 0..K-1 from c = 0, then alpha * c
+// (+ beta * C). Nothing in that chain depends on M, on the row's position or on the threads, so
+// it is batch-invariant like the dot form above, and it runs like a normal GEMM microkernel:
+// B is packed per 32-column panel into (K, 32) rows, a block of kMr rows of A broadcasts one
+// value per k into 2 x kMr accumulators.
+constexpr int64_t kPanel = 32;
+constexpr int64_t kPanelMinN = 1024;
+
+// o[c] = column c of the 16 x 16 block r (r[i] = row i): the standard unpack/shuffle transpose.
+inline void Transpose16(__m512* r) {
+  __m512 t[16], u[16];
+  for (int p = 0; p < 8; ++p) {
+    t[2 * p] = _mm512_unpacklo_ps(r[2 * p], r[2 * p + 1]);
+    t[2 * p + 1] = _mm512_unpackhi_ps(r[2 * p], r[2 * p + 1]);
+  }
+  for (int g = 0; g < 4; ++g) {
+    const __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 2]);
+    const __m512d c = _mm512_castps_pd(t[4 * g + 1]), d = _mm512_castps_pd(t[4 * g + 3]);
+    u[4 * g + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+    u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+    u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+    u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+  }
+  // u[4g + c]: rows 4g..4g+3 at columns c, c+4, c+8, c+12 (one 128-bit lane each).
+  for (int c = 0; c < 4; ++c) {
+    const __m512 v = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88);
+    const __m512 w = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xdd);
+    const __m512 x = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x88);
+    const __m512 y = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xdd);
+    r[c] = _mm512_shuffle_f32x4(v, x, 0x88);
+    r[c + 8] = _mm512_shuffle_f32x4(v, x, 0xdd);
+    r[c + 4] = _mm512_shuffle_f32x4(w, y, 0x88);
+    r[c + 12] = _mm512_shuffle_f32x4(w, y, 0xdd);
+  }
+}
+
+// packed (K, 32) = B rows j0 .. j0+nj-1 (nj <= 32) transposed; missing columns are 0.
+void PackPanel(const float* B, int64_t ldb, int64_t nj, int64_t K, float* packed) {
+  for (int h = 0; h < 2; ++h) {  // 16 rows at a time: 16 read streams, not 32
+    for (int64_t k0 = 0; k0 < K; k0 += 16) {
+      const int64_t nk = std::min<int64_t>(16, K - k0);
+      const __mmask16 kmask = static_cast<__mmask16>((1u << nk) - 1);
+      __m512 r[16];
+      for (int i = 0; i < 16; ++i) {
+        const int64_t row = h * 16 + i;
+        r[i] = row < nj ? _mm512_maskz_loadu_ps(kmask, B + row * ldb + k0) : _mm512_setzero_ps();
+      }
+      Transpose16(r);
+      for (int64_t kk = 0; kk < nk; ++kk)
+        _mm512_storeu_ps(packed + (k0 + kk) * kPanel + h * 16, r[kk]);
+    }
+  }
+}
+
+template <int kMr>
+inline void PanelRows(const float* A, int64_t lda, const float* packed, int64_t K, float alpha,
+                      float beta, float* C, int64_t ldc, __mmask16 m0, __mmask16 m1) {
+  __m512 acc0[kMr], acc1[kMr];
+  for (int i = 0; i < kMr; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    const __m512 b0 = _mm512_loadu_ps(packed + k * kPanel);
+    const __m512 b1 = _mm512_loadu_ps(packed + k * kPanel + 16);
+    for (int i = 0; i < kMr; ++i) {
+      const __m512 a = _mm512_set1_ps(A[i * lda + k]);
+      acc0[i] = _mm512_fmadd_ps(a, b0, acc0[i]);
+      acc1[i] = _mm512_fmadd_ps(a, b1, acc1[i]);
+    }
+  }
+  const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+  for (int i = 0; i < kMr; ++i) {
+    float* c = C + i * ldc;
+    __m512 r0 = _mm512_mul_ps(va, acc0[i]), r1 = _mm512_mul_ps(va, acc1[i]);
+    if (beta != 0.0f) {
+      r0 = _mm512_add_ps(r0, _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(m0, c)));
+      r1 = _mm512_add_ps(r1, _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(m1, c + 16)));
+    }
+    _mm512_mask_storeu_ps(c, m0, r0);
+    _mm512_mask_storeu_ps(c + 16, m1, r1);
+  }
+}
+
+void InvariantGemmNTPanels(int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                           int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+                           int64_t ldc) {
+  constexpr int kMr = 6;
+  const int64_t num_panels = (N + kPanel - 1) / kPanel;
+  const bool parallel = !omp_in_parallel() && M * N * K > (1 << 16) && num_panels > 1;
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t p = 0; p < num_panels; ++p) {
+    thread_local std::vector<float> packed;
+    if (static_cast<int64_t>(packed.size()) < K * kPanel) packed.resize(K * kPanel);
+    const int64_t j0 = p * kPanel, nj = std::min(kPanel, N - j0);
+    PackPanel(B + j0 * ldb, ldb, nj, K, packed.data());
+    const __mmask16 m0 = static_cast<__mmask16>(nj >= 16 ? 0xFFFF : (1u << nj) - 1);
+    const __mmask16 m1 = static_cast<__mmask16>(nj >= 32   ? 0xFFFF
+                                                : nj <= 16 ? 0
+                                                           : (1u << (nj - 16)) - 1);
+    float* Cp = C + j0;
+    int64_t i = 0;
+    for (; i + kMr <= M; i += kMr)
+      PanelRows<kMr>(A + i * lda, lda, packed.data(), K, alpha, beta, Cp + i * ldc, ldc, m0, m1);
+    switch (M - i) {
+      case 5:
+        PanelRows<5>(A + i * lda, lda, packed.data(), K, alpha, beta, Cp + i * ldc, ldc, m0, m1);
+        break;
+      case 4:
+        PanelRows<4>(A + i * lda, lda, packed.data(), K, alpha, beta, Cp + i * ldc, ldc, m0, m1);
+        break;
+      case 3:
+        PanelRows<3>(A + i * lda, lda, packed.data(), K, alpha, beta, Cp + i * ldc, ldc, m0, m1);
+        break;
+      case 2:
+        PanelRows<2>(A + i * lda, lda, packed.data(), K, alpha, beta, Cp + i * ldc, ldc, m0, m1);
+        break;
+      case 1:
+        PanelRows<1>(A + i * lda, lda, packed.data(), K, alpha, beta, Cp + i * ldc, ldc, m0, m1);
+        break;
+      default:
+        break;
+    }
+  }
+}
+#endif
 
 #pragma GCC diagnostic pop
 
@@ -264,6 +429,15 @@ void Gemm<float>(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, fl
     return;
   }
   if (!trans_a && trans_b && t_batch_invariant) {
+#if defined(__AVX512F__)
+    // The form is chosen by N alone (never by M), so a row's arithmetic stays M-independent:
+    // packing pays off for wide outputs (vocabulary, fused qkv) at decode batch sizes; narrow
+    // ones (experts at a few rows each) keep the unpacked dot form.
+    if (N >= kPanelMinN) {
+      InvariantGemmNTPanels(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+      return;
+    }
+#endif
     InvariantGemmNT(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
@@ -275,8 +449,8 @@ void Gemm<float>(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, fl
     LoopGemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
-  dnnl_status_t st = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', M, N, K, alpha, A, lda,
-                                B, ldb, beta, C, ldc);
+  dnnl_status_t st = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', M, N, K, alpha, A, lda, B,
+                                ldb, beta, C, ldc);
   GRPO_CHECK_MSG(st == dnnl_success, "dnnl_sgemm failed");
 }
 
@@ -310,6 +484,63 @@ void LinearForward(Real* y, const Real* x, const Real* W, const Real* b, int64_t
     }
   }
 }
+
+template <typename Real>
+void GroupedLinearForward(Real* y, const Real* x, const Real* W, int64_t w_stride,
+                          const int64_t* row_begin, int64_t num_groups, int64_t in, int64_t out) {
+  bool grouped = false;
+  if constexpr (std::is_same_v<Real, float>) {
+#if defined(__AVX512F__)
+    grouped = t_batch_invariant && out < kPanelMinN;
+#else
+    grouped = t_batch_invariant;
+#endif
+  }
+  if (!grouped) {
+    for (int64_t g = 0; g < num_groups; ++g) {
+      const int64_t r0 = row_begin[g], n = row_begin[g + 1] - r0;
+      if (n > 0)
+        LinearForward<Real>(y + r0 * out, x + r0 * in, W + g * w_stride, nullptr, n, in, out);
+    }
+    return;
+  }
+  if constexpr (std::is_same_v<Real, float>) {
+    // The tasks InvariantGemmNT would run for each group, all in one region.
+    constexpr int64_t kCols = 64, kRows = 64;
+    struct Task {
+      int64_t g, j0, i0, i1;
+    };
+    std::vector<Task> tasks;
+    int64_t work = 0;
+    for (int64_t g = 0; g < num_groups; ++g) {
+      for (int64_t i0 = row_begin[g]; i0 < row_begin[g + 1]; i0 += kRows) {
+        const int64_t i1 = std::min(row_begin[g + 1], i0 + kRows);
+        for (int64_t j0 = 0; j0 < out; j0 += kCols) tasks.push_back({g, j0, i0, i1});
+        work += (i1 - i0) * out * in;
+      }
+    }
+    const int64_t num_tasks = static_cast<int64_t>(tasks.size());
+    const bool parallel = !omp_in_parallel() && work > (1 << 16) && num_tasks > 1;
+#pragma omp parallel for schedule(dynamic, 1) if (parallel)
+    for (int64_t t = 0; t < num_tasks; ++t) {
+      const Task& task = tasks[t];
+      const float* B = W + task.g * w_stride + task.j0 * in;
+      const int64_t nj = std::min(kCols, out - task.j0);
+      int64_t i = task.i0;
+      for (; i + 4 <= task.i1; i += 4) {
+        InvariantRows<4>(x + i * in, in, B, in, in, nj, 1.0f, 0.0f, y + i * out + task.j0, out);
+      }
+      for (; i < task.i1; ++i) {
+        InvariantRows<1>(x + i * in, in, B, in, in, nj, 1.0f, 0.0f, y + i * out + task.j0, out);
+      }
+    }
+  }
+}
+
+template void GroupedLinearForward<float>(float*, const float*, const float*, int64_t,
+                                          const int64_t*, int64_t, int64_t, int64_t);
+template void GroupedLinearForward<double>(double*, const double*, const double*, int64_t,
+                                           const int64_t*, int64_t, int64_t, int64_t);
 
 template <typename Real>
 void LinearBackward(Real* dx, Real* dW, Real* db, const Real* dy, const Real* x, const Real* W,

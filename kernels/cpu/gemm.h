@@ -20,6 +20,14 @@ template <typename Real>
 void LinearForward(Real* y, const Real* x, const Real* W, const Real* b, int64_t T, int64_t in,
                    int64_t out);
 
+// MoE experts: for every group g < num_groups, rows [row_begin[g], row_begin[g+1]) of y (.., out)
+// = the same rows of x (.., in) @ W_g^T with W_g = W + g * w_stride (out, in). Each group's result
+// is exactly LinearForward's on its rows; in batch-invariant mode all groups share one parallel
+// region (decode has a few rows per expert, and a region per expert costs more than its work).
+template <typename Real>
+void GroupedLinearForward(Real* y, const Real* x, const Real* W, int64_t w_stride,
+                          const int64_t* row_begin, int64_t num_groups, int64_t in, int64_t out);
+
 // Backward of LinearForward. Accumulates: dx += dy @ W, dW += dy^T @ x, db += sum_t dy.
 // dx, dW, db may each be null to skip.
 template <typename Real>
@@ -28,8 +36,9 @@ void LinearBackward(Real* dx, Real* dW, Real* db, const Real* dy, const Real* x,
 
 // Batch-invariant mode, per calling thread: while a scope with on = true is alive on a thread,
 // float Gemm calls from that thread with op(A) = A and op(B) = B^T (every LinearForward) compute
-// each C[m, n] with one fixed sequence of operations over k (16-lane FMA chains, masked tail, one
-// lane reduction) whatever M, N, the row's position or the thread count, and AttentionForward
+// each C[m, n] with one fixed sequence of operations over k that depends on N and K only, never
+// on M, the row's position or the thread count (N < 1024: 16-lane FMA chains and a fixed lane
+// tree; N >= 1024 with AVX-512: one sequential FMA chain over a packed panel), and AttentionForward
 // processes every query token by itself. A row's result then depends only on its own inputs:
 // the rollout engine's decode and the learner's forward agree bitwise (model.h
 // set_batch_invariant). Other layouts (backward) are unaffected. Scopes nest.

@@ -1,7 +1,6 @@
 // Batch-invariant mode (kernels/cpu/gemm.h BatchInvariantScope): a row's GEMM result and a query's
 // attention output are bitwise independent of the other rows / queries in the call.
 #include <catch2/catch.hpp>
-
 #include <cstring>
 #include <random>
 #include <vector>
@@ -21,42 +20,44 @@ std::vector<float> Random(int64_t n, uint64_t seed) {
 }
 
 TEST_CASE("batch-invariant GEMM rows do not depend on M", "[kernels][batch_invariant]") {
-  for (const int64_t K : {6, 16, 37, 512}) {
-    const int64_t N = 75, M_max = 70;
-    const std::vector<float> A = Random(M_max * K, K), B = Random(N * K, K + 1);
-    std::vector<float> full(M_max * N), part(N);
-    {
-      BatchInvariantScope on(true);
-      LinearForward<float>(full.data(), A.data(), B.data(), nullptr, M_max, K, N);
-    }
-    // Row r computed alone, and inside calls of other sizes, is the same bits.
-    for (const int64_t r : {0, 3, 17, 69}) {
-      for (const int64_t M : {int64_t{1}, int64_t{5}, int64_t{64}}) {
-        if (r >= M && M != 1) continue;
-        const int64_t first = M == 1 ? r : 0;
-        std::vector<float> out(M * N);
-        {
-          BatchInvariantScope on(true);
-          LinearForward<float>(out.data(), A.data() + first * K, B.data(), nullptr, M, K, N);
+  // N 75: the dot form; N 1100: the packed-panel form (a partial last panel).
+  for (const int64_t N : {75, 1100})
+    for (const int64_t K : {6, 16, 37, 512}) {
+      const int64_t M_max = 70;
+      const std::vector<float> A = Random(M_max * K, K), B = Random(N * K, K + 1);
+      std::vector<float> full(M_max * N), part(N);
+      {
+        BatchInvariantScope on(true);
+        LinearForward<float>(full.data(), A.data(), B.data(), nullptr, M_max, K, N);
+      }
+      // Row r computed alone, and inside calls of other sizes, is the same bits.
+      for (const int64_t r : {0, 3, 17, 69}) {
+        for (const int64_t M : {int64_t{1}, int64_t{5}, int64_t{64}}) {
+          if (r >= M && M != 1) continue;
+          const int64_t first = M == 1 ? r : 0;
+          std::vector<float> out(M * N);
+          {
+            BatchInvariantScope on(true);
+            LinearForward<float>(out.data(), A.data() + first * K, B.data(), nullptr, M, K, N);
+          }
+          const float* row = out.data() + (r - first) * N;
+          INFO("N " << N << " K " << K << " row " << r << " M " << M);
+          REQUIRE(std::memcmp(row, full.data() + r * N, N * sizeof(float)) == 0);
         }
-        const float* row = out.data() + (r - first) * N;
-        INFO("K " << K << " row " << r << " M " << M);
-        REQUIRE(std::memcmp(row, full.data() + r * N, N * sizeof(float)) == 0);
       }
-    }
-    // And it is a correct product (normalized error vs double).
-    double err = 0, norm = 0;
-    for (int64_t m = 0; m < M_max; ++m) {
-      for (int64_t n = 0; n < N; ++n) {
-        double ref = 0;
-        for (int64_t k = 0; k < K; ++k) ref += double(A[m * K + k]) * B[n * K + k];
-        err += (ref - full[m * N + n]) * (ref - full[m * N + n]);
-        norm += ref * ref;
+      // And it is a correct product (normalized error vs double).
+      double err = 0, norm = 0;
+      for (int64_t m = 0; m < M_max; ++m) {
+        for (int64_t n = 0; n < N; ++n) {
+          double ref = 0;
+          for (int64_t k = 0; k < K; ++k) ref += double(A[m * K + k]) * B[n * K + k];
+          err += (ref - full[m * N + n]) * (ref - full[m * N + n]);
+          norm += ref * ref;
+        }
       }
+      CHECK(norm > 0);
+      CHECK(std::sqrt(err / norm) < 1e-6);
     }
-    CHECK(norm > 0);
-    CHECK(std::sqrt(err / norm) < 1e-6);
-  }
   CHECK(!BatchInvariantEnabled());
 }
 

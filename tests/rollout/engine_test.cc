@@ -1,13 +1,13 @@
 // The rollout engine without a server: reproducibility under any batch composition, group
 // forking, stop conditions, logprobs against the learner's forward, routing, weight swaps, KV
 // budget waits, cancellation and bad input.
-#include <catch2/catch.hpp>
+#include "rollout/engine.h"
 
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <thread>
 
 #include "model/tokenizer.h"
-#include "rollout/engine.h"
 #include "rollout/sampling.h"
 #include "tests/rollout/rollout_test_util.h"
 
@@ -60,7 +60,8 @@ TEST_CASE("a seed gives the same completions whatever they are batched with", "[
   for (int i = 0; i < 4; ++i) {
     SamplingParams o = Sampling(1 + i % 3, 3 + 4 * i, 100 + i);
     o.temperature = 0.5f + 0.3f * i;
-    auto r = busy->Submit({{static_cast<uint64_t>(i), RandomTokens(2 + 3 * i, c.vocab_size, 50 + i)}}, o);
+    auto r = busy->Submit(
+        {{static_cast<uint64_t>(i), RandomTokens(2 + 3 * i, c.vocab_size, 50 + i)}}, o);
     REQUIRE(r.ok());
     others.push_back(*r);
   }
@@ -194,8 +195,8 @@ std::vector<float> LearnerLogprobs(Model<float>& model, const std::vector<int32_
 }
 
 TEST_CASE("rollout logprobs equal the learner's forward", "[rollout][engine][logprobs]") {
-  for (const auto& family : {testing::TinyQwen3MoeJson(), testing::TinyQwen2MoeJson(),
-                             testing::TinyLlamaJson()}) {
+  for (const auto& family :
+       {testing::TinyQwen3MoeJson(), testing::TinyQwen2MoeJson(), testing::TinyLlamaJson()}) {
     const ModelConfig c = MustParse(family);
     INFO(c.model_type);
     auto learner = MakeModel<float>(c, 7);
@@ -339,11 +340,13 @@ TEST_CASE("a weight update waits for running sequences; every completion has one
   for (const Completion& comp : (*second)[0].completions) CHECK(comp.weight_version == 2);
   // Version 2 completions are those of the new weights.
   auto ref = MakeModel<float>(c, 10);
-  RequireSameCompletion((*second)[0].completions[1], ReferenceSample(*ref, prompts[0].token_ids, 0, 1, sp));
+  RequireSameCompletion((*second)[0].completions[1],
+                        ReferenceSample(*ref, prompts[0].token_ids, 0, 1, sp));
   CHECK(engine->GetStatus().weight_version == 2);
 }
 
-TEST_CASE("a KV budget smaller than the work makes groups wait, not fail", "[rollout][engine][kv]") {
+TEST_CASE("a KV budget smaller than the work makes groups wait, not fail",
+          "[rollout][engine][kv]") {
   const ModelConfig c = TinyMoe();
   EngineOptions opt;
   // Row bytes: 2 (k, v) x 2 layers x nkv 2 x hd 6 x 4 bytes = 192; room for 40 tokens.
@@ -351,7 +354,8 @@ TEST_CASE("a KV budget smaller than the work makes groups wait, not fail", "[rol
   auto engine = MakeEngine(c, 11, opt);
   SamplingParams sp = Sampling(2, 8, 4);
   std::vector<RolloutPrompt> prompts;
-  for (int i = 0; i < 6; ++i) prompts.push_back({static_cast<uint64_t>(i), RandomTokens(10, c.vocab_size, i)});
+  for (int i = 0; i < 6; ++i)
+    prompts.push_back({static_cast<uint64_t>(i), RandomTokens(10, c.vocab_size, i)});
   // Each group needs 2 x 18 = 36 rows: one group at a time.
   auto groups = engine->GenerateAll(prompts, sp);
   REQUIRE(groups.ok());
@@ -359,7 +363,8 @@ TEST_CASE("a KV budget smaller than the work makes groups wait, not fail", "[rol
   auto expected = unlimited->GenerateAll(prompts, sp);
   REQUIRE(expected.ok());
   for (int i = 0; i < 6; ++i) {
-    for (int s = 0; s < 2; ++s) RequireSameCompletion((*groups)[i].completions[s], (*expected)[i].completions[s]);
+    for (int s = 0; s < 2; ++s)
+      RequireSameCompletion((*groups)[i].completions[s], (*expected)[i].completions[s]);
   }
   const RolloutStatus st = engine->GetStatus();
   CHECK(st.kv_bytes_budget == 192 * 40);
@@ -377,7 +382,8 @@ TEST_CASE("cancelling a request frees its sequences", "[rollout][engine]") {
   auto engine = MakeEngine(c, 12);
   SamplingParams sp = Sampling(4, 40, 4);
   std::vector<RolloutPrompt> prompts;
-  for (int i = 0; i < 20; ++i) prompts.push_back({static_cast<uint64_t>(i), RandomTokens(8, c.vocab_size, i)});
+  for (int i = 0; i < 20; ++i)
+    prompts.push_back({static_cast<uint64_t>(i), RandomTokens(8, c.vocab_size, i)});
   auto r = engine->Submit(prompts, sp);
   REQUIRE(r.ok());
   engine->Cancel(*r);
@@ -402,14 +408,16 @@ TEST_CASE("shutdown aborts running sequences and fails waiting requests", "[roll
   auto engine = MakeEngine(c, 13, opt);
   SamplingParams sp = Sampling(2, 50, 4);
   std::vector<RolloutPrompt> prompts;
-  for (int i = 0; i < 5; ++i) prompts.push_back({static_cast<uint64_t>(i), RandomTokens(8, c.vocab_size, i)});
+  for (int i = 0; i < 5; ++i)
+    prompts.push_back({static_cast<uint64_t>(i), RandomTokens(8, c.vocab_size, i)});
   auto r = engine->Submit(prompts, sp);
   REQUIRE(r.ok());
   engine->Shutdown();
   GroupResult g;
   int aborted = 0;
   while ((*r)->Next(&g, absl::Seconds(5)) == RolloutRequest::Wait::kGroup) {
-    for (const Completion& comp : g.completions) aborted += comp.finish_reason == FinishReason::kAbort;
+    for (const Completion& comp : g.completions)
+      aborted += comp.finish_reason == FinishReason::kAbort;
   }
   CHECK((*r)->status().code() == absl::StatusCode::kUnavailable);
   CHECK(engine->Submit(prompts, sp).status().code() == absl::StatusCode::kUnavailable);
@@ -419,7 +427,8 @@ TEST_CASE("shutdown aborts running sequences and fails waiting requests", "[roll
 TEST_CASE("bad requests are INVALID_ARGUMENT naming the field", "[rollout][engine][errors]") {
   const ModelConfig c = TinyMoe();  // vocab 37, context 64
   auto engine = MakeEngine(c, 14);
-  auto expect = [&](std::vector<RolloutPrompt> prompts, SamplingParams sp, const std::string& what) {
+  auto expect = [&](std::vector<RolloutPrompt> prompts, SamplingParams sp,
+                    const std::string& what) {
     auto r = engine->Submit(std::move(prompts), sp);
     INFO(what);
     REQUIRE(r.status().code() == absl::StatusCode::kInvalidArgument);

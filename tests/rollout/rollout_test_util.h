@@ -64,7 +64,8 @@ inline Completion ReferenceSample(Model<float>& model, const std::vector<int32_t
     }
     last = t.token;
     absl::Span<const int32_t> one(&last, 1);
-    if (!model.Extend(&cache, {slot}, {one}, logits.data()).ok()) throw std::runtime_error("extend");
+    if (!model.Extend(&cache, {slot}, {one}, logits.data()).ok())
+      throw std::runtime_error("extend");
   }
   model.set_batch_invariant(false);
   return c;

@@ -1,9 +1,8 @@
 // RolloutService over loopback gRPC with RolloutClient: several concurrent clients, weight
 // updates (good, corrupt, interrupted, stale, wrong layout), status, and WeightAssembler alone.
-#include <catch2/catch.hpp>
-
 #include <grpcpp/grpcpp.h>
 
+#include <catch2/catch.hpp>
 #include <thread>
 
 #include "proto/rollout.grpc.pb.h"
@@ -67,7 +66,8 @@ TEST_CASE("several clients generate over loopback at once", "[rollout][service]"
   sp.return_routing = true;
   for (int k = 0; k < kClients; ++k) {
     for (int i = 0; i < 3; ++i) {
-      prompts[k].push_back({static_cast<uint64_t>(k * 10 + i), RandomTokens(3 + i + k, c.vocab_size, k * 10 + i)});
+      prompts[k].push_back(
+          {static_cast<uint64_t>(k * 10 + i), RandomTokens(3 + i + k, c.vocab_size, k * 10 + i)});
     }
   }
   std::vector<std::thread> threads;
@@ -108,16 +108,19 @@ TEST_CASE("several clients generate over loopback at once", "[rollout][service]"
   REQUIRE(client.ok());
   SamplingParams bad = sp;
   bad.group_size = 0;
-  absl::Status s = (*client)->Generate(prompts[0], bad, Soon(), [](GroupResult&&) { return absl::OkStatus(); });
+  absl::Status s =
+      (*client)->Generate(prompts[0], bad, Soon(), [](GroupResult&&) { return absl::OkStatus(); });
   CHECK(s.code() == absl::StatusCode::kInvalidArgument);
   CHECK_THAT(std::string(s.message()), Catch::Contains("group_size"));
   // A callback error cancels the call and is returned.
   SamplingParams long_sp = sp;
   long_sp.max_new_tokens = 40;
   std::vector<RolloutPrompt> many;
-  for (int i = 0; i < 12; ++i) many.push_back({static_cast<uint64_t>(i), RandomTokens(4, c.vocab_size, 90 + i)});
+  for (int i = 0; i < 12; ++i)
+    many.push_back({static_cast<uint64_t>(i), RandomTokens(4, c.vocab_size, 90 + i)});
   const int64_t tokens_before = lb.engine->GetStatus().total_tokens;
-  s = (*client)->Generate(many, long_sp, Soon(), [](GroupResult&&) { return absl::AbortedError("enough"); });
+  s = (*client)->Generate(many, long_sp, Soon(),
+                          [](GroupResult&&) { return absl::AbortedError("enough"); });
   CHECK(s.code() == absl::StatusCode::kAborted);
   // The server noticed the client went away and dropped the request's sequences.
   RolloutStatus st;
@@ -134,8 +137,10 @@ TEST_CASE("several clients generate over loopback at once", "[rollout][service]"
   // A dead address is UNAVAILABLE (or DEADLINE_EXCEEDED), for the learner to re-issue elsewhere.
   auto dead = RolloutClient::Connect("127.0.0.1:1");
   REQUIRE(dead.ok());
-  s = (*dead)->Generate(prompts[0], sp, absl::Now() + absl::Seconds(2), [](GroupResult&&) { return absl::OkStatus(); });
-  CHECK((s.code() == absl::StatusCode::kUnavailable || s.code() == absl::StatusCode::kDeadlineExceeded));
+  s = (*dead)->Generate(prompts[0], sp, absl::Now() + absl::Seconds(2),
+                        [](GroupResult&&) { return absl::OkStatus(); });
+  CHECK((s.code() == absl::StatusCode::kUnavailable ||
+         s.code() == absl::StatusCode::kDeadlineExceeded));
 }
 
 // Sends chunks through the raw stub, for streams RolloutClient would never send.
@@ -158,7 +163,8 @@ grpc::Status SendChunks(const std::string& address, const std::vector<rollout::W
 }
 
 std::vector<rollout::WeightChunk> MakeChunks(uint64_t version, const ParamLayout& layout,
-                                             const std::vector<float>& params, int64_t chunk_bytes) {
+                                             const std::vector<float>& params,
+                                             int64_t chunk_bytes) {
   std::vector<rollout::WeightChunk> chunks;
   const char* bytes = reinterpret_cast<const char*>(params.data());
   const int64_t total = static_cast<int64_t>(params.size() * 4);
@@ -179,7 +185,8 @@ std::vector<rollout::WeightChunk> MakeChunks(uint64_t version, const ParamLayout
   return chunks;
 }
 
-TEST_CASE("weight updates: only a complete verified stream is applied", "[rollout][service][weights]") {
+TEST_CASE("weight updates: only a complete verified stream is applied",
+          "[rollout][service][weights]") {
   const ModelConfig c = MustParse(testing::TinyQwen3MoeJson());
   EngineOptions opt;
   opt.initial_version = 5;
@@ -188,7 +195,8 @@ TEST_CASE("weight updates: only a complete verified stream is applied", "[rollou
   REQUIRE(client.ok());
   auto new_model = MakeModel<float>(c, 31);
   const ParamLayout& layout = new_model->layout();
-  const std::vector<float> params(new_model->params(), new_model->params() + new_model->num_params());
+  const std::vector<float> params(new_model->params(),
+                                  new_model->params() + new_model->num_params());
   SamplingParams sp;
   sp.group_size = 2;
   sp.max_new_tokens = 8;
@@ -196,10 +204,13 @@ TEST_CASE("weight updates: only a complete verified stream is applied", "[rollou
   const std::vector<RolloutPrompt> prompts = {{0, RandomTokens(5, c.vocab_size, 1)}};
   auto generate = [&]() {
     std::vector<GroupResult> out;
-    REQUIRE((*client)->Generate(prompts, sp, Soon(), [&](GroupResult&& g) {
-      out.push_back(std::move(g));
-      return absl::OkStatus();
-    }).ok());
+    REQUIRE((*client)
+                ->Generate(prompts, sp, Soon(),
+                           [&](GroupResult&& g) {
+                             out.push_back(std::move(g));
+                             return absl::OkStatus();
+                           })
+                .ok());
     return out;
   };
   const std::vector<GroupResult> before = generate();
@@ -291,7 +302,8 @@ TEST_CASE("WeightAssembler names what is wrong", "[rollout][weights]") {
     auto bad = chunks;
     bad[1].set_version(4);
     REQUIRE(a.Add(bad[0]).ok());
-    CHECK_THAT(std::string(a.Add(bad[1]).message()), Catch::Contains("differ from the first chunk"));
+    CHECK_THAT(std::string(a.Add(bad[1]).message()),
+               Catch::Contains("differ from the first chunk"));
   }
   {
     WeightAssembler a(m->num_params() + 1, fp, 2);
