@@ -166,23 +166,27 @@ std::string RenderSvgPlot(const std::vector<PlotPanel>& panels, const SvgPlotOpt
     for (size_t k = 0; k < panel.series.size(); ++k) {
       const PlotSeries& ser = panel.series[k];
       const char* color = kColors[k % (sizeof kColors / sizeof kColors[0])];
-      // One polyline per run of finite points, so gaps show as gaps.
+      // One polyline through the finite points: a metric logged only every N steps (held-out
+      // accuracy) has no value in between, which is "not measured", not a break. Sparse series
+      // also get a marker per point.
       std::string pts;
-      auto flush = [&] {
-        if (!pts.empty()) {
-          s += "<polyline fill=\"none\" stroke=\"" + std::string(color) +
-               "\" stroke-width=\"1.6\" points=\"" + pts + "\"/>\n";
-        }
-        pts.clear();
-      };
+      int64_t n_finite = 0;
       for (size_t i = 0; i < ser.x.size() && i < ser.y.size(); ++i) {
-        if (!std::isfinite(ser.x[i]) || !std::isfinite(ser.y[i])) {
-          flush();
-          continue;
-        }
+        if (!std::isfinite(ser.x[i]) || !std::isfinite(ser.y[i])) continue;
         pts += Num(px(ser.x[i])) + "," + Num(py(ser.y[i])) + " ";
+        ++n_finite;
       }
-      flush();
+      if (!pts.empty()) {
+        s += "<polyline fill=\"none\" stroke=\"" + std::string(color) +
+             "\" stroke-width=\"1.6\" points=\"" + pts + "\"/>\n";
+      }
+      if (n_finite <= 60) {
+        for (size_t i = 0; i < ser.x.size() && i < ser.y.size(); ++i) {
+          if (!std::isfinite(ser.x[i]) || !std::isfinite(ser.y[i])) continue;
+          s += "<circle cx=\"" + Num(px(ser.x[i])) + "\" cy=\"" + Num(py(ser.y[i])) +
+               "\" r=\"2.5\" fill=\"" + color + "\"/>\n";
+        }
+      }
       if (panel.series.size() > 1 || !ser.name.empty()) {  // legend entry
         const double ly = y0 + 14 + 15 * static_cast<double>(k);
         s += "<line x1=\"" + Num(x0 + 8) + "\" x2=\"" + Num(x0 + 24) + "\" y1=\"" + Num(ly - 4) +

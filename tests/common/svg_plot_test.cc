@@ -39,7 +39,7 @@ TEST_CASE("MovingAverage averages the last window finite values and keeps gaps")
   CHECK(MovingAverage({1, 2}, 1) == std::vector<double>{1, 2});
 }
 
-TEST_CASE("RenderSvgPlot draws one polyline per finite run and escapes text") {
+TEST_CASE("RenderSvgPlot draws a polyline per series through its finite points and escapes text") {
   PlotPanel a{"reward <mean>", {{"", {0, 1, 2, 3}, {0.1, 0.5, NAN, 0.9}}}};
   PlotPanel b{"length", {{"mean", {0, 1}, {5, 5}}, {"max", {0, 1}, {7, 9}}}};
   PlotPanel empty{"nothing", {}};
@@ -51,8 +51,10 @@ TEST_CASE("RenderSvgPlot draws one polyline per finite run and escapes text") {
   CHECK(svg.find("reward &lt;mean&gt;") != std::string::npos);
   CHECK(svg.find("run &amp; co") != std::string::npos);
   CHECK(svg.find("<mean>") == std::string::npos);
-  // Panel a: the NaN splits its series in two; panel b: two series (plus a legend each).
-  CHECK(Count(svg, "<polyline") == 4);
+  // One polyline per series (a NaN is a missing value, not a break): 1 in panel a, 2 in b;
+  // series this short get a marker per finite point (3 + 2 + 2).
+  CHECK(Count(svg, "<polyline") == 3);
+  CHECK(Count(svg, "<circle") == 7);
   CHECK(svg.find(">max</text>") != std::string::npos);
   CHECK(svg.find("no data") != std::string::npos);
   CHECK(svg.find("nan") == std::string::npos);
