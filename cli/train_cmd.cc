@@ -144,8 +144,10 @@ absl::Status SetKey(const std::string& assignment, json* config) {
   while (true) {
     const size_t dot = key.find('.', start);
     const std::string part = key.substr(start, dot - start);
+    if (cur->is_null()) *cur = json::object();  // a new key: the merge names it if unknown
     if (!cur->is_object()) {
-      return absl::InvalidArgumentError(absl::StrCat("--set ", key, ": ", part, " is inside a non-object"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--set ", key, ": cannot set '", part, "' inside a value that is not an object"));
     }
     cur = &(*cur)[part];
     if (dot == std::string::npos) break;
