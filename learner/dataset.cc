@@ -98,8 +98,12 @@ absl::StatusOr<DatasetConfig> DatasetConfigFromJson(const nlohmann::json& j) {
       if (!value.is_boolean()) return wrong("true or false");
       c.shuffle = value.get<bool>();
     } else if (key == "seed") {
-      if (!value.is_number_unsigned()) return wrong("a non-negative integer");
-      c.seed = value.get<uint64_t>();
+      // A JSON value built in code as a signed integer is still fine when it is >= 0.
+      if (!value.is_number_integer() || (!value.is_number_unsigned() && value.get<int64_t>() < 0)) {
+        return wrong("a non-negative integer");
+      }
+      c.seed = value.is_number_unsigned() ? value.get<uint64_t>()
+                                          : static_cast<uint64_t>(value.get<int64_t>());
     } else if (key == "max_bad_line_messages") {
       if (!value.is_number_integer()) return wrong("an integer");
       c.max_bad_line_messages = value.get<int64_t>();

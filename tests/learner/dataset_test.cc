@@ -233,6 +233,11 @@ TEST_CASE("dataset configs parse from JSON with unknown keys refused", "[dataset
   CHECK(bad.status().message().find("unknown key \"sead\"") != std::string::npos);
   bad = DatasetConfigFromJson(nlohmann::json::parse(R"({"path": "d", "seed": -1})"));
   CHECK(bad.status().message().find("non-negative integer") != std::string::npos);
+  // A seed built in code as a signed integer (nlohmann stores int literals signed) is accepted.
+  auto built = DatasetConfigFromJson(nlohmann::json{{"path", "d"}, {"seed", int64_t{5}}});
+  REQUIRE(built.ok());
+  CHECK(built->seed == 5);
+  CHECK(!DatasetConfigFromJson(nlohmann::json{{"path", "d"}, {"seed", int64_t{-5}}}).ok());
   bad = DatasetConfigFromJson(nlohmann::json::parse(R"({"seed": 1})"));
   CHECK(bad.status().message().find("path is empty") != std::string::npos);
 }
