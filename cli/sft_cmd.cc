@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "cli/cli_util.h"
 #include "cli/commands.h"
+#include "common/json_config.h"
 #include "common/json_util.h"
 #include "common/status.h"
 #include "learner/sft.h"
@@ -25,32 +26,6 @@ constexpr char kSftUsage[] =
     "\n"
     "  --set key.sub=value  override one config key (repeatable); value is JSON or a string\n"
     "  --print-defaults     print every key with its default and exit\n";
-
-// "a.b=value": value parsed as JSON when it parses, else a string. The key path is created;
-// SftConfigFromJson rejects keys it does not know.
-absl::Status SetKey(const std::string& assignment, nlohmann::json* config) {
-  const size_t eq = assignment.find('=');
-  if (eq == std::string::npos || eq == 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--set ", assignment, ": expected key.sub=value"));
-  }
-  const std::string key = assignment.substr(0, eq), text = assignment.substr(eq + 1);
-  auto parsed = ParseJson(text);
-  nlohmann::json value = parsed.ok() ? *parsed : nlohmann::json(text);
-  nlohmann::json* cur = config;
-  size_t start = 0;
-  while (true) {
-    const size_t dot = key.find('.', start);
-    const std::string part = key.substr(start, dot - start);
-    if (part.empty()) return absl::InvalidArgumentError(absl::StrCat("--set ", key, ": empty key part"));
-    if (!cur->is_object()) *cur = nlohmann::json::object();
-    cur = &(*cur)[part];
-    if (dot == std::string::npos) break;
-    start = dot + 1;
-  }
-  *cur = std::move(value);
-  return absl::OkStatus();
-}
 
 }  // namespace
 
@@ -89,7 +64,7 @@ int RunSftCommand(const std::vector<std::string>& args) {
   auto j = ReadJsonFile(config_path);
   if (!j.ok()) return Fail(j.status());
   for (const auto& s : sets) {
-    if (auto st = SetKey(s, &*j); !st.ok()) return Fail(st);
+    if (auto st = SetDottedKey(s, &*j); !st.ok()) return Fail(st);
   }
   auto config = SftConfigFromJson(*j, config_path);
   if (!config.ok()) return Fail(config.status());

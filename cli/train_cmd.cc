@@ -28,6 +28,7 @@
 #include "absl/strings/str_format.h"
 #include "cli/cli_util.h"
 #include "cli/commands.h"
+#include "common/json_config.h"
 #include "common/json_util.h"
 #include "common/process.h"
 #include "common/status.h"
@@ -109,52 +110,9 @@ json Defaults() {
   // clang-format on
 }
 
-// Merges `user` over `defaults`; keys the defaults lack are errors, except inside the subtrees
-// other parsers own.
-absl::Status MergeInto(const json& user, json* into, const std::string& path) {
-  if (!user.is_object()) {
-    return absl::InvalidArgumentError(absl::StrCat(path.empty() ? "the config" : path,
-                                                   " must be a JSON object"));
-  }
-  static const std::set<std::string> kOpaque = {"chat_template", "reward", "sft", "learner",
-                                                "stop_tokens"};
-  for (auto it = user.begin(); it != user.end(); ++it) {
-    const std::string key = path.empty() ? it.key() : absl::StrCat(path, ".", it.key());
-    auto d = into->find(it.key());
-    if (d == into->end()) return absl::InvalidArgumentError(absl::StrCat("unknown key \"", key, "\""));
-    if (d->is_object() && !kOpaque.count(key) && it.value().is_object()) {
-      RETURN_IF_ERROR(MergeInto(it.value(), &*d, key));
-    } else {
-      *d = it.value();
-    }
-  }
-  return absl::OkStatus();
-}
-
-absl::Status SetKey(const std::string& assignment, json* config) {
-  const size_t eq = assignment.find('=');
-  if (eq == std::string::npos || eq == 0) {
-    return absl::InvalidArgumentError(absl::StrCat("--set ", assignment, ": expected key.sub=value"));
-  }
-  const std::string key = assignment.substr(0, eq), text = assignment.substr(eq + 1);
-  auto parsed = ParseJson(text);
-  json value = parsed.ok() ? *parsed : json(text);
-  json* cur = config;
-  size_t start = 0;
-  while (true) {
-    const size_t dot = key.find('.', start);
-    const std::string part = key.substr(start, dot - start);
-    if (cur->is_null()) *cur = json::object();  // a new key: the merge names it if unknown
-    if (!cur->is_object()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--set ", key, ": cannot set '", part, "' inside a value that is not an object"));
-    }
-    cur = &(*cur)[part];
-    if (dot == std::string::npos) break;
-    start = dot + 1;
-  }
-  *cur = std::move(value);
-  return absl::OkStatus();
+// Subtrees other parsers own (checked by --check and at run time).
+bool TrainPassThrough(const std::string& key) {
+  return key == "chat_template" || key == "reward" || key == "sft" || key == "learner";
 }
 
 std::atomic<int> g_signal{0};
@@ -597,10 +555,10 @@ int RunTrainCommand(const std::vector<std::string>& args) {
   auto user = ReadJsonFile(config_path);
   if (!user.ok()) return Fail(user.status());
   for (const auto& s : sets) {
-    if (auto st = SetKey(s, &*user); !st.ok()) return Fail(st);
+    if (auto st = SetDottedKey(s, &*user); !st.ok()) return Fail(st);
   }
   json config = Defaults();
-  if (auto st = MergeInto(*user, &config, ""); !st.ok()) {
+  if (auto st = MergeOverDefaults(*user, &config, TrainPassThrough); !st.ok()) {
     return Fail(WithContext(st, config_path));
   }
   if (!out.empty()) config["output_dir"] = out;

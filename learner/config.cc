@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/json_config.h"
 #include "common/json_util.h"
 #include "common/status.h"
 #include "reward/reward_set.h"
@@ -98,78 +99,6 @@ json MakeDefaults() {
   // clang-format on
 }
 
-// Merges src into dst (which holds defaults). Errors name the dotted key.
-absl::Status Merge(const json& src, json* dst, const std::string& prefix) {
-  if (!src.is_object()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(prefix.empty() ? "the config" : "'" + prefix + "'",
-                     " must be a JSON object, not ", JsonTypeName(src)));
-  }
-  for (auto it = src.begin(); it != src.end(); ++it) {
-    const std::string key = prefix.empty() ? it.key() : prefix + "." + it.key();
-    if (!dst->contains(it.key())) {
-      return absl::InvalidArgumentError(absl::StrCat("unknown key '", key, "'"));
-    }
-    json& d = (*dst)[it.key()];
-    if (IsPassThrough(key)) {
-      if (!it.value().is_object()) {
-        return absl::InvalidArgumentError(absl::StrCat("'", key, "' must be an object"));
-      }
-      d = it.value();
-      continue;
-    }
-    if (d.is_object()) {
-      RETURN_IF_ERROR(Merge(it.value(), &d, key));
-      continue;
-    }
-    const bool same =
-        (d.is_number() && it.value().is_number()) || (d.is_string() && it.value().is_string()) ||
-        (d.is_boolean() && it.value().is_boolean()) || (d.is_array() && it.value().is_array());
-    if (!same) {
-      return absl::InvalidArgumentError(absl::StrCat("'", key, "' must be a ", JsonTypeName(d),
-                                                     ", not ", JsonTypeName(it.value())));
-    }
-    d = it.value();
-  }
-  return absl::OkStatus();
-}
-
-// Typed readers over the merged JSON (types already match the defaults' kinds).
-struct Reader {
-  const json& root;
-  absl::Status status = absl::OkStatus();
-
-  const json& At(const std::string& path) {
-    const json* j = &root;
-    for (const auto& part : absl::StrSplit(path, '.')) j = &(*j)[std::string(part)];
-    return *j;
-  }
-  double Double(const std::string& path) { return At(path).get<double>(); }
-  int64_t Int(const std::string& path) {
-    const json& j = At(path);
-    if (!j.is_number_integer()) {
-      if (status.ok())
-        status = absl::InvalidArgumentError(absl::StrCat("'", path, "' must be an integer"));
-      return 0;
-    }
-    return j.get<int64_t>();
-  }
-  std::string Str(const std::string& path) { return At(path).get<std::string>(); }
-  bool Bool(const std::string& path) { return At(path).get<bool>(); }
-  std::vector<std::string> Strings(const std::string& path) {
-    std::vector<std::string> out;
-    for (const json& e : At(path)) {
-      if (!e.is_string()) {
-        if (status.ok())
-          status = absl::InvalidArgumentError(absl::StrCat("'", path, "' must hold strings"));
-        return {};
-      }
-      out.push_back(e.get<std::string>());
-    }
-    return out;
-  }
-};
-
 absl::Status Range(bool ok, const std::string& key, const std::string& what) {
   return ok ? absl::OkStatus() : absl::InvalidArgumentError(absl::StrCat("'", key, "' ", what));
 }
@@ -219,8 +148,8 @@ absl::Status ApplyOverride(const std::string& assignment, json* config) {
 
 absl::StatusOr<LearnerConfig> ParseLearnerConfig(const json& user, const std::string& source) {
   json merged = DefaultLearnerConfigJson();
-  RETURN_IF_ERROR(WithContext(Merge(user, &merged, ""), source));
-  Reader r{merged};
+  RETURN_IF_ERROR(WithContext(MergeOverDefaults(user, &merged, IsPassThrough), source));
+  ConfigReader r{merged};
   LearnerConfig c;
   c.model = r.Str("model");
   c.tokenizer = r.Str("tokenizer");

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "common/json_config.h"
 #include "common/json_util.h"
 #include "common/status.h"
 #include "learner/dataset.h"
@@ -54,66 +55,6 @@ json MakeDefaults() {
   // clang-format on
 }
 
-// Merges user over defaults; a key the defaults lack is an error naming its path. The
-// chat_template subtree is passed through to its own parser.
-absl::Status Merge(const json& user, json* into, const std::string& path) {
-  if (!user.is_object()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path.empty() ? "the SFT config" : path, " must be a JSON object, not ",
-                     JsonTypeName(user)));
-  }
-  for (auto it = user.begin(); it != user.end(); ++it) {
-    const std::string key = path.empty() ? it.key() : absl::StrCat(path, ".", it.key());
-    auto d = into->find(it.key());
-    if (d == into->end()) {
-      return absl::InvalidArgumentError(absl::StrCat("unknown key \"", key, "\""));
-    }
-    if (d->is_object() && key != "chat_template") {
-      RETURN_IF_ERROR(Merge(it.value(), &*d, key));
-    } else {
-      *d = it.value();
-    }
-  }
-  return absl::OkStatus();
-}
-
-// Typed access with errors naming the key.
-struct Reader {
-  const json& j;
-  absl::Status status;
-  const json* At(const std::string& dotted) {
-    const json* cur = &j;
-    size_t start = 0;
-    while (true) {
-      const size_t dot = dotted.find('.', start);
-      cur = &(*cur)[dotted.substr(start, dot - start)];
-      if (dot == std::string::npos) return cur;
-      start = dot + 1;
-    }
-  }
-  void Fail(const std::string& key, const char* want, const json& v) {
-    if (status.ok()) {
-      status = absl::InvalidArgumentError(
-          absl::StrCat(key, " must be ", want, ", not ", JsonTypeName(v)));
-    }
-  }
-  std::string Str(const std::string& key) {
-    const json& v = *At(key);
-    if (!v.is_string()) return Fail(key, "a string", v), "";
-    return v.get<std::string>();
-  }
-  int64_t Int(const std::string& key) {
-    const json& v = *At(key);
-    if (!v.is_number_integer()) return Fail(key, "an integer", v), 0;
-    return v.get<int64_t>();
-  }
-  double Num(const std::string& key) {
-    const json& v = *At(key);
-    if (!v.is_number()) return Fail(key, "a number", v), 0;
-    return v.get<double>();
-  }
-};
-
 // Replaces every {name} of `format` (a fixed set; others stay as written).
 std::string Fill(const std::string& format, const std::string& question,
                  const std::string& expression, const std::string& answer) {
@@ -149,8 +90,10 @@ absl::Status SftConfig::Validate() const {
 
 absl::StatusOr<SftConfig> SftConfigFromJson(const json& user, const std::string& source) {
   json merged = DefaultSftConfigJson();
-  RETURN_IF_ERROR(WithContext(Merge(user, &merged, ""), source));
-  Reader r{merged};
+  RETURN_IF_ERROR(WithContext(
+      MergeOverDefaults(user, &merged, [](const std::string& k) { return k == "chat_template"; }),
+      source));
+  ConfigReader r{merged};
   SftConfig c;
   c.model = r.Str("model");
   c.tokenizer = r.Str("tokenizer");
@@ -162,23 +105,23 @@ absl::StatusOr<SftConfig> SftConfigFromJson(const json& user, const std::string&
   c.data.seed = static_cast<uint64_t>(r.Int("data.seed"));
   c.data.digits = r.Int("data.digits");
   c.data.ops = r.Str("data.ops");
-  c.data.wrong_fraction = r.Num("data.wrong_fraction");
+  c.data.wrong_fraction = r.Double("data.wrong_fraction");
   c.data.response_format = r.Str("data.response_format");
   c.data.exclude_prompts_of = r.Str("data.exclude_prompts_of");
   c.steps = r.Int("steps");
   c.batch_size = r.Int("batch_size");
   c.seed = static_cast<uint64_t>(r.Int("seed"));
-  c.optimizer.lr = r.Num("optimizer.lr");
-  c.optimizer.beta1 = r.Num("optimizer.beta1");
-  c.optimizer.beta2 = r.Num("optimizer.beta2");
-  c.optimizer.eps = r.Num("optimizer.eps");
-  c.optimizer.weight_decay = r.Num("optimizer.weight_decay");
-  c.optimizer.max_grad_norm = r.Num("optimizer.max_grad_norm");
+  c.optimizer.lr = r.Double("optimizer.lr");
+  c.optimizer.beta1 = r.Double("optimizer.beta1");
+  c.optimizer.beta2 = r.Double("optimizer.beta2");
+  c.optimizer.eps = r.Double("optimizer.eps");
+  c.optimizer.weight_decay = r.Double("optimizer.weight_decay");
+  c.optimizer.max_grad_norm = r.Double("optimizer.max_grad_norm");
   c.optimizer.schedule = r.Str("optimizer.schedule");
   c.optimizer.warmup_steps = r.Int("optimizer.warmup_steps");
-  c.optimizer.warmup_init_ratio = r.Num("optimizer.warmup_init_ratio");
-  c.optimizer.min_lr_ratio = r.Num("optimizer.min_lr_ratio");
-  c.optimizer.num_cycles = r.Num("optimizer.num_cycles");
+  c.optimizer.warmup_init_ratio = r.Double("optimizer.warmup_init_ratio");
+  c.optimizer.min_lr_ratio = r.Double("optimizer.min_lr_ratio");
+  c.optimizer.num_cycles = r.Double("optimizer.num_cycles");
   c.log_every = r.Int("log_every");
   RETURN_IF_ERROR(WithContext(r.status, source));
   auto tmpl = ChatTemplateConfigFromJson(merged["chat_template"]);

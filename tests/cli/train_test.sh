@@ -43,7 +43,7 @@ pgrep -f "$out" >/dev/null && fail "processes of the run are still alive"
   fail "qwen3 math config check"
 expect_error 1 "learner: unknown key 'algorithm.clip_lo'" \
   "$grpo" train configs/train/tiny.json --check --set learner.algorithm.clip_lo=0.1
-expect_error 1 "unknown key \"modle\"" "$grpo" train configs/train/tiny.json --check --set modle.x=1
+expect_error 1 "unknown key 'modle'" "$grpo" train configs/train/tiny.json --check --set modle.x=1
 expect_error 1 "sft: data.wrong_fraction must be in [0, 1]" \
   "$grpo" train configs/train/tiny.json --check --set sft.data.wrong_fraction=2
 expect_error 2 "CONFIG.json is required" "$grpo" train
