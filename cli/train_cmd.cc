@@ -50,7 +50,7 @@ namespace fs = std::filesystem;
 using std::chrono::milliseconds;
 
 constexpr char kTrainUsage[] =
-    "usage: grpo train CONFIG.json [--set key.sub=value]... [--out DIR] [--resume]\n"
+    "usage: grpo train CONFIG.json [--set key.sub=value]... [--out DIR] [--resume | --overwrite]\n"
     "\n"
     "The one-command R1-Zero-style run: makes the task data, initializes (or loads) the model,\n"
     "runs the SFT warm start, evaluates the base on the held-out set, starts a reward service and\n"
@@ -61,6 +61,7 @@ constexpr char kTrainUsage[] =
     "  --set key.sub=value  override one config key (repeatable); value is JSON or a string\n"
     "  --out DIR            output directory (default: the config's output_dir)\n"
     "  --resume             keep finished stages and continue GRPO from its newest checkpoint\n"
+    "  --overwrite          replace a run already in the output directory\n"
     "  --check              validate the config through every stage's parser; start nothing\n"
     "  --print-defaults     print the train config keys with their defaults and exit\n"
     "\n"
@@ -126,8 +127,12 @@ std::string SelfExe() {
 
 class Run {
  public:
-  Run(json config, std::string out, bool resume)
-      : c_(std::move(config)), out_(std::move(out)), resume_(resume), exe_(SelfExe()) {}
+  Run(json config, std::string out, bool resume, bool overwrite)
+      : c_(std::move(config)),
+        out_(std::move(out)),
+        resume_(resume),
+        overwrite_(overwrite),
+        exe_(SelfExe()) {}
   ~Run() { StopAll(); }
 
   absl::Status Go();
@@ -156,6 +161,7 @@ class Run {
   json c_;
   std::string out_;
   bool resume_;
+  bool overwrite_;
   std::string exe_;
   std::string tokenizer_, train_path_, eval_path_, model_dir_;
   std::unique_ptr<ChildProcess> reward_;
@@ -363,6 +369,26 @@ absl::Status Run::StartServices() {
 }
 
 absl::Status Run::Go() {
+  // A finished or interrupted run's results are never replaced by accident.
+  if (!resume_ && !overwrite_ &&
+      (fs::exists(Path("metrics.jsonl")) || fs::exists(Path("checkpoints")))) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        out_, " already holds a run (metrics.jsonl or checkpoints/): pass --resume to continue "
+        "it, --out DIR for a new one, or --overwrite to replace it"));
+  }
+  if (overwrite_ && !resume_ && fs::is_directory(out_)) {
+    // Replace means replace: a stale checkpoint of a longer earlier run must not be taken for
+    // this run's last one, nor old event files mixed into this run's curves.
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(out_, ec)) {
+      const std::string name = entry.path().filename().string();
+      if (name == "checkpoints" || name == "metrics.jsonl" || name == "samples.jsonl" ||
+          name == "summary.json" || name == "metrics.svg" || name.rfind("events.out.tfevents", 0) == 0 ||
+          name.rfind("eval_", 0) == 0) {
+        fs::remove_all(entry.path(), ec);
+      }
+    }
+  }
   fs::create_directories(Path("logs"));
   fs::create_directories(Path("data"));
   RETURN_IF_ERROR(WriteFileAtomic(Path("config.json"), c_.dump(2) + "\n"));
@@ -519,7 +545,7 @@ absl::Status CheckConfig(const json& c) {
 int RunTrainCommand(const std::vector<std::string>& args) {
   std::string config_path, out;
   std::vector<std::string> sets;
-  bool resume = false, check = false;
+  bool resume = false, check = false, overwrite = false;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     if (a == "--help" || a == "-h") {
@@ -534,6 +560,8 @@ int RunTrainCommand(const std::vector<std::string>& args) {
       resume = true;
     } else if (a == "--check") {
       check = true;
+    } else if (a == "--overwrite") {
+      overwrite = true;
     } else if (a == "--set" || a == "--out") {
       if (i + 1 >= args.size()) {
         std::fprintf(stderr, "grpo train: %s needs a value\n\n%s", a.c_str(), kTrainUsage);
@@ -584,7 +612,7 @@ int RunTrainCommand(const std::vector<std::string>& args) {
   } catch (const json::exception&) {
     return Fail(absl::InvalidArgumentError(absl::StrCat(config_path, ": output_dir must be a string")));
   }
-  Run run(std::move(config), out_dir, resume);
+  Run run(std::move(config), out_dir, resume, overwrite);
   absl::Status st;
   try {
     st = run.Go();

@@ -11,5 +11,6 @@ BUILD_DIR=${BUILD_DIR:-build}
 OUT_DIR=${OUT_DIR:-runs/tiny}
 cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$BUILD_DIR" -j "$(nproc)" --target grpo
-"$BUILD_DIR/cli/grpo" train configs/train/tiny.json --out "$OUT_DIR" "$@"
+# --overwrite: the demo replaces its previous run; real runs refuse to (use --resume or --out).
+"$BUILD_DIR/cli/grpo" train configs/train/tiny.json --out "$OUT_DIR" --overwrite "$@"
 echo "results: $OUT_DIR/summary.json, chart: $OUT_DIR/metrics.svg, metrics: $OUT_DIR/metrics.jsonl"

@@ -3,19 +3,19 @@
 # errors and Ctrl-C stopping every process.
 source "$(dirname "$0")/lib.sh"
 cd "$src"
-out=$work/run
+rundir=$work/run
 
 # configs/train/tiny.json shortened to 100 GRPO steps (of 1200). The run is deterministic in its
 # seeds, so these are the first 100 steps of the full run.
-"$grpo" train configs/train/tiny.json --out "$out" \
+"$grpo" train configs/train/tiny.json --out "$rundir" \
   --set learner.total_steps=100 --set learner.checkpoint.every=50 >"$work/log" 2>&1 ||
   { tail -30 "$work/log"; fail "grpo train failed"; }
 for f in config.json data/train.jsonl data/eval.jsonl sft/config.json learner.json \
          metrics.jsonl samples.jsonl summary.json metrics.svg eval_base.json eval_final.json; do
-  [ -s "$out/$f" ] || fail "missing $out/$f"
+  [ -s "$rundir/$f" ] || fail "missing $rundir/$f"
 done
-ls "$out"/events.out.tfevents.* >/dev/null || fail "no TensorBoard events"
-ls -d "$out"/checkpoints/step_00000100 >/dev/null || fail "no final checkpoint"
+ls "$rundir"/events.out.tfevents.* >/dev/null || fail "no TensorBoard events"
+ls -d "$rundir"/checkpoints/step_00000100 >/dev/null || fail "no final checkpoint"
 grep -q "held-out accuracy" "$work/log" || fail "no summary line"
 
 # The reward must rise. Each step's mean reward averages 128 completions of rewards in [0, 1.1],
@@ -23,7 +23,7 @@ grep -q "held-out accuracy" "$work/log" || fail "no summary line"
 # sd <= 0.011 and the difference of two such means sd <= 0.016. A margin of 0.08 is 5 sd: a run
 # that does not learn passes with probability < 1e-6, while this one gains ~0.19 (measured on
 # the full run: mean reward of steps 1-20 0.311, of steps 81-100 0.501).
-python3 - "$out/metrics.jsonl" <<'PY' || fail "reward did not rise"
+python3 - "$rundir/metrics.jsonl" <<'PY' || fail "reward did not rise"
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 r = [x["reward/mean"] for x in rows]
@@ -34,8 +34,18 @@ assert last > first + 0.08, (first, last)
 assert any("eval/accuracy" in x for x in rows), "no held-out evaluation logged"
 PY
 
+# A second run into the same directory is refused unless told to continue or replace it.
+expect_error 1 "already holds a run" "$grpo" train configs/train/tiny.json --out "$rundir"
+# --overwrite replaces it: a 2-step run leaves no checkpoint or metrics of the 100-step one.
+cp -r "$rundir" "$work/run2"
+"$grpo" train configs/train/tiny.json --out "$work/run2" --overwrite --set sft.steps=5 \
+  --set learner.total_steps=2 >"$work/log2" 2>&1 || { tail -20 "$work/log2"; fail "--overwrite run"; }
+[ "$(wc -l <"$work/run2/metrics.jsonl")" = 2 ] || fail "old metrics kept after --overwrite"
+[ ! -e "$work/run2/checkpoints/step_00000100" ] || fail "old checkpoint kept after --overwrite"
+grep -q '"final_checkpoint": ".*step_00000002"' "$work/run2/summary.json" || fail "wrong final checkpoint"
+
 # Every child process is gone after the run.
-pgrep -f "$out" >/dev/null && fail "processes of the run are still alive"
+pgrep -f "$rundir" >/dev/null && fail "processes of the run are still alive"
 
 # --check validates the shipped configs without running anything.
 "$grpo" train configs/train/tiny.json --check | grep -q "config OK" || fail "tiny config check"
