@@ -10,6 +10,23 @@
 #include "learner/crc32c.h"
 
 namespace grpo {
+
+OptimizerConfig ReadOptimizerConfig(ConfigReader& r, const std::string& prefix) {
+  auto key = [&](const char* name) { return prefix + "." + name; };
+  OptimizerConfig op;
+  op.lr = r.Double(key("lr"));
+  op.beta1 = r.Double(key("beta1"));
+  op.beta2 = r.Double(key("beta2"));
+  op.eps = r.Double(key("eps"));
+  op.weight_decay = r.Double(key("weight_decay"));
+  op.max_grad_norm = r.Double(key("max_grad_norm"));
+  op.schedule = r.Str(key("schedule"));
+  op.warmup_steps = r.Int(key("warmup_steps"));
+  op.warmup_init_ratio = r.Double(key("warmup_init_ratio"));
+  op.min_lr_ratio = r.Double(key("min_lr_ratio"));
+  op.num_cycles = r.Double(key("num_cycles"));
+  return op;
+}
 namespace {
 
 constexpr char kMagic[8] = {'G', 'R', 'P', 'O', 'A', 'D', 'A', 'M'};

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/json_config.h"
 
 namespace grpo {
 
@@ -29,6 +30,10 @@ struct OptimizerConfig {
 
   absl::Status Validate() const;
 };
+
+// The fields of an "optimizer" section of a merged config (its keys are OptimizerConfig's names),
+// read from `prefix` ("optimizer"); shared by the learner and SFT configs.
+OptimizerConfig ReadOptimizerConfig(ConfigReader& r, const std::string& prefix);
 
 // The learning rate at optimizer step `step` (0-based) of `total_steps` (verl torch_functional):
 //   constant: lr * min(1, step / max(1, W))  when W > 0, else lr

@@ -111,17 +111,7 @@ absl::StatusOr<SftConfig> SftConfigFromJson(const json& user, const std::string&
   c.steps = r.Int("steps");
   c.batch_size = r.Int("batch_size");
   c.seed = static_cast<uint64_t>(r.Int("seed"));
-  c.optimizer.lr = r.Double("optimizer.lr");
-  c.optimizer.beta1 = r.Double("optimizer.beta1");
-  c.optimizer.beta2 = r.Double("optimizer.beta2");
-  c.optimizer.eps = r.Double("optimizer.eps");
-  c.optimizer.weight_decay = r.Double("optimizer.weight_decay");
-  c.optimizer.max_grad_norm = r.Double("optimizer.max_grad_norm");
-  c.optimizer.schedule = r.Str("optimizer.schedule");
-  c.optimizer.warmup_steps = r.Int("optimizer.warmup_steps");
-  c.optimizer.warmup_init_ratio = r.Double("optimizer.warmup_init_ratio");
-  c.optimizer.min_lr_ratio = r.Double("optimizer.min_lr_ratio");
-  c.optimizer.num_cycles = r.Double("optimizer.num_cycles");
+  c.optimizer = ReadOptimizerConfig(r, "optimizer");
   c.log_every = r.Int("log_every");
   RETURN_IF_ERROR(WithContext(r.status, source));
   auto tmpl = ChatTemplateConfigFromJson(merged["chat_template"]);
