@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
@@ -22,6 +23,94 @@ using cpu::LinearForward;
 void TokenBatch::Add(absl::Span<const int32_t> seq) {
   tokens.insert(tokens.end(), seq.begin(), seq.end());
   offsets.push_back(static_cast<int64_t>(tokens.size()));
+}
+
+template <typename Real>
+bool Model<Real>::PrepackWeights() {
+  DropPacked();
+  if constexpr (!std::is_same_v<Real, float>) {
+    return false;
+  } else {
+    if (!cpu::PackedWeightsSupported()) return false;
+    const ModelConfig& c = config_;
+    const int64_t H = c.hidden_size;
+    // (offset, groups, out, in) of every weight a forward multiplies by.
+    struct W {
+      int64_t offset, groups, out, in;
+    };
+    std::vector<W> ws;
+    for (const LayerOffsets& o : layout_.layers) {
+      const int64_t qd = c.num_attention_heads * c.head_dim;
+      const int64_t kvd = c.num_key_value_heads * c.head_dim;
+      ws.push_back({o.q, 1, qd + 2 * kvd, H});
+      ws.push_back({o.o, 1, H, qd});
+      if (!o.moe) {
+        ws.push_back({o.mlp_gate_up, 1, 2 * c.intermediate_size, H});
+        ws.push_back({o.mlp_down, 1, H, c.intermediate_size});
+        continue;
+      }
+      const int64_t E = c.num_experts, Im = c.moe_intermediate_size;
+      ws.push_back({o.router, 1, E, H});
+      ws.push_back({o.experts_gate_up, E, 2 * Im, H});
+      ws.push_back({o.experts_down, E, H, Im});
+      if (c.HasSharedExpert()) {
+        const int64_t Is = c.shared_expert_intermediate_size;
+        ws.push_back({o.shared_gate_up, 1, 2 * Is, H});
+        ws.push_back({o.shared_down, 1, H, Is});
+      }
+    }
+    ws.push_back({layout_.lm_head, 1, c.vocab_size, H});
+    int64_t total = 0;
+    for (const W& w : ws) total += w.groups * cpu::PackedWeightFloats(w.out, w.in);
+    packed_.resize(static_cast<size_t>(total));
+    int64_t at = 0;
+    for (const W& w : ws) {
+      packed_at_[w.offset] = at;
+      for (int64_t g = 0; g < w.groups; ++g) {
+        cpu::PackWeight(params_.data() + w.offset + g * w.out * w.in, w.out, w.in,
+                        packed_.data() + at);
+        at += cpu::PackedWeightFloats(w.out, w.in);
+      }
+    }
+    return true;
+  }
+}
+
+template <typename Real>
+void Model<Real>::Linear(Real* y, const Real* x, int64_t w, const Real* b, int64_t T, int64_t in,
+                         int64_t out) const {
+  if constexpr (std::is_same_v<Real, float>) {
+    if (batch_invariant_ && !packed_.empty()) {
+      const auto it = packed_at_.find(w);
+      if (it != packed_at_.end()) {
+        cpu::PackedLinearForward(y, x, packed_.data() + it->second, T, in, out);
+        if (b != nullptr) {
+          for (int64_t t = 0; t < T; ++t)
+            for (int64_t j = 0; j < out; ++j) y[t * out + j] += b[j];
+        }
+        return;
+      }
+    }
+  }
+  LinearForward<Real>(y, x, params_.data() + w, b, T, in, out);
+}
+
+template <typename Real>
+void Model<Real>::GroupedLinear(Real* y, const Real* x, int64_t w, const int64_t* row_begin,
+                                int64_t num_groups, int64_t in, int64_t out) const {
+  if constexpr (std::is_same_v<Real, float>) {
+    if (batch_invariant_ && !packed_.empty()) {
+      const auto it = packed_at_.find(w);
+      if (it != packed_at_.end()) {
+        cpu::PackedGroupedLinearForward(y, x, packed_.data() + it->second,
+                                        cpu::PackedWeightFloats(out, in), row_begin, num_groups,
+                                        in, out);
+        return;
+      }
+    }
+  }
+  cpu::GroupedLinearForward<Real>(y, x, params_.data() + w, out * in, row_begin, num_groups, in,
+                                  out);
 }
 
 template <typename Real>
@@ -142,7 +231,7 @@ void Model<Real>::LayerForward(int64_t l, LayerActs& a, Real* x, int64_t T, cons
   // One GEMM for q, k and v (their weights are one matrix), then split into dense buffers.
   const int64_t qkvd = qd + 2 * kvd;
   Resize(a.qkv, T * qkvd);
-  LinearForward<Real>(a.qkv.data(), a.ln1.data(), P + o.q, bias(o.qb), T, H, qkvd);
+  Linear(a.qkv.data(), a.ln1.data(), o.q, bias(o.qb), T, H, qkvd);
   Resize(a.q, T * qd);
   Resize(a.k, T * kvd);
   Resize(a.v, T * kvd);
@@ -191,7 +280,7 @@ void Model<Real>::LayerForward(int64_t l, LayerActs& a, Real* x, int64_t T, cons
   cpu::AttentionForward<Real>(a.attn.data(), a.lse.data(), a.q.data(), seqs.data(), B, nh, nkv,
                               hd, scale);
   Resize(a.tmp, T * H);
-  LinearForward<Real>(a.tmp.data(), a.attn.data(), P + o.o, bias(o.ob), T, qd, H);
+  Linear(a.tmp.data(), a.attn.data(), o.o, bias(o.ob), T, qd, H);
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < T * H; ++i) x[i] += a.tmp[i];
 
@@ -381,7 +470,6 @@ absl::Status Model<Real>::Forward(const TokenBatch& batch, const ForwardOptions&
   }
 
   // Final norm and the logprob head. Without backward, logits are made a chunk at a time.
-  const Real* Wlm = params_.data() + layout_.lm_head;
   Resize(s.lnf, T * H);
   Resize(s.rstdf, T);
   if (save) s.x_final = s.x;
@@ -394,7 +482,7 @@ absl::Status Model<Real>::Forward(const TokenBatch& batch, const ForwardOptions&
   Resize(s.logits, std::min(chunk, T) * V);
   for (int64_t t0 = 0; t0 < T; t0 += chunk) {
     const int64_t n = std::min(chunk, T - t0);
-    LinearForward<Real>(s.logits.data(), s.lnf.data() + t0 * H, Wlm, nullptr, n, H, V);
+    Linear(s.logits.data(), s.lnf.data() + t0 * H, layout_.lm_head, nullptr, n, H, V);
     cpu::LogprobForward<Real>(result->logprobs.data() + t0, result->entropy.data() + t0,
                               s.lse.data() + t0, s.logits.data(), s.targets.data() + t0, n, V,
                               opt.temperature);
@@ -507,7 +595,7 @@ absl::Status Model<Real>::Extend(KvCache<Real>* cache, absl::Span<const int64_t>
   }
   cpu::RmsNormForward<Real>(last_norm.data(), rstd.data(), last.data(),
                             params_.data() + layout_.norm, B, H, c.rms_norm_eps);
-  LinearForward<Real>(logits, last_norm.data(), params_.data() + layout_.lm_head, nullptr, B, H, V);
+  Linear(logits, last_norm.data(), layout_.lm_head, nullptr, B, H, V);
   return absl::OkStatus();
 }
 

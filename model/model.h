@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -99,7 +100,11 @@ class Model {
   const ModelConfig& config() const { return config_; }
   const ParamLayout& layout() const { return layout_; }
   int64_t num_params() const { return layout_.total; }
-  Real* params() { return params_.data(); }
+  // Mutable access drops the packed weights (PrepackWeights): they would go stale.
+  Real* params() {
+    DropPacked();
+    return params_.data();
+  }
   const Real* params() const { return params_.data(); }
   // Gradients, same layout as params(); Backward() accumulates into them. Allocated (zeroed) on
   // first use, so inference-only models never pay for them.
@@ -124,6 +129,15 @@ class Model {
   // sequences (no oneDNN GEMM, per-token attention). Off by default.
   void set_batch_invariant(bool on) { batch_invariant_ = on; }
   bool batch_invariant() const { return batch_invariant_; }
+
+  // Packs every linear weight once into the batch-invariant kernel's panel layout
+  // (kernels/cpu/gemm.h PackWeight), so Forward / Extend / FinalHidden in batch-invariant mode
+  // stop re-packing the weights on every call: what the rollout engine's decode runs on. Results
+  // are bitwise unchanged. Costs one more copy of the linear weights. Mutable params() drops the
+  // packed copy; call again after changing the weights. A no-op for double and in builds without
+  // AVX-512 (returns false there).
+  bool PrepackWeights();
+  bool prepacked() const { return !packed_.empty(); }
 
   // Runs new tokens for some cache slots through the model (prefill or decode, mixed freely),
   // appending their keys/values, and writes the raw (temperature 1) logits of each slot's last
@@ -157,6 +171,17 @@ class Model {
                   const int32_t* forced);
   void FfnBackward(int64_t l, LayerActs& a, const Real* dout, Real* din, int64_t T);
   void EnsureRope(int64_t max_pos);
+  void DropPacked() {
+    std::vector<float>().swap(packed_);
+    packed_at_.clear();
+  }
+  // y (T, out) = x (T, in) @ W^T (+ b) for the weight at params_ offset w: the packed copy when
+  // there is one and batch-invariant mode is on, else LinearForward.
+  void Linear(Real* y, const Real* x, int64_t w, const Real* b, int64_t T, int64_t in,
+              int64_t out) const;
+  // GroupedLinearForward over the (groups, out, in) weights at offset w.
+  void GroupedLinear(Real* y, const Real* x, int64_t w, const int64_t* row_begin,
+                     int64_t num_groups, int64_t in, int64_t out) const;
 
   ModelConfig config_;
   ParamLayout layout_;
@@ -166,6 +191,10 @@ class Model {
   int64_t rope_len_ = 0;
   bool batch_invariant_ = false;
   std::unique_ptr<Acts> acts_;
+  // PrepackWeights: the packed weights, and for each packed params_ offset where its packing
+  // starts (a grouped weight's groups follow each other at PackedWeightFloats(out, in) apart).
+  std::vector<float> packed_;
+  std::unordered_map<int64_t, int64_t> packed_at_;
 };
 
 extern template class Model<float>;

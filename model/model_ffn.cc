@@ -20,14 +20,16 @@ using cpu::LinearForward;
 namespace {
 
 // y (T, H) = down(silu(gate(x)) * up(x)); gu (T, 2I) and h (T, I) kept for backward.
-template <typename Real>
+// linear(y, x, weight offset, T, in, out) is the model's Linear (packed weights when present).
+template <typename Real, typename LinearFn>
 void MlpForward(Real* y, std::vector<Real>& gu, std::vector<Real>& h, const Real* x,
-                const Real* W_gu, const Real* W_down, int64_t T, int64_t H, int64_t I) {
+                int64_t W_gu, int64_t W_down, int64_t T, int64_t H, int64_t I,
+                const LinearFn& linear) {
   Resize(gu, T * 2 * I);
   Resize(h, T * I);
-  LinearForward<Real>(gu.data(), x, W_gu, nullptr, T, H, 2 * I);
+  linear(gu.data(), x, W_gu, T, H, 2 * I);
   cpu::SwiGluForward<Real>(h.data(), gu.data(), T, I);
-  LinearForward<Real>(y, h.data(), W_down, nullptr, T, I, H);
+  linear(y, h.data(), W_down, T, I, H);
 }
 
 // dx (T, H) += backward of MlpForward; dW_gu, dW_down += weight gradients.
@@ -52,9 +54,11 @@ void Model<Real>::FfnForward(int64_t l, LayerActs& a, const Real* in, Real* out,
   const LayerOffsets& o = layout_.layers[l];
   const Real* P = params_.data();
   const int64_t H = c.hidden_size;
+  auto linear = [this](Real* y, const Real* x, int64_t w, int64_t rows, int64_t in,
+                       int64_t out) { Linear(y, x, w, nullptr, rows, in, out); };
   if (!o.moe) {
-    MlpForward<Real>(out, a.gu, a.h, in, P + o.mlp_gate_up, P + o.mlp_down, T, H,
-                     c.intermediate_size);
+    MlpForward<Real>(out, a.gu, a.h, in, o.mlp_gate_up, o.mlp_down, T, H, c.intermediate_size,
+                     linear);
     return;
   }
   const int64_t E = c.num_experts, K = c.num_experts_per_tok, Im = c.moe_intermediate_size;
@@ -63,7 +67,7 @@ void Model<Real>::FfnForward(int64_t l, LayerActs& a, const Real* in, Real* out,
   Resize(a.probs, T * E);
   a.idx.resize(NK);
   Resize(a.w, NK);
-  LinearForward<Real>(a.router_logits.data(), in, P + o.router, nullptr, T, H, E);
+  Linear(a.router_logits.data(), in, o.router, nullptr, T, H, E);
   cpu::RouterForward<Real>(a.probs.data(), a.idx.data(), a.w.data(), a.router_logits.data(),
                            forced, T, E, K, c.norm_topk_prob);
 
@@ -86,13 +90,10 @@ void Model<Real>::FfnForward(int64_t l, LayerActs& a, const Real* in, Real* out,
   Resize(a.gu_e, NK * 2 * Im);
   Resize(a.h_e, NK * Im);
   Resize(a.ye, NK * H);
-  const Real* W_gu = P + o.experts_gate_up;
-  const Real* W_down = P + o.experts_down;
-  cpu::GroupedLinearForward<Real>(a.gu_e.data(), a.xe.data(), W_gu, 2 * Im * H,
-                                  a.expert_begin.data(), E, H, 2 * Im);
+  GroupedLinear(a.gu_e.data(), a.xe.data(), o.experts_gate_up, a.expert_begin.data(), E, H,
+                2 * Im);
   cpu::SwiGluForward<Real>(a.h_e.data(), a.gu_e.data(), NK, Im);
-  cpu::GroupedLinearForward<Real>(a.ye.data(), a.h_e.data(), W_down, H * Im,
-                                  a.expert_begin.data(), E, Im, H);
+  GroupedLinear(a.ye.data(), a.h_e.data(), o.experts_down, a.expert_begin.data(), E, Im, H);
   // Combine: out[t] = sum_k w[t,k] * ye[slot(t,k)].
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < T; ++t) {
@@ -108,8 +109,8 @@ void Model<Real>::FfnForward(int64_t l, LayerActs& a, const Real* in, Real* out,
     const int64_t Is = c.shared_expert_intermediate_size;
     Resize(a.sy, T * H);
     Resize(a.sgate, T);
-    MlpForward<Real>(a.sy.data(), a.sgu, a.sh, in, P + o.shared_gate_up, P + o.shared_down, T, H,
-                     Is);
+    MlpForward<Real>(a.sy.data(), a.sgu, a.sh, in, o.shared_gate_up, o.shared_down, T, H, Is,
+                     linear);
     LinearForward<Real>(a.sgate.data(), in, P + o.shared_gate, nullptr, T, H, 1);
 #pragma omp parallel for schedule(static)
     for (int64_t t = 0; t < T; ++t) {

@@ -454,8 +454,12 @@ void Engine::Loop() {
     g->request->cancelled_ = true;
   };
 
+  // Decode runs on packed weights (model.h PrepackWeights): packed once per weight version
+  // instead of on every step. Bitwise the same results.
+  model.PrepackWeights();
   while (true) {
     std::vector<std::unique_ptr<Group>> admitted;
+    bool repack = false;
     {
       absl::MutexLock lock(&mu_);
       auto has_work = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -469,6 +473,7 @@ void Engine::Loop() {
         w.version = version_;
         staged_version_ = 0;
         staged_params_ = std::vector<float>();
+        repack = true;
         GRPO_LOG(INFO, "rollout engine: now serving weight version %d", version_);
       }
       // No admission while an update is staged: running sequences drain, then the swap.
@@ -513,6 +518,7 @@ void Engine::Loop() {
         waiting_.pop_front();
       }
     }
+    if (repack) model.PrepackWeights();
 
     int64_t new_tokens = 0;
     // Prefill: the admitted groups' prompts together, batch-invariant (so a prompt's KV and

@@ -3,8 +3,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/vec_math.h"
 
 namespace grpo {
 namespace {
@@ -44,17 +46,49 @@ SampledToken SampleFromLogits(const float* logits, int64_t V, float temperature,
   const double tau = temperature;
   const float mx = *std::max_element(logits, logits + V);
   if ((top_k <= 0 || top_k >= V) && top_p >= 1.0f) {
+    // Inverse CDF over w[v] = exp((logits[v] - mx) / tau), in float with the kernels' vectorized
+    // exp. The prefix sums are hierarchical (chunk sums first, in double, then the elements of
+    // the chunk that crosses u * total), which fixes the arithmetic, so a draw depends only on
+    // the logits and u.
+    constexpr int64_t kChunk = 256;
+    thread_local std::vector<float> w;
+    thread_local std::vector<double> chunk_sum;
+    w.resize(V);
+    const int64_t num_chunks = (V + kChunk - 1) / kChunk;
+    chunk_sum.resize(num_chunks);
+    const float rtau = 1.0f / temperature;
     double total = 0;
-    for (int64_t v = 0; v < V; ++v) total += std::exp(double(logits[v] - mx) / tau);
+    for (int64_t c = 0; c < num_chunks; ++c) {
+      const int64_t v0 = c * kChunk, v1 = std::min(V, v0 + kChunk);
+      float cs = 0;
+#pragma omp simd reduction(+ : cs)
+      for (int64_t v = v0; v < v1; ++v) {
+        const float e = cpu::VecExp<float>((logits[v] - mx) * rtau);
+        w[v] = e;
+        cs += e;
+      }
+      chunk_sum[c] = cs;
+      total += cs;
+    }
     const double target = u * total;
     double acc = 0;
     out.token = static_cast<int32_t>(V - 1);
-    for (int64_t v = 0; v < V; ++v) {
-      acc += std::exp(double(logits[v] - mx) / tau);
-      if (acc > target) {
-        out.token = static_cast<int32_t>(v);
-        break;
+    for (int64_t c = 0; c < num_chunks; ++c) {
+      if (acc + chunk_sum[c] <= target && c + 1 < num_chunks) {
+        acc += chunk_sum[c];
+        continue;
       }
+      // The crossing is in this chunk (or, by rounding, nowhere: then its last element).
+      const int64_t v0 = c * kChunk, v1 = std::min(V, v0 + kChunk);
+      out.token = static_cast<int32_t>(v1 - 1);
+      for (int64_t v = v0; v < v1; ++v) {
+        acc += w[v];
+        if (acc > target) {
+          out.token = static_cast<int32_t>(v);
+          break;
+        }
+      }
+      break;
     }
     out.logprob = KernelLogprob(logits, V, temperature, out.token);
     return out;

@@ -236,7 +236,6 @@ void InvariantGemmNT(int64_t M, int64_t N, int64_t K, float alpha, const float* 
 // B is packed per 32-column panel into (K, 32) rows, a block of kMr rows of A broadcasts one
 // value per k into 2 x kMr accumulators.
 constexpr int64_t kPanel = 32;
-constexpr int64_t kPanelMinN = 1024;
 
 // o[c] = column c of the 16 x 16 block r (r[i] = row i): the standard unpack/shuffle transpose.
 inline void Transpose16(__m512* r) {
@@ -284,21 +283,54 @@ void PackPanel(const float* B, int64_t ldb, int64_t nj, int64_t K, float* packed
   }
 }
 
+// Rows of A per register block: 2 x kPanelRows accumulators, two B vectors and a broadcast fit in
+// the 32 zmm registers.
+constexpr int kPanelRows = 12;
+
+// Ap (M * K floats) = rows [0, M) of A in blocks of kPanelRows rows (the last may be shorter),
+// block b at Ap + b * kPanelRows * K laid out (K, rows of the block): a register block's
+// broadcast operands are then contiguous behind one pointer (twelve row pointers would not fit in
+// the general registers next to the loop's own).
+void PackRows(const float* A, int64_t lda, int64_t M, int64_t K, float* Ap) {
+  const int64_t num_blocks = (M + kPanelRows - 1) / kPanelRows;
+#pragma omp parallel for schedule(static) if (!omp_in_parallel() && M * K > (1 << 18))
+  for (int64_t b = 0; b < num_blocks; ++b) {
+    const int64_t b0 = b * kPanelRows, r = std::min<int64_t>(kPanelRows, M - b0);
+    float* dst = Ap + b0 * K;
+    for (int64_t i = 0; i < r; ++i) {
+      const float* src = A + (b0 + i) * lda;
+      for (int64_t k = 0; k < K; ++k) dst[k * r + i] = src[k];
+    }
+  }
+}
+
+// C (kMr rows, 32 columns under masks m0, m1) = alpha * the block (Ap, (K, kMr)) @ one packed
+// (K, 32) panel + beta * C. prefetch (may be null): a panel to pull into L2 meanwhile, one of its
+// rows per k (the next panel: decode streams the weights from memory, and the first pass over a
+// panel otherwise waits on each of its cache lines).
 template <int kMr>
-inline void PanelRows(const float* A, int64_t lda, const float* packed, int64_t K, float alpha,
-                      float beta, float* C, int64_t ldc, __mmask16 m0, __mmask16 m1) {
+inline void PanelRows(const float* Ap, const float* packed, int64_t K, float alpha, float beta,
+                      float* C, int64_t ldc, __mmask16 m0, __mmask16 m1, const float* prefetch) {
   __m512 acc0[kMr], acc1[kMr];
+#pragma GCC unroll 16
   for (int i = 0; i < kMr; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
   for (int64_t k = 0; k < K; ++k) {
+    if (prefetch != nullptr) {
+      _mm_prefetch(reinterpret_cast<const char*>(prefetch + k * kPanel), _MM_HINT_T1);
+      _mm_prefetch(reinterpret_cast<const char*>(prefetch + k * kPanel + 16), _MM_HINT_T1);
+    }
     const __m512 b0 = _mm512_loadu_ps(packed + k * kPanel);
     const __m512 b1 = _mm512_loadu_ps(packed + k * kPanel + 16);
+    const float* a = Ap + k * kMr;
+#pragma GCC unroll 16
     for (int i = 0; i < kMr; ++i) {
-      const __m512 a = _mm512_set1_ps(A[i * lda + k]);
-      acc0[i] = _mm512_fmadd_ps(a, b0, acc0[i]);
-      acc1[i] = _mm512_fmadd_ps(a, b1, acc1[i]);
+      const __m512 av = _mm512_set1_ps(a[i]);
+      acc0[i] = _mm512_fmadd_ps(av, b0, acc0[i]);
+      acc1[i] = _mm512_fmadd_ps(av, b1, acc1[i]);
     }
   }
   const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+#pragma GCC unroll 16
   for (int i = 0; i < kMr; ++i) {
     float* c = C + i * ldc;
     __m512 r0 = _mm512_mul_ps(va, acc0[i]), r1 = _mm512_mul_ps(va, acc1[i]);
@@ -311,45 +343,74 @@ inline void PanelRows(const float* A, int64_t lda, const float* packed, int64_t 
   }
 }
 
-void InvariantGemmNTPanels(int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-                           int64_t lda, const float* B, int64_t ldb, float beta, float* C,
-                           int64_t ldc) {
-  constexpr int kMr = 6;
-  const int64_t num_panels = (N + kPanel - 1) / kPanel;
-  const bool parallel = !omp_in_parallel() && M * N * K > (1 << 16) && num_panels > 1;
-#pragma omp parallel for schedule(static) if (parallel)
-  for (int64_t p = 0; p < num_panels; ++p) {
-    thread_local std::vector<float> packed;
-    if (static_cast<int64_t>(packed.size()) < K * kPanel) packed.resize(K * kPanel);
-    const int64_t j0 = p * kPanel, nj = std::min(kPanel, N - j0);
-    PackPanel(B + j0 * ldb, ldb, nj, K, packed.data());
-    const __mmask16 m0 = static_cast<__mmask16>(nj >= 16 ? 0xFFFF : (1u << nj) - 1);
-    const __mmask16 m1 = static_cast<__mmask16>(nj >= 32   ? 0xFFFF
-                                                : nj <= 16 ? 0
-                                                           : (1u << (nj - 16)) - 1);
-    float* Cp = C + j0;
-    int64_t i = 0;
-    for (; i + kMr <= M; i += kMr)
-      PanelRows<kMr>(A + i * lda, lda, packed.data(), K, alpha, beta, Cp + i * ldc, ldc, m0, m1);
-    switch (M - i) {
-      case 5:
-        PanelRows<5>(A + i * lda, lda, packed.data(), K, alpha, beta, Cp + i * ldc, ldc, m0, m1);
-        break;
-      case 4:
-        PanelRows<4>(A + i * lda, lda, packed.data(), K, alpha, beta, Cp + i * ldc, ldc, m0, m1);
-        break;
-      case 3:
-        PanelRows<3>(A + i * lda, lda, packed.data(), K, alpha, beta, Cp + i * ldc, ldc, m0, m1);
-        break;
-      case 2:
-        PanelRows<2>(A + i * lda, lda, packed.data(), K, alpha, beta, Cp + i * ldc, ldc, m0, m1);
-        break;
-      case 1:
-        PanelRows<1>(A + i * lda, lda, packed.data(), K, alpha, beta, Cp + i * ldc, ldc, m0, m1);
-        break;
-      default:
-        break;
+// The last r < kPanelRows rows.
+template <int R>
+inline void PanelTail(int r, const float* Ap, const float* packed, int64_t K, float alpha,
+                      float beta, float* C, int64_t ldc, __mmask16 m0, __mmask16 m1,
+                      const float* prefetch) {
+  if constexpr (R > 0) {
+    if (r == R) {
+      PanelRows<R>(Ap, packed, K, alpha, beta, C, ldc, m0, m1, prefetch);
+    } else {
+      PanelTail<R - 1>(r, Ap, packed, K, alpha, beta, C, ldc, m0, m1, prefetch);
     }
+  }
+}
+
+// C (M, nj <= 32) = alpha * A (M, K) @ panel + beta * C for one packed (K, 32) panel, A given as
+// PackRows blocks; the first row block prefetches `next` (a (K, 32) panel, or null).
+void PanelBlock(int64_t M, int64_t nj, int64_t K, float alpha, const float* Ap,
+                const float* packed, float beta, float* C, int64_t ldc, const float* next) {
+  const __mmask16 m0 = static_cast<__mmask16>(nj >= 16 ? 0xFFFF : (1u << nj) - 1);
+  const __mmask16 m1 = static_cast<__mmask16>(nj >= 32   ? 0xFFFF
+                                              : nj <= 16 ? 0
+                                                         : (1u << (nj - 16)) - 1);
+  int64_t i = 0;
+  for (; i + kPanelRows <= M; i += kPanelRows) {
+    PanelRows<kPanelRows>(Ap + i * K, packed, K, alpha, beta, C + i * ldc, ldc, m0, m1,
+                          i == 0 ? next : nullptr);
+  }
+  if (i < M) {
+    PanelTail<kPanelRows - 1>(static_cast<int>(M - i), Ap + i * K, packed, K, alpha, beta,
+                              C + i * ldc, ldc, m0, m1, i == 0 ? next : nullptr);
+  }
+}
+
+// Rows of A per task: a block of A (kPanelChunk x K) stays in L2 while the panels pass over it.
+// A multiple of kPanelRows, so a chunk starts on a PackRows block.
+constexpr int64_t kPanelChunk = 20 * kPanelRows;
+
+// The panel form for any N. B is packed per task (a 32-row slice of B, transposed); `prepacked`,
+// when given, holds every panel already (PackWeight's layout) and nothing is packed.
+void InvariantGemmNTPanels(int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                           int64_t lda, const float* B, int64_t ldb, const float* prepacked,
+                           float beta, float* C, int64_t ldc) {
+  thread_local std::vector<float> apack;
+  if (static_cast<int64_t>(apack.size()) < M * K) apack.resize(M * K);
+  PackRows(A, lda, M, K, apack.data());
+  const float* Ap = apack.data();  // thread_local: the workers must not look up their own
+  const int64_t num_panels = (N + kPanel - 1) / kPanel;
+  const int64_t num_chunks = (M + kPanelChunk - 1) / kPanelChunk;
+  const int64_t num_tasks = num_panels * num_chunks;
+  const bool parallel = !omp_in_parallel() && M * N * K > (1 << 16) && num_tasks > 1;
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t t = 0; t < num_tasks; ++t) {
+    // Chunk-major: consecutive tasks share a chunk of A.
+    const int64_t ch = t / num_panels, p = t % num_panels;
+    const int64_t j0 = p * kPanel, nj = std::min(kPanel, N - j0);
+    const int64_t i0 = ch * kPanelChunk, mi = std::min(kPanelChunk, M - i0);
+    const float* panel;
+    const float* next = nullptr;
+    if (prepacked != nullptr) {
+      panel = prepacked + p * K * kPanel;
+      if (p + 1 < num_panels) next = panel + K * kPanel;
+    } else {
+      thread_local std::vector<float> packed;
+      if (static_cast<int64_t>(packed.size()) < K * kPanel) packed.resize(K * kPanel);
+      PackPanel(B + j0 * ldb, ldb, nj, K, packed.data());
+      panel = packed.data();
+    }
+    PanelBlock(mi, nj, K, alpha, Ap + i0 * K, panel, beta, C + i0 * ldc + j0, ldc, next);
   }
 }
 #endif
@@ -430,13 +491,9 @@ void Gemm<float>(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, fl
   }
   if (!trans_a && trans_b && t_batch_invariant) {
 #if defined(__AVX512F__)
-    // The form is chosen by N alone (never by M), so a row's arithmetic stays M-independent:
-    // packing pays off for wide outputs (vocabulary, fused qkv) at decode batch sizes; narrow
-    // ones (experts at a few rows each) keep the unpacked dot form.
-    if (N >= kPanelMinN) {
-      InvariantGemmNTPanels(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-      return;
-    }
+    // One form for every shape, so a row's arithmetic never depends on M.
+    InvariantGemmNTPanels(M, N, K, alpha, A, lda, B, ldb, nullptr, beta, C, ldc);
+    return;
 #endif
     InvariantGemmNT(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
@@ -485,56 +542,163 @@ void LinearForward(Real* y, const Real* x, const Real* W, const Real* b, int64_t
   }
 }
 
+namespace {
+
+#if defined(__AVX512F__)
+// The grouped product in the panel form: every (group, panel, chunk of rows) is one task, all in
+// one parallel region (decode has a few rows per expert, and a region per expert costs more than
+// its work). packed, when given: group g's panels at packed + g * packed_stride.
+void PanelGroupedForward(float* y, const float* x, const float* W, int64_t w_stride,
+                         const float* packed, int64_t packed_stride, const int64_t* row_begin,
+                         int64_t num_groups, int64_t in, int64_t out) {
+  struct Task {
+    int64_t g, p, i0, i1;
+  };
+  std::vector<Task> tasks;
+  const int64_t num_panels = (out + kPanel - 1) / kPanel;
+  int64_t work = 0;
+  for (int64_t g = 0; g < num_groups; ++g) {
+    for (int64_t i0 = row_begin[g]; i0 < row_begin[g + 1]; i0 += kPanelChunk) {
+      const int64_t i1 = std::min(row_begin[g + 1], i0 + kPanelChunk);
+      for (int64_t p = 0; p < num_panels; ++p) tasks.push_back({g, p, i0, i1});
+      work += (i1 - i0) * out * in;
+    }
+  }
+  const int64_t num_tasks = static_cast<int64_t>(tasks.size());
+  // Each group's rows in PackRows blocks of their own, at the group's first row.
+  const int64_t rows = row_begin[num_groups];
+  thread_local std::vector<float> xpack;
+  if (static_cast<int64_t>(xpack.size()) < rows * in) xpack.resize(rows * in);
+  for (int64_t g = 0; g < num_groups; ++g) {
+    PackRows(x + row_begin[g] * in, in, row_begin[g + 1] - row_begin[g], in,
+             xpack.data() + row_begin[g] * in);
+  }
+  const float* xp = xpack.data();  // thread_local: the workers must not look up their own
+  const bool parallel = !omp_in_parallel() && work > (1 << 16) && num_tasks > 1;
+#pragma omp parallel for schedule(dynamic, 4) if (parallel)
+  for (int64_t t = 0; t < num_tasks; ++t) {
+    const Task& task = tasks[t];
+    const int64_t j0 = task.p * kPanel, nj = std::min(kPanel, out - j0);
+    const float* panel;
+    const float* next = nullptr;
+    if (packed != nullptr) {
+      panel = packed + task.g * packed_stride + task.p * in * kPanel;
+      if (t + 1 < num_tasks) {
+        next = packed + tasks[t + 1].g * packed_stride + tasks[t + 1].p * in * kPanel;
+      }
+    } else {
+      thread_local std::vector<float> buf;
+      if (static_cast<int64_t>(buf.size()) < in * kPanel) buf.resize(in * kPanel);
+      PackPanel(W + task.g * w_stride + j0 * in, in, nj, in, buf.data());
+      panel = buf.data();
+    }
+    PanelBlock(task.i1 - task.i0, nj, in, 1.0f, xp + task.i0 * in, panel, 0.0f,
+               y + task.i0 * out + j0, out, next);
+  }
+}
+#endif
+
+}  // namespace
+
 template <typename Real>
 void GroupedLinearForward(Real* y, const Real* x, const Real* W, int64_t w_stride,
                           const int64_t* row_begin, int64_t num_groups, int64_t in, int64_t out) {
-  bool grouped = false;
-  if constexpr (std::is_same_v<Real, float>) {
 #if defined(__AVX512F__)
-    grouped = t_batch_invariant && out < kPanelMinN;
-#else
-    grouped = t_batch_invariant;
-#endif
-  }
-  if (!grouped) {
-    for (int64_t g = 0; g < num_groups; ++g) {
-      const int64_t r0 = row_begin[g], n = row_begin[g + 1] - r0;
-      if (n > 0)
-        LinearForward<Real>(y + r0 * out, x + r0 * in, W + g * w_stride, nullptr, n, in, out);
-    }
-    return;
-  }
   if constexpr (std::is_same_v<Real, float>) {
-    // The tasks InvariantGemmNT would run for each group, all in one region.
-    constexpr int64_t kCols = 64, kRows = 64;
-    struct Task {
-      int64_t g, j0, i0, i1;
-    };
-    std::vector<Task> tasks;
-    int64_t work = 0;
-    for (int64_t g = 0; g < num_groups; ++g) {
-      for (int64_t i0 = row_begin[g]; i0 < row_begin[g + 1]; i0 += kRows) {
-        const int64_t i1 = std::min(row_begin[g + 1], i0 + kRows);
-        for (int64_t j0 = 0; j0 < out; j0 += kCols) tasks.push_back({g, j0, i0, i1});
-        work += (i1 - i0) * out * in;
-      }
-    }
-    const int64_t num_tasks = static_cast<int64_t>(tasks.size());
-    const bool parallel = !omp_in_parallel() && work > (1 << 16) && num_tasks > 1;
-#pragma omp parallel for schedule(dynamic, 1) if (parallel)
-    for (int64_t t = 0; t < num_tasks; ++t) {
-      const Task& task = tasks[t];
-      const float* B = W + task.g * w_stride + task.j0 * in;
-      const int64_t nj = std::min(kCols, out - task.j0);
-      int64_t i = task.i0;
-      for (; i + 4 <= task.i1; i += 4) {
-        InvariantRows<4>(x + i * in, in, B, in, in, nj, 1.0f, 0.0f, y + i * out + task.j0, out);
-      }
-      for (; i < task.i1; ++i) {
-        InvariantRows<1>(x + i * in, in, B, in, in, nj, 1.0f, 0.0f, y + i * out + task.j0, out);
-      }
+    if (t_batch_invariant) {
+      PanelGroupedForward(y, x, W, w_stride, nullptr, 0, row_begin, num_groups, in, out);
+      return;
     }
   }
+#else
+  if constexpr (std::is_same_v<Real, float>) {
+    if (t_batch_invariant) {
+      // The tasks InvariantGemmNT would run for each group, all in one region.
+      constexpr int64_t kCols = 64, kRows = 64;
+      struct Task {
+        int64_t g, j0, i0, i1;
+      };
+      std::vector<Task> tasks;
+      int64_t work = 0;
+      for (int64_t g = 0; g < num_groups; ++g) {
+        for (int64_t i0 = row_begin[g]; i0 < row_begin[g + 1]; i0 += kRows) {
+          const int64_t i1 = std::min(row_begin[g + 1], i0 + kRows);
+          for (int64_t j0 = 0; j0 < out; j0 += kCols) tasks.push_back({g, j0, i0, i1});
+          work += (i1 - i0) * out * in;
+        }
+      }
+      const int64_t num_tasks = static_cast<int64_t>(tasks.size());
+      const bool parallel = !omp_in_parallel() && work > (1 << 16) && num_tasks > 1;
+#pragma omp parallel for schedule(dynamic, 1) if (parallel)
+      for (int64_t t = 0; t < num_tasks; ++t) {
+        const Task& task = tasks[t];
+        const float* B = W + task.g * w_stride + task.j0 * in;
+        const int64_t nj = std::min(kCols, out - task.j0);
+        int64_t i = task.i0;
+        for (; i + 4 <= task.i1; i += 4) {
+          InvariantRows<4>(x + i * in, in, B, in, in, nj, 1.0f, 0.0f, y + i * out + task.j0, out);
+        }
+        for (; i < task.i1; ++i) {
+          InvariantRows<1>(x + i * in, in, B, in, in, nj, 1.0f, 0.0f, y + i * out + task.j0, out);
+        }
+      }
+      return;
+    }
+  }
+#endif
+  for (int64_t g = 0; g < num_groups; ++g) {
+    const int64_t r0 = row_begin[g], n = row_begin[g + 1] - r0;
+    if (n > 0) LinearForward<Real>(y + r0 * out, x + r0 * in, W + g * w_stride, nullptr, n, in, out);
+  }
+}
+
+bool PackedWeightsSupported() {
+#if defined(__AVX512F__)
+  return true;
+#else
+  return false;
+#endif
+}
+
+int64_t PackedWeightFloats(int64_t out, int64_t in) {
+  return (out + 31) / 32 * 32 * in;
+}
+
+void PackWeight(const float* W, int64_t out, int64_t in, float* packed) {
+#if defined(__AVX512F__)
+  const int64_t num_panels = (out + kPanel - 1) / kPanel;
+#pragma omp parallel for schedule(static) if (!omp_in_parallel() && num_panels > 1)
+  for (int64_t p = 0; p < num_panels; ++p) {
+    PackPanel(W + p * kPanel * in, in, std::min(kPanel, out - p * kPanel), in,
+              packed + p * in * kPanel);
+  }
+#else
+  (void)W, (void)out, (void)in, (void)packed;
+  GRPO_CHECK_MSG(false, "PackWeight needs an AVX-512 build (PackedWeightsSupported)");
+#endif
+}
+
+void PackedLinearForward(float* y, const float* x, const float* packed, int64_t T, int64_t in,
+                         int64_t out) {
+#if defined(__AVX512F__)
+  if (T == 0 || out == 0) return;
+  InvariantGemmNTPanels(T, out, in, 1.0f, x, in, nullptr, in, packed, 0.0f, y, out);
+#else
+  (void)y, (void)x, (void)packed, (void)T, (void)in, (void)out;
+  GRPO_CHECK_MSG(false, "PackedLinearForward needs an AVX-512 build (PackedWeightsSupported)");
+#endif
+}
+
+void PackedGroupedLinearForward(float* y, const float* x, const float* packed,
+                                int64_t packed_stride, const int64_t* row_begin,
+                                int64_t num_groups, int64_t in, int64_t out) {
+#if defined(__AVX512F__)
+  PanelGroupedForward(y, x, nullptr, 0, packed, packed_stride, row_begin, num_groups, in, out);
+#else
+  (void)y, (void)x, (void)packed, (void)packed_stride, (void)row_begin, (void)num_groups, (void)in,
+      (void)out;
+  GRPO_CHECK_MSG(false, "PackedGroupedLinearForward needs an AVX-512 build");
+#endif
 }
 
 template void GroupedLinearForward<float>(float*, const float*, const float*, int64_t,

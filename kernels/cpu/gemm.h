@@ -35,13 +35,15 @@ void LinearBackward(Real* dx, Real* dW, Real* db, const Real* dy, const Real* x,
                     int64_t T, int64_t in, int64_t out);
 
 // Batch-invariant mode, per calling thread: while a scope with on = true is alive on a thread,
-// float Gemm calls from that thread with op(A) = A and op(B) = B^T (every LinearForward) compute
-// each C[m, n] with one fixed sequence of operations over k that depends on N and K only, never
-// on M, the row's position or the thread count (N < 1024: 16-lane FMA chains and a fixed lane
-// tree; N >= 1024 with AVX-512: one sequential FMA chain over a packed panel), and AttentionForward
-// processes every query token by itself. A row's result then depends only on its own inputs:
-// the rollout engine's decode and the learner's forward agree bitwise (model.h
-// set_batch_invariant). Other layouts (backward) are unaffected. Scopes nest.
+// float Gemm calls from that thread with op(A) = A and op(B) = B^T (every LinearForward and
+// GroupedLinearForward) compute each C[m, n] with one fixed sequence of operations over k that
+// depends on K only, never on M, the row's position or the thread count: with AVX-512 one
+// sequential FMA chain c = fma(A[m,k], B[n,k], c) over k = 0..K-1 from 0 (B packed into 32-column
+// panels, the outer-product form of a GEMM microkernel), then alpha * c (+ beta * C); without
+// AVX-512 16-lane FMA chains and a fixed lane tree. And AttentionForward processes every query
+// token by itself. A row's result then depends only on its own inputs: the rollout engine's
+// decode and the learner's forward agree bitwise (model.h set_batch_invariant). Other layouts
+// (backward) are unaffected. Scopes nest.
 class BatchInvariantScope {
  public:
   explicit BatchInvariantScope(bool on);
@@ -53,6 +55,23 @@ class BatchInvariantScope {
   bool previous_;
 };
 bool BatchInvariantEnabled();
+
+// Pre-packed weights for the batch-invariant form (AVX-512 builds only): a weight that does not
+// change between calls (the rollout engine's, between updates) is packed once instead of on every
+// call. Results are bitwise those of LinearForward / GroupedLinearForward (no bias) under a
+// BatchInvariantScope: the same FMA chain per element. The packed weight must be re-packed after
+// the weight changes.
+bool PackedWeightsSupported();
+// Floats of the packed form of an nn.Linear weight W (out, in): ceil(out / 32) panels of (in, 32).
+int64_t PackedWeightFloats(int64_t out, int64_t in);
+void PackWeight(const float* W, int64_t out, int64_t in, float* packed);
+// y (T, out) = x (T, in) @ W^T, W given packed.
+void PackedLinearForward(float* y, const float* x, const float* packed, int64_t T, int64_t in,
+                         int64_t out);
+// As GroupedLinearForward; group g's packed weight at packed + g * packed_stride.
+void PackedGroupedLinearForward(float* y, const float* x, const float* packed,
+                                int64_t packed_stride, const int64_t* row_begin,
+                                int64_t num_groups, int64_t in, int64_t out);
 
 // Optional accounting for benchmarks: FLOPs and wall time of Gemm calls made outside parallel
 // regions (calls inside one, e.g. attention's per-block products, are not counted). Off by default.

@@ -20,7 +20,7 @@ std::vector<float> Random(int64_t n, uint64_t seed) {
 }
 
 TEST_CASE("batch-invariant GEMM rows do not depend on M", "[kernels][batch_invariant]") {
-  // N 75: the dot form; N 1100: the packed-panel form (a partial last panel).
+  // N 75 and 1100: partial last panels (AVX-512: the panel form for every N).
   for (const int64_t N : {75, 1100})
     for (const int64_t K : {6, 16, 37, 512}) {
       const int64_t M_max = 70;
@@ -77,6 +77,67 @@ TEST_CASE("batch-invariant attention: a query's output does not depend on the ot
                             1.0f / 4);
     INFO("position " << p);
     REQUIRE(std::memcmp(one.data(), full.data() + p * nh * hd, nh * hd * sizeof(float)) == 0);
+  }
+}
+
+
+TEST_CASE("pre-packed weights give LinearForward's bits, for any shape", "[kernels][batch_invariant]") {
+  if (!PackedWeightsSupported()) {
+    WARN("SKIPPED: pre-packed weights need an AVX-512 build");
+    return;
+  }
+  // N 16 (a router), 75 (a partial last panel), 1100; M across register blocks and row chunks.
+  for (const int64_t N : {16, 75, 1100})
+    for (const int64_t K : {7, 37, 256}) {
+      const std::vector<float> W = Random(N * K, N + K);
+      std::vector<float> packed(PackedWeightFloats(N, K), -1.0f);
+      PackWeight(W.data(), N, K, packed.data());
+      for (const int64_t M : {1, 13, 250}) {
+        const std::vector<float> x = Random(M * K, M);
+        std::vector<float> want(M * N), got(M * N, 7.0f);
+        {
+          BatchInvariantScope on(true);
+          LinearForward<float>(want.data(), x.data(), W.data(), nullptr, M, K, N);
+        }
+        PackedLinearForward(got.data(), x.data(), packed.data(), M, K, N);
+        INFO("N " << N << " K " << K << " M " << M);
+        REQUIRE(std::memcmp(got.data(), want.data(), want.size() * sizeof(float)) == 0);
+      }
+    }
+}
+
+TEST_CASE("grouped products: packed, unpacked and per group agree bitwise",
+          "[kernels][batch_invariant]") {
+  // Groups of 13, 0, 1, 30 and 250 rows (empty groups and groups over a row chunk); enough work
+  // that the tasks run on several threads.
+  const std::vector<int64_t> rows = {13, 0, 1, 30, 250};
+  std::vector<int64_t> begin = {0};
+  for (int64_t r : rows) begin.push_back(begin.back() + r);
+  const int64_t G = static_cast<int64_t>(rows.size()), T = begin.back();
+  for (const auto& [in, out] : {std::pair<int64_t, int64_t>{256, 75}, {96, 512}}) {
+    const std::vector<float> W = Random(G * out * in, in), x = Random(T * in, out);
+    std::vector<float> per_group(T * out), grouped(T * out, 3.0f);
+    {
+      BatchInvariantScope on(true);
+      for (int64_t g = 0; g < G; ++g) {
+        LinearForward<float>(per_group.data() + begin[g] * out, x.data() + begin[g] * in,
+                             W.data() + g * out * in, nullptr, rows[g], in, out);
+      }
+      GroupedLinearForward<float>(grouped.data(), x.data(), W.data(), out * in, begin.data(), G,
+                                  in, out);
+    }
+    INFO("in " << in << " out " << out);
+    REQUIRE(std::memcmp(grouped.data(), per_group.data(), grouped.size() * sizeof(float)) == 0);
+    if (!PackedWeightsSupported()) continue;
+    const int64_t stride = PackedWeightFloats(out, in);
+    std::vector<float> packed(G * stride);
+    for (int64_t g = 0; g < G; ++g)
+      PackWeight(W.data() + g * out * in, out, in, packed.data() + g * stride);
+    std::vector<float> from_packed(T * out, 5.0f);
+    PackedGroupedLinearForward(from_packed.data(), x.data(), packed.data(), stride, begin.data(),
+                               G, in, out);
+    REQUIRE(std::memcmp(from_packed.data(), per_group.data(), grouped.size() * sizeof(float)) ==
+            0);
   }
 }
 

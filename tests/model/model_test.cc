@@ -264,3 +264,39 @@ TEST_CASE("generation: greedy matches argmax of the full forward, sampling is se
 
 }  // namespace
 }  // namespace grpo
+
+namespace grpo {
+namespace {
+
+TEST_CASE("pre-packed weights: the same bits, and dropped when the weights change",
+          "[model][batch_invariant]") {
+  for (const auto& j : {testing::TinyQwen3MoeJson(), testing::TinyQwen2MoeJson(),
+                        testing::TinyLlamaJson()}) {
+    ModelConfig c = MustParse(j);
+    INFO(c.model_type);
+    auto model = MakeModel<float>(c, 5);
+    model->set_batch_invariant(true);
+    const TokenBatch batch = RandomBatch({9, 1, 17}, c.vocab_size, 3);
+    ForwardOptions fo;
+    ForwardResult<float> plain, packed;
+    REQUIRE(model->Forward(batch, fo, &plain).ok());
+    if (!model->PrepackWeights()) {
+      WARN("SKIPPED: pre-packed weights need an AVX-512 build");
+      continue;
+    }
+    REQUIRE(model->prepacked());
+    REQUIRE(model->Forward(batch, fo, &packed).ok());
+    REQUIRE(std::memcmp(plain.logprobs.data(), packed.logprobs.data(),
+                        plain.logprobs.size() * sizeof(float)) == 0);
+    // Changing the weights through params() drops the packed copy, so the change is seen.
+    model->params()[model->layout().lm_head] += 1.0f;
+    REQUIRE(!model->prepacked());
+    ForwardResult<float> changed;
+    REQUIRE(model->Forward(batch, fo, &changed).ok());
+    REQUIRE(std::memcmp(plain.logprobs.data(), changed.logprobs.data(),
+                        plain.logprobs.size() * sizeof(float)) != 0);
+  }
+}
+
+}  // namespace
+}  // namespace grpo

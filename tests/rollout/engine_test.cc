@@ -286,6 +286,33 @@ TEST_CASE("greedy and truncated sampling draw from the stated distribution",
   }
 }
 
+TEST_CASE("untruncated sampling inverts the CDF across chunks", "[rollout][sampling]") {
+  // V 1000 spans several of the sampler's chunks; every draw must land where the exact CDF
+  // (double) puts u, up to float rounding of the weights.
+  const int64_t V = 1000;
+  std::vector<float> logits(V);
+  for (int64_t v = 0; v < V; ++v) logits[v] = static_cast<float>(std::sin(0.37 * v) * 4.0);
+  std::vector<std::pair<float, int32_t>> scratch;
+  const double tau = 0.7;
+  double mx = -1e30;
+  for (float l : logits) mx = std::max<double>(mx, l);
+  std::vector<double> cdf(V);
+  double z = 0;
+  for (int64_t v = 0; v < V; ++v) cdf[v] = (z += std::exp((logits[v] - mx) / tau));
+  for (double& c : cdf) c /= z;
+  for (int i = 0; i < 2000; ++i) {
+    const double u = (i + 0.5) / 2000;
+    const SampledToken t = SampleFromLogits(logits.data(), V, 0.7f, 0, 1.0f, u, &scratch);
+    INFO("u " << u << " token " << t.token);
+    REQUIRE(t.token >= 0);
+    REQUIRE(t.token < V);
+    CHECK((t.token == 0 ? 0.0 : cdf[t.token - 1]) <= u + 1e-5);
+    CHECK(u <= cdf[t.token] + 1e-5);
+    const double p = (cdf[t.token] - (t.token == 0 ? 0.0 : cdf[t.token - 1]));
+    CHECK(t.logprob == Approx(std::log(p)).margin(1e-4));
+  }
+}
+
 TEST_CASE("returned routing replays the learner's forward exactly", "[rollout][engine][routing]") {
   const ModelConfig c = TinyMoe();
   auto learner = MakeModel<float>(c, 8);
