@@ -297,9 +297,16 @@ void PackRows(const float* A, int64_t lda, int64_t M, int64_t K, float* Ap) {
   for (int64_t b = 0; b < num_blocks; ++b) {
     const int64_t b0 = b * kPanelRows, r = std::min<int64_t>(kPanelRows, M - b0);
     float* dst = Ap + b0 * K;
-    for (int64_t i = 0; i < r; ++i) {
-      const float* src = A + (b0 + i) * lda;
-      for (int64_t k = 0; k < K; ++k) dst[k * r + i] = src[k];
+    const float* src = A + b0 * lda;
+    if (r == kPanelRows) {
+      // Sequential stores; the fixed trip count unrolls.
+      for (int64_t k = 0; k < K; ++k) {
+#pragma GCC unroll 12
+        for (int i = 0; i < kPanelRows; ++i) dst[k * kPanelRows + i] = src[i * lda + k];
+      }
+    } else {
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t i = 0; i < r; ++i) dst[k * r + i] = src[i * lda + k];
     }
   }
 }
