@@ -169,6 +169,7 @@ std::vector<RankOutcome> Train(int world, const Batch& batch, const MiniBatchOpt
     optimizers[r] = std::make_unique<AdamW>(models[r]->num_params(), Adam());
   }
   dp.check_replicas = true;
+  dp.timeout_s = 20;  // a broken step fails the test instead of hanging it
   auto body = [&](int r) {
     DataParallelStep step(models[r].get(), optimizers[r].get(), comms[r].get(), dp);
     const GroupRange range =
