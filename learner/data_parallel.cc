@@ -72,8 +72,8 @@ std::vector<GradBucket> PlanGradBuckets(int64_t num_params, int64_t bucket_elems
 
 // ---- GradientReducer ----
 
-GradientReducer::GradientReducer(comm::Communicator* comm, int64_t num_params,
-                                 int64_t bucket_elems, absl::Duration timeout)
+GradientReducer::GradientReducer(comm::Communicator* comm, int64_t num_params, int64_t bucket_elems,
+                                 absl::Duration timeout)
     : comm_(comm),
       num_params_(num_params),
       timeout_(timeout),
@@ -108,10 +108,11 @@ void GradientReducer::MarkReady(int64_t first, int64_t count) {
   if (count == 0) return;
   const int64_t n = buckets_[0].count;  // every bucket but the last (lowest) has n elements
   const int64_t last = first + count;   // exclusive
-  const int64_t k_first = (num_params_ - last) / n;   // bucket of element last - 1
+  const int64_t k_first = (num_params_ - last) / n;      // bucket of element last - 1
   const int64_t k_last = (num_params_ - 1 - first) / n;  // bucket of element first
   absl::MutexLock lock(&mu_);
-  GRPO_CHECK_MSG(active_ || cancelled_ || !status_.ok(), "GradientReducer::MarkReady outside a round");
+  GRPO_CHECK_MSG(active_ || cancelled_ || !status_.ok(),
+                 "GradientReducer::MarkReady outside a round");
   for (int64_t k = k_first; k <= k_last; ++k) {
     const GradBucket& b = buckets_[k];
     const int64_t overlap = std::min(last, b.first + b.count) - std::max(first, b.first);
@@ -187,9 +188,8 @@ void GradientReducer::Loop() {
 absl::Status AllReduceCounts(comm::Communicator& comm, absl::Span<int64_t> counts,
                              absl::Duration timeout) {
   if (comm.world_size() > kMaxExactWorld) {
-    return absl::InvalidArgumentError(absl::StrCat("AllReduceCounts: exact for at most ",
-                                                   kMaxExactWorld, " ranks, not ",
-                                                   comm.world_size()));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "AllReduceCounts: exact for at most ", kMaxExactWorld, " ranks, not ", comm.world_size()));
   }
   constexpr int64_t kMask = (int64_t{1} << kLimbBits) - 1;
   std::vector<float> buf(counts.size() * kLimbs);
@@ -234,8 +234,8 @@ absl::Status VerifyReplicas(comm::Communicator& comm, const float* params, int64
 
 // ---- DataParallelStep ----
 
-DataParallelStep::DataParallelStep(Model<float>* policy, AdamW* optimizer,
-                                   comm::Communicator* comm, const DataParallelConfig& config)
+DataParallelStep::DataParallelStep(Model<float>* policy, AdamW* optimizer, comm::Communicator* comm,
+                                   const DataParallelConfig& config)
     : policy_(policy),
       optimizer_(optimizer),
       comm_(comm),
@@ -244,8 +244,8 @@ DataParallelStep::DataParallelStep(Model<float>* policy, AdamW* optimizer,
   GRPO_CHECK(policy != nullptr && optimizer != nullptr);
   GRPO_CHECK(optimizer->num_params() == policy->num_params());
   if (comm_ != nullptr) {
-    reducer_ = std::make_unique<GradientReducer>(comm_, policy->num_params(),
-                                                 config.bucket_elems(), timeout_);
+    reducer_ = std::make_unique<GradientReducer>(comm_, policy->num_params(), config.bucket_elems(),
+                                                 timeout_);
   }
 }
 
@@ -256,10 +256,9 @@ DataParallelStats DataParallelStep::stats() const {
 absl::StatusOr<MiniBatchResult> DataParallelStep::Run(absl::Span<const TrainSequence> seqs,
                                                       const MiniBatchOptions& options) {
   const std::string context =
-      comm_ == nullptr
-          ? absl::StrCat("optimizer step ", options.opt_step)
-          : absl::StrFormat("data-parallel rank %d of %d, optimizer step %d", rank(),
-                            world_size(), options.opt_step);
+      comm_ == nullptr ? absl::StrCat("optimizer step ", options.opt_step)
+                       : absl::StrFormat("data-parallel rank %d of %d, optimizer step %d", rank(),
+                                         world_size(), options.opt_step);
   return RunLocal(seqs, options, context);
 }
 
@@ -301,7 +300,7 @@ absl::StatusOr<MiniBatchResult> DataParallelStep::RunLocal(absl::Span<const Trai
   const int64_t L = policy_->config().NumMoeLayers();
   const int64_t K = policy_->config().num_experts_per_tok;
   const size_t micro = o.micro_batch_seqs > 0 ? static_cast<size_t>(o.micro_batch_seqs)
-                                               : std::max<size_t>(1, seqs.size());
+                                              : std::max<size_t>(1, seqs.size());
   for (size_t first = 0; first < seqs.size(); first += micro) {
     const size_t last = std::min(seqs.size(), first + micro);
     TokenBatch batch;
@@ -351,8 +350,8 @@ absl::StatusOr<MiniBatchResult> DataParallelStep::RunLocal(absl::Span<const Trai
     fo.for_backward = true;
     fo.replay_routing = routing;
     // The aux loss of each micro-batch, weighted by its share of the GLOBAL mini-batch.
-    fo.aux_loss_coef = o.aux_loss_coef * static_cast<double>(last - first) /
-                       static_cast<double>(norm.num_seqs);
+    fo.aux_loss_coef =
+        o.aux_loss_coef * static_cast<double>(last - first) / static_cast<double>(norm.num_seqs);
     ForwardResult<float> res;
     if (absl::Status s = policy_->Forward(batch, fo, &res); !s.ok()) return fail(s);
     std::vector<double> lp, ent;
@@ -414,9 +413,9 @@ absl::StatusOr<MiniBatchResult> DataParallelStep::RunLocal(absl::Span<const Trai
   }
   result.opt = optimizer_->Step(policy_->params(), policy_->grads(), o.lr);
   if (comm_ != nullptr && config_.check_replicas) {
-    RETURN_IF_ERROR(WithContext(
-        VerifyReplicas(*comm_, policy_->params(), policy_->num_params(), timeout_),
-        absl::StrCat(context, ": replica check after the optimizer step")));
+    RETURN_IF_ERROR(
+        WithContext(VerifyReplicas(*comm_, policy_->params(), policy_->num_params(), timeout_),
+                    absl::StrCat(context, ": replica check after the optimizer step")));
   }
   return result;
 }
@@ -425,11 +424,10 @@ absl::StatusOr<MiniBatchResult> DataParallelStep::RunLocal(absl::Span<const Trai
 // through one slot per rank.
 absl::Status DataParallelStep::ReduceResult(MiniBatchResult* r) {
   LossStats& st = r->stats;
-  double* sums[] = {&r->loss,          &r->aux_loss_sum,    &r->trained_tokens,
-                    &st.num_tokens,    &st.num_seqs,        &st.pg_loss_sum,
-                    &st.kl_sum,        &st.entropy_sum,     &st.clipped,
-                    &st.dual_clipped,  &st.ratio_sum,       &st.is_weight_sum,
-                    &st.is_rejected,   &st.mismatch_abs_sum, &st.mismatch_tokens};
+  double* sums[] = {&r->loss,        &r->aux_loss_sum,     &r->trained_tokens, &st.num_tokens,
+                    &st.num_seqs,    &st.pg_loss_sum,      &st.kl_sum,         &st.entropy_sum,
+                    &st.clipped,     &st.dual_clipped,     &st.ratio_sum,      &st.is_weight_sum,
+                    &st.is_rejected, &st.mismatch_abs_sum, &st.mismatch_tokens};
   constexpr size_t kNumSums = sizeof(sums) / sizeof(sums[0]);
   const int world = world_size(), rank = this->rank();
   std::vector<float> buf(kNumSums + 2 * static_cast<size_t>(world), 0.0f);
@@ -437,10 +435,10 @@ absl::Status DataParallelStep::ReduceResult(MiniBatchResult* r) {
   // A rank without tokens has min 1e300 / max -1e300: +-inf in fp32, and never the extreme.
   buf[kNumSums + 2 * rank] = static_cast<float>(st.ratio_min);
   buf[kNumSums + 2 * rank + 1] = static_cast<float>(st.ratio_max);
-  RETURN_IF_ERROR(WithContext(
-      comm_->AllReduceSum(buf.data(), static_cast<int64_t>(buf.size()), timeout_),
-      absl::StrFormat("data-parallel rank %d of %d: all-reduce of the loss statistics", rank,
-                      world)));
+  RETURN_IF_ERROR(
+      WithContext(comm_->AllReduceSum(buf.data(), static_cast<int64_t>(buf.size()), timeout_),
+                  absl::StrFormat("data-parallel rank %d of %d: all-reduce of the loss statistics",
+                                  rank, world)));
   for (size_t i = 0; i < kNumSums; ++i) *sums[i] = buf[i];
   st.ratio_min = 1e300;
   st.ratio_max = -1e300;

@@ -45,9 +45,9 @@ namespace grpo {
 
 // The `data_parallel` section of the learner config (learner/config.h).
 struct DataParallelConfig {
-  int64_t ranks = 1;        // learner replicas; 1 = no data parallelism
-  double bucket_mb = 25;    // gradient all-reduce bucket, MiB of fp32 (PyTorch DDP's default)
-  double timeout_s = 600;   // every collective; a peer silent this long fails the step
+  int64_t ranks = 1;            // learner replicas; 1 = no data parallelism
+  double bucket_mb = 25;        // gradient all-reduce bucket, MiB of fp32 (PyTorch DDP's default)
+  double timeout_s = 600;       // every collective; a peer silent this long fails the step
   bool check_replicas = false;  // after every optimizer step, compare parameter hashes across ranks
 
   // Errors name the key under `prefix` ("data_parallel.bucket_mb ...").

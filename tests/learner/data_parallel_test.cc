@@ -4,9 +4,8 @@
 // takes well under a second.
 #include "learner/data_parallel.h"
 
-#include <catch2/catch.hpp>
-
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -62,8 +61,7 @@ struct Batch {
   std::vector<TrainSequence> seqs;  // (num_groups * group_size), group-major
 
   absl::Span<const TrainSequence> Groups(GroupRange r) const {
-    return absl::MakeConstSpan(seqs).subspan(r.first * group_size,
-                                             (r.last - r.first) * group_size);
+    return absl::MakeConstSpan(seqs).subspan(r.first * group_size, (r.last - r.first) * group_size);
   }
 };
 
@@ -184,8 +182,7 @@ std::vector<RankOutcome> Train(int world, const Batch& batch, const MiniBatchOpt
       }
       out[r].results.push_back(*res);
       if (s == 0) {
-        out[r].first_grads.assign(models[r]->grads(),
-                                  models[r]->grads() + models[r]->num_params());
+        out[r].first_grads.assign(models[r]->grads(), models[r]->grads() + models[r]->num_params());
       }
     }
     out[r].params.assign(models[r]->params(), models[r]->params() + models[r]->num_params());
@@ -239,7 +236,8 @@ void RequireSameUpdate(const std::vector<RankOutcome>& dp, const std::vector<Ran
   INFO("relative parameter difference " << rel);
   REQUIRE(rel < 1e-4);
   double moved = 0;
-  for (size_t i = 0; i < init.size(); ++i) moved = std::max(moved, std::abs(double{ref[0].params[i]} - init[i]));
+  for (size_t i = 0; i < init.size(); ++i)
+    moved = std::max(moved, std::abs(double{ref[0].params[i]} - init[i]));
   REQUIRE(moved > 1e-3);  // training did move the parameters
   for (size_t s = 0; s < ref[0].results.size(); ++s) {
     const MiniBatchResult& a = dp[0].results[s];
@@ -312,7 +310,8 @@ TEST_CASE("Model::Backward reports finished gradient blocks in backward order, c
     std::vector<float> snapshot;  // grads of the first block, as reported
     model->set_grad_ready_callback([&](int64_t first, int64_t count) {
       blocks.push_back({first, count});
-      if (blocks.size() == 1) snapshot.assign(model->grads() + first, model->grads() + first + count);
+      if (blocks.size() == 1)
+        snapshot.assign(model->grads() + first, model->grads() + first + count);
     });
     std::vector<float> dlp(4, 0.5f);
     model->ZeroGrads();
@@ -341,9 +340,8 @@ TEST_CASE("2 and 3 ranks on a split mini-batch make the update of 1 learner on a
   auto model = TinyModel();
   // 4 groups of 3: 3 ranks get 1, 1, 2 groups (uneven).
   const Batch batch = MakeBatch(*model, 4, 3, 11);
-  for (LossAggregation agg :
-       {LossAggregation::kTokenMean, LossAggregation::kSeqMeanTokenMean,
-        LossAggregation::kSeqMeanTokenSumNorm}) {
+  for (LossAggregation agg : {LossAggregation::kTokenMean, LossAggregation::kSeqMeanTokenMean,
+                              LossAggregation::kSeqMeanTokenSumNorm}) {
     // One group per micro-batch: the micro-batches (and so the aux loss's token statistics) are
     // the same however groups are split; the aux-loss weight uses the global sequence count.
     const MiniBatchOptions o = Options(agg, /*micro=*/3, /*aux=*/0.01);
@@ -357,8 +355,7 @@ TEST_CASE("2 and 3 ranks on a split mini-batch make the update of 1 learner on a
   }
 }
 
-TEST_CASE("a rank with no group joins every collective; the result is unchanged",
-          "[learner][dp]") {
+TEST_CASE("a rank with no group joins every collective; the result is unchanged", "[learner][dp]") {
   auto model = TinyModel();
   const Batch batch = MakeBatch(*model, 2, 3, 12);  // 2 groups over 3 ranks: rank 0 has none
   REQUIRE(AssignGroups(2, 0, 3).first == AssignGroups(2, 0, 3).last);
@@ -497,10 +494,11 @@ TEST_CASE("the step's gradient all-reduce overlaps the model's backward", "[lear
     step.set_grad_ready_observer([&, r](int64_t, int64_t) {
       // At the second block (the last layer) the backward is still running; bucket 0 (the
       // head) must already be summed by the communication thread.
-      if (++blocks_seen[r] == 2) overlapped[r] = comms[r]->AwaitCompleted(head, 1, absl::Seconds(10));
+      if (++blocks_seen[r] == 2)
+        overlapped[r] = comms[r]->AwaitCompleted(head, 1, absl::Seconds(10));
     });
-    auto res = step.Run(batch.Groups(AssignGroups(2, r, 2)),
-                        Options(LossAggregation::kTokenMean, 0, 0));
+    auto res =
+        step.Run(batch.Groups(AssignGroups(2, r, 2)), Options(LossAggregation::kTokenMean, 0, 0));
     st[r] = res.status();
   };
   std::thread t1(body, 1);
@@ -562,9 +560,9 @@ TEST_CASE("a stalled rank makes the others fail with DEADLINE_EXCEEDED, never a 
           }
         });
       }
-      st[r] = step.Run(batch.Groups(AssignGroups(2, r, 2)),
-                       Options(LossAggregation::kTokenMean, 0, 0))
-                  .status();
+      st[r] =
+          step.Run(batch.Groups(AssignGroups(2, r, 2)), Options(LossAggregation::kTokenMean, 0, 0))
+              .status();
       if (r == 0) rank0_done.Notify();
     };
     std::thread t1(body, 1);
@@ -579,8 +577,7 @@ TEST_CASE("a stalled rank makes the others fail with DEADLINE_EXCEEDED, never a 
   }
 }
 
-TEST_CASE("a rank that fails mid-step releases the others with ABORTED at once",
-          "[learner][dp]") {
+TEST_CASE("a rank that fails mid-step releases the others with ABORTED at once", "[learner][dp]") {
   auto model0 = TinyModel();
   const Batch batch = MakeBatch(*model0, 2, 2, 16);
   DataParallelConfig dp;
@@ -619,9 +616,8 @@ TEST_CASE("VerifyReplicas names the rank whose parameters differ", "[learner][dp
   std::vector<absl::Status> st(3);
   std::vector<std::thread> threads;
   for (int r = 0; r < 3; ++r) {
-    threads.emplace_back([&, r] {
-      st[r] = VerifyReplicas(*comms[r], params[r].data(), 100, absl::Seconds(20));
-    });
+    threads.emplace_back(
+        [&, r] { st[r] = VerifyReplicas(*comms[r], params[r].data(), 100, absl::Seconds(20)); });
   }
   for (auto& t : threads) t.join();
   for (int r = 0; r < 3; ++r) {
@@ -639,9 +635,8 @@ TEST_CASE("AllReduceCounts is exact beyond float precision", "[learner][dp]") {
   std::vector<absl::Status> st(3);
   std::vector<std::thread> threads;
   for (int r = 0; r < 3; ++r) {
-    threads.emplace_back([&, r] {
-      st[r] = AllReduceCounts(*comms[r], absl::MakeSpan(v[r]), absl::Seconds(20));
-    });
+    threads.emplace_back(
+        [&, r] { st[r] = AllReduceCounts(*comms[r], absl::MakeSpan(v[r]), absl::Seconds(20)); });
   }
   for (auto& t : threads) t.join();
   for (int r = 0; r < 3; ++r) {

@@ -3,7 +3,6 @@
 // same run with one rank: the same training up to float summation order, replicas bitwise equal,
 // communication metrics written.
 #include <catch2/catch.hpp>
-
 #include <cmath>
 #include <filesystem>
 
