@@ -244,6 +244,10 @@ DataParallelStep::DataParallelStep(Model<float>* policy, AdamW* optimizer, comm:
   GRPO_CHECK(policy != nullptr && optimizer != nullptr);
   GRPO_CHECK(optimizer->num_params() == policy->num_params());
   if (comm_ != nullptr) {
+    // Model<float> keeps its gradients in host memory; device ranks pair a device model with a
+    // device communicator (not built yet).
+    GRPO_CHECK_MSG(comm_->memory() == comm::MemorySpace::kHost,
+                   "DataParallelStep: the CPU model needs a host-memory communicator");
     reducer_ = std::make_unique<GradientReducer>(comm_, policy->num_params(), config.bucket_elems(),
                                                  timeout_);
   }
@@ -409,7 +413,7 @@ absl::StatusOr<MiniBatchResult> DataParallelStep::RunLocal(absl::Span<const Trai
   if (reducer_ != nullptr) {
     if (seqs.empty()) reducer_->MarkAllReady();  // this rank's zero gradients join the sums
     RETURN_IF_ERROR(reducer_->Finish());
-    RETURN_IF_ERROR(ReduceResult(&result));
+    RETURN_IF_ERROR(ReduceResult(&result, context));
   }
   result.opt = optimizer_->Step(policy_->params(), policy_->grads(), o.lr);
   if (comm_ != nullptr && config_.check_replicas) {
@@ -422,7 +426,7 @@ absl::StatusOr<MiniBatchResult> DataParallelStep::RunLocal(absl::Span<const Trai
 
 // Sums the per-rank results (fp32 all-reduce: these are metrics) and gathers the ratio extremes
 // through one slot per rank.
-absl::Status DataParallelStep::ReduceResult(MiniBatchResult* r) {
+absl::Status DataParallelStep::ReduceResult(MiniBatchResult* r, const std::string& context) {
   LossStats& st = r->stats;
   double* sums[] = {&r->loss,        &r->aux_loss_sum,     &r->trained_tokens, &st.num_tokens,
                     &st.num_seqs,    &st.pg_loss_sum,      &st.kl_sum,         &st.entropy_sum,
@@ -437,8 +441,7 @@ absl::Status DataParallelStep::ReduceResult(MiniBatchResult* r) {
   buf[kNumSums + 2 * rank + 1] = static_cast<float>(st.ratio_max);
   RETURN_IF_ERROR(
       WithContext(comm_->AllReduceSum(buf.data(), static_cast<int64_t>(buf.size()), timeout_),
-                  absl::StrFormat("data-parallel rank %d of %d: all-reduce of the loss statistics",
-                                  rank, world)));
+                  absl::StrCat(context, ": all-reduce of the loss statistics")));
   for (size_t i = 0; i < kNumSums; ++i) *sums[i] = buf[i];
   st.ratio_min = 1e300;
   st.ratio_max = -1e300;

@@ -209,7 +209,7 @@ class DataParallelStep {
   absl::StatusOr<MiniBatchResult> RunLocal(absl::Span<const TrainSequence> seqs,
                                            const MiniBatchOptions& options,
                                            const std::string& context);
-  absl::Status ReduceResult(MiniBatchResult* r);
+  absl::Status ReduceResult(MiniBatchResult* r, const std::string& context);
 
   Model<float>* policy_;
   AdamW* optimizer_;
