@@ -258,17 +258,11 @@ DataParallelStats DataParallelStep::stats() const {
 }
 
 absl::StatusOr<MiniBatchResult> DataParallelStep::Run(absl::Span<const TrainSequence> seqs,
-                                                      const MiniBatchOptions& options) {
+                                                      const MiniBatchOptions& o) {
   const std::string context =
-      comm_ == nullptr ? absl::StrCat("optimizer step ", options.opt_step)
+      comm_ == nullptr ? absl::StrCat("optimizer step ", o.opt_step)
                        : absl::StrFormat("data-parallel rank %d of %d, optimizer step %d", rank(),
-                                         world_size(), options.opt_step);
-  return RunLocal(seqs, options, context);
-}
-
-absl::StatusOr<MiniBatchResult> DataParallelStep::RunLocal(absl::Span<const TrainSequence> seqs,
-                                                           const MiniBatchOptions& o,
-                                                           const std::string& context) {
+                                         world_size(), o.opt_step);
   MiniBatchResult result;
   // Normalizers over the whole (global) mini-batch, before any backward.
   int64_t counts[2] = {static_cast<int64_t>(seqs.size()), 0};

@@ -206,9 +206,6 @@ class DataParallelStep {
   }
 
  private:
-  absl::StatusOr<MiniBatchResult> RunLocal(absl::Span<const TrainSequence> seqs,
-                                           const MiniBatchOptions& options,
-                                           const std::string& context);
   absl::Status ReduceResult(MiniBatchResult* r, const std::string& context);
 
   Model<float>* policy_;
