@@ -13,18 +13,20 @@
 //      and AdamW give identical parameters everywhere (checked by VerifyReplicas);
 //   4. the loss statistics (for metrics) are all-reduced too.
 //
-// Any Communicator works: LocalGroup (ranks are threads of one process, host memory; on the CPU
-// this is for correctness and tests, not speed: the GEMMs already use every core) or NCCL (one
-// GPU per rank; the same logic on device buffers). A rank that fails mid-step aborts the
-// communicator so the others stop with ABORTED; a rank that stalls makes the others' collectives
-// time out with DEADLINE_EXCEEDED. Nothing hangs.
+// The logic sees only the Communicator interface. This step drives the CPU Model<float>, so it
+// takes a host-memory communicator: LocalGroup (ranks are threads of one process; on the CPU this
+// is for correctness and tests, not speed: the GEMMs already use every core). GPU ranks (one
+// process per GPU, NCCL over device gradients) need the CUDA model to offer the same grad-ready
+// hook, and the small collectives here (counts, statistics, replica hashes: host vectors) a
+// device staging buffer; GradientReducer only passes pointers. A rank that fails mid-step
+// aborts the communicator so the others stop with ABORTED; a rank that stalls makes the others'
+// collectives time out with DEADLINE_EXCEEDED. Nothing hangs.
 //
 // Not here: where the groups come from, advantages and old/reference logprobs (the caller, e.g.
 // learner/trainer.h, computes them for the whole batch), weight publishing and checkpoints (rank
 // 0's job, in the caller).
 #pragma once
 
-#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <string>
