@@ -355,7 +355,8 @@ TEST_CASE("2 and 3 ranks on a split mini-batch make the update of 1 learner on a
   }
 }
 
-TEST_CASE("a rank with no group joins every collective; the result is unchanged", "[learner][dp]") {
+TEST_CASE("a rank with no group joins every collective and the result is unchanged",
+          "[learner][dp]") {
   auto model = TinyModel();
   const Batch batch = MakeBatch(*model, 2, 3, 12);  // 2 groups over 3 ranks: rank 0 has none
   REQUIRE(AssignGroups(2, 0, 3).first == AssignGroups(2, 0, 3).last);
