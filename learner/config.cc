@@ -72,6 +72,13 @@ json MakeDefaults() {
       {"routing_replay", false},    // R3: learner forwards reuse the rollout's expert ids
       {"aux_loss_coef", 0.0},       // router load-balancing loss (HF/TRL 0.001)
     }},
+    {"data_parallel", {             // learner replicas (learner/data_parallel.h)
+      {"ranks", 1},                 // replicas; on the CPU they are threads of this process
+                                    // (a correctness path, not a speed-up: GEMMs use every core)
+      {"bucket_mb", 25.0},          // gradient all-reduce bucket in MiB (PyTorch DDP 25)
+      {"timeout_s", 600.0},         // deadline of every collective between the ranks
+      {"check_replicas", false},    // compare parameter hashes across ranks after every step
+    }},
     {"optimizer", {
       {"lr", 1e-6}, {"beta1", 0.9}, {"beta2", 0.999}, {"eps", 1e-8},
       {"weight_decay", 0.01},       // verl 0.01
@@ -228,6 +235,10 @@ absl::StatusOr<LearnerConfig> ParseLearnerConfig(const json& user, const std::st
   al.overlong_filter = r.Bool("algorithm.overlong_filter");
   al.routing_replay = r.Bool("algorithm.routing_replay");
   al.aux_loss_coef = r.Double("algorithm.aux_loss_coef");
+  c.data_parallel.ranks = r.Int("data_parallel.ranks");
+  c.data_parallel.bucket_mb = r.Double("data_parallel.bucket_mb");
+  c.data_parallel.timeout_s = r.Double("data_parallel.timeout_s");
+  c.data_parallel.check_replicas = r.Bool("data_parallel.check_replicas");
   c.optimizer = ReadOptimizerConfig(r, "optimizer");
   c.checkpoint_every = r.Int("checkpoint.every");
   c.checkpoint_keep = r.Int("checkpoint.keep");
@@ -287,6 +298,7 @@ absl::Status LearnerConfig::Validate() const {
   RETURN_IF_ERROR(Range(al.max_gen_batches >= 1, "algorithm.max_gen_batches", "must be >= 1"));
   RETURN_IF_ERROR(Range(al.aux_loss_coef >= 0 && std::isfinite(al.aux_loss_coef),
                         "algorithm.aux_loss_coef", "must be >= 0"));
+  RETURN_IF_ERROR(data_parallel.Validate("data_parallel"));
   RETURN_IF_ERROR(optimizer.Validate());
   RETURN_IF_ERROR(Range(checkpoint_every >= 0, "checkpoint.every", "must be >= 0"));
   RETURN_IF_ERROR(Range(checkpoint_keep >= 1, "checkpoint.keep", "must be >= 1"));

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "learner/data_parallel.h"
 #include "learner/dataset.h"
 #include "learner/grpo.h"
 #include "learner/optimizer.h"
@@ -73,6 +74,9 @@ struct LearnerConfig {
   nlohmann::json reward;  // a RewardSetConfig object
   LearnerRolloutConfig rollout;
   LearnerAlgorithmConfig algorithm;
+  // Learner replicas training on shares of each mini-batch (learner/data_parallel.h); on the CPU
+  // threads of this process (learner/local_data_parallel.h).
+  DataParallelConfig data_parallel;
   OptimizerConfig optimizer;
   int64_t checkpoint_every = 0;  // steps; 0 = only at the end
   int64_t checkpoint_keep = 3;   // newest K kept

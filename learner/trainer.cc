@@ -161,6 +161,9 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LearnerConfig config,
     resume_step = st.step;
     GRPO_LOG(INFO, "resumed from %s (step %d)", all.back(), static_cast<int>(st.step));
   }
+  // After the resume: the replicas copy the policy and optimizer state as they are now.
+  ASSIGN_OR_RETURN(t->dp_, LocalDataParallel::Create(t->policy_.get(), t->optimizer_.get(),
+                                                     c.data_parallel));
   ASSIGN_OR_RETURN(MetricsWriter mw, MetricsWriter::Open(c.output_dir, c.tensorboard, resume_step));
   t->metrics_ = std::make_unique<MetricsWriter>(std::move(mw));
   // Every worker starts from the learner's current weights, under a version newer than any it
@@ -465,6 +468,7 @@ absl::Status Trainer::TrainOnGroups(std::vector<Group>& groups, std::map<std::st
   double grad_norm_sum = 0, skipped = 0, num_opt = 0, loss_sum = 0, lr_last = 0, aux_sum = 0;
   double trained_tokens = 0;
   const bool replay = al.routing_replay && policy_->config().NumMoeLayers() > 0;
+  const DataParallelStats dp_before = dp_->stats();
   for (int64_t epoch = 0; epoch < al.ppo_epochs; ++epoch) {
     std::vector<int64_t> order(num_groups);
     std::iota(order.begin(), order.end(), 0);
@@ -477,87 +481,45 @@ absl::Status Trainer::TrainOnGroups(std::vector<Group>& groups, std::map<std::st
       for (int64_t k = mb * num_groups / num_mini; k < (mb + 1) * num_groups / num_mini; ++k) {
         for (int64_t j = 0; j < G; ++j) seqs.push_back(&samples[order[k] * G + j]);
       }
-      // Normalizer over the whole mini-batch, before any backward.
-      LossNormalizer norm;
-      norm.num_seqs = static_cast<int64_t>(seqs.size());
-      for (Sample* s : seqs)
-        norm.num_tokens += s->mask * static_cast<double>(s->completion->token_ids.size());
-      if (norm.num_tokens == 0 && al.loss.aggregation == LossAggregation::kTokenMean) continue;
-      policy_->ZeroGrads();
-      const int64_t micro = al.micro_batch_seqs > 0 ? al.micro_batch_seqs : norm.num_seqs;
-      double mb_loss = 0;
-      for (size_t first = 0; first < seqs.size(); first += static_cast<size_t>(micro)) {
-        const size_t last = std::min(seqs.size(), first + static_cast<size_t>(micro));
-        TokenBatch batch;
-        std::vector<int32_t> routing;
-        RETURN_IF_ERROR(PackBatch(seqs, first, last, replay, &batch, &routing));
-        std::vector<int64_t> resp_offsets = {0};
-        std::vector<double> old_lp, roll_lp, ref_lp, mask, advs;
-        for (size_t i = first; i < last; ++i) {
-          const Sample* s = seqs[i];
-          const int64_t C = static_cast<int64_t>(s->completion->token_ids.size());
-          resp_offsets.push_back(resp_offsets.back() + C);
-          old_lp.insert(old_lp.end(), s->old_lp.begin(), s->old_lp.end());
-          roll_lp.insert(roll_lp.end(), s->completion->logprobs.begin(),
-                         s->completion->logprobs.end());
-          if (reference_ != nullptr)
-            ref_lp.insert(ref_lp.end(), s->ref_lp.begin(), s->ref_lp.end());
-          mask.insert(mask.end(), C, s->mask);
-          advs.push_back(s->advantage);
-        }
-        ForwardOptions fo;
-        fo.temperature = static_cast<float>(c.rollout.temperature);
-        fo.for_backward = true;
-        fo.replay_routing = routing;
-        // The aux loss of each micro-batch, weighted by its share of the mini-batch.
-        fo.aux_loss_coef = al.aux_loss_coef * static_cast<double>(last - first) /
-                           static_cast<double>(norm.num_seqs);
-        ForwardResult<float> res;
-        RETURN_IF_ERROR(policy_->Forward(batch, fo, &res));
-        std::vector<double> lp, ent;
-        for (size_t i = first; i < last; ++i) {
-          const int64_t b = static_cast<int64_t>(i - first);
-          const int64_t P = static_cast<int64_t>(seqs[i]->prompt->size());
-          const int64_t C = static_cast<int64_t>(seqs[i]->completion->token_ids.size());
-          for (int64_t j = 0; j < C; ++j) {
-            lp.push_back(res.logprobs[batch.offsets[b] + P - 1 + j]);
-            ent.push_back(res.entropy[batch.offsets[b] + P - 1 + j]);
-          }
-        }
-        LossInput in;
-        in.offsets = resp_offsets;
-        in.logprobs = lp;
-        in.old_logprobs = old_lp;
-        in.rollout_logprobs = roll_lp;
-        in.ref_logprobs = ref_lp;
-        in.entropy = ent;
-        in.mask = mask;
-        in.advantages = advs;
-        ASSIGN_OR_RETURN(LossOutput lo, ComputeLoss(in, norm, al.loss));
-        mb_loss += lo.loss;
-        aux_sum += static_cast<double>(res.aux_loss);
-        if (epoch == 0) stats_first.Merge(lo.stats);
-        std::vector<float> dlp(batch.num_tokens(), 0.0f), dent;
-        if (al.loss.entropy_coef != 0) dent.assign(batch.num_tokens(), 0.0f);
-        for (size_t i = first; i < last; ++i) {
-          const int64_t b = static_cast<int64_t>(i - first);
-          const int64_t P = static_cast<int64_t>(seqs[i]->prompt->size());
-          const int64_t C = static_cast<int64_t>(seqs[i]->completion->token_ids.size());
-          for (int64_t j = 0; j < C; ++j) {
-            dlp[batch.offsets[b] + P - 1 + j] =
-                static_cast<float>(lo.dlogprobs[resp_offsets[b] + j]);
-            if (!dent.empty()) {
-              dent[batch.offsets[b] + P - 1 + j] =
-                  static_cast<float>(lo.dentropy[resp_offsets[b] + j]);
-            }
-          }
-        }
-        RETURN_IF_ERROR(policy_->Backward(dlp, dent));
-        trained_tokens += static_cast<double>(batch.num_tokens());
+      // Whole groups per data-parallel rank; each rank's share in mini-batch order.
+      std::vector<TrainSequence> train_seqs;
+      for (Sample* s : seqs) {
+        TrainSequence t;
+        t.prompt = *s->prompt;
+        t.completion = s->completion->token_ids;
+        t.old_logprobs = s->old_lp;
+        t.rollout_logprobs = s->completion->logprobs;
+        t.ref_logprobs = s->ref_lp;
+        t.routing = &s->completion->routing;
+        t.advantage = s->advantage;
+        t.mask = s->mask;
+        train_seqs.push_back(t);
       }
+      const int64_t mb_groups = static_cast<int64_t>(seqs.size()) / G;
+      const int world = dp_->world_size();
+      auto shard = [&](int rank) {
+        const GroupRange g = AssignGroups(mb_groups, rank, world);
+        return absl::MakeConstSpan(train_seqs).subspan(g.first * G, (g.last - g.first) * G);
+      };
       const int64_t opt_index = step_ * steps_per_rollout + epoch * al.mini_batches + mb;
       const double lr = LearningRate(c.optimizer, opt_index, total_opt_steps);
-      OptimizerStepResult r = optimizer_->Step(policy_->params(), policy_->grads(), lr);
+      MiniBatchOptions mo;
+      mo.loss = al.loss;
+      mo.temperature = static_cast<float>(c.rollout.temperature);
+      mo.micro_batch_seqs = al.micro_batch_seqs;
+      mo.aux_loss_coef = al.aux_loss_coef;
+      mo.routing_replay = replay;
+      mo.lr = lr;
+      mo.opt_step = opt_index + 1;
+      // Normalizers over the whole mini-batch (all ranks) before any backward, micro-batches,
+      // gradients summed over ranks, clipping and AdamW: learner/data_parallel.h.
+      ASSIGN_OR_RETURN(MiniBatchResult res, dp_->Run(shard, mo));
+      if (res.skipped_empty) continue;
+      const OptimizerStepResult& r = res.opt;
+      const double mb_loss = res.loss;
+      aux_sum += res.aux_loss_sum;
+      trained_tokens += res.trained_tokens;
+      if (epoch == 0) stats_first.Merge(res.stats);
       if (r.skipped) {
         skipped += 1;
         GRPO_LOG(WARNING, "step %d: non-finite gradient norm, optimizer step skipped",
@@ -592,6 +554,13 @@ absl::Status Trainer::TrainOnGroups(std::vector<Group>& groups, std::map<std::st
     (*m)["mismatch/rejected_fraction"] = st.Mean(st.is_rejected);
   }
   (*m)["time/train_s"] = train_s;
+  if (dp_->world_size() > 1) {
+    const DataParallelStats dp_now = dp_->stats();
+    (*m)["data_parallel/ranks"] = dp_->world_size();
+    (*m)["data_parallel/allreduce_s"] = dp_now.allreduce_s - dp_before.allreduce_s;
+    (*m)["data_parallel/allreduce_wait_s"] = dp_now.allreduce_wait_s - dp_before.allreduce_wait_s;
+    (*m)["data_parallel/bytes"] = dp_now.bytes_reduced - dp_before.bytes_reduced;
+  }
   (*m)["train/tokens_per_s"] = train_s > 0 ? trained_tokens / train_s : 0;
   (*m)["advantage/mean"] =
       std::accumulate(adv.begin(), adv.end(), 0.0) / static_cast<double>(adv.size());

@@ -31,6 +31,7 @@
 #include "learner/checkpoint.h"
 #include "learner/config.h"
 #include "learner/dataset.h"
+#include "learner/local_data_parallel.h"
 #include "learner/metrics.h"
 #include "learner/optimizer.h"
 #include "learner/rollout_workers.h"
@@ -94,6 +95,9 @@ class Trainer {
   std::vector<bool> alive_;
   std::vector<int32_t> stop_ids_;
   std::unique_ptr<AdamW> optimizer_;
+  // Every optimizer step goes through it: one rank (policy_, optimizer_) or data_parallel.ranks
+  // ranks as threads, rank 0 being policy_ / optimizer_.
+  std::unique_ptr<LocalDataParallel> dp_;
   std::unique_ptr<MetricsWriter> metrics_;
   int64_t step_ = 0;
   int64_t weight_version_ = 0;  // the version last pushed to the workers

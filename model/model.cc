@@ -520,10 +520,19 @@ absl::Status Model<Real>::Backward(absl::Span<const Real> dlogprobs,
   ZeroResize(s.dx, T * H);
   cpu::RmsNormBackward<Real>(s.dx.data(), G + layout_.norm, s.dffn.data(), s.x_final.data(),
                              P + layout_.norm, s.rstdf.data(), T, H);
+  // Grad-ready blocks (see set_grad_ready_callback): the layout is [embed][layer 0]..[layer L-1]
+  // [norm][lm_head unless tied], and layer l's block starts at its input_layernorm.
+  const bool tied = layout_.lm_head == layout_.embed;
+  if (grad_ready_) grad_ready_(layout_.norm, tied ? H : layout_.total - layout_.norm);
   for (int64_t l = c.num_hidden_layers - 1; l >= 0; --l) {
     LayerBackward(l, s.layers[l], s.dx.data(), T, s.offsets);
+    if (grad_ready_) {
+      const int64_t end = l + 1 < c.num_hidden_layers ? layout_.layers[l + 1].ln1 : layout_.norm;
+      grad_ready_(layout_.layers[l].ln1, end - layout_.layers[l].ln1);
+    }
   }
   cpu::EmbeddingBackward<Real>(G + layout_.embed, s.tokens.data(), s.dx.data(), T, H, V);
+  if (grad_ready_) grad_ready_(layout_.embed, V * H);
   return absl::OkStatus();
 }
 

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -122,6 +123,18 @@ class Model {
   // empty. Uses the activations of the last Forward(for_backward = true); accumulates grads().
   absl::Status Backward(absl::Span<const Real> dlogprobs, absl::Span<const Real> dentropy);
 
+  // Called by Backward() each time a block of grads() is complete for this call, in backward
+  // order: [norm .. end) (the final norm and an untied lm_head; just the norm when tied), then
+  // each decoder layer's block from the last layer to the first, then the embedding (which is
+  // also the lm_head when tied). The blocks cover [0, num_params()) exactly once per Backward().
+  // Data-parallel training (learner/data_parallel.h) all-reduces a bucket of gradients as soon
+  // as it is complete, overlapping communication with the rest of the backward. The callback
+  // runs on the calling thread; an empty function (the default) turns it off.
+  using GradReadyCallback = std::function<void(int64_t first_offset, int64_t count)>;
+  void set_grad_ready_callback(GradReadyCallback callback) {
+    grad_ready_ = std::move(callback);
+  }
+
   // Batch-invariant mode (kernels/cpu/gemm.h BatchInvariantScope) for Forward and Extend: every
   // token's logits are computed by arithmetic that does not depend on the other tokens in the
   // call, so a token gets bitwise the same logprob from Forward over a whole sequence as from
@@ -190,6 +203,7 @@ class Model {
   std::vector<Real> rope_cos_, rope_sin_;  // (rope_len_, hd/2)
   int64_t rope_len_ = 0;
   bool batch_invariant_ = false;
+  GradReadyCallback grad_ready_;
   std::unique_ptr<Acts> acts_;
   // PrepackWeights: the packed weights, and for each packed params_ offset where its packing
   // starts (a grouped weight's groups follow each other at PackedWeightFloats(out, in) apart).

@@ -1,0 +1,70 @@
+// Data-parallel ranks as threads (see local_data_parallel.h).
+#include "learner/local_data_parallel.h"
+
+#include <algorithm>
+#include <thread>
+
+#include "common/status.h"
+
+namespace grpo {
+
+absl::StatusOr<std::unique_ptr<LocalDataParallel>> LocalDataParallel::Create(
+    Model<float>* rank0, AdamW* optimizer0, const DataParallelConfig& config) {
+  RETURN_IF_ERROR(config.Validate("data_parallel"));
+  std::unique_ptr<LocalDataParallel> dp(new LocalDataParallel());
+  dp->rank0_ = rank0;
+  const int world = static_cast<int>(config.ranks);
+  if (world == 1) {
+    dp->steps_.push_back(std::make_unique<DataParallelStep>(rank0, optimizer0, nullptr, config));
+    return dp;
+  }
+  dp->group_ = comm::LocalGroup::Create(world);
+  for (int r = 0; r < world; ++r) dp->comms_.push_back(dp->group_->Rank(r));
+  const std::string state = optimizer0->SerializeState();
+  for (int r = 1; r < world; ++r) {
+    ASSIGN_OR_RETURN(std::unique_ptr<Model<float>> m, Model<float>::Create(rank0->config()));
+    std::copy_n(rank0->params(), rank0->num_params(), m->params());
+    m->set_batch_invariant(rank0->batch_invariant());
+    auto opt = std::make_unique<AdamW>(m->num_params(), optimizer0->config());
+    RETURN_IF_ERROR(opt->RestoreState(state, "rank 0's optimizer"));
+    dp->models_.push_back(std::move(m));
+    dp->optimizers_.push_back(std::move(opt));
+  }
+  dp->steps_.push_back(
+      std::make_unique<DataParallelStep>(rank0, optimizer0, dp->comms_[0].get(), config));
+  for (int r = 1; r < world; ++r) {
+    dp->steps_.push_back(std::make_unique<DataParallelStep>(
+        dp->models_[r - 1].get(), dp->optimizers_[r - 1].get(), dp->comms_[r].get(), config));
+  }
+  return dp;
+}
+
+const Model<float>& LocalDataParallel::model(int rank) const {
+  GRPO_CHECK(rank >= 0 && rank < world_size());
+  return rank == 0 ? *rank0_ : *models_[rank - 1];
+}
+
+absl::StatusOr<MiniBatchResult> LocalDataParallel::Run(const ShardFn& shard,
+                                                       const MiniBatchOptions& options) {
+  const int world = world_size();
+  std::vector<absl::StatusOr<MiniBatchResult>> results(world, absl::UnknownError("not run"));
+  std::vector<std::thread> threads;
+  for (int r = 1; r < world; ++r) {
+    threads.emplace_back([&, r] { results[r] = steps_[r]->Run(shard(r), options); });
+  }
+  results[0] = steps_[0]->Run(shard(0), options);
+  for (std::thread& t : threads) t.join();
+  // The cause, not its echo: a rank that failed by itself aborts the communicator, and the
+  // others then report ABORTED.
+  const absl::Status* first = nullptr;
+  for (int r = 0; r < world; ++r) {
+    if (results[r].ok()) continue;
+    const absl::Status& s = results[r].status();
+    if (first == nullptr) first = &s;
+    if (s.code() != absl::StatusCode::kAborted) return s;
+  }
+  if (first != nullptr) return *first;
+  return std::move(results[0]);
+}
+
+}  // namespace grpo

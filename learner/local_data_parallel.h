@@ -1,0 +1,55 @@
+// Data-parallel ranks as threads of this process over a LocalGroup (comm/local_communicator.h):
+// what `grpo learner` runs when data_parallel.ranks > 1 on the CPU. Rank 0 is the caller's model
+// and optimizer (the trainer's policy: it alone publishes weights, writes metrics and
+// checkpoints); ranks 1..R-1 are replicas made from them at creation, kept identical by the
+// all-reduced gradients (learner/data_parallel.h).
+//
+// On the CPU this is a correctness path, not a speed-up: the GEMMs already use every core, so R
+// ranks share the same cores. It is how the data-parallel logic runs and is tested without GPUs;
+// GPU ranks (one process per GPU, an NCCL communicator) use DataParallelStep directly.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "comm/local_communicator.h"
+#include "learner/data_parallel.h"
+
+namespace grpo {
+
+class LocalDataParallel {
+ public:
+  // rank0 and optimizer0 outlive this object; the replicas copy their current parameters and
+  // optimizer state (so create it after loading a checkpoint). config.ranks >= 1; with 1 rank
+  // there is no communicator and Run() is the plain single-learner step.
+  static absl::StatusOr<std::unique_ptr<LocalDataParallel>> Create(
+      Model<float>* rank0, AdamW* optimizer0, const DataParallelConfig& config);
+
+  int world_size() const { return static_cast<int>(steps_.size()); }
+
+  // One optimizer step: rank r trains on shard(r) on its own thread (rank 0 on the caller's).
+  // Returns rank 0's result (global figures), or an error: the lowest rank's that is not
+  // ABORTED (the cause; the others echo it), else rank 0's. After an error the communicator is
+  // aborted and every later Run() fails.
+  using ShardFn = std::function<absl::Span<const TrainSequence>(int rank)>;
+  absl::StatusOr<MiniBatchResult> Run(const ShardFn& shard, const MiniBatchOptions& options);
+
+  // Rank 0's cumulative communication figures.
+  DataParallelStats stats() const { return steps_[0]->stats(); }
+  // Parameters of rank r (tests compare replicas).
+  const Model<float>& model(int rank) const;
+
+ private:
+  LocalDataParallel() = default;
+
+  Model<float>* rank0_ = nullptr;
+  std::shared_ptr<comm::LocalGroup> group_;
+  std::vector<std::unique_ptr<comm::Communicator>> comms_;  // (R), empty with one rank
+  std::vector<std::unique_ptr<Model<float>>> models_;       // ranks 1..R-1
+  std::vector<std::unique_ptr<AdamW>> optimizers_;          // ranks 1..R-1
+  std::vector<std::unique_ptr<DataParallelStep>> steps_;    // (R)
+};
+
+}  // namespace grpo
