@@ -267,7 +267,7 @@ void NaiveAttnPacked(const AttnCase& c, Vec* out, Vec* lse) {
   }
 }
 
-TEST_CASE("Attention forward matches a naive reference; float matches double", "[ops]") {
+TEST_CASE("Attention forward matches a naive reference, and float matches double", "[ops]") {
   std::mt19937_64 rng(3);
   // Lengths 1 (decode-style group path), 70 and 130 (several 64-query blocks).
   AttnCase c = MakeAttn(rng, {1, 70, 130}, 4, 2, 16);
@@ -322,7 +322,7 @@ TEST_CASE("Attention with a prefix cache: chunked and decode equal the full forw
   CheckClose("decode out f32", outf, Vec(full_out.begin() + 69 * qrow, full_out.end()), 1e-5, 1e-5);
 }
 
-TEST_CASE("Attention backward matches finite differences; float matches double", "[ops]") {
+TEST_CASE("Attention backward matches finite differences, and float matches double", "[ops]") {
   std::mt19937_64 rng(5);
   // Packed sequences of different lengths, one longer than a 64-query block; GQA 4:2.
   AttnCase c = MakeAttn(rng, {3, 70, 1, 5}, 4, 2, 8);
@@ -431,7 +431,7 @@ TEST_CASE("Router top-k picks the largest probabilities, ties to the lower id", 
   CHECK(w[4] == probs[E + 0]);
 }
 
-TEST_CASE("Router backward matches finite differences; float matches double", "[ops]") {
+TEST_CASE("Router backward matches finite differences, and float matches double", "[ops]") {
   std::mt19937_64 rng(7);
   const int64_t T = 3, E = 8, K = 3;
   // Logits spaced >= 0.3 apart so the top-k cannot change under the 1e-6 perturbation.
@@ -518,7 +518,7 @@ TEST_CASE("Logprob and entropy on a hand-checked example and with huge logits", 
                        .epsilon(1e-6));
 }
 
-TEST_CASE("Logprob backward matches finite differences; float matches double", "[ops]") {
+TEST_CASE("Logprob backward matches finite differences, and float matches double", "[ops]") {
   std::mt19937_64 rng(8);
   const int64_t T = 4, V = 7;
   const float tau = 0.7f;

@@ -156,7 +156,7 @@ class DyingWorker : public RolloutWorker {
   int calls_ = 0;
 };
 
-TEST_CASE("learner: a worker killed mid-step has its groups re-issued; nothing else changes",
+TEST_CASE("learner: a worker killed mid-step has its groups re-issued and nothing else changes",
           "[trainer]") {
   const std::string dir = TempDir("kill");
   nlohmann::json j = testing::MakeLearnerFixture(dir);

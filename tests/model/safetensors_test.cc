@@ -104,7 +104,7 @@ TEST_CASE("The spec's minimal example file opens", "[safetensors]") {
                          Catch::Contains("dtype I32"));
 }
 
-TEST_CASE("F32 round trip is bitwise exact; writer pads and sorts", "[safetensors]") {
+TEST_CASE("F32 round trip is bitwise exact, and the writer pads and sorts", "[safetensors]") {
   const std::string dir = TmpDir("f32_roundtrip");
   std::vector<float> w = {0.0f, -0.0f, 1.0f, -3.25f, std::numeric_limits<float>::max(),
                           std::numeric_limits<float>::denorm_min(),

@@ -339,7 +339,7 @@ TEST_CASE("returned routing replays the learner's forward exactly", "[rollout][e
   }
 }
 
-TEST_CASE("a weight update waits for running sequences; every completion has one version",
+TEST_CASE("a weight update waits for running sequences, and every completion has one version",
           "[rollout][engine][weights]") {
   const ModelConfig c = TinyMoe();
   EngineOptions opt;
