@@ -34,6 +34,7 @@
 #include "learner/metrics.h"
 #include "learner/optimizer.h"
 #include "learner/rollout_workers.h"
+#include "learner/weight_sync.h"
 #include "model/chat_template.h"
 #include "model/model.h"
 #include "model/tokenizer.h"
@@ -92,6 +93,7 @@ class Trainer {
   std::unique_ptr<RewardSet> rewards_;
   std::vector<std::unique_ptr<RolloutWorker>> workers_;
   std::vector<bool> alive_;
+  std::unique_ptr<WeightPublisher> publisher_;  // config.weight_sync's transport
   std::vector<int32_t> stop_ids_;
   std::unique_ptr<AdamW> optimizer_;
   std::unique_ptr<MetricsWriter> metrics_;
