@@ -272,7 +272,7 @@ absl::Status WeightPublisher::Publish(absl::Span<RolloutWorker* const> workers,
   const double seconds = SecondsSince(t0);
   (*metrics)["weight_sync/seconds"] = seconds;
   (*metrics)["weight_sync/bytes"] = bytes;
-  (*metrics)["weight_sync/gbps"] = seconds > 0 ? bytes / seconds / 1e9 : 0;
+  (*metrics)["weight_sync/gb_per_s"] = seconds > 0 ? bytes / seconds / 1e9 : 0;
   (*metrics)["weight_sync/collective_workers"] = static_cast<double>(collective_ok);
   (*metrics)["weight_sync/p2p_workers"] = static_cast<double>(p2p_ok);
   (*metrics)["weight_sync/bucket_count"] = static_cast<double>(num_buckets);

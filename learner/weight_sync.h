@@ -57,7 +57,7 @@ class WeightPublisher {
   // Publishes `params` (layout.total floats) as `version` to every worker marked alive; marks
   // dead (and logs) a worker that no path could update. Adds to *metrics:
   //   weight_sync/seconds, weight_sync/bytes (payload bytes delivered, all workers),
-  //   weight_sync/gbps (bytes / seconds / 1e9), weight_sync/collective_workers,
+  //   weight_sync/gb_per_s (bytes / seconds / 1e9), weight_sync/collective_workers,
   //   weight_sync/p2p_workers, weight_sync/bucket_count.
   // UNAVAILABLE when no worker is left alive.
   absl::Status Publish(absl::Span<RolloutWorker* const> workers, std::vector<bool>* alive,

@@ -139,7 +139,7 @@ TEST_CASE("collective publish to in-process workers: new version, learner's logp
     CHECK(m.at("weight_sync/p2p_workers") == 0);
     CHECK(m.at("weight_sync/bucket_count") > 2);
     CHECK(m.at("weight_sync/bytes") == 2.0 * learner->num_params() * 4);
-    CHECK(m.at("weight_sync/gbps") > 0);
+    CHECK(m.at("weight_sync/gb_per_s") > 0);
     for (RolloutWorker* w : workers) CheckServes(w, *learner, prompts, version);
   }
   // A stale update is refused by every receiver; the point-to-point fallback refuses it too, so
@@ -233,6 +233,7 @@ TEST_CASE("collective publish to remote workers through the gRPC control plane",
   o.timeout_s = 30;
   o.remote_backend = "local";
   o.remote_factory = factory;
+  o.deterministic = true;  // auto dtype: fp32 (else bf16 to remote workers)
   auto pub = WeightPublisher::Create(o);
   REQUIRE(pub.ok());
   std::vector<bool> alive;
