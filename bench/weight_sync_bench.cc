@@ -4,6 +4,8 @@
 // fp32 bitwise, bf16 against round-to-nearest-even).
 //
 // CPU (always): baseline memcpy of the fp32 parameters; then
+//   direct-f32              a fresh copy per worker: the point-to-point path to in-process
+//                           workers (time per receiver);
 //   local-f32 / local-bf16  PackedWeights + BroadcastWeights over a LocalGroup to R in-process
 //                           receivers (rollout/weight_sync.h), checksums verified, bf16 widened;
 //   grpc-f32                RolloutClient::PushWeights over loopback gRPC into a WeightAssembler
@@ -160,7 +162,23 @@ int main(int argc, char** argv) {
   std::printf("CPU baseline memcpy: %.2f GB/s (%.4f s)\n", memcpy_bps / 1e9, Median(t));
   dst = std::vector<float>();
 
-  std::printf("CPU paths (%d in-process receivers for local-*, 1 for grpc):\n", receivers);
+  std::printf("CPU paths (%d in-process receivers for direct and local-*, 1 for grpc):\n",
+              receivers);
+  {
+    // What the point-to-point path does for in-process workers: one fresh copy per worker
+    // (LocalRolloutWorker::PushWeights -> Engine::StageWeights), no checksum.
+    std::vector<double> times;
+    int64_t wrong = 0;
+    for (int r = 0; r < repeats; ++r) {
+      std::vector<std::vector<float>> copies(receivers);
+      const auto t0 = Clock::now();
+      for (int k = 0; k < receivers; ++k) copies[k] = std::vector<float>(params);
+      times.push_back(Since(t0));
+      for (auto& c : copies) wrong += CountWrong(c, params, false);
+    }
+    Row("direct-f32", f32_bytes, Median(times) / receivers, memcpy_bps, wrong,
+        "per receiver (copies made one after another)");
+  }
   uint64_t version = 1;
   for (grpo::WeightDtype dtype : {grpo::WeightDtype::kF32, grpo::WeightDtype::kBf16}) {
     const bool bf16 = dtype == grpo::WeightDtype::kBf16;

@@ -24,6 +24,7 @@ namespace grpo::comm {
 #ifndef GRPO_HAVE_NCCL
 
 bool NcclAvailable() { return false; }
+bool NcclUsable() { return false; }
 
 absl::StatusOr<NcclUniqueId> NewNcclUniqueId() {
   return absl::UnavailableError("this build has no NCCL (needs CUDA and libnccl at build time)");
@@ -195,6 +196,15 @@ class Nccl : public Communicator {
 }  // namespace
 
 bool NcclAvailable() { return true; }
+
+bool NcclUsable() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return n > 0;
+}
 
 absl::StatusOr<NcclUniqueId> NewNcclUniqueId() {
   ncclUniqueId raw;

@@ -32,6 +32,10 @@ absl::StatusOr<NcclUniqueId> NewNcclUniqueId();
 
 // True when this build has NCCL (the communicator can be created where a GPU exists).
 bool NcclAvailable();
+// True when this build has NCCL and this machine a CUDA device: a join can succeed here. Checked
+// before joining so that a worker or learner without a GPU says so at once instead of leaving
+// its peers waiting for the join's deadline.
+bool NcclUsable();
 
 class NcclCommunicator {
  public:

@@ -124,6 +124,9 @@ absl::Status WeightPublisher::BuildRemoteGroup(absl::Span<RolloutWorker* const> 
   rollout::JoinWeightGroupRequest request;
   request.set_backend(options_.remote_backend);
   if (options_.remote_backend == "nccl") {
+    if (!comm::NcclUsable()) {
+      return absl::UnavailableError("the learner has no NCCL or no CUDA device");
+    }
     ASSIGN_OR_RETURN(comm::NcclUniqueId id, comm::NewNcclUniqueId());
     request.set_unique_id(std::string(id.bytes.data(), id.bytes.size()));
   }

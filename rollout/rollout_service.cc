@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "comm/nccl_communicator.h"
 #include "common/status.h"
 #include "rollout/convert.h"
 #include "rollout/weights.h"
@@ -90,6 +91,11 @@ grpc::Status RolloutServiceImpl::JoinWeightGroup(grpc::ServerContext*,
     return ToGrpcStatus(absl::InvalidArgumentError(
         absl::StrCat("JoinWeightGroup: backend \"", request->backend(), "\" is not nccl")));
   }
+  if (request->backend() == "nccl" && !comm::NcclUsable()) {
+    return ToGrpcStatus(absl::UnavailableError(
+        "JoinWeightGroup: this worker has no NCCL or no CUDA device; it takes weights over the "
+        "UpdateWeights stream"));
+  }
   absl::Status s = group_.Join(*request);
   if (!s.ok()) return ToGrpcStatus(s);
   response->set_weight_version(engine_->newest_version());
@@ -110,8 +116,8 @@ grpc::Status RolloutServiceImpl::EndWeightUpdate(grpc::ServerContext* ctx,
                                                  rollout::UpdateWeightsResponse* response) {
   // Bounded by the client's deadline (at most a day when it set none).
   const auto left = ctx->deadline() - std::chrono::system_clock::now();
-  const absl::Duration wait = std::clamp(absl::FromChrono(left), absl::ZeroDuration(),
-                                         absl::Hours(24));
+  const absl::Duration wait =
+      std::clamp(absl::FromChrono(left), absl::ZeroDuration(), absl::Hours(24));
   auto r = group_.End(request->version(), wait);
   if (!r.ok()) return ToGrpcStatus(r.status());
   *response = std::move(*r);

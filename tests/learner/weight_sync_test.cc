@@ -9,6 +9,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "comm/nccl_communicator.h"
 #include "learner/config.h"
 #include "learner/trainer.h"
 #include "rollout/rollout_service.h"
@@ -254,7 +255,7 @@ TEST_CASE("collective publish to remote workers through the gRPC control plane",
   auto client = RolloutClient::Connect(servers[0].address);
   REQUIRE(client.ok());
   rollout::JoinWeightGroupRequest bad;
-  bad.set_backend("nccl");
+  bad.set_backend("local");
   bad.set_world_size(2);
   bad.set_rank(0);
   bad.set_root(0);
@@ -265,6 +266,44 @@ TEST_CASE("collective publish to remote workers through the gRPC control plane",
     s.engine->Shutdown();
     s.server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   }
+}
+
+// Remote workers over real NCCL where neither side can (a CPU machine): the join is refused at
+// once and the update goes over the gRPC stream; the worker is not lost.
+TEST_CASE("collective transport without NCCL falls back to the gRPC stream",
+          "[learner][weight_sync]") {
+  const ModelConfig c = testing::MustParse(testing::TinyQwen3MoeJson());
+  auto learner = testing::MakeModel<float>(c, 70);
+  auto engine = testing::MakeEngine(c, 70);
+  RolloutServiceImpl service(engine.get());  // the production (NCCL) factory
+  int port = 0;
+  auto server = StartRolloutServer(&service, "127.0.0.1", 0, &port);
+  REQUIRE(server.ok());
+  auto worker = RemoteRolloutWorker::Connect(absl::StrCat("127.0.0.1:", port), absl::Seconds(30));
+  REQUIRE(worker.ok());
+  std::vector<RolloutWorker*> workers = {worker->get()};
+  WeightPublisherOptions o;
+  o.config.transport = "collective";
+  o.timeout_s = 5;
+  o.deterministic = true;
+  auto pub = WeightPublisher::Create(o);
+  REQUIRE(pub.ok());
+  std::vector<bool> alive;
+  Perturb(learner.get(), 0.02f);
+  std::map<std::string, double> m;
+  REQUIRE((*pub)
+              ->Publish(workers, &alive, learner->layout(),
+                        absl::MakeConstSpan(learner->params(), learner->num_params()), 1, &m)
+              .ok());
+  CHECK(m.at("weight_sync/collective_workers") + m.at("weight_sync/p2p_workers") == 1);
+  if (!comm::NcclUsable()) {
+    CHECK(m.at("weight_sync/p2p_workers") == 1);
+    CHECK((*pub)->description().find("grpc for remote") != std::string::npos);
+  }
+  CHECK(alive[0]);
+  CheckServes(workers[0], *learner, Prompts(c.vocab_size), 1);
+  engine->Shutdown();
+  (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
 }
 
 // The whole learner loop on the collective transport with deterministic kernels: the rollouts of
