@@ -60,6 +60,7 @@ void IpcBuffer::Close() {}
 absl::Status CopyDeviceToDevice(void*, const void*, size_t) {
   return absl::UnavailableError("CUDA IPC: this build has no CUDA");
 }
+absl::Status UseCudaDevice(int) { return absl::UnavailableError("this build has no CUDA"); }
 
 #else
 
@@ -139,6 +140,15 @@ absl::Status CopyDeviceToDevice(void* dst, const void* src, size_t bytes) {
   if (e != cudaSuccess) {
     return absl::InternalError(
         absl::StrFormat("cudaMemcpy device to device: %s", cudaGetErrorString(e)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status UseCudaDevice(int device) {
+  const cudaError_t e = cudaSetDevice(device);
+  if (e != cudaSuccess) {
+    return absl::UnavailableError(
+        absl::StrFormat("cudaSetDevice(%d): %s", device, cudaGetErrorString(e)));
   }
   return absl::OkStatus();
 }

@@ -61,4 +61,8 @@ absl::Status CopyDeviceToDevice(void* dst, const void* src, size_t bytes);
 // True when this build has CUDA (the calls above can work where a GPU exists).
 bool CudaIpcAvailable();
 
+// cudaSetDevice for the calling thread: a thread that stages buffers for a device communicator
+// must allocate them on the communicator's device. UNAVAILABLE without CUDA.
+absl::Status UseCudaDevice(int device);
+
 }  // namespace grpo::comm

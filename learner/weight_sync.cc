@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "comm/cuda_ipc.h"
 #include "comm/nccl_communicator.h"
 #include "common/log.h"
 #include "common/status.h"
@@ -133,7 +134,8 @@ absl::Status WeightPublisher::BuildRemoteGroup(absl::Span<RolloutWorker* const> 
   request.set_world_size(static_cast<int>(members.size()) + 1);
   request.set_root(0);
   request.set_timeout_s(options_.timeout_s);
-  request.set_cuda_device(options_.cuda_device);
+  // Workers use their first visible GPU (CUDA_VISIBLE_DEVICES picks it per process).
+  request.set_cuda_device(0);
   // Joins return at once; the group forms when the learner joins below.
   for (size_t j = 0; j < members.size(); ++j) {
     auto* w = static_cast<RemoteRolloutWorker*>(workers[members[j]]);
@@ -142,6 +144,7 @@ absl::Status WeightPublisher::BuildRemoteGroup(absl::Span<RolloutWorker* const> 
     if (!r.ok()) return WithContext(r.status(), "JoinWeightGroup");
   }
   request.set_rank(0);
+  request.set_cuda_device(options_.cuda_device);
   ASSIGN_OR_RETURN(std::unique_ptr<comm::Communicator> c, options_.remote_factory(request));
   remote_ = std::make_unique<RemoteGroupState>();
   remote_->members = members;
@@ -195,6 +198,9 @@ void WeightPublisher::PublishRemote(absl::Span<RolloutWorker* const> workers,
       GRPO_LOG(WARNING, "%s refused weight update v%d: %s", w->name(), static_cast<int>(version),
                r->error());
     }
+  }
+  if (remote_->comm->memory() == comm::MemorySpace::kDevice) {
+    (void)comm::UseCudaDevice(options_.cuda_device);  // where the staging buffer must live
   }
   const absl::Status sent = BroadcastWeights(remote_->comm.get(), packed);
   if (!sent.ok()) {

@@ -39,12 +39,12 @@ struct WeightPublisherOptions {
   bool deterministic = false;
   // Deadline of each RPC and of each collective, seconds (rollout.timeout_s).
   double timeout_s = 600;
-  // How remote workers form a group. Production: "nccl" with the NCCL factory on CUDA device 0
-  // (the learner is rank 0, worker i of the remote members rank i+1). Tests: "local" and a
-  // factory over one LocalGroup shared with in-process RolloutServices.
+  // How remote workers form a group. Production: "nccl" with the NCCL factory (the learner is
+  // rank 0, remote member j is rank j+1). Tests: "local" and a factory over one LocalGroup
+  // shared with in-process RolloutServices.
   std::string remote_backend = "nccl";
   CommunicatorFactory remote_factory;  // empty = NcclCommunicatorFactory()
-  int cuda_device = 0;
+  int cuda_device = 0;                 // the learner's GPU for its rank (workers use their 0)
 };
 
 class WeightPublisher {

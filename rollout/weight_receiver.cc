@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "comm/cuda_ipc.h"
 #include "comm/nccl_communicator.h"
 #include "common/log.h"
 #include "common/status.h"
@@ -60,6 +61,7 @@ absl::Status WeightGroupMember::Join(const rollout::JoinWeightGroupRequest& r) {
   state_ = State::kJoining;
   join_status_ = absl::OkStatus();
   root_ = r.root();
+  cuda_device_ = r.cuda_device();
   join_timeout_ = absl::Seconds(r.timeout_s());
   thread_ = std::thread(&WeightGroupMember::JoinThreadBody, this, r);
   return absl::OkStatus();
@@ -128,10 +130,14 @@ absl::StatusOr<rollout::BeginWeightUpdateResponse> WeightGroupMember::Begin(
 
 void WeightGroupMember::ReceiveBody(WeightManifest manifest, int root) {
   comm::Communicator* comm;
+  int device;
   {
     absl::MutexLock lock(&mu_);
     comm = comm_.get();
+    device = cuda_device_;
   }
+  // Staging buffers of a device communicator live on its device; this thread is new.
+  if (comm->memory() == comm::MemorySpace::kDevice) (void)comm::UseCudaDevice(device);
   const WeightTarget target{engine_->num_params(), engine_->layout_fingerprint(),
                             engine_->newest_version()};
   ReceiveStats stats;

@@ -68,6 +68,7 @@ class WeightGroupMember {
   std::unique_ptr<comm::Communicator> comm_ ABSL_GUARDED_BY(mu_);
   comm::Communicator* live_comm_ ABSL_GUARDED_BY(mu_) = nullptr;  // for Abort from other threads
   int root_ ABSL_GUARDED_BY(mu_) = 0;
+  int cuda_device_ ABSL_GUARDED_BY(mu_) = 0;  // the group's device (device communicators)
   absl::Duration join_timeout_ ABSL_GUARDED_BY(mu_);
   // The last receive: its version and outcome once done.
   uint64_t receive_version_ ABSL_GUARDED_BY(mu_) = 0;

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "absl/synchronization/mutex.h"
 #include "comm/nccl_communicator.h"
 #include "learner/config.h"
 #include "learner/trainer.h"
@@ -200,9 +201,23 @@ TEST_CASE("collective publish to remote workers through the gRPC control plane",
           "[learner][weight_sync]") {
   const ModelConfig c = testing::MustParse(testing::TinyQwen3MoeJson());
   auto learner = testing::MakeModel<float>(c, 60);
-  auto group = comm::LocalGroup::Create(3);
-  CommunicatorFactory factory = [group](const rollout::JoinWeightGroupRequest& r) {
-    return absl::StatusOr<std::unique_ptr<comm::Communicator>>(group->Rank(r.rank()));
+  // Stands in for NCCL's bootstrap: ranks of one group go to whoever asks first; a rank asked
+  // for again (the group was rebuilt) opens a new group of the requested size.
+  struct Groups {
+    absl::Mutex mu;
+    std::shared_ptr<comm::LocalGroup> group;
+    std::vector<bool> taken;
+  };
+  auto groups = std::make_shared<Groups>();
+  CommunicatorFactory factory = [groups](const rollout::JoinWeightGroupRequest& r) {
+    absl::MutexLock lock(&groups->mu);
+    if (groups->group == nullptr || static_cast<int>(groups->taken.size()) != r.world_size() ||
+        groups->taken[r.rank()]) {
+      groups->group = comm::LocalGroup::Create(r.world_size());
+      groups->taken.assign(r.world_size(), false);
+    }
+    groups->taken[r.rank()] = true;
+    return absl::StatusOr<std::unique_ptr<comm::Communicator>>(groups->group->Rank(r.rank()));
   };
   struct Server {
     std::unique_ptr<Engine> engine;
@@ -262,10 +277,34 @@ TEST_CASE("collective publish to remote workers through the gRPC control plane",
   bad.set_timeout_s(5);
   auto refused = (*client)->JoinWeightGroup(bad, absl::Now() + absl::Seconds(10));
   CHECK(refused.status().code() == absl::StatusCode::kInvalidArgument);
-  for (Server& s : servers) {
-    s.engine->Shutdown();
-    s.server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  }
+
+  // Worker 1 goes away: its BeginWeightUpdate fails, so the group is aborted (worker 0's receive
+  // ends ABORTED, not hung), worker 0 gets the update point to point and worker 1 is dropped.
+  servers[1].engine->Shutdown();
+  servers[1].server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  Perturb(learner.get(), 0.04f);
+  std::map<std::string, double> m3;
+  REQUIRE((*pub)
+              ->Publish(workers, &alive, learner->layout(),
+                        absl::MakeConstSpan(learner->params(), learner->num_params()), 3, &m3)
+              .ok());
+  CHECK(m3.at("weight_sync/collective_workers") == 0);
+  CHECK(m3.at("weight_sync/p2p_workers") == 1);
+  CHECK(alive[0]);
+  CHECK_FALSE(alive[1]);
+  CheckServes(workers[0], *learner, prompts, 3);
+  // The next update rebuilds the group with the workers left, and the broadcast path is back.
+  Perturb(learner.get(), 0.04f);
+  std::map<std::string, double> m4;
+  REQUIRE((*pub)
+              ->Publish(workers, &alive, learner->layout(),
+                        absl::MakeConstSpan(learner->params(), learner->num_params()), 4, &m4)
+              .ok());
+  CHECK(m4.at("weight_sync/collective_workers") == 1);
+  CHECK(m4.at("weight_sync/p2p_workers") == 0);
+  CheckServes(workers[0], *learner, prompts, 4);
+  servers[0].engine->Shutdown();
+  servers[0].server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
 }
 
 // Remote workers over real NCCL where neither side can (a CPU machine): the join is refused at
