@@ -202,7 +202,7 @@ TEST_CASE("buckets reassemble on every receiver: fp32 bitwise, bf16 rounded",
   }
 }
 
-TEST_CASE("refused buckets: checksum, order, version, stale, layout; the root never stalls",
+TEST_CASE("refused buckets (checksum, order, version, stale, layout) never stall the root",
           "[rollout][weight_sync]") {
   const std::vector<float> params = Ramp(600, 4);
   const PackedWeights packed = PackedWeights::Pack(params, 55, 3, WeightDtype::kF32, 400, 30);
