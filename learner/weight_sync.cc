@@ -297,8 +297,8 @@ absl::StatusOr<int> EnsureCurrentWeights(absl::Span<RolloutWorker* const> worker
     if (!(*alive)[w]) continue;
     auto v = workers[w]->NewestVersion();
     if (!v.ok()) {
-      GRPO_LOG(WARNING, "rollout worker %s is not answering, dropping it: %s", workers[w]->name(),
-               v.status().ToString());
+      GRPO_LOG(WARNING, "rollout worker lost (%s does not answer: %s); dropping it",
+               workers[w]->name(), v.status().ToString());
       (*alive)[w] = false;
       continue;
     }
