@@ -29,7 +29,10 @@ CommunicatorFactory NcclCommunicatorFactory() {
 WeightGroupMember::WeightGroupMember(Engine* engine, CommunicatorFactory factory)
     : engine_(engine), factory_(std::move(factory)) {}
 
-WeightGroupMember::~WeightGroupMember() { StopThread(); }
+WeightGroupMember::~WeightGroupMember() {
+  absl::MutexLock control(&control_mu_);
+  StopThread();
+}
 
 void WeightGroupMember::StopThread() {
   {
@@ -54,6 +57,7 @@ absl::Status WeightGroupMember::Join(const rollout::JoinWeightGroupRequest& r) {
     return absl::InvalidArgumentError(
         absl::StrCat("JoinWeightGroup: timeout_s ", r.timeout_s(), " is not in (0, 86400]"));
   }
+  absl::MutexLock control(&control_mu_);
   StopThread();  // the old group, if any, is aborted: its peers see ABORTED, never a hang
   absl::MutexLock lock(&mu_);
   live_comm_ = nullptr;
@@ -86,6 +90,7 @@ void WeightGroupMember::JoinThreadBody(rollout::JoinWeightGroupRequest request) 
 absl::StatusOr<rollout::BeginWeightUpdateResponse> WeightGroupMember::Begin(
     const rollout::WeightManifest& proto) {
   ASSIGN_OR_RETURN(WeightManifest manifest, ManifestFromProto(proto));
+  absl::MutexLock control(&control_mu_);
   int root = 0;
   {
     absl::MutexLock lock(&mu_);

@@ -59,6 +59,8 @@ class WeightGroupMember {
 
   Engine* engine_;
   CommunicatorFactory factory_;
+  // Serializes Join and Begin (gRPC may run them on different threads), which own thread_.
+  absl::Mutex control_mu_;
   std::thread thread_;  // the join or the receive in progress (one at a time)
 
   mutable absl::Mutex mu_;
