@@ -87,7 +87,7 @@ grpc::Status RolloutServiceImpl::GetStatus(grpc::ServerContext*, const rollout::
 grpc::Status RolloutServiceImpl::JoinWeightGroup(grpc::ServerContext*,
                                                  const rollout::JoinWeightGroupRequest* request,
                                                  rollout::JoinWeightGroupResponse* response) {
-  if (request->backend() != "nccl" && request->backend() != "local") {
+  if (request->backend() != "nccl" && !(custom_factory_ && request->backend() == "local")) {
     return ToGrpcStatus(absl::InvalidArgumentError(
         absl::StrCat("JoinWeightGroup: backend \"", request->backend(), "\" is not nccl")));
   }

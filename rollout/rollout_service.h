@@ -26,11 +26,12 @@ namespace grpo {
 
 class RolloutServiceImpl final : public rollout::RolloutService::Service {
  public:
-  // `factory` makes the communicator of a JoinWeightGroup (default: NCCL; tests pass a
-  // LocalGroup's ranks).
-  explicit RolloutServiceImpl(Engine* engine,
-                              CommunicatorFactory factory = NcclCommunicatorFactory())
-      : engine_(engine), group_(engine, std::move(factory)) {}
+  // `factory` makes the communicator of a JoinWeightGroup. Null (the default): NCCL, and only
+  // backend "nccl" is accepted; tests pass a factory over a LocalGroup's ranks (backend "local").
+  explicit RolloutServiceImpl(Engine* engine, CommunicatorFactory factory = nullptr)
+      : engine_(engine),
+        custom_factory_(factory != nullptr),
+        group_(engine, factory != nullptr ? std::move(factory) : NcclCommunicatorFactory()) {}
 
   grpc::Status Generate(grpc::ServerContext* ctx, const rollout::GenerateRequest* request,
                         grpc::ServerWriter<rollout::GroupResult>* writer) override;
@@ -50,6 +51,7 @@ class RolloutServiceImpl final : public rollout::RolloutService::Service {
 
  private:
   Engine* engine_;  // not owned
+  bool custom_factory_;
   WeightGroupMember group_;
 };
 
