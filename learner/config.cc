@@ -102,6 +102,9 @@ json MakeDefaults() {
       {"max_new_tokens", 0},        // 0 = rollout.max_new_tokens
       {"limit", 0},                 // first N rows; 0 = all
     }},
+    // transport auto|grpc|collective|ipc, bucket_mb, dtype auto|fp32|bf16
+    // (learner/weight_sync_config.h documents each)
+    {"weight_sync", DefaultWeightSyncConfigJson()},
   };
   // clang-format on
 }
@@ -250,6 +253,7 @@ absl::StatusOr<LearnerConfig> ParseLearnerConfig(const json& user, const std::st
   c.eval.temperature = r.Double("eval.temperature");
   c.eval.max_new_tokens = r.Int("eval.max_new_tokens");
   c.eval.limit = r.Int("eval.limit");
+  c.weight_sync = ReadWeightSyncConfig(r, "weight_sync");
   if (!r.status.ok()) return WithContext(r.status, source);
   RETURN_IF_ERROR(WithContext(c.Validate(), source));
   return c;
@@ -300,6 +304,7 @@ absl::Status LearnerConfig::Validate() const {
                         "algorithm.aux_loss_coef", "must be >= 0"));
   RETURN_IF_ERROR(data_parallel.Validate("data_parallel"));
   RETURN_IF_ERROR(optimizer.Validate());
+  RETURN_IF_ERROR(weight_sync.Validate());
   RETURN_IF_ERROR(Range(checkpoint_every >= 0, "checkpoint.every", "must be >= 0"));
   RETURN_IF_ERROR(Range(checkpoint_keep >= 1, "checkpoint.keep", "must be >= 1"));
   RETURN_IF_ERROR(Range(eval.every >= 0, "eval.every", "must be >= 0"));

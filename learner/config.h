@@ -17,6 +17,7 @@
 #include "learner/dataset.h"
 #include "learner/grpo.h"
 #include "learner/optimizer.h"
+#include "learner/weight_sync_config.h"
 #include "model/chat_template.h"
 #include "nlohmann/json.hpp"
 
@@ -83,6 +84,7 @@ struct LearnerConfig {
   int64_t log_samples = 2;       // completions written to samples.jsonl per step
   bool tensorboard = true;
   LearnerEvalConfig eval;
+  WeightSyncConfig weight_sync;  // how weights reach the workers (learner/weight_sync_config.h)
 
   // Range and consistency checks; errors name the key ("algorithm.loss.clip_low ...").
   absl::Status Validate() const;

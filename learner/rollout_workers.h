@@ -55,6 +55,8 @@ class LocalRolloutWorker : public RolloutWorker {
   absl::Status PushWeights(const ParamLayout& layout, absl::Span<const float> params,
                            uint64_t version) override;
   absl::StatusOr<uint64_t> NewestVersion() override { return engine_->newest_version(); }
+  // The engine, for the collective weight sync (learner/weight_sync.h).
+  Engine* engine() const { return engine_.get(); }
 
  private:
   LocalRolloutWorker(std::unique_ptr<Engine> engine, std::string name)
@@ -74,6 +76,9 @@ class RemoteRolloutWorker : public RolloutWorker {
   absl::Status PushWeights(const ParamLayout& layout, absl::Span<const float> params,
                            uint64_t version) override;
   absl::StatusOr<uint64_t> NewestVersion() override;
+  // The client and the per-call timeout, for the collective weight sync (learner/weight_sync.h).
+  RolloutClient* client() const { return client_.get(); }
+  absl::Duration timeout() const { return timeout_; }
 
  private:
   RemoteRolloutWorker(std::unique_ptr<RolloutClient> client, absl::Duration timeout)

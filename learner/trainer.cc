@@ -138,6 +138,13 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LearnerConfig config,
     if (t->reference_ != nullptr) t->reference_->set_batch_invariant(true);
   }
   t->alive_.assign(t->workers_.size(), true);
+  {
+    WeightPublisherOptions wo;
+    wo.config = c.weight_sync;
+    wo.deterministic = c.rollout.deterministic;
+    wo.timeout_s = c.rollout.timeout_s;
+    ASSIGN_OR_RETURN(t->publisher_, WeightPublisher::Create(std::move(wo)));
+  }
   t->optimizer_ = std::make_unique<AdamW>(t->policy_->num_params(), c.optimizer);
 
   int64_t resume_step = -1;
@@ -184,27 +191,13 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LearnerConfig config,
 }
 
 absl::Status Trainer::PushWeights(std::map<std::string, double>* m) {
-  const auto t0 = std::chrono::steady_clock::now();
   const uint64_t version = static_cast<uint64_t>(weight_version_ + 1);
-  const absl::Span<const float> params(policy_->params(), policy_->num_params());
-  double bytes = 0;
-  for (size_t w = 0; w < workers_.size(); ++w) {
-    if (!alive_[w]) continue;
-    absl::Status s = workers_[w]->PushWeights(policy_->layout(), params, version);
-    if (!s.ok()) {
-      GRPO_LOG(WARNING, "weight push to %s failed, dropping it: %s", workers_[w]->name(),
-               s.ToString());
-      alive_[w] = false;
-      continue;
-    }
-    bytes += static_cast<double>(params.size() * sizeof(float));
-  }
-  if (std::find(alive_.begin(), alive_.end(), true) == alive_.end()) {
-    return absl::UnavailableError("no rollout worker is left alive");
-  }
+  std::vector<RolloutWorker*> ws;
+  for (auto& w : workers_) ws.push_back(w.get());
+  RETURN_IF_ERROR(publisher_->Publish(ws, &alive_, policy_->layout(),
+                                      absl::MakeConstSpan(policy_->params(), policy_->num_params()),
+                                      version, m));
   weight_version_ = static_cast<int64_t>(version);
-  (*m)["weight_sync/seconds"] = Seconds(t0);
-  (*m)["weight_sync/bytes"] = bytes;
   return absl::OkStatus();
 }
 
@@ -258,6 +251,13 @@ absl::Status Trainer::CollectGroups(std::vector<Group>* groups, std::map<std::st
     auto t0 = std::chrono::steady_clock::now();
     std::vector<RolloutWorker*> ws;
     for (auto& w : workers_) ws.push_back(w.get());
+    // No worker generates on old weights: one that joined late or missed an update is brought
+    // to the current version first (learner/weight_sync.h).
+    RETURN_IF_ERROR(EnsureCurrentWeights(ws, &alive_, policy_->layout(),
+                                         absl::MakeConstSpan(policy_->params(),
+                                                             policy_->num_params()),
+                                         static_cast<uint64_t>(weight_version_))
+                        .status());
     DispatchStats ds;
     ASSIGN_OR_RETURN(std::vector<GroupResult> results, DispatchGroups(ws, &alive_, reqs, sp, &ds));
     rollout_s += Seconds(t0);

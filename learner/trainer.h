@@ -35,6 +35,7 @@
 #include "learner/metrics.h"
 #include "learner/optimizer.h"
 #include "learner/rollout_workers.h"
+#include "learner/weight_sync.h"
 #include "model/chat_template.h"
 #include "model/model.h"
 #include "model/tokenizer.h"
@@ -93,6 +94,7 @@ class Trainer {
   std::unique_ptr<RewardSet> rewards_;
   std::vector<std::unique_ptr<RolloutWorker>> workers_;
   std::vector<bool> alive_;
+  std::unique_ptr<WeightPublisher> publisher_;  // config.weight_sync's transport
   std::vector<int32_t> stop_ids_;
   std::unique_ptr<AdamW> optimizer_;
   // Every optimizer step goes through it: one rank (policy_, optimizer_) or data_parallel.ranks

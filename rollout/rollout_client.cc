@@ -128,4 +128,33 @@ absl::StatusOr<RolloutStatus> RolloutClient::GetStatus(absl::Time deadline) {
   return FromProto(response);
 }
 
+absl::StatusOr<rollout::JoinWeightGroupResponse> RolloutClient::JoinWeightGroup(
+    const rollout::JoinWeightGroupRequest& request, absl::Time deadline) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(ToChrono(deadline));
+  rollout::JoinWeightGroupResponse response;
+  RETURN_IF_ERROR(FromGrpc(address_, impl_->stub->JoinWeightGroup(&ctx, request, &response)));
+  return response;
+}
+
+absl::StatusOr<rollout::BeginWeightUpdateResponse> RolloutClient::BeginWeightUpdate(
+    const rollout::WeightManifest& manifest, absl::Time deadline) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(ToChrono(deadline));
+  rollout::BeginWeightUpdateResponse response;
+  RETURN_IF_ERROR(FromGrpc(address_, impl_->stub->BeginWeightUpdate(&ctx, manifest, &response)));
+  return response;
+}
+
+absl::StatusOr<rollout::UpdateWeightsResponse> RolloutClient::EndWeightUpdate(
+    uint64_t version, absl::Time deadline) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(ToChrono(deadline));
+  rollout::EndWeightUpdateRequest request;
+  request.set_version(version);
+  rollout::UpdateWeightsResponse response;
+  RETURN_IF_ERROR(FromGrpc(address_, impl_->stub->EndWeightUpdate(&ctx, request, &response)));
+  return response;
+}
+
 }  // namespace grpo

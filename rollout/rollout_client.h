@@ -22,6 +22,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "model/params.h"
+#include "proto/rollout.pb.h"
 #include "rollout/rollout_types.h"
 
 namespace grpo {
@@ -52,6 +53,15 @@ class RolloutClient {
                            int64_t chunk_bytes = int64_t{4} << 20);
 
   absl::StatusOr<RolloutStatus> GetStatus(absl::Time deadline);
+
+  // The collective weight-sync control plane (proto/rollout.proto; rollout/weight_sync.h): join
+  // a group, announce an update's manifest, wait for the worker's verdict on it.
+  absl::StatusOr<rollout::JoinWeightGroupResponse> JoinWeightGroup(
+      const rollout::JoinWeightGroupRequest& request, absl::Time deadline);
+  absl::StatusOr<rollout::BeginWeightUpdateResponse> BeginWeightUpdate(
+      const rollout::WeightManifest& manifest, absl::Time deadline);
+  absl::StatusOr<rollout::UpdateWeightsResponse> EndWeightUpdate(uint64_t version,
+                                                                 absl::Time deadline);
 
   const std::string& address() const { return address_; }
 

@@ -1,9 +1,12 @@
 // RolloutServiceImpl and StartRolloutServer (rollout/rollout_service.h).
 #include "rollout/rollout_service.h"
 
+#include <algorithm>
+#include <chrono>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "comm/nccl_communicator.h"
 #include "common/status.h"
 #include "rollout/convert.h"
 #include "rollout/weights.h"
@@ -78,6 +81,46 @@ grpc::Status RolloutServiceImpl::UpdateWeights(grpc::ServerContext* ctx,
 grpc::Status RolloutServiceImpl::GetStatus(grpc::ServerContext*, const rollout::StatusRequest*,
                                            rollout::StatusResponse* response) {
   ToProto(engine_->GetStatus(), response);
+  return grpc::Status::OK;
+}
+
+grpc::Status RolloutServiceImpl::JoinWeightGroup(grpc::ServerContext*,
+                                                 const rollout::JoinWeightGroupRequest* request,
+                                                 rollout::JoinWeightGroupResponse* response) {
+  if (request->backend() != "nccl" && !(custom_factory_ && request->backend() == "local")) {
+    return ToGrpcStatus(absl::InvalidArgumentError(
+        absl::StrCat("JoinWeightGroup: backend \"", request->backend(), "\" is not nccl")));
+  }
+  if (request->backend() == "nccl" && !comm::NcclUsable()) {
+    return ToGrpcStatus(absl::UnavailableError(
+        "JoinWeightGroup: this worker has no NCCL or no CUDA device; it takes weights over the "
+        "UpdateWeights stream"));
+  }
+  absl::Status s = group_.Join(*request);
+  if (!s.ok()) return ToGrpcStatus(s);
+  response->set_weight_version(engine_->newest_version());
+  return grpc::Status::OK;
+}
+
+grpc::Status RolloutServiceImpl::BeginWeightUpdate(grpc::ServerContext*,
+                                                   const rollout::WeightManifest* request,
+                                                   rollout::BeginWeightUpdateResponse* response) {
+  auto r = group_.Begin(*request);
+  if (!r.ok()) return ToGrpcStatus(r.status());
+  *response = std::move(*r);
+  return grpc::Status::OK;
+}
+
+grpc::Status RolloutServiceImpl::EndWeightUpdate(grpc::ServerContext* ctx,
+                                                 const rollout::EndWeightUpdateRequest* request,
+                                                 rollout::UpdateWeightsResponse* response) {
+  // Bounded by the client's deadline (at most a day when it set none).
+  const auto left = ctx->deadline() - std::chrono::system_clock::now();
+  const absl::Duration wait =
+      std::clamp(absl::FromChrono(left), absl::ZeroDuration(), absl::Hours(24));
+  auto r = group_.End(request->version(), wait);
+  if (!r.ok()) return ToGrpcStatus(r.status());
+  *response = std::move(*r);
   return grpc::Status::OK;
 }
 

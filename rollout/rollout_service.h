@@ -7,6 +7,8 @@
 //  - UpdateWeights: feeds chunks to a WeightAssembler; only a complete, verified stream is staged
 //    (Engine::StageWeights); any error leaves the serving weights untouched.
 //  - GetStatus: Engine::GetStatus.
+//  - JoinWeightGroup / BeginWeightUpdate / EndWeightUpdate: the collective weight sync, handed to
+//    a WeightGroupMember (rollout/weight_receiver.h), whose own thread joins and receives.
 // Status codes are converted in one place (ToGrpcStatus).
 #pragma once
 
@@ -18,12 +20,18 @@
 #include "absl/status/statusor.h"
 #include "proto/rollout.grpc.pb.h"
 #include "rollout/engine.h"
+#include "rollout/weight_receiver.h"
 
 namespace grpo {
 
 class RolloutServiceImpl final : public rollout::RolloutService::Service {
  public:
-  explicit RolloutServiceImpl(Engine* engine) : engine_(engine) {}
+  // `factory` makes the communicator of a JoinWeightGroup. Null (the default): NCCL, and only
+  // backend "nccl" is accepted; tests pass a factory over a LocalGroup's ranks (backend "local").
+  explicit RolloutServiceImpl(Engine* engine, CommunicatorFactory factory = nullptr)
+      : engine_(engine),
+        custom_factory_(factory != nullptr),
+        group_(engine, factory != nullptr ? std::move(factory) : NcclCommunicatorFactory()) {}
 
   grpc::Status Generate(grpc::ServerContext* ctx, const rollout::GenerateRequest* request,
                         grpc::ServerWriter<rollout::GroupResult>* writer) override;
@@ -32,9 +40,19 @@ class RolloutServiceImpl final : public rollout::RolloutService::Service {
                              rollout::UpdateWeightsResponse* response) override;
   grpc::Status GetStatus(grpc::ServerContext* ctx, const rollout::StatusRequest* request,
                          rollout::StatusResponse* response) override;
+  grpc::Status JoinWeightGroup(grpc::ServerContext* ctx,
+                               const rollout::JoinWeightGroupRequest* request,
+                               rollout::JoinWeightGroupResponse* response) override;
+  grpc::Status BeginWeightUpdate(grpc::ServerContext* ctx, const rollout::WeightManifest* request,
+                                 rollout::BeginWeightUpdateResponse* response) override;
+  grpc::Status EndWeightUpdate(grpc::ServerContext* ctx,
+                               const rollout::EndWeightUpdateRequest* request,
+                               rollout::UpdateWeightsResponse* response) override;
 
  private:
   Engine* engine_;  // not owned
+  bool custom_factory_;
+  WeightGroupMember group_;
 };
 
 // Builds and starts a gRPC server (insecure credentials) for `service` on host:port (0 = any free

@@ -1,0 +1,54 @@
+// The learner config's "weight_sync" section: how new weights reach the rollout workers
+// (learner/weight_sync.h). Its own file so that learner/config.h stays light and the section's
+// documentation sits beside its parser.
+//
+//   "weight_sync": {
+//     "transport": "auto",  // auto | grpc | collective | ipc
+//     "bucket_mb": 64,      // collective bucket size, MiB (> 0, at most 1024)
+//     "dtype": "auto"       // auto | fp32 | bf16 (collective transports; grpc always sends fp32)
+//   }
+//
+// transport:
+//   grpc        point to point: the UpdateWeights stream to remote workers, a direct staged copy
+//               into in-process engines. Works everywhere, fp32 only.
+//   collective  one broadcast to all workers per bucket: in-process workers over a LocalGroup,
+//               remote workers over NCCL (they join a group handed out over gRPC; needs CUDA and
+//               NCCL on the learner and the workers; a worker that cannot join, or a group that
+//               fails, falls back to grpc for that update).
+//   ipc         CUDA IPC on one shared GPU (comm/cuda_ipc.h). Refused at start-up for now: the
+//               rollout engine of this build runs on the CPU, so there is no device buffer to
+//               share into.
+//   auto        grpc. The CPU engines make fp32 point to point as fast as a broadcast (one copy
+//               per worker, measured in bench/weight_sync_bench.cc), and it is the only path that
+//               works across mismatched hardware.
+// dtype (collective):
+//   fp32  bitwise the learner's parameters: rollout logprobs stay equal to the learner's.
+//   bf16  half the bytes, round to nearest even; CPU receivers widen it back to fp32.
+//   auto  fp32 over a LocalGroup or whenever rollout.deterministic is on; bf16 over NCCL (GPU
+//         receivers) otherwise.
+#pragma once
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "common/json_config.h"
+#include "nlohmann/json.hpp"
+
+namespace grpo {
+
+struct WeightSyncConfig {
+  std::string transport = "auto";
+  double bucket_mb = 64;
+  std::string dtype = "auto";
+
+  // Errors name the key ("'weight_sync.transport' is \"nccl2\"; ...").
+  absl::Status Validate() const;
+  int64_t bucket_bytes() const { return static_cast<int64_t>(bucket_mb * 1024 * 1024); }
+};
+
+// The section's defaults, for DefaultLearnerConfigJson().
+nlohmann::json DefaultWeightSyncConfigJson();
+// Reads prefix.transport, prefix.bucket_mb, prefix.dtype from a merged config.
+WeightSyncConfig ReadWeightSyncConfig(ConfigReader& r, const std::string& prefix);
+
+}  // namespace grpo
