@@ -83,11 +83,7 @@ void Model<Real>::Linear(Real* y, const Real* x, int64_t w, const Real* b, int64
     if (batch_invariant_ && !packed_.empty()) {
       const auto it = packed_at_.find(w);
       if (it != packed_at_.end()) {
-        cpu::PackedLinearForward(y, x, packed_.data() + it->second, T, in, out);
-        if (b != nullptr) {
-          for (int64_t t = 0; t < T; ++t)
-            for (int64_t j = 0; j < out; ++j) y[t * out + j] += b[j];
-        }
+        cpu::PackedLinearForward(y, x, packed_.data() + it->second, b, T, in, out);
         return;
       }
     }

@@ -24,6 +24,17 @@ inline Real At(const Real* X, bool trans, int64_t ld, int64_t r, int64_t c) {
   return trans ? X[c * ld + r] : X[r * ld + c];
 }
 
+// y (T, out) += b (out) per row; b may be null.
+template <typename Real>
+void AddBias(Real* y, const Real* b, int64_t T, int64_t out) {
+  if (b == nullptr) return;
+#pragma omp parallel for schedule(static) if (T * out > 65536 && !omp_in_parallel())
+  for (int64_t t = 0; t < T; ++t) {
+    Real* row = y + t * out;
+    for (int64_t o = 0; o < out; ++o) row[o] += b[o];
+  }
+}
+
 template <typename Real>
 void ScaleC(int64_t M, int64_t N, Real beta, Real* C, int64_t ldc) {
   for (int64_t i = 0; i < M; ++i) {
@@ -115,118 +126,24 @@ inline void DotRows(const float* a, const float* B, int64_t ldb, int64_t K, floa
 #endif
 }
 
-// Batch-invariant C (M, N) = alpha * A (M, K) @ B (N, K)^T + beta * C: every element is one
-// 16-lane FMA chain over k (then the masked tail), then the same fixed tree over its 16 lanes
-// (SumLanes16: lanes l and l+8, then l and l+4, l and l+2, l and l+1), whatever the blocking.
-// Register block: kMr rows of A x kNr rows of B (at most 16 accumulators, reduced together).
-#if defined(__AVX512F__)
-// out[i] = the sum of the 16 lanes of a[i], i < 16, by the tree above for every i. The shuffles
-// route each accumulator's lanes to their own output lane, so out[i] depends on a[i] only.
-inline void SumLanes16(const __m512* a, float* out) {
-  __m512 b[8], c[4], d[2];
-  const __m512i lo8 = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
-  const __m512i hi8 =
-      _mm512_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
-  for (int k = 0; k < 8; ++k) {
-    b[k] = _mm512_add_ps(_mm512_permutex2var_ps(a[2 * k], lo8, a[2 * k + 1]),
-                         _mm512_permutex2var_ps(a[2 * k], hi8, a[2 * k + 1]));
-  }
-  const __m512i lo4 = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27);
-  const __m512i hi4 = _mm512_setr_epi32(4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
-  for (int k = 0; k < 4; ++k) {
-    c[k] = _mm512_add_ps(_mm512_permutex2var_ps(b[2 * k], lo4, b[2 * k + 1]),
-                         _mm512_permutex2var_ps(b[2 * k], hi4, b[2 * k + 1]));
-  }
-  const __m512i lo2 = _mm512_setr_epi32(0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29);
-  const __m512i hi2 = _mm512_setr_epi32(2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
-  for (int k = 0; k < 2; ++k) {
-    d[k] = _mm512_add_ps(_mm512_permutex2var_ps(c[2 * k], lo2, c[2 * k + 1]),
-                         _mm512_permutex2var_ps(c[2 * k], hi2, c[2 * k + 1]));
-  }
-  const __m512i lo1 = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i hi1 = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-  _mm512_storeu_ps(out, _mm512_add_ps(_mm512_permutex2var_ps(d[0], lo1, d[1]),
-                                      _mm512_permutex2var_ps(d[0], hi1, d[1])));
-}
-#endif
-
-template <int kMr, int kNr>
-inline void InvariantBlock(const float* A, int64_t lda, const float* B, int64_t ldb, int64_t K,
-                           float alpha, float beta, float* C, int64_t ldc) {
-#if defined(__AVX512F__)
-  static_assert(kMr * kNr <= 16);
-  __m512 acc[16];
-  for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
-  int64_t k = 0;
-  for (; k + 16 <= K; k += 16) {
-    __m512 b[kNr];
-    for (int j = 0; j < kNr; ++j) b[j] = _mm512_loadu_ps(B + j * ldb + k);
-    for (int i = 0; i < kMr; ++i) {
-      const __m512 a = _mm512_loadu_ps(A + i * lda + k);
-      for (int j = 0; j < kNr; ++j) acc[i * kNr + j] = _mm512_fmadd_ps(a, b[j], acc[i * kNr + j]);
-    }
-  }
-  if (k < K) {
-    const __mmask16 mask = static_cast<__mmask16>((1u << (K - k)) - 1);
-    __m512 b[kNr];
-    for (int j = 0; j < kNr; ++j) b[j] = _mm512_maskz_loadu_ps(mask, B + j * ldb + k);
-    for (int i = 0; i < kMr; ++i) {
-      const __m512 a = _mm512_maskz_loadu_ps(mask, A + i * lda + k);
-      for (int j = 0; j < kNr; ++j) acc[i * kNr + j] = _mm512_fmadd_ps(a, b[j], acc[i * kNr + j]);
-    }
-  }
-  float sums[16];
-  SumLanes16(acc, sums);
-  for (int i = 0; i < kMr; ++i) {
-    for (int j = 0; j < kNr; ++j) {
-      float* c = C + i * ldc + j;
-      *c = alpha * sums[i * kNr + j] + (beta == 0.0f ? 0.0f : beta * *c);
-    }
-  }
-#else
-  for (int i = 0; i < kMr; ++i) {
-    for (int j = 0; j < kNr; ++j) {
+#if !defined(__AVX512F__)
+// Batch-invariant C (M, N) = alpha * A (M, K) @ B (N, K)^T + beta * C without AVX-512: every
+// element is one DotRows<1> over k (one vectorized loop whose reduction order is fixed by the
+// build), whatever the blocking. With AVX-512 the panel form below is used instead.
+void InvariantGemmNT(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                     const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  const bool parallel = !omp_in_parallel() && M * N * K > (1 << 16);
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t m = 0; m < M; ++m) {
       float d;
-      DotRows<1>(A + i * lda, B + j * ldb, ldb, K, &d);
-      float* c = C + i * ldc + j;
+      DotRows<1>(A + m * lda, B + n * ldb, ldb, K, &d);
+      float* c = C + m * ldc + n;
       *c = alpha * d + (beta == 0.0f ? 0.0f : beta * *c);
     }
   }
+}
 #endif
-}
-
-template <int kMr>
-inline void InvariantRows(const float* A, int64_t lda, const float* B, int64_t ldb, int64_t K,
-                          int64_t nj, float alpha, float beta, float* C, int64_t ldc) {
-  int64_t j = 0;
-  for (; j + 4 <= nj; j += 4)
-    InvariantBlock<kMr, 4>(A, lda, B + j * ldb, ldb, K, alpha, beta, C + j, ldc);
-  for (; j < nj; ++j) InvariantBlock<kMr, 1>(A, lda, B + j * ldb, ldb, K, alpha, beta, C + j, ldc);
-}
-
-void InvariantGemmNT(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
-                     const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  // Column blocks of B rows (kept in L2 while every row of A passes over them), row blocks of A.
-  constexpr int64_t kCols = 64, kRows = 64;
-  const int64_t num_cb = (N + kCols - 1) / kCols, num_rb = (M + kRows - 1) / kRows;
-  const bool parallel = !omp_in_parallel() && M * N * K > (1 << 16);
-#pragma omp parallel for collapse(2) schedule(static) if (parallel)
-  for (int64_t cb = 0; cb < num_cb; ++cb) {
-    for (int64_t rb = 0; rb < num_rb; ++rb) {
-      const int64_t j0 = cb * kCols, nj = std::min(kCols, N - j0);
-      const int64_t i0 = rb * kRows, i1 = std::min(M, i0 + kRows);
-      int64_t i = i0;
-      for (; i + 4 <= i1; i += 4) {
-        InvariantRows<4>(A + i * lda, lda, B + j0 * ldb, ldb, K, nj, alpha, beta, C + i * ldc + j0,
-                         ldc);
-      }
-      for (; i < i1; ++i) {
-        InvariantRows<1>(A + i * lda, lda, B + j0 * ldb, ldb, K, nj, alpha, beta, C + i * ldc + j0,
-                         ldc);
-      }
-    }
-  }
-}
 
 #if defined(__AVX512F__)
 // Outer-product form of the batch-invariant GEMM (the AVX-512 path): every C[m, n] is ONE
@@ -500,9 +417,9 @@ void Gemm<float>(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, fl
 #if defined(__AVX512F__)
     // One form for every shape, so a row's arithmetic never depends on M.
     InvariantGemmNTPanels(M, N, K, alpha, A, lda, B, ldb, nullptr, beta, C, ldc);
-    return;
-#endif
+#else
     InvariantGemmNT(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+#endif
     return;
   }
   if (!trans_a && trans_b && M <= kSmallMNT) {
@@ -540,13 +457,7 @@ template <typename Real>
 void LinearForward(Real* y, const Real* x, const Real* W, const Real* b, int64_t T, int64_t in,
                    int64_t out) {
   Gemm<Real>(false, true, T, out, in, Real(1), x, in, W, in, Real(0), y, out);
-  if (b != nullptr) {
-#pragma omp parallel for schedule(static) if (T * out > 65536 && !omp_in_parallel())
-    for (int64_t t = 0; t < T; ++t) {
-      Real* row = y + t * out;
-      for (int64_t o = 0; o < out; ++o) row[o] += b[o];
-    }
-  }
+  AddBias(y, b, T, out);
 }
 
 namespace {
@@ -617,41 +528,6 @@ void GroupedLinearForward(Real* y, const Real* x, const Real* W, int64_t w_strid
       return;
     }
   }
-#else
-  if constexpr (std::is_same_v<Real, float>) {
-    if (t_batch_invariant) {
-      // The tasks InvariantGemmNT would run for each group, all in one region.
-      constexpr int64_t kCols = 64, kRows = 64;
-      struct Task {
-        int64_t g, j0, i0, i1;
-      };
-      std::vector<Task> tasks;
-      int64_t work = 0;
-      for (int64_t g = 0; g < num_groups; ++g) {
-        for (int64_t i0 = row_begin[g]; i0 < row_begin[g + 1]; i0 += kRows) {
-          const int64_t i1 = std::min(row_begin[g + 1], i0 + kRows);
-          for (int64_t j0 = 0; j0 < out; j0 += kCols) tasks.push_back({g, j0, i0, i1});
-          work += (i1 - i0) * out * in;
-        }
-      }
-      const int64_t num_tasks = static_cast<int64_t>(tasks.size());
-      const bool parallel = !omp_in_parallel() && work > (1 << 16) && num_tasks > 1;
-#pragma omp parallel for schedule(dynamic, 1) if (parallel)
-      for (int64_t t = 0; t < num_tasks; ++t) {
-        const Task& task = tasks[t];
-        const float* B = W + task.g * w_stride + task.j0 * in;
-        const int64_t nj = std::min(kCols, out - task.j0);
-        int64_t i = task.i0;
-        for (; i + 4 <= task.i1; i += 4) {
-          InvariantRows<4>(x + i * in, in, B, in, in, nj, 1.0f, 0.0f, y + i * out + task.j0, out);
-        }
-        for (; i < task.i1; ++i) {
-          InvariantRows<1>(x + i * in, in, B, in, in, nj, 1.0f, 0.0f, y + i * out + task.j0, out);
-        }
-      }
-      return;
-    }
-  }
 #endif
   for (int64_t g = 0; g < num_groups; ++g) {
     const int64_t r0 = row_begin[g], n = row_begin[g + 1] - r0;
@@ -685,13 +561,14 @@ void PackWeight(const float* W, int64_t out, int64_t in, float* packed) {
 #endif
 }
 
-void PackedLinearForward(float* y, const float* x, const float* packed, int64_t T, int64_t in,
-                         int64_t out) {
+void PackedLinearForward(float* y, const float* x, const float* packed, const float* b, int64_t T,
+                         int64_t in, int64_t out) {
 #if defined(__AVX512F__)
   if (T == 0 || out == 0) return;
   InvariantGemmNTPanels(T, out, in, 1.0f, x, in, nullptr, in, packed, 0.0f, y, out);
+  AddBias(y, b, T, out);
 #else
-  (void)y, (void)x, (void)packed, (void)T, (void)in, (void)out;
+  (void)y, (void)x, (void)packed, (void)b, (void)T, (void)in, (void)out;
   GRPO_CHECK_MSG(false, "PackedLinearForward needs an AVX-512 build (PackedWeightsSupported)");
 #endif
 }

@@ -22,8 +22,8 @@ void LinearForward(Real* y, const Real* x, const Real* W, const Real* b, int64_t
 
 // MoE experts: for every group g < num_groups, rows [row_begin[g], row_begin[g+1]) of y (.., out)
 // = the same rows of x (.., in) @ W_g^T with W_g = W + g * w_stride (out, in). Each group's result
-// is exactly LinearForward's on its rows; in batch-invariant mode all groups share one parallel
-// region (decode has a few rows per expert, and a region per expert costs more than its work).
+// is exactly LinearForward's on its rows; in batch-invariant mode (AVX-512) all groups share one
+// parallel region (decode has a few rows per expert, and a region per expert costs more than its work).
 template <typename Real>
 void GroupedLinearForward(Real* y, const Real* x, const Real* W, int64_t w_stride,
                           const int64_t* row_begin, int64_t num_groups, int64_t in, int64_t out);
@@ -40,7 +40,7 @@ void LinearBackward(Real* dx, Real* dW, Real* db, const Real* dy, const Real* x,
 // depends on K only, never on M, the row's position or the thread count: with AVX-512 one
 // sequential FMA chain c = fma(A[m,k], B[n,k], c) over k = 0..K-1 from 0 (B packed into 32-column
 // panels, the outer-product form of a GEMM microkernel), then alpha * c (+ beta * C); without
-// AVX-512 16-lane FMA chains and a fixed lane tree. And AttentionForward processes every query
+// AVX-512 one vectorized dot product per element (its reduction order fixed by the build). And AttentionForward processes every query
 // token by itself. A row's result then depends only on its own inputs: the rollout engine's
 // decode and the learner's forward agree bitwise (model.h set_batch_invariant). Other layouts
 // (backward) are unaffected. Scopes nest.
@@ -65,9 +65,9 @@ bool PackedWeightsSupported();
 // Floats of the packed form of an nn.Linear weight W (out, in): ceil(out / 32) panels of (in, 32).
 int64_t PackedWeightFloats(int64_t out, int64_t in);
 void PackWeight(const float* W, int64_t out, int64_t in, float* packed);
-// y (T, out) = x (T, in) @ W^T, W given packed.
-void PackedLinearForward(float* y, const float* x, const float* packed, int64_t T, int64_t in,
-                         int64_t out);
+// y (T, out) = x (T, in) @ W^T (+ b[out]), W given packed.
+void PackedLinearForward(float* y, const float* x, const float* packed, const float* b, int64_t T,
+                         int64_t in, int64_t out);
 // As GroupedLinearForward; group g's packed weight at packed + g * packed_stride.
 void PackedGroupedLinearForward(float* y, const float* x, const float* packed,
                                 int64_t packed_stride, const int64_t* row_begin,

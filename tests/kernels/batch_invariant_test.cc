@@ -99,7 +99,7 @@ TEST_CASE("pre-packed weights give LinearForward's bits, for any shape", "[kerne
           BatchInvariantScope on(true);
           LinearForward<float>(want.data(), x.data(), W.data(), nullptr, M, K, N);
         }
-        PackedLinearForward(got.data(), x.data(), packed.data(), M, K, N);
+        PackedLinearForward(got.data(), x.data(), packed.data(), nullptr, M, K, N);
         INFO("N " << N << " K " << K << " M " << M);
         REQUIRE(std::memcmp(got.data(), want.data(), want.size() * sizeof(float)) == 0);
       }
