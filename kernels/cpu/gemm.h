@@ -23,7 +23,8 @@ void LinearForward(Real* y, const Real* x, const Real* W, const Real* b, int64_t
 // MoE experts: for every group g < num_groups, rows [row_begin[g], row_begin[g+1]) of y (.., out)
 // = the same rows of x (.., in) @ W_g^T with W_g = W + g * w_stride (out, in). Each group's result
 // is exactly LinearForward's on its rows; in batch-invariant mode (AVX-512) all groups share one
-// parallel region (decode has a few rows per expert, and a region per expert costs more than its work).
+// parallel region (decode has a few rows per expert, and a region per expert costs more than its
+// work).
 template <typename Real>
 void GroupedLinearForward(Real* y, const Real* x, const Real* W, int64_t w_stride,
                           const int64_t* row_begin, int64_t num_groups, int64_t in, int64_t out);
