@@ -6,6 +6,10 @@
 // request (8 prompts x G 8, temperature 1, random lengths via stop tokens). Validates first: the
 // engine's logprobs against Model::Forward on the same tokens (a #wrong count, tolerance 1e-4).
 //
+// --weights bf16 rounds the random weights to bf16 values (still fp32 arithmetic), as a bf16
+// checkpoint or a bf16 weight update gives: the engine then packs them at 2 bytes per element,
+// losslessly (model.h PrepackWeights). --weights fp32 (the default) keeps arbitrary fp32 values.
+//
 // Run: OMP_NUM_THREADS=2 build/bench/rollout_bench --config configs/bench_moe.json
 //      (bench/run_rollout_bench.sh also runs the transformers baseline and prints ratios)
 #include <omp.h>
@@ -13,6 +17,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
@@ -72,6 +77,19 @@ int main(int argc, char** argv) {
   auto model = grpo::Model<float>::Create(*config);
   if (!model.ok()) return 1;
   grpo::InitParams((*model)->layout(), 0, 0.02f, (*model)->params());
+  const std::string weights = Arg(argc, argv, "--weights", "fp32");
+  if (weights == "bf16") {
+    float* p = (*model)->params();
+    for (int64_t i = 0; i < (*model)->num_params(); ++i) {  // round to nearest even
+      uint32_t u;
+      std::memcpy(&u, p + i, 4);
+      u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+      std::memcpy(p + i, &u, 4);
+    }
+  } else if (weights != "fp32") {
+    std::fprintf(stderr, "--weights must be fp32 or bf16, not '%s'\n", weights.c_str());
+    return 1;
+  }
   // A second copy for validation (the engine owns the first).
   auto check_model = grpo::Model<float>::Create(*config);
   std::copy_n((*model)->params(), (*model)->num_params(), (*check_model)->params());
@@ -84,10 +102,11 @@ int main(int argc, char** argv) {
     return 1;
   }
   const int64_t V = config->vocab_size;
-  std::printf("rollout_bench: %s, %lld params, %d threads, prompt %lld, %lld decode tokens\n",
-              config_path.c_str(), static_cast<long long>((*check_model)->num_params()),
-              omp_get_max_threads(), static_cast<long long>(prompt_len),
-              static_cast<long long>(decode_tokens));
+  std::printf(
+      "rollout_bench: %s, %lld params, %s weights, %d threads, prompt %lld, %lld decode tokens\n",
+      config_path.c_str(), static_cast<long long>((*check_model)->num_params()), weights.c_str(),
+      omp_get_max_threads(), static_cast<long long>(prompt_len),
+      static_cast<long long>(decode_tokens));
 
   // Validate: sampled completions' logprobs against the learner's forward.
   {
@@ -121,6 +140,32 @@ int main(int argc, char** argv) {
     if (wrong > 0) return 1;
   }
 
+  // The model's own decode step (Model::Extend on 64 slots, no engine, no sampling: greedy
+  // feeding of token 1): what the engine's step costs on top of it is the engine's overhead.
+  if (std::find(batches.begin(), batches.end(), 64) != batches.end()) {
+    grpo::Model<float>& m = **check_model;
+    m.set_batch_invariant(true);
+    m.PrepackWeights();
+    const int64_t B = 64;
+    grpo::KvCache<float> cache(*config, B, prompt_len + decode_tokens + 1);
+    std::vector<int64_t> slots(B);
+    for (int64_t b = 0; b < B; ++b) slots[b] = b;
+    const auto prompts = Prompts(B, prompt_len, V, 2);
+    std::vector<absl::Span<const int32_t>> feed(B);
+    for (int64_t b = 0; b < B; ++b) feed[b] = prompts[b].token_ids;
+    std::vector<float> logits(B * V);
+    if (!m.Extend(&cache, slots, feed, logits.data()).ok()) return 1;
+    const int32_t one = 1;
+    for (int64_t b = 0; b < B; ++b) feed[b] = absl::Span<const int32_t>(&one, 1);
+    const auto t0 = Clock::now();
+    const std::clock_t c0 = std::clock();
+    for (int64_t i = 0; i < decode_tokens; ++i) {
+      if (!m.Extend(&cache, slots, feed, logits.data()).ok()) return 1;
+    }
+    const double s = Seconds(t0, Clock::now()), cpu = double(std::clock() - c0) / CLOCKS_PER_SEC;
+    std::printf("model only (Extend, batch 64): %.1f ms/step, %.1f CPU-ms/step\n",
+                1000 * s / decode_tokens, 1000 * cpu / decode_tokens);
+  }
   std::string json = "{";
   for (const int64_t B : batches) {
     const auto prompts = Prompts(B, prompt_len, V, 2);

@@ -60,18 +60,34 @@ bool Model<Real>::PrepackWeights() {
       }
     }
     ws.push_back({layout_.lm_head, 1, c.vocab_size, H});
-    int64_t total = 0;
-    for (const W& w : ws) total += w.groups * cpu::PackedWeightFloats(w.out, w.in);
+    // A weight whose every element is exactly a bf16 value (a bf16 checkpoint, a bf16 weight
+    // update) is packed at 2 bytes per element, losslessly (gemm.h IsBf16Exact): decode streams
+    // the weights from memory, so that halves its bytes with bitwise the same results.
+    int64_t total = 0, total16 = 0;
+    std::vector<bool> bf16(ws.size());
+    for (size_t i = 0; i < ws.size(); ++i) {
+      const W& w = ws[i];
+      bf16[i] = cpu::IsBf16Exact(params_.data() + w.offset, w.groups * w.out * w.in);
+      (bf16[i] ? total16 : total) += w.groups * cpu::PackedWeightFloats(w.out, w.in);
+    }
     packed_.resize(static_cast<size_t>(total));
-    int64_t at = 0;
-    for (const W& w : ws) {
-      packed_at_[w.offset] = at;
+    packed16_.resize(static_cast<size_t>(total16));
+    int64_t at = 0, at16 = 0;
+    for (size_t i = 0; i < ws.size(); ++i) {
+      const W& w = ws[i];
+      packed_at_[w.offset] = {bf16[i] ? at16 : at, bf16[i]};
       for (int64_t g = 0; g < w.groups; ++g) {
-        cpu::PackWeight(params_.data() + w.offset + g * w.out * w.in, w.out, w.in,
-                        packed_.data() + at);
-        at += cpu::PackedWeightFloats(w.out, w.in);
+        const float* src = params_.data() + w.offset + g * w.out * w.in;
+        if (bf16[i]) {
+          cpu::PackWeightBf16(src, w.out, w.in, packed16_.data() + at16);
+          at16 += cpu::PackedWeightFloats(w.out, w.in);
+        } else {
+          cpu::PackWeight(src, w.out, w.in, packed_.data() + at);
+          at += cpu::PackedWeightFloats(w.out, w.in);
+        }
       }
     }
+    packed_bf16_ = std::count(bf16.begin(), bf16.end(), true);
     return true;
   }
 }
@@ -80,10 +96,15 @@ template <typename Real>
 void Model<Real>::Linear(Real* y, const Real* x, int64_t w, const Real* b, int64_t T, int64_t in,
                          int64_t out) const {
   if constexpr (std::is_same_v<Real, float>) {
-    if (batch_invariant_ && !packed_.empty()) {
+    if (batch_invariant_ && !packed_at_.empty()) {
       const auto it = packed_at_.find(w);
       if (it != packed_at_.end()) {
-        cpu::PackedLinearForward(y, x, packed_.data() + it->second, b, T, in, out);
+        const auto [at, bf16] = it->second;
+        if (bf16) {
+          cpu::PackedLinearForward(y, x, packed16_.data() + at, b, T, in, out);
+        } else {
+          cpu::PackedLinearForward(y, x, packed_.data() + at, b, T, in, out);
+        }
         return;
       }
     }
@@ -95,12 +116,18 @@ template <typename Real>
 void Model<Real>::GroupedLinear(Real* y, const Real* x, int64_t w, const int64_t* row_begin,
                                 int64_t num_groups, int64_t in, int64_t out) const {
   if constexpr (std::is_same_v<Real, float>) {
-    if (batch_invariant_ && !packed_.empty()) {
+    if (batch_invariant_ && !packed_at_.empty()) {
       const auto it = packed_at_.find(w);
       if (it != packed_at_.end()) {
-        cpu::PackedGroupedLinearForward(y, x, packed_.data() + it->second,
-                                        cpu::PackedWeightFloats(out, in), row_begin, num_groups,
-                                        in, out);
+        const auto [at, bf16] = it->second;
+        const int64_t stride = cpu::PackedWeightFloats(out, in);
+        if (bf16) {
+          cpu::PackedGroupedLinearForward(y, x, packed16_.data() + at, stride, row_begin,
+                                          num_groups, in, out);
+        } else {
+          cpu::PackedGroupedLinearForward(y, x, packed_.data() + at, stride, row_begin, num_groups,
+                                          in, out);
+        }
         return;
       }
     }

@@ -12,6 +12,7 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -149,8 +150,12 @@ class Model {
   // are bitwise unchanged. Costs one more copy of the linear weights. Mutable params() drops the
   // packed copy; call again after changing the weights. A no-op for double and in builds without
   // AVX-512 (returns false there).
+  // Weights whose every element is exactly a bf16 value are packed at 2 bytes per element,
+  // losslessly (gemm.h IsBf16Exact), the others at 4.
   bool PrepackWeights();
-  bool prepacked() const { return !packed_.empty(); }
+  bool prepacked() const { return !packed_at_.empty(); }
+  // How many of the packed weights (a grouped weight counts once) took the 2-byte form.
+  int64_t prepacked_bf16_weights() const { return packed_bf16_; }
 
   // Runs new tokens for some cache slots through the model (prefill or decode, mixed freely),
   // appending their keys/values, and writes the raw (temperature 1) logits of each slot's last
@@ -186,7 +191,9 @@ class Model {
   void EnsureRope(int64_t max_pos);
   void DropPacked() {
     std::vector<float>().swap(packed_);
+    std::vector<uint16_t>().swap(packed16_);
     packed_at_.clear();
+    packed_bf16_ = 0;
   }
   // y (T, out) = x (T, in) @ W^T (+ b) for the weight at params_ offset w: the packed copy when
   // there is one and batch-invariant mode is on, else LinearForward.
@@ -205,10 +212,13 @@ class Model {
   bool batch_invariant_ = false;
   GradReadyCallback grad_ready_;
   std::unique_ptr<Acts> acts_;
-  // PrepackWeights: the packed weights, and for each packed params_ offset where its packing
-  // starts (a grouped weight's groups follow each other at PackedWeightFloats(out, in) apart).
+  // PrepackWeights: the packed weights (fp32 and bf16), and for each packed params_ offset where
+  // its packing starts and in which of the two (a grouped weight's groups follow each other at
+  // PackedWeightFloats(out, in) elements apart).
   std::vector<float> packed_;
-  std::unordered_map<int64_t, int64_t> packed_at_;
+  std::vector<uint16_t> packed16_;
+  std::unordered_map<int64_t, std::pair<int64_t, bool>> packed_at_;
+  int64_t packed_bf16_ = 0;
 };
 
 extern template class Model<float>;

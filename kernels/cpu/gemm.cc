@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -200,6 +201,27 @@ void PackPanel(const float* B, int64_t ldb, int64_t nj, int64_t K, float* packed
   }
 }
 
+// bf16 panels (PackWeightBf16): the (K, 32) panel at 2 bytes per element, row k as 16 32-bit
+// words, word j holding column j's bf16 in its low half and column j + 16's in its high half: one
+// 512-bit load then widens to both 16-column halves with one shift and one mask, exactly (a bf16
+// is the high half of its float).
+void PackPanelBf16(const float* B, int64_t ldb, int64_t nj, int64_t K, uint16_t* packed) {
+  thread_local std::vector<float> tmp;
+  if (static_cast<int64_t>(tmp.size()) < K * kPanel) tmp.resize(K * kPanel);
+  PackPanel(B, ldb, nj, K, tmp.data());
+  for (int64_t k = 0; k < K; ++k) {
+    for (int j = 0; j < 16; ++j) {
+      uint32_t lo, hi;
+      std::memcpy(&lo, &tmp[k * kPanel + j], 4);
+      std::memcpy(&hi, &tmp[k * kPanel + 16 + j], 4);
+      GRPO_CHECK_MSG((lo & 0xFFFFu) == 0 && (hi & 0xFFFFu) == 0,
+                     "PackWeightBf16: the weight is not exactly bf16 (check IsBf16Exact first)");
+      packed[k * kPanel + 2 * j] = static_cast<uint16_t>(lo >> 16);
+      packed[k * kPanel + 2 * j + 1] = static_cast<uint16_t>(hi >> 16);
+    }
+  }
+}
+
 // Rows of A per register block: 2 x kPanelRows accumulators, two B vectors and a broadcast fit in
 // the 32 zmm registers.
 constexpr int kPanelRows = 12;
@@ -229,22 +251,39 @@ void PackRows(const float* A, int64_t lda, int64_t M, int64_t K, float* Ap) {
 }
 
 // C (kMr rows, 32 columns under masks m0, m1) = alpha * the block (Ap, (K, kMr)) @ one packed
-// (K, 32) panel + beta * C. prefetch (may be null): a panel to pull into L2 meanwhile, one of its
-// rows per k (the next panel: decode streams the weights from memory, and the first pass over a
-// panel otherwise waits on each of its cache lines).
-template <int kMr>
-inline void PanelRows(const float* Ap, const float* packed, int64_t K, float alpha, float beta,
-                      float* C, int64_t ldc, __mmask16 m0, __mmask16 m1, const float* prefetch) {
+// (K, 32) panel + beta * C. The panel is fp32 (kBf16 false: PackWeight's layout, `packed` a
+// float*) or bf16 (PackPanelBf16's layout, `packed` a uint16_t*), widened in registers; then
+// `widened`, when not null, receives the fp32 panel for the row blocks after this one, so the bf16
+// panel is read from memory once and widened once. prefetch (may be null): a panel to pull into
+// L2 meanwhile, one fp32 panel row per k (the next panel: decode streams the weights from memory,
+// and the first pass over a panel otherwise waits on each of its cache lines).
+template <int kMr, bool kBf16>
+inline void PanelRows(const float* Ap, const void* packed, int64_t K, float alpha, float beta,
+                      float* C, int64_t ldc, __mmask16 m0, __mmask16 m1, const float* prefetch,
+                      float* widened) {
   __m512 acc0[kMr], acc1[kMr];
 #pragma GCC unroll 16
   for (int i = 0; i < kMr; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
+  const __m512i high = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
   for (int64_t k = 0; k < K; ++k) {
     if (prefetch != nullptr) {
       _mm_prefetch(reinterpret_cast<const char*>(prefetch + k * kPanel), _MM_HINT_T1);
       _mm_prefetch(reinterpret_cast<const char*>(prefetch + k * kPanel + 16), _MM_HINT_T1);
     }
-    const __m512 b0 = _mm512_loadu_ps(packed + k * kPanel);
-    const __m512 b1 = _mm512_loadu_ps(packed + k * kPanel + 16);
+    __m512 b0, b1;
+    if constexpr (kBf16) {
+      const __m512i w =
+          _mm512_loadu_si512(static_cast<const uint16_t*>(packed) + k * kPanel);
+      b0 = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+      b1 = _mm512_castsi512_ps(_mm512_and_si512(w, high));
+      if (widened != nullptr) {
+        _mm512_storeu_ps(widened + k * kPanel, b0);
+        _mm512_storeu_ps(widened + k * kPanel + 16, b1);
+      }
+    } else {
+      b0 = _mm512_loadu_ps(static_cast<const float*>(packed) + k * kPanel);
+      b1 = _mm512_loadu_ps(static_cast<const float*>(packed) + k * kPanel + 16);
+    }
     const float* a = Ap + k * kMr;
 #pragma GCC unroll 16
     for (int i = 0; i < kMr; ++i) {
@@ -267,36 +306,52 @@ inline void PanelRows(const float* Ap, const float* packed, int64_t K, float alp
   }
 }
 
-// The last r < kPanelRows rows.
-template <int R>
-inline void PanelTail(int r, const float* Ap, const float* packed, int64_t K, float alpha,
-                      float beta, float* C, int64_t ldc, __mmask16 m0, __mmask16 m1,
-                      const float* prefetch) {
+// PanelRows for r <= kPanelRows rows (r a run-time value).
+template <bool kBf16, int R = kPanelRows>
+inline void PanelRowsN(int r, const float* Ap, const void* packed, int64_t K, float alpha,
+                       float beta, float* C, int64_t ldc, __mmask16 m0, __mmask16 m1,
+                       const float* prefetch, float* widened) {
   if constexpr (R > 0) {
     if (r == R) {
-      PanelRows<R>(Ap, packed, K, alpha, beta, C, ldc, m0, m1, prefetch);
+      PanelRows<R, kBf16>(Ap, packed, K, alpha, beta, C, ldc, m0, m1, prefetch, widened);
     } else {
-      PanelTail<R - 1>(r, Ap, packed, K, alpha, beta, C, ldc, m0, m1, prefetch);
+      PanelRowsN<kBf16, R - 1>(r, Ap, packed, K, alpha, beta, C, ldc, m0, m1, prefetch, widened);
     }
   }
 }
 
-// C (M, nj <= 32) = alpha * A (M, K) @ panel + beta * C for one packed (K, 32) panel, A given as
-// PackRows blocks; the first row block prefetches `next` (a (K, 32) panel, or null).
+// C (M, nj <= 32) = alpha * A (M, K) @ panel + beta * C for one (K, 32) panel, A given as PackRows
+// blocks; the panel is `packed` (fp32) or, if that is null, `packed16` (bf16: the first row block
+// widens it, into the thread's buffer when more blocks follow). The first row block prefetches
+// `next` (see PanelRows), or nothing if null.
 void PanelBlock(int64_t M, int64_t nj, int64_t K, float alpha, const float* Ap,
-                const float* packed, float beta, float* C, int64_t ldc, const float* next) {
+                const float* packed, const uint16_t* packed16, float beta, float* C, int64_t ldc,
+                const float* next) {
   const __mmask16 m0 = static_cast<__mmask16>(nj >= 16 ? 0xFFFF : (1u << nj) - 1);
   const __mmask16 m1 = static_cast<__mmask16>(nj >= 32   ? 0xFFFF
                                               : nj <= 16 ? 0
                                                          : (1u << (nj - 16)) - 1);
   int64_t i = 0;
+  if (packed == nullptr) {
+    float* widened = nullptr;
+    if (M > kPanelRows) {
+      thread_local std::vector<float> buf;
+      if (static_cast<int64_t>(buf.size()) < K * kPanel) buf.resize(K * kPanel);
+      widened = buf.data();
+    }
+    i = std::min<int64_t>(M, kPanelRows);
+    PanelRowsN<true>(static_cast<int>(i), Ap, packed16, K, alpha, beta, C, ldc, m0, m1, next,
+                     widened);
+    packed = widened;
+    next = nullptr;
+  }
   for (; i + kPanelRows <= M; i += kPanelRows) {
-    PanelRows<kPanelRows>(Ap + i * K, packed, K, alpha, beta, C + i * ldc, ldc, m0, m1,
-                          i == 0 ? next : nullptr);
+    PanelRows<kPanelRows, false>(Ap + i * K, packed, K, alpha, beta, C + i * ldc, ldc, m0, m1,
+                                 i == 0 ? next : nullptr, nullptr);
   }
   if (i < M) {
-    PanelTail<kPanelRows - 1>(static_cast<int>(M - i), Ap + i * K, packed, K, alpha, beta,
-                              C + i * ldc, ldc, m0, m1, i == 0 ? next : nullptr);
+    PanelRowsN<false>(static_cast<int>(M - i), Ap + i * K, packed, K, alpha, beta, C + i * ldc,
+                      ldc, m0, m1, i == 0 ? next : nullptr, nullptr);
   }
 }
 
@@ -304,11 +359,30 @@ void PanelBlock(int64_t M, int64_t nj, int64_t K, float alpha, const float* Ap,
 // A multiple of kPanelRows, so a chunk starts on a PackRows block.
 constexpr int64_t kPanelChunk = 20 * kPanelRows;
 
-// The panel form for any N. B is packed per task (a 32-row slice of B, transposed); `prepacked`,
-// when given, holds every panel already (PackWeight's layout) and nothing is packed.
+// A task's fp32 (K, 32) panel: `packed` itself, or B's rows 0 .. nj-1 packed into the thread's
+// buffer. Null for a bf16 panel (`packed16`: PanelBlock widens it).
+inline const float* TaskPanel(const float* packed, const uint16_t* packed16, const float* B,
+                              int64_t ldb, int64_t nj, int64_t K) {
+  if (packed != nullptr || packed16 != nullptr) return packed;
+  thread_local std::vector<float> buf;
+  if (static_cast<int64_t>(buf.size()) < K * kPanel) buf.resize(K * kPanel);
+  PackPanel(B, ldb, nj, K, buf.data());
+  return buf.data();
+}
+
+// What PanelRows prefetches while it works on a panel: the next prepacked panel (fp32 or bf16;
+// PanelRows prefetches an fp32 panel's length, so for a bf16 one also the panel after: harmless,
+// a prefetch never faults), or null.
+inline const float* PrefetchPanel(const float* packed, const uint16_t* packed16) {
+  return packed != nullptr ? packed : reinterpret_cast<const float*>(packed16);
+}
+
+// The panel form for any N. B is packed per task (a 32-row slice of B, transposed); `prepacked`
+// or `prepacked16`, when given, holds every panel already (PackWeight's or PackWeightBf16's
+// layout) and nothing is packed.
 void InvariantGemmNTPanels(int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                            int64_t lda, const float* B, int64_t ldb, const float* prepacked,
-                           float beta, float* C, int64_t ldc) {
+                           const uint16_t* prepacked16, float beta, float* C, int64_t ldc) {
   thread_local std::vector<float> apack;
   if (static_cast<int64_t>(apack.size()) < M * K) apack.resize(M * K);
   PackRows(A, lda, M, K, apack.data());
@@ -323,18 +397,18 @@ void InvariantGemmNTPanels(int64_t M, int64_t N, int64_t K, float alpha, const f
     const int64_t ch = t / num_panels, p = t % num_panels;
     const int64_t j0 = p * kPanel, nj = std::min(kPanel, N - j0);
     const int64_t i0 = ch * kPanelChunk, mi = std::min(kPanelChunk, M - i0);
-    const float* panel;
-    const float* next = nullptr;
-    if (prepacked != nullptr) {
-      panel = prepacked + p * K * kPanel;
-      if (p + 1 < num_panels) next = panel + K * kPanel;
-    } else {
-      thread_local std::vector<float> packed;
-      if (static_cast<int64_t>(packed.size()) < K * kPanel) packed.resize(K * kPanel);
-      PackPanel(B + j0 * ldb, ldb, nj, K, packed.data());
-      panel = packed.data();
-    }
-    PanelBlock(mi, nj, K, alpha, Ap + i0 * K, panel, beta, C + i0 * ldc + j0, ldc, next);
+    const int64_t at = p * K * kPanel, next_at = at + K * kPanel;
+    const bool last = p + 1 == num_panels;
+    const float* panel =
+        TaskPanel(prepacked != nullptr ? prepacked + at : nullptr,
+                  prepacked16 != nullptr ? prepacked16 + at : nullptr,
+                  B != nullptr ? B + j0 * ldb : nullptr, ldb, nj, K);
+    const float* next = last ? nullptr
+                             : PrefetchPanel(prepacked != nullptr ? prepacked + next_at : nullptr,
+                                             prepacked16 != nullptr ? prepacked16 + next_at : nullptr);
+    PanelBlock(mi, nj, K, alpha, Ap + i0 * K, panel,
+               prepacked16 != nullptr ? prepacked16 + at : nullptr, beta, C + i0 * ldc + j0, ldc,
+               next);
   }
 }
 #endif
@@ -416,7 +490,7 @@ void Gemm<float>(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, fl
   if (!trans_a && trans_b && t_batch_invariant) {
 #if defined(__AVX512F__)
     // One form for every shape, so a row's arithmetic never depends on M.
-    InvariantGemmNTPanels(M, N, K, alpha, A, lda, B, ldb, nullptr, beta, C, ldc);
+    InvariantGemmNTPanels(M, N, K, alpha, A, lda, B, ldb, nullptr, nullptr, beta, C, ldc);
 #else
     InvariantGemmNT(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 #endif
@@ -467,8 +541,8 @@ namespace {
 // one parallel region (decode has a few rows per expert, and a region per expert costs more than
 // its work). packed, when given: group g's panels at packed + g * packed_stride.
 void PanelGroupedForward(float* y, const float* x, const float* W, int64_t w_stride,
-                         const float* packed, int64_t packed_stride, const int64_t* row_begin,
-                         int64_t num_groups, int64_t in, int64_t out) {
+                         const float* packed, const uint16_t* packed16, int64_t packed_stride,
+                         const int64_t* row_begin, int64_t num_groups, int64_t in, int64_t out) {
   struct Task {
     int64_t g, p, i0, i1;
   };
@@ -497,21 +571,20 @@ void PanelGroupedForward(float* y, const float* x, const float* W, int64_t w_str
   for (int64_t t = 0; t < num_tasks; ++t) {
     const Task& task = tasks[t];
     const int64_t j0 = task.p * kPanel, nj = std::min(kPanel, out - j0);
-    const float* panel;
+    const auto at = [&](const Task& k) { return k.g * packed_stride + k.p * in * kPanel; };
+    const float* panel =
+        TaskPanel(packed != nullptr ? packed + at(task) : nullptr,
+                  packed16 != nullptr ? packed16 + at(task) : nullptr,
+                  W != nullptr ? W + task.g * w_stride + j0 * in : nullptr, in, nj, in);
     const float* next = nullptr;
-    if (packed != nullptr) {
-      panel = packed + task.g * packed_stride + task.p * in * kPanel;
-      if (t + 1 < num_tasks) {
-        next = packed + tasks[t + 1].g * packed_stride + tasks[t + 1].p * in * kPanel;
-      }
-    } else {
-      thread_local std::vector<float> buf;
-      if (static_cast<int64_t>(buf.size()) < in * kPanel) buf.resize(in * kPanel);
-      PackPanel(W + task.g * w_stride + j0 * in, in, nj, in, buf.data());
-      panel = buf.data();
+    if (t + 1 < num_tasks && (packed != nullptr || packed16 != nullptr)) {
+      const int64_t n = at(tasks[t + 1]);
+      next = PrefetchPanel(packed != nullptr ? packed + n : nullptr,
+                           packed16 != nullptr ? packed16 + n : nullptr);
     }
-    PanelBlock(task.i1 - task.i0, nj, in, 1.0f, xp + task.i0 * in, panel, 0.0f,
-               y + task.i0 * out + j0, out, next);
+    PanelBlock(task.i1 - task.i0, nj, in, 1.0f, xp + task.i0 * in, panel,
+               packed16 != nullptr ? packed16 + at(task) : nullptr, 0.0f, y + task.i0 * out + j0,
+               out, next);
   }
 }
 #endif
@@ -524,7 +597,7 @@ void GroupedLinearForward(Real* y, const Real* x, const Real* W, int64_t w_strid
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<Real, float>) {
     if (t_batch_invariant) {
-      PanelGroupedForward(y, x, W, w_stride, nullptr, 0, row_begin, num_groups, in, out);
+      PanelGroupedForward(y, x, W, w_stride, nullptr, nullptr, 0, row_begin, num_groups, in, out);
       return;
     }
   }
@@ -561,11 +634,61 @@ void PackWeight(const float* W, int64_t out, int64_t in, float* packed) {
 #endif
 }
 
+bool IsBf16Exact(const float* W, int64_t n) {
+  uint32_t low = 0;
+#pragma omp simd reduction(| : low)
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t u;
+    std::memcpy(&u, W + i, 4);
+    low |= u & 0xFFFFu;
+  }
+  return low == 0;
+}
+
+void PackWeightBf16(const float* W, int64_t out, int64_t in, uint16_t* packed) {
+#if defined(__AVX512F__)
+  const int64_t num_panels = (out + kPanel - 1) / kPanel;
+#pragma omp parallel for schedule(static) if (!omp_in_parallel() && num_panels > 1)
+  for (int64_t p = 0; p < num_panels; ++p) {
+    PackPanelBf16(W + p * kPanel * in, in, std::min(kPanel, out - p * kPanel), in,
+                  packed + p * in * kPanel);
+  }
+#else
+  (void)W, (void)out, (void)in, (void)packed;
+  GRPO_CHECK_MSG(false, "PackWeightBf16 needs an AVX-512 build (PackedWeightsSupported)");
+#endif
+}
+
+void PackedLinearForward(float* y, const float* x, const uint16_t* packed, const float* b,
+                         int64_t T, int64_t in, int64_t out) {
+#if defined(__AVX512F__)
+  if (T == 0 || out == 0) return;
+  InvariantGemmNTPanels(T, out, in, 1.0f, x, in, nullptr, in, nullptr, packed, 0.0f, y, out);
+  AddBias(y, b, T, out);
+#else
+  (void)y, (void)x, (void)packed, (void)b, (void)T, (void)in, (void)out;
+  GRPO_CHECK_MSG(false, "PackedLinearForward needs an AVX-512 build (PackedWeightsSupported)");
+#endif
+}
+
+void PackedGroupedLinearForward(float* y, const float* x, const uint16_t* packed,
+                                int64_t packed_stride, const int64_t* row_begin,
+                                int64_t num_groups, int64_t in, int64_t out) {
+#if defined(__AVX512F__)
+  PanelGroupedForward(y, x, nullptr, 0, nullptr, packed, packed_stride, row_begin, num_groups,
+                      in, out);
+#else
+  (void)y, (void)x, (void)packed, (void)packed_stride, (void)row_begin, (void)num_groups, (void)in,
+      (void)out;
+  GRPO_CHECK_MSG(false, "PackedGroupedLinearForward needs an AVX-512 build");
+#endif
+}
+
 void PackedLinearForward(float* y, const float* x, const float* packed, const float* b, int64_t T,
                          int64_t in, int64_t out) {
 #if defined(__AVX512F__)
   if (T == 0 || out == 0) return;
-  InvariantGemmNTPanels(T, out, in, 1.0f, x, in, nullptr, in, packed, 0.0f, y, out);
+  InvariantGemmNTPanels(T, out, in, 1.0f, x, in, nullptr, in, packed, nullptr, 0.0f, y, out);
   AddBias(y, b, T, out);
 #else
   (void)y, (void)x, (void)packed, (void)b, (void)T, (void)in, (void)out;
@@ -577,7 +700,8 @@ void PackedGroupedLinearForward(float* y, const float* x, const float* packed,
                                 int64_t packed_stride, const int64_t* row_begin,
                                 int64_t num_groups, int64_t in, int64_t out) {
 #if defined(__AVX512F__)
-  PanelGroupedForward(y, x, nullptr, 0, packed, packed_stride, row_begin, num_groups, in, out);
+  PanelGroupedForward(y, x, nullptr, 0, packed, nullptr, packed_stride, row_begin, num_groups,
+                      in, out);
 #else
   (void)y, (void)x, (void)packed, (void)packed_stride, (void)row_begin, (void)num_groups, (void)in,
       (void)out;

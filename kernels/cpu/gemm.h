@@ -41,10 +41,10 @@ void LinearBackward(Real* dx, Real* dW, Real* db, const Real* dy, const Real* x,
 // depends on K only, never on M, the row's position or the thread count: with AVX-512 one
 // sequential FMA chain c = fma(A[m,k], B[n,k], c) over k = 0..K-1 from 0 (B packed into 32-column
 // panels, the outer-product form of a GEMM microkernel), then alpha * c (+ beta * C); without
-// AVX-512 one vectorized dot product per element (its reduction order fixed by the build). And AttentionForward processes every query
-// token by itself. A row's result then depends only on its own inputs: the rollout engine's
-// decode and the learner's forward agree bitwise (model.h set_batch_invariant). Other layouts
-// (backward) are unaffected. Scopes nest.
+// AVX-512 one vectorized dot product per element (its reduction order fixed by the build). And
+// AttentionForward processes every query token by itself. A row's result then depends only on its
+// own inputs: the rollout engine's decode and the learner's forward agree bitwise (model.h
+// set_batch_invariant). Other layouts (backward) are unaffected. Scopes nest.
 class BatchInvariantScope {
  public:
   explicit BatchInvariantScope(bool on);
@@ -71,6 +71,19 @@ void PackedLinearForward(float* y, const float* x, const float* packed, const fl
                          int64_t in, int64_t out);
 // As GroupedLinearForward; group g's packed weight at packed + g * packed_stride.
 void PackedGroupedLinearForward(float* y, const float* x, const float* packed,
+                                int64_t packed_stride, const int64_t* row_begin,
+                                int64_t num_groups, int64_t in, int64_t out);
+
+// The same at 2 bytes per element, for weights whose every element is exactly a bfloat16 (the low
+// 16 bits of each float are zero: what a bf16 checkpoint or a bf16 weight update holds). Lossless:
+// the kernel widens each element back to the very same float, so the results are bitwise those of
+// the fp32 packed form, while decode, which streams the weights from memory, reads half the bytes.
+bool IsBf16Exact(const float* W, int64_t n);
+// packed: PackedWeightFloats(out, in) elements. Aborts if W is not bf16-exact (IsBf16Exact).
+void PackWeightBf16(const float* W, int64_t out, int64_t in, uint16_t* packed);
+void PackedLinearForward(float* y, const float* x, const uint16_t* packed, const float* b,
+                         int64_t T, int64_t in, int64_t out);
+void PackedGroupedLinearForward(float* y, const float* x, const uint16_t* packed,
                                 int64_t packed_stride, const int64_t* row_begin,
                                 int64_t num_groups, int64_t in, int64_t out);
 

@@ -3,6 +3,8 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <vector>
@@ -98,6 +100,82 @@ TEST_CASE("Linear forward and backward are consistent with Gemm", "[gemm]") {
       CHECK(std::abs(dW[o * in + i] - s) < 1e-12);
     }
   }
+}
+
+}  // namespace
+}  // namespace grpo::cpu
+
+namespace grpo::cpu {
+namespace {
+
+// Random floats rounded to bf16 (round to nearest even): what a bf16 checkpoint holds.
+std::vector<float> RandomBf16(int64_t n, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, 0.5f);
+  std::vector<float> v(n);
+  for (float& x : v) {
+    uint32_t u;
+    const float f = d(rng);
+    std::memcpy(&u, &f, 4);
+    u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+    std::memcpy(&x, &u, 4);
+  }
+  return v;
+}
+
+TEST_CASE("bf16-packed weights give the fp32 packed form's bits", "[gemm][batch_invariant]") {
+  const std::vector<float> exact = RandomBf16(1000, 1);
+  CHECK(IsBf16Exact(exact.data(), 1000));
+  std::vector<float> one_off = exact;
+  one_off[517] = std::nextafter(one_off[517], 1.0f);  // one element with low bits set
+  CHECK(!IsBf16Exact(one_off.data(), 1000));
+  if (!PackedWeightsSupported()) {
+    WARN("SKIPPED: pre-packed weights need an AVX-512 build");
+    return;
+  }
+  // N 16 (a router), 75 (a partial last panel), 1100 (many panels, prefetch past the end).
+  for (const int64_t N : {16, 75, 1100}) {
+    for (const int64_t K : {7, 37, 256}) {
+      const std::vector<float> W = RandomBf16(N * K, static_cast<unsigned>(N + K));
+      std::vector<float> packed(PackedWeightFloats(N, K));
+      std::vector<uint16_t> packed16(PackedWeightFloats(N, K));
+      PackWeight(W.data(), N, K, packed.data());
+      PackWeightBf16(W.data(), N, K, packed16.data());
+      for (const int64_t M : {1, 13, 250}) {
+        const std::vector<float> x = RandomBf16(M * K, static_cast<unsigned>(M));
+        const std::vector<float> b = RandomBf16(N, 9);
+        std::vector<float> want(M * N, 1.0f), got(M * N, 7.0f), unpacked(M * N, 3.0f);
+        PackedLinearForward(want.data(), x.data(), packed.data(), b.data(), M, K, N);
+        PackedLinearForward(got.data(), x.data(), packed16.data(), b.data(), M, K, N);
+        {
+          BatchInvariantScope on(true);
+          LinearForward<float>(unpacked.data(), x.data(), W.data(), b.data(), M, K, N);
+        }
+        INFO("N " << N << " K " << K << " M " << M);
+        REQUIRE(std::memcmp(got.data(), want.data(), want.size() * sizeof(float)) == 0);
+        REQUIRE(std::memcmp(got.data(), unpacked.data(), want.size() * sizeof(float)) == 0);
+      }
+    }
+  }
+  // Grouped: groups of 13, 0, 1, 30 and 250 rows.
+  const std::vector<int64_t> rows = {13, 0, 1, 30, 250};
+  std::vector<int64_t> begin = {0};
+  for (int64_t r : rows) begin.push_back(begin.back() + r);
+  const int64_t G = static_cast<int64_t>(rows.size()), T = begin.back(), in = 96, out = 75;
+  const std::vector<float> W = RandomBf16(G * out * in, 3), x = RandomBf16(T * in, 4);
+  const int64_t stride = PackedWeightFloats(out, in);
+  std::vector<float> packed(G * stride);
+  std::vector<uint16_t> packed16(G * stride);
+  for (int64_t g = 0; g < G; ++g) {
+    PackWeight(W.data() + g * out * in, out, in, packed.data() + g * stride);
+    PackWeightBf16(W.data() + g * out * in, out, in, packed16.data() + g * stride);
+  }
+  std::vector<float> want(T * out, 1.0f), got(T * out, 2.0f);
+  PackedGroupedLinearForward(want.data(), x.data(), packed.data(), stride, begin.data(), G, in,
+                             out);
+  PackedGroupedLinearForward(got.data(), x.data(), packed16.data(), stride, begin.data(), G, in,
+                             out);
+  REQUIRE(std::memcmp(got.data(), want.data(), want.size() * sizeof(float)) == 0);
 }
 
 }  // namespace

@@ -3,6 +3,8 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 
 #include "model/generate.h"
 #include "tests/model/tiny_models.h"
@@ -296,6 +298,45 @@ TEST_CASE("pre-packed weights: the same bits, and dropped when the weights chang
     REQUIRE(std::memcmp(plain.logprobs.data(), changed.logprobs.data(),
                         plain.logprobs.size() * sizeof(float)) != 0);
   }
+}
+
+TEST_CASE("bf16-exact weights are packed at 2 bytes with the same bits", "[model][batch_invariant]") {
+  ModelConfig c = MustParse(testing::TinyQwen3MoeJson());
+  auto model = MakeModel<float>(c, 6);
+  model->set_batch_invariant(true);
+  // Round every weight to bf16, as a bf16 checkpoint or a bf16 weight update would give.
+  float* p = model->params();
+  for (int64_t i = 0; i < model->num_params(); ++i) {
+    uint32_t u;
+    std::memcpy(&u, p + i, 4);
+    u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+    std::memcpy(p + i, &u, 4);
+  }
+  const TokenBatch batch = RandomBatch({9, 1, 17}, c.vocab_size, 4);
+  ForwardOptions fo;
+  ForwardResult<float> plain, packed, mixed;
+  REQUIRE(model->Forward(batch, fo, &plain).ok());
+  if (!model->PrepackWeights()) {
+    WARN("SKIPPED: pre-packed weights need an AVX-512 build");
+    return;
+  }
+  // Layer 0 (MoE): q/k/v, o, router, experts' gate-up and down; layer 1 (dense, mlp_only_layers):
+  // q/k/v, o, gate-up, down; the LM head.
+  CHECK(model->prepacked_bf16_weights() == 5 + 4 + 1);
+  REQUIRE(model->Forward(batch, fo, &packed).ok());
+  REQUIRE(std::memcmp(plain.logprobs.data(), packed.logprobs.data(),
+                      plain.logprobs.size() * sizeof(float)) == 0);
+  // One element off bf16 sends that weight (the LM head) to the 4-byte form; the rest stay.
+  uint32_t u;
+  std::memcpy(&u, model->params() + model->layout().lm_head, 4);
+  u |= 1u;
+  std::memcpy(model->params() + model->layout().lm_head, &u, 4);
+  REQUIRE(model->Forward(batch, fo, &plain).ok());
+  REQUIRE(model->PrepackWeights());
+  CHECK(model->prepacked_bf16_weights() == 5 + 4);
+  REQUIRE(model->Forward(batch, fo, &mixed).ok());
+  REQUIRE(std::memcmp(plain.logprobs.data(), mixed.logprobs.data(),
+                      plain.logprobs.size() * sizeof(float)) == 0);
 }
 
 }  // namespace
