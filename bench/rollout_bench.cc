@@ -140,8 +140,9 @@ int main(int argc, char** argv) {
     if (wrong > 0) return 1;
   }
 
-  // The model's own decode step (Model::Extend on 64 slots, no engine, no sampling: greedy
-  // feeding of token 1): what the engine's step costs on top of it is the engine's overhead.
+  // The model's own decode step (Model::Extend on 64 slots, no engine, no sampling; each slot fed
+  // its own pseudo-random tokens, so the routing spreads over the experts as in a real decode):
+  // what the engine's step costs on top of it is the engine's overhead.
   if (std::find(batches.begin(), batches.end(), 64) != batches.end()) {
     grpo::Model<float>& m = **check_model;
     m.set_batch_invariant(true);
@@ -155,11 +156,13 @@ int main(int argc, char** argv) {
     for (int64_t b = 0; b < B; ++b) feed[b] = prompts[b].token_ids;
     std::vector<float> logits(B * V);
     if (!m.Extend(&cache, slots, feed, logits.data()).ok()) return 1;
-    const int32_t one = 1;
-    for (int64_t b = 0; b < B; ++b) feed[b] = absl::Span<const int32_t>(&one, 1);
+    std::vector<int32_t> next(B);
+    for (int64_t b = 0; b < B; ++b) feed[b] = absl::Span<const int32_t>(&next[b], 1);
+    std::mt19937_64 rng(7);
     const auto t0 = Clock::now();
     const std::clock_t c0 = std::clock();
     for (int64_t i = 0; i < decode_tokens; ++i) {
+      for (int32_t& t : next) t = static_cast<int32_t>(rng() % V);
       if (!m.Extend(&cache, slots, feed, logits.data()).ok()) return 1;
     }
     const double s = Seconds(t0, Clock::now()), cpu = double(std::clock() - c0) / CLOCKS_PER_SEC;

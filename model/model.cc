@@ -264,7 +264,7 @@ void Model<Real>::LayerForward(int64_t l, LayerActs& a, Real* x, int64_t T, cons
   }
   Real* q_dst = c.qk_norm ? a.q_raw.data() : a.q.data();
   Real* k_dst = c.qk_norm ? a.k_raw.data() : a.k.data();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (T * qkvd > kMinParallelElems)
   for (int64_t t = 0; t < T; ++t) {
     const Real* row = a.qkv.data() + t * qkvd;
     std::copy_n(row, qd, q_dst + t * qd);
@@ -304,7 +304,7 @@ void Model<Real>::LayerForward(int64_t l, LayerActs& a, Real* x, int64_t T, cons
                               hd, scale);
   Resize(a.tmp, T * H);
   Linear(a.tmp.data(), a.attn.data(), o.o, bias(o.ob), T, qd, H);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (T * H > kMinParallelElems)
   for (int64_t i = 0; i < T * H; ++i) x[i] += a.tmp[i];
 
   if (save) a.x_mid.assign(x, x + T * H);
@@ -312,7 +312,7 @@ void Model<Real>::LayerForward(int64_t l, LayerActs& a, Real* x, int64_t T, cons
   Resize(a.rstd2, T);
   cpu::RmsNormForward<Real>(a.ln2.data(), a.rstd2.data(), x, P + o.ln2, T, H, c.rms_norm_eps);
   FfnForward(l, a, a.ln2.data(), a.tmp.data(), T, forced);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (T * H > kMinParallelElems)
   for (int64_t i = 0; i < T * H; ++i) x[i] += a.tmp[i];
 }
 

@@ -84,7 +84,7 @@ void Model<Real>::FfnForward(int64_t l, LayerActs& a, const Real* in, Real* out,
     a.slot_of[i] = slot;
   }
   Resize(a.xe, NK * H);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (NK * H > kMinParallelElems)
   for (int64_t r = 0; r < NK; ++r) std::copy_n(in + a.slot_token[r] * H, H, a.xe.data() + r * H);
 
   Resize(a.gu_e, NK * 2 * Im);
@@ -95,7 +95,7 @@ void Model<Real>::FfnForward(int64_t l, LayerActs& a, const Real* in, Real* out,
   cpu::SwiGluForward<Real>(a.h_e.data(), a.gu_e.data(), NK, Im);
   GroupedLinear(a.ye.data(), a.h_e.data(), o.experts_down, a.expert_begin.data(), E, Im, H);
   // Combine: out[t] = sum_k w[t,k] * ye[slot(t,k)].
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (T * K * H > kMinParallelElems)
   for (int64_t t = 0; t < T; ++t) {
     Real* row = out + t * H;
     std::fill(row, row + H, Real(0));
@@ -112,7 +112,7 @@ void Model<Real>::FfnForward(int64_t l, LayerActs& a, const Real* in, Real* out,
     MlpForward<Real>(a.sy.data(), a.sgu, a.sh, in, o.shared_gate_up, o.shared_down, T, H, Is,
                      linear);
     LinearForward<Real>(a.sgate.data(), in, P + o.shared_gate, nullptr, T, H, 1);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (T * H > kMinParallelElems)
     for (int64_t t = 0; t < T; ++t) {
       const Real g = Real(1) / (Real(1) + std::exp(-a.sgate[t]));
       a.sgate[t] = g;

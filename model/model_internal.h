@@ -8,6 +8,10 @@
 
 namespace grpo {
 
+// Element-wise forward loops fork the thread pool only above this many elements: at decode sizes
+// (a few dozen tokens) the fork and its wake-ups cost more than the loop itself.
+constexpr int64_t kMinParallelElems = int64_t{1} << 16;
+
 template <typename Real>
 inline void Resize(std::vector<Real>& v, int64_t n) {
   v.resize(static_cast<size_t>(n));

@@ -18,6 +18,23 @@ uint64_t SplitMix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
+// The first index of the largest logit (std::max_element's answer), vectorized: the max, then a
+// scan for its first occurrence 16 elements at a time. All NaN: std::max_element.
+int32_t ArgMax(const float* x, int64_t V) {
+  const float m = cpu::RowMax(x, V);
+  int64_t v0 = 0;
+  for (; v0 + 16 <= V; v0 += 16) {
+    int hit = 0;
+#pragma omp simd reduction(| : hit)
+    for (int l = 0; l < 16; ++l) hit |= x[v0 + l] == m;
+    if (hit) break;
+  }
+  for (int64_t v = v0; v < V; ++v) {
+    if (x[v] == m) return static_cast<int32_t>(v);
+  }
+  return static_cast<int32_t>(std::max_element(x, x + V) - x);
+}
+
 float KernelLogprob(const float* logits, int64_t V, float tau, int32_t token) {
   float lp = 0;
   cpu::LogprobForward<float>(&lp, nullptr, nullptr, logits, &token, 1, V, tau);
@@ -39,7 +56,7 @@ SampledToken SampleFromLogits(const float* logits, int64_t V, float temperature,
                               std::vector<std::pair<float, int32_t>>* scratch) {
   SampledToken out;
   if (temperature <= 0.0f) {
-    out.token = static_cast<int32_t>(std::max_element(logits, logits + V) - logits);
+    out.token = ArgMax(logits, V);
     out.logprob = KernelLogprob(logits, V, 1.0f, out.token);
     return out;
   }

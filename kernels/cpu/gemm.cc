@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "common/status.h"
@@ -226,27 +227,22 @@ void PackPanelBf16(const float* B, int64_t ldb, int64_t nj, int64_t K, uint16_t*
 // the 32 zmm registers.
 constexpr int kPanelRows = 12;
 
-// Ap (M * K floats) = rows [0, M) of A in blocks of kPanelRows rows (the last may be shorter),
-// block b at Ap + b * kPanelRows * K laid out (K, rows of the block): a register block's
-// broadcast operands are then contiguous behind one pointer (twelve row pointers would not fit in
-// the general registers next to the loop's own).
-void PackRows(const float* A, int64_t lda, int64_t M, int64_t K, float* Ap) {
-  const int64_t num_blocks = (M + kPanelRows - 1) / kPanelRows;
-#pragma omp parallel for schedule(static) if (!omp_in_parallel() && M * K > (1 << 18))
-  for (int64_t b = 0; b < num_blocks; ++b) {
-    const int64_t b0 = b * kPanelRows, r = std::min<int64_t>(kPanelRows, M - b0);
-    float* dst = Ap + b0 * K;
-    const float* src = A + b0 * lda;
-    if (r == kPanelRows) {
-      // Sequential stores; the fixed trip count unrolls.
-      for (int64_t k = 0; k < K; ++k) {
-#pragma GCC unroll 12
-        for (int i = 0; i < kPanelRows; ++i) dst[k * kPanelRows + i] = src[i * lda + k];
-      }
-    } else {
-      for (int64_t k = 0; k < K; ++k)
-        for (int64_t i = 0; i < r; ++i) dst[k * r + i] = src[i * lda + k];
+// A given to the panel kernel is packed in blocks of kPanelRows rows (the last may be shorter):
+// block b of rows [0, M) at Ap + b * kPanelRows * K, laid out (K, rows of the block), so a register
+// block's broadcast operands are contiguous behind one pointer (twelve row pointers would not fit
+// in the general registers next to the loop's own). One block: dst (K, r) = the r <= kPanelRows
+// rows at src (row stride lda), transposed 16 columns at a time.
+void PackRowBlock(const float* src, int64_t lda, int64_t r, int64_t K, float* dst) {
+  const __mmask16 rmask = static_cast<__mmask16>((1u << r) - 1);
+  for (int64_t k0 = 0; k0 < K; k0 += 16) {
+    const int64_t nk = std::min<int64_t>(16, K - k0);
+    const __mmask16 kmask = static_cast<__mmask16>((1u << nk) - 1);
+    __m512 t[16];
+    for (int i = 0; i < 16; ++i) {
+      t[i] = i < r ? _mm512_maskz_loadu_ps(kmask, src + i * lda + k0) : _mm512_setzero_ps();
     }
+    Transpose16(t);
+    for (int64_t kk = 0; kk < nk; ++kk) _mm512_mask_storeu_ps(dst + (k0 + kk) * r, rmask, t[kk]);
   }
 }
 
@@ -385,13 +381,21 @@ void InvariantGemmNTPanels(int64_t M, int64_t N, int64_t K, float alpha, const f
                            const uint16_t* prepacked16, float beta, float* C, int64_t ldc) {
   thread_local std::vector<float> apack;
   if (static_cast<int64_t>(apack.size()) < M * K) apack.resize(M * K);
-  PackRows(A, lda, M, K, apack.data());
-  const float* Ap = apack.data();  // thread_local: the workers must not look up their own
+  float* Ap = apack.data();  // thread_local: the workers must not look up their own
+  const int64_t num_blocks = (M + kPanelRows - 1) / kPanelRows;
   const int64_t num_panels = (N + kPanel - 1) / kPanel;
   const int64_t num_chunks = (M + kPanelChunk - 1) / kPanelChunk;
   const int64_t num_tasks = num_panels * num_chunks;
   const bool parallel = !omp_in_parallel() && M * N * K > (1 << 16) && num_tasks > 1;
-#pragma omp parallel for schedule(static) if (parallel)
+  // One parallel region: pack A's row blocks, then (after the barrier) the panels.
+#pragma omp parallel if (parallel)
+  {
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < num_blocks; ++b) {
+      const int64_t b0 = b * kPanelRows;
+      PackRowBlock(A + b0 * lda, lda, std::min<int64_t>(kPanelRows, M - b0), K, Ap + b0 * K);
+    }
+#pragma omp for schedule(static)
   for (int64_t t = 0; t < num_tasks; ++t) {
     // Chunk-major: consecutive tasks share a chunk of A.
     const int64_t ch = t / num_panels, p = t % num_panels;
@@ -409,6 +413,7 @@ void InvariantGemmNTPanels(int64_t M, int64_t N, int64_t K, float alpha, const f
     PanelBlock(mi, nj, K, alpha, Ap + i0 * K, panel,
                prepacked16 != nullptr ? prepacked16 + at : nullptr, beta, C + i0 * ldc + j0, ldc,
                next);
+  }
   }
 }
 #endif
@@ -557,17 +562,27 @@ void PanelGroupedForward(float* y, const float* x, const float* W, int64_t w_str
     }
   }
   const int64_t num_tasks = static_cast<int64_t>(tasks.size());
-  // Each group's rows in PackRows blocks of their own, at the group's first row.
+  // Each group's rows in row blocks of their own (PackRowBlock), from the group's first row.
+  std::vector<std::pair<int64_t, int64_t>> blocks;  // (first row, rows)
+  for (int64_t g = 0; g < num_groups; ++g) {
+    for (int64_t r = row_begin[g]; r < row_begin[g + 1]; r += kPanelRows) {
+      blocks.emplace_back(r, std::min<int64_t>(kPanelRows, row_begin[g + 1] - r));
+    }
+  }
+  const int64_t num_blocks = static_cast<int64_t>(blocks.size());
   const int64_t rows = row_begin[num_groups];
   thread_local std::vector<float> xpack;
   if (static_cast<int64_t>(xpack.size()) < rows * in) xpack.resize(rows * in);
-  for (int64_t g = 0; g < num_groups; ++g) {
-    PackRows(x + row_begin[g] * in, in, row_begin[g + 1] - row_begin[g], in,
-             xpack.data() + row_begin[g] * in);
-  }
-  const float* xp = xpack.data();  // thread_local: the workers must not look up their own
+  float* xp = xpack.data();  // thread_local: the workers must not look up their own
   const bool parallel = !omp_in_parallel() && work > (1 << 16) && num_tasks > 1;
-#pragma omp parallel for schedule(dynamic, 4) if (parallel)
+  // One parallel region: pack the row blocks, then (after the barrier) the tasks.
+#pragma omp parallel if (parallel)
+  {
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < num_blocks; ++b) {
+      PackRowBlock(x + blocks[b].first * in, in, blocks[b].second, in, xp + blocks[b].first * in);
+    }
+#pragma omp for schedule(dynamic, 4)
   for (int64_t t = 0; t < num_tasks; ++t) {
     const Task& task = tasks[t];
     const int64_t j0 = task.p * kPanel, nj = std::min(kPanel, out - j0);
@@ -585,6 +600,7 @@ void PanelGroupedForward(float* y, const float* x, const float* W, int64_t w_str
     PanelBlock(task.i1 - task.i0, nj, in, 1.0f, xp + task.i0 * in, panel,
                packed16 != nullptr ? packed16 + at(task) : nullptr, 0.0f, y + task.i0 * out + j0,
                out, next);
+  }
   }
 }
 #endif

@@ -4,7 +4,9 @@
 #include "rollout/engine.h"
 
 #include <catch2/catch.hpp>
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <thread>
 
 #include "model/tokenizer.h"
@@ -284,6 +286,29 @@ TEST_CASE("greedy and truncated sampling draw from the stated distribution",
   for (int v = 0; v < 5; ++v) {
     CHECK(counts[v] / 1000.0 == Approx(std::exp(logits[v] / 2.0) / zt).margin(0.002));
   }
+}
+
+TEST_CASE("greedy picks the first maximum over a long vocabulary", "[rollout][sampling]") {
+  // The vectorized argmax scans 16 logits at a time: maxima at the start, inside and across
+  // 16-blocks and in the tail (V not a multiple of 16) must all give the lowest id.
+  const int64_t V = 1003;
+  std::vector<std::pair<float, int32_t>> scratch;
+  for (const std::vector<int64_t>& at : std::vector<std::vector<int64_t>>{
+           {0}, {15, 16}, {17, 40, 999}, {1002}, {995, 1002}, {500, 31}}) {
+    std::vector<float> logits(V);
+    for (int64_t v = 0; v < V; ++v) logits[v] = static_cast<float>(std::sin(0.11 * v));
+    for (int64_t a : at) logits[a] = 5.0f;
+    const int64_t want = *std::min_element(at.begin(), at.end());
+    const SampledToken g = SampleFromLogits(logits.data(), V, 0.0f, 0, 1.0f, 0.5, &scratch);
+    CHECK(g.token == want);
+    double z = 0;
+    for (float l : logits) z += std::exp(double(l) - 5.0);
+    CHECK(g.logprob == Approx(-std::log(z)).margin(1e-5));
+  }
+  // All -inf but one NaN-free entry: still that entry.
+  std::vector<float> logits(40, -std::numeric_limits<float>::infinity());
+  logits[33] = 0.0f;
+  CHECK(SampleFromLogits(logits.data(), 40, 0.0f, 0, 1.0f, 0.5, &scratch).token == 33);
 }
 
 TEST_CASE("untruncated sampling inverts the CDF across chunks", "[rollout][sampling]") {
