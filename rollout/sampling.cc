@@ -60,33 +60,18 @@ SampledToken SampleFromLogits(const float* logits, int64_t V, float temperature,
     out.logprob = KernelLogprob(logits, V, 1.0f, out.token);
     return out;
   }
-  const double tau = temperature;
-  const float mx = *std::max_element(logits, logits + V);
   if ((top_k <= 0 || top_k >= V) && top_p >= 1.0f) {
-    // Inverse CDF over w[v] = exp((logits[v] - mx) / tau), in float with the kernels' vectorized
-    // exp. The prefix sums are hierarchical (chunk sums first, in double, then the elements of
-    // the chunk that crosses u * total), which fixes the arithmetic, so a draw depends only on
-    // the logits and u.
-    constexpr int64_t kChunk = 256;
-    thread_local std::vector<float> w;
-    thread_local std::vector<double> chunk_sum;
+    // Inverse CDF over the weights LogprobForward itself sums (kernels/cpu/ops.h SoftmaxWeights:
+    // one pass of the kernels' vectorized exp): chunk sums first, in double, then the elements of
+    // the chunk that crosses u * total. The arithmetic is fixed, so a draw depends only on the
+    // logits and u, and the reported logprob is bitwise the learner's.
+    thread_local std::vector<float> w, chunk_sum;
     w.resize(V);
-    const int64_t num_chunks = (V + kChunk - 1) / kChunk;
+    const int64_t num_chunks = cpu::SoftmaxWeightChunks(V);
     chunk_sum.resize(num_chunks);
-    const float rtau = 1.0f / temperature;
     double total = 0;
-    for (int64_t c = 0; c < num_chunks; ++c) {
-      const int64_t v0 = c * kChunk, v1 = std::min(V, v0 + kChunk);
-      float cs = 0;
-#pragma omp simd reduction(+ : cs)
-      for (int64_t v = v0; v < v1; ++v) {
-        const float e = cpu::VecExp<float>((logits[v] - mx) * rtau);
-        w[v] = e;
-        cs += e;
-      }
-      chunk_sum[c] = cs;
-      total += cs;
-    }
+    const float m = cpu::SoftmaxWeights(logits, V, temperature, w.data(), chunk_sum.data(), &total);
+    const int64_t chunk = cpu::kSoftmaxSumChunk;
     const double target = u * total;
     double acc = 0;
     out.token = static_cast<int32_t>(V - 1);
@@ -96,7 +81,7 @@ SampledToken SampleFromLogits(const float* logits, int64_t V, float temperature,
         continue;
       }
       // The crossing is in this chunk (or, by rounding, nowhere: then its last element).
-      const int64_t v0 = c * kChunk, v1 = std::min(V, v0 + kChunk);
+      const int64_t v0 = c * chunk, v1 = std::min(V, v0 + chunk);
       out.token = static_cast<int32_t>(v1 - 1);
       for (int64_t v = v0; v < v1; ++v) {
         acc += w[v];
@@ -107,9 +92,11 @@ SampledToken SampleFromLogits(const float* logits, int64_t V, float temperature,
       }
       break;
     }
-    out.logprob = KernelLogprob(logits, V, temperature, out.token);
+    out.logprob = cpu::LogprobFromWeights(logits, temperature, m, total, out.token);
     return out;
   }
+  const double tau = temperature;
+  const float mx = *std::max_element(logits, logits + V);
   // Truncated: candidates by logit descending, lower id first on ties.
   std::vector<std::pair<float, int32_t>>& c = *scratch;
   c.resize(V);

@@ -47,7 +47,7 @@ T* ThreadScratch(int64_t n) {
 
 // Long reductions (over the vocabulary) sum chunks of this many elements in Real, then the
 // chunk sums in double.
-constexpr int64_t kSumChunk = 1024;
+constexpr int64_t kSumChunk = kSoftmaxSumChunk;
 
 // Columns per task for ops that accumulate over tokens into a (C) or (V,H) buffer.
 constexpr int64_t kColBlock = 64;
@@ -281,6 +281,54 @@ void RouterBackward(Real* dlogits, const Real* dw, const Real* dprobs_extra, con
 
 // ---- Logprob and entropy --------------------------------------------------------------------
 
+namespace {
+
+// One row of LogprobForward: m = max(z), s = sum exp(z - m), sz = sum exp(z - m) (z - m) over
+// z = logits / tau, summed in chunks of kSumChunk in Real (one type per loop so GCC vectorizes
+// the exp) with the totals in double. kKeep: also w[v] = exp(z_v - m) and chunk_sums[c] = the
+// chunk's Real sum, from the very same loop, so a sampler drawing from w gets the arithmetic whose
+// logprob LogprobForward reports.
+template <typename Real, bool kKeep>
+void RowExpSums(const Real* lg, int64_t V, Real rtau, Real* m_out, double* s_out, double* sz_out,
+                Real* w, Real* chunk_sums) {
+  // Division is monotone for tau > 0, so max(z) = max(logits) / tau exactly.
+  const Real m = RowMax(lg, V) / rtau;
+  // s = sum exp(z - m), sz = sum exp(z - m) (z - m): lse = m + log s, ent = log s - sz / s
+  // (the same as lse - sum p z, without the cancellation of two large numbers).
+  double s = 0, sz = 0;
+  for (int64_t v0 = 0; v0 < V; v0 += kSumChunk) {
+    const int64_t v1 = std::min(V, v0 + kSumChunk);
+    Real cs = 0, csz = 0;
+    if (rtau == Real(1)) {  // x / 1 is x exactly: the same bits without the divisions
+#pragma omp simd reduction(+ : cs, csz)
+      for (int64_t v = v0; v < v1; ++v) {
+        const Real d = lg[v] - m;
+        const Real e = VecExp<Real>(d);
+        if constexpr (kKeep) w[v] = e;
+        cs += e;
+        csz += e * d;
+      }
+    } else {
+#pragma omp simd reduction(+ : cs, csz)
+      for (int64_t v = v0; v < v1; ++v) {
+        const Real d = lg[v] / rtau - m;
+        const Real e = VecExp<Real>(d);
+        if constexpr (kKeep) w[v] = e;
+        cs += e;
+        csz += e * d;
+      }
+    }
+    if constexpr (kKeep) chunk_sums[v0 / kSumChunk] = cs;
+    s += cs;
+    sz += csz;
+  }
+  *m_out = m;
+  *s_out = s;
+  *sz_out = sz;
+}
+
+}  // namespace
+
 template <typename Real>
 void LogprobForward(Real* lp, Real* ent, Real* lse, const Real* logits, const int32_t* target,
                     int64_t T, int64_t V, float tau) {
@@ -288,35 +336,9 @@ void LogprobForward(Real* lp, Real* ent, Real* lse, const Real* logits, const in
 #pragma omp parallel for schedule(static) if (UseThreads(T, T * V))
   for (int64_t t = 0; t < T; ++t) {
     const Real* lg = logits + t * V;  // (V)
-    // Division is monotone for tau > 0, so max(z) = max(logits) / tau exactly.
-    const Real m = RowMax(lg, V) / rtau;
-    // s = sum exp(z - m), sz = sum exp(z - m) (z - m): lse = m + log s, ent = log s - sz / s
-    // (the same as lse - sum p z, without the cancellation of two large numbers).
-    // Chunks sum in Real (one type per loop so GCC vectorizes the exp), totals in double.
-    double s = 0, sz = 0;
-    for (int64_t v0 = 0; v0 < V; v0 += kSumChunk) {
-      const int64_t v1 = std::min(V, v0 + kSumChunk);
-      Real cs = 0, csz = 0;
-      if (rtau == Real(1)) {  // x / 1 is x exactly: the same bits without the divisions
-#pragma omp simd reduction(+ : cs, csz)
-        for (int64_t v = v0; v < v1; ++v) {
-          const Real d = lg[v] - m;
-          const Real e = VecExp<Real>(d);
-          cs += e;
-          csz += e * d;
-        }
-      } else {
-#pragma omp simd reduction(+ : cs, csz)
-        for (int64_t v = v0; v < v1; ++v) {
-          const Real d = lg[v] / rtau - m;
-          const Real e = VecExp<Real>(d);
-          cs += e;
-          csz += e * d;
-        }
-      }
-      s += cs;
-      sz += csz;
-    }
+    Real m;
+    double s, sz;
+    RowExpSums<Real, false>(lg, V, rtau, &m, &s, &sz, nullptr, nullptr);
     const double log_s = std::log(s);
     if (lse != nullptr) lse[t] = static_cast<Real>(static_cast<double>(m) + log_s);
     if (ent != nullptr) ent[t] = static_cast<Real>(log_s - sz / s);
@@ -326,6 +348,18 @@ void LogprobForward(Real* lp, Real* ent, Real* lse, const Real* logits, const in
       lp[t] = tg < 0 ? Real(0) : static_cast<Real>(static_cast<double>(lg[tg] / rtau - m) - log_s);
     }
   }
+}
+
+float SoftmaxWeights(const float* logits, int64_t V, float tau, float* w, float* chunk_sums,
+                     double* total) {
+  float m;
+  double sz;
+  RowExpSums<float, true>(logits, V, tau, &m, total, &sz, w, chunk_sums);
+  return m;
+}
+
+float LogprobFromWeights(const float* logits, float tau, float m, double total, int32_t token) {
+  return static_cast<float>(static_cast<double>(logits[token] / tau - m) - std::log(total));
 }
 
 template <typename Real>

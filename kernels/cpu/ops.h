@@ -87,6 +87,17 @@ void RouterBackward(Real* dlogits, const Real* dw, const Real* dprobs_extra, con
 template <typename Real>
 void LogprobForward(Real* lp, Real* ent, Real* lse, const Real* logits, const int32_t* target,
                     int64_t T, int64_t V, float tau);
+// For samplers, one row of LogprobForward's arithmetic, kept: w[v] = exp(z_v - m) (V floats) with
+// m = max z (returned), chunk_sums (SoftmaxWeightChunks(V) floats) the sums of consecutive chunks
+// of w as LogprobForward adds them, *total their double sum. LogprobFromWeights then gives bitwise
+// the lp LogprobForward reports for that token (the learner's logprob of a sampled token).
+inline constexpr int64_t kSoftmaxSumChunk = 1024;  // chunk c is w[c * 1024, (c + 1) * 1024)
+inline int64_t SoftmaxWeightChunks(int64_t V) {
+  return (V + kSoftmaxSumChunk - 1) / kSoftmaxSumChunk;
+}
+float SoftmaxWeights(const float* logits, int64_t V, float tau, float* w, float* chunk_sums,
+                     double* total);
+float LogprobFromWeights(const float* logits, float tau, float m, double total, int32_t token);
 // Overwrites logits (T,V) with dloss/dlogits given dlp (T) and dent (T; may be null).
 template <typename Real>
 void LogprobBackwardInPlace(Real* logits, const Real* dlp, const Real* dent, const Real* lse,

@@ -6,9 +6,11 @@
 #include <catch2/catch.hpp>
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <thread>
 
+#include "kernels/cpu/ops.h"
 #include "model/tokenizer.h"
 #include "rollout/sampling.h"
 #include "tests/rollout/rollout_test_util.h"
@@ -312,9 +314,9 @@ TEST_CASE("greedy picks the first maximum over a long vocabulary", "[rollout][sa
 }
 
 TEST_CASE("untruncated sampling inverts the CDF across chunks", "[rollout][sampling]") {
-  // V 1000 spans several of the sampler's chunks; every draw must land where the exact CDF
+  // V 2500 spans three of the sampler's chunks of 1024; every draw must land where the exact CDF
   // (double) puts u, up to float rounding of the weights.
-  const int64_t V = 1000;
+  const int64_t V = 2500;
   std::vector<float> logits(V);
   for (int64_t v = 0; v < V; ++v) logits[v] = static_cast<float>(std::sin(0.37 * v) * 4.0);
   std::vector<std::pair<float, int32_t>> scratch;
@@ -335,6 +337,25 @@ TEST_CASE("untruncated sampling inverts the CDF across chunks", "[rollout][sampl
     CHECK(u <= cdf[t.token] + 1e-5);
     const double p = (cdf[t.token] - (t.token == 0 ? 0.0 : cdf[t.token - 1]));
     CHECK(t.logprob == Approx(std::log(p)).margin(1e-4));
+  }
+}
+
+TEST_CASE("sampled logprobs are bitwise the kernels' LogprobForward", "[rollout][sampling]") {
+  // The sampler reuses LogprobForward's row arithmetic (SoftmaxWeights): the logprob it reports
+  // for the token it drew must be the learner's bits, at tau 1 (no divisions) and otherwise, for
+  // a vocabulary of many chunks with a partial last one.
+  const int64_t V = 32003;
+  std::vector<float> logits(V);
+  for (int64_t v = 0; v < V; ++v) logits[v] = static_cast<float>(std::sin(0.013 * v) * 6.0);
+  std::vector<std::pair<float, int32_t>> scratch;
+  for (const float tau : {1.0f, 0.7f, 1.3f}) {
+    for (const double u : {0.001, 0.25, 0.5, 0.999}) {
+      const SampledToken t = SampleFromLogits(logits.data(), V, tau, 0, 1.0f, u, &scratch);
+      float want = 0;
+      cpu::LogprobForward<float>(&want, nullptr, nullptr, logits.data(), &t.token, 1, V, tau);
+      INFO("tau " << tau << " u " << u << " token " << t.token);
+      CHECK(std::memcmp(&want, &t.logprob, sizeof(float)) == 0);
+    }
   }
 }
 
