@@ -22,7 +22,7 @@ namespace {
 // Parallelize a loop over rows when not nested and the total work pays for the fork (decode's
 // (64, 512) norms and SwiGLUs do not: the fork and the wake-ups cost more than the loop).
 inline bool UseThreads(int64_t rows, int64_t work) {
-  return rows > 1 && work > (1 << 16) && !omp_in_parallel();
+  return rows > 1 && work >= (1 << 16) && !omp_in_parallel();
 }
 
 // 1/sqrt(mean(x^2) + eps) from a double sum of squares. Float follows HF: the mean is an fp32
