@@ -2,9 +2,12 @@
 
 #include <algorithm>
 #include <cstring>
+#include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "common/status.h"
 
@@ -35,7 +38,7 @@ struct Call {
 
 class Group : public LocalGroup, public std::enable_shared_from_this<Group> {
  public:
-  explicit Group(int world) : world_(world), calls_(world) {}
+  explicit Group(int world) : world_(world), here_(world, false), calls_(world) {}
 
   std::unique_ptr<Communicator> Rank(int rank) override;
 
@@ -49,7 +52,7 @@ class Group : public LocalGroup, public std::enable_shared_from_this<Group> {
       if (aborted_) return Aborted();
       calls_[rank] = call;
     }
-    RETURN_IF_ERROR(Arrive(timeout, /*size_scratch=*/call.op == Op::kAllReduce));
+    RETURN_IF_ERROR(Arrive(rank, timeout, /*size_scratch=*/call.op == Op::kAllReduce));
     // Between the two phases nobody writes calls_ (a rank writes its next call only after
     // phase 2), so it is read without the lock.
     for (int r = 0; r < world_; ++r) {
@@ -63,7 +66,7 @@ class Group : public LocalGroup, public std::enable_shared_from_this<Group> {
         return absl::InvalidArgumentError(why);
       }
     }
-    if (call.op == Op::kBarrier) return Arrive(timeout);
+    if (call.op == Op::kBarrier) return Arrive(rank, timeout);
     if (call.op == Op::kAllReduce) {
       // This rank sums its slice of the elements into the shared scratch, in rank order.
       const int64_t n = call.size;
@@ -74,7 +77,7 @@ class Group : public LocalGroup, public std::enable_shared_from_this<Group> {
         for (int r = 1; r < world_; ++r) s += static_cast<const float*>(calls_[r].data)[i];
         out[i] = s;
       }
-      RETURN_IF_ERROR(Arrive(timeout));
+      RETURN_IF_ERROR(Arrive(rank, timeout));
       std::memcpy(call.data, scratch_.data(), static_cast<size_t>(n) * sizeof(float));
       return absl::OkStatus();
     }
@@ -82,7 +85,7 @@ class Group : public LocalGroup, public std::enable_shared_from_this<Group> {
     if (rank != call.root && call.size > 0) {
       std::memcpy(call.data, calls_[call.root].data, static_cast<size_t>(call.size));
     }
-    return Arrive(timeout);
+    return Arrive(rank, timeout);
   }
 
   void AbortWith(const std::string& why) {
@@ -102,14 +105,16 @@ class Group : public LocalGroup, public std::enable_shared_from_this<Group> {
     return absl::AbortedError("communicator aborted (" + why_ + "); build a new one");
   }
 
-  // A generation barrier with a deadline; a timeout aborts the group. With size_scratch the last
-  // rank to arrive sizes the scratch for the largest call: every rank is then between
-  // collectives, so nobody is reading or writing it.
-  absl::Status Arrive(absl::Duration timeout, bool size_scratch = false) {
+  // A generation barrier with a deadline; a timeout aborts the group, naming the ranks that had
+  // not arrived. With size_scratch the last rank to arrive sizes the scratch for the largest call:
+  // every rank is then between collectives, so nobody is reading or writing it.
+  absl::Status Arrive(int rank, absl::Duration timeout, bool size_scratch = false) {
     absl::MutexLock lock(&mu_);
     if (aborted_) return Aborted();
     const uint64_t gen = generation_;
+    here_[rank] = true;
     if (++arrived_ == world_) {
+      std::fill(here_.begin(), here_.end(), false);
       if (size_scratch) {
         int64_t n = 0;
         for (const Call& c : calls_) n = std::max(n, c.size);
@@ -123,9 +128,14 @@ class Group : public LocalGroup, public std::enable_shared_from_this<Group> {
       return generation_ != gen || aborted_;
     };
     if (!mu_.AwaitWithTimeout(absl::Condition(&done), timeout)) {
+      std::vector<std::string> missing;
+      for (int r = 0; r < world_; ++r) {
+        if (!here_[r]) missing.push_back(absl::StrCat(r));
+      }
       aborted_ = true;
-      why_ = absl::StrFormat("a collective waited %s for the other ranks",
-                             absl::FormatDuration(timeout));
+      why_ = absl::StrFormat("rank %d waited %s in a collective for rank%s %s, which never came",
+                             rank, absl::FormatDuration(timeout), missing.size() > 1 ? "s" : "",
+                             absl::StrJoin(missing, ", "));
       return absl::DeadlineExceededError(why_ + "; a peer is dead or stuck");
     }
     if (generation_ != gen) return absl::OkStatus();
@@ -135,6 +145,7 @@ class Group : public LocalGroup, public std::enable_shared_from_this<Group> {
   const int world_;
   mutable absl::Mutex mu_;
   int arrived_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<bool> here_ ABSL_GUARDED_BY(mu_);  // (world) arrived in this generation
   uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
   bool aborted_ ABSL_GUARDED_BY(mu_) = false;
   std::string why_ ABSL_GUARDED_BY(mu_);

@@ -5,6 +5,8 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
+
 using grpo::comm::Communicator;
 using grpo::comm::LocalGroup;
 
@@ -81,7 +83,11 @@ TEST_CASE("local collective: a dead peer times out, then every rank sees ABORTED
   absl::Status s0 = c0->AllReduceSum(&v, 1, absl::Milliseconds(200));  // rank 2 never comes
   t.join();
   REQUIRE(s0.code() == absl::StatusCode::kDeadlineExceeded);
+  // The error names who never came (rank 2), not the rank that was merely waiting (1).
+  INFO(s0.message());
+  CHECK(absl::StrContains(s0.message(), "for rank 2, which never came"));
   REQUIRE(s1.code() == absl::StatusCode::kAborted);
+  CHECK(absl::StrContains(s1.message(), "rank 2"));
   REQUIRE(c2->aborted());
   REQUIRE(c2->Barrier(absl::Seconds(1)).code() == absl::StatusCode::kAborted);
 }
