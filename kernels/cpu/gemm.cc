@@ -227,11 +227,22 @@ void PackPanelBf16(const float* B, int64_t ldb, int64_t nj, int64_t K, uint16_t*
 // the 32 zmm registers.
 constexpr int kPanelRows = 12;
 
-// A given to the panel kernel is packed in blocks of kPanelRows rows (the last may be shorter):
-// block b of rows [0, M) at Ap + b * kPanelRows * K, laid out (K, rows of the block), so a register
-// block's broadcast operands are contiguous behind one pointer (twelve row pointers would not fit
-// in the general registers next to the loop's own). One block: dst (K, r) = the r <= kPanelRows
-// rows at src (row stride lda), transposed 16 columns at a time.
+// A run of M rows is cut into NumRowBlocks(M) = ceil(M / kPanelRows) register blocks of near-equal
+// size (the first M % nb one row longer): 16 rows as 8 + 8, not 12 + 4, and 13 as 7 + 6, not
+// 12 + 1 -- a short block keeps too few FMA chains in flight to cover their latency (decode's
+// experts have ~16 rows each). Which block a row falls in never changes its arithmetic.
+inline int64_t NumRowBlocks(int64_t M) { return (M + kPanelRows - 1) / kPanelRows; }
+// Block b of a run of M rows: its first row (from the run's start) and its rows.
+inline std::pair<int64_t, int64_t> RowBlockAt(int64_t M, int64_t b) {
+  const int64_t nb = NumRowBlocks(M), base = M / nb, extra = M % nb;
+  return {b * base + std::min(b, extra), base + (b < extra ? 1 : 0)};
+}
+
+// A given to the panel kernel is packed per register block: the block of r rows starting at row i
+// of the run at Ap + i * K, laid out (K, r), so a register block's broadcast operands are
+// contiguous behind one pointer (twelve row pointers would not fit in the general registers next
+// to the loop's own). One block: dst (K, r) = the r <= kPanelRows rows at src (row stride lda),
+// transposed 16 columns at a time.
 void PackRowBlock(const float* src, int64_t lda, int64_t r, int64_t K, float* dst) {
   const __mmask16 rmask = static_cast<__mmask16>((1u << r) - 1);
   for (int64_t k0 = 0; k0 < K; k0 += 16) {
@@ -316,10 +327,10 @@ inline void PanelRowsN(int r, const float* Ap, const void* packed, int64_t K, fl
   }
 }
 
-// C (M, nj <= 32) = alpha * A (M, K) @ panel + beta * C for one (K, 32) panel, A given as PackRows
-// blocks; the panel is `packed` (fp32) or, if that is null, `packed16` (bf16: the first row block
-// widens it, into the thread's buffer when more blocks follow). The first row block prefetches
-// `next` (see PanelRows), or nothing if null.
+// C (M, nj <= 32) = alpha * A (M, K) @ panel + beta * C for one (K, 32) panel, A packed per
+// register block (PackRowBlock); the panel is `packed` (fp32) or, if that is null, `packed16`
+// (bf16, widened in registers). The first row block prefetches `next` (see PanelRows), or nothing
+// if null.
 void PanelBlock(int64_t M, int64_t nj, int64_t K, float alpha, const float* Ap,
                 const float* packed, const uint16_t* packed16, float beta, float* C, int64_t ldc,
                 const float* next) {
@@ -327,33 +338,50 @@ void PanelBlock(int64_t M, int64_t nj, int64_t K, float alpha, const float* Ap,
   const __mmask16 m1 = static_cast<__mmask16>(nj >= 32   ? 0xFFFF
                                               : nj <= 16 ? 0
                                                          : (1u << (nj - 16)) - 1);
-  int64_t i = 0;
-  if (packed == nullptr) {
-    float* widened = nullptr;
-    if (M > kPanelRows) {
-      thread_local std::vector<float> buf;
-      if (static_cast<int64_t>(buf.size()) < K * kPanel) buf.resize(K * kPanel);
-      widened = buf.data();
+  const int64_t nb = NumRowBlocks(M);
+  int64_t b = 0;
+  if (packed == nullptr && nb <= 2) {
+    // Few blocks (decode's experts): each widens the bf16 panel itself, which stays in L1 at half
+    // the fp32 size, rather than the second reading a widened copy back from L2.
+    for (; b < nb; ++b) {
+      const auto [i, r] = RowBlockAt(M, b);
+      PanelRowsN<true>(static_cast<int>(r), Ap + i * K, packed16, K, alpha, beta, C + i * ldc,
+                       ldc, m0, m1, b == 0 ? next : nullptr, nullptr);
     }
-    i = std::min<int64_t>(M, kPanelRows);
-    PanelRowsN<true>(static_cast<int>(i), Ap, packed16, K, alpha, beta, C, ldc, m0, m1, next,
-                     widened);
+    return;
+  }
+  if (packed == nullptr) {  // more blocks (dense layers): widen once, into the thread's buffer
+    thread_local std::vector<float> buf;
+    if (static_cast<int64_t>(buf.size()) < K * kPanel) buf.resize(K * kPanel);
+    float* widened = buf.data();
+    const auto [i, r] = RowBlockAt(M, 0);
+    PanelRowsN<true>(static_cast<int>(r), Ap + i * K, packed16, K, alpha, beta, C + i * ldc, ldc,
+                     m0, m1, next, widened);
     packed = widened;
     next = nullptr;
+    b = 1;
   }
-  for (; i + kPanelRows <= M; i += kPanelRows) {
-    PanelRows<kPanelRows, false>(Ap + i * K, packed, K, alpha, beta, C + i * ldc, ldc, m0, m1,
-                                 i == 0 ? next : nullptr, nullptr);
-  }
-  if (i < M) {
-    PanelRowsN<false>(static_cast<int>(M - i), Ap + i * K, packed, K, alpha, beta, C + i * ldc,
-                      ldc, m0, m1, i == 0 ? next : nullptr, nullptr);
+  for (; b < nb; ++b) {
+    const auto [i, r] = RowBlockAt(M, b);
+    PanelRowsN<false>(static_cast<int>(r), Ap + i * K, packed, K, alpha, beta, C + i * ldc, ldc,
+                      m0, m1, b == 0 ? next : nullptr, nullptr);
   }
 }
 
 // Rows of A per task: a block of A (kPanelChunk x K) stays in L2 while the panels pass over it.
-// A multiple of kPanelRows, so a chunk starts on a PackRows block.
 constexpr int64_t kPanelChunk = 20 * kPanelRows;
+
+// The register blocks (first row, rows) of rows [first, first + M) taken kPanelChunk at a time,
+// appended to *blocks: the order PackRowBlock fills and PanelBlock reads.
+void AppendRowBlocks(int64_t first, int64_t M, std::vector<std::pair<int64_t, int64_t>>* blocks) {
+  for (int64_t i0 = 0; i0 < M; i0 += kPanelChunk) {
+    const int64_t mi = std::min(kPanelChunk, M - i0);
+    for (int64_t b = 0; b < NumRowBlocks(mi); ++b) {
+      const auto [i, r] = RowBlockAt(mi, b);
+      blocks->emplace_back(first + i0 + i, r);
+    }
+  }
+}
 
 // A task's fp32 (K, 32) panel: `packed` itself, or B's rows 0 .. nj-1 packed into the thread's
 // buffer. Null for a bf16 panel (`packed16`: PanelBlock widens it).
@@ -382,7 +410,9 @@ void InvariantGemmNTPanels(int64_t M, int64_t N, int64_t K, float alpha, const f
   thread_local std::vector<float> apack;
   if (static_cast<int64_t>(apack.size()) < M * K) apack.resize(M * K);
   float* Ap = apack.data();  // thread_local: the workers must not look up their own
-  const int64_t num_blocks = (M + kPanelRows - 1) / kPanelRows;
+  std::vector<std::pair<int64_t, int64_t>> blocks;  // (first row, rows)
+  AppendRowBlocks(0, M, &blocks);
+  const int64_t num_blocks = static_cast<int64_t>(blocks.size());
   const int64_t num_panels = (N + kPanel - 1) / kPanel;
   const int64_t num_chunks = (M + kPanelChunk - 1) / kPanelChunk;
   const int64_t num_tasks = num_panels * num_chunks;
@@ -392,8 +422,8 @@ void InvariantGemmNTPanels(int64_t M, int64_t N, int64_t K, float alpha, const f
   {
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < num_blocks; ++b) {
-      const int64_t b0 = b * kPanelRows;
-      PackRowBlock(A + b0 * lda, lda, std::min<int64_t>(kPanelRows, M - b0), K, Ap + b0 * K);
+      const auto [i, r] = blocks[b];
+      PackRowBlock(A + i * lda, lda, r, K, Ap + i * K);
     }
 #pragma omp for schedule(static)
   for (int64_t t = 0; t < num_tasks; ++t) {
@@ -565,9 +595,7 @@ void PanelGroupedForward(float* y, const float* x, const float* W, int64_t w_str
   // Each group's rows in row blocks of their own (PackRowBlock), from the group's first row.
   std::vector<std::pair<int64_t, int64_t>> blocks;  // (first row, rows)
   for (int64_t g = 0; g < num_groups; ++g) {
-    for (int64_t r = row_begin[g]; r < row_begin[g + 1]; r += kPanelRows) {
-      blocks.emplace_back(r, std::min<int64_t>(kPanelRows, row_begin[g + 1] - r));
-    }
+    AppendRowBlocks(row_begin[g], row_begin[g + 1] - row_begin[g], &blocks);
   }
   const int64_t num_blocks = static_cast<int64_t>(blocks.size());
   const int64_t rows = row_begin[num_groups];
