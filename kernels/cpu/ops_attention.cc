@@ -34,11 +34,11 @@ T* ThreadScratch(int64_t n) {
   return buf.data();
 }
 
-// One unit of forward work: rows of one (sequence, head) query block (row mode), or the g heads
-// of kv head `head` at one query token (group mode).
+// One unit of forward work: rows of one (sequence, head) query block (row mode), or the g query
+// heads of each kv head in [head, head_end) at one query token (group mode).
 struct FwdTask {
   int64_t seq;
-  int64_t head;  // query head (row mode) or kv head (group mode)
+  int64_t head, head_end;  // query head (row mode), or kv heads [head, head_end) (group mode)
   int64_t i0, i1;
   bool group;
   int64_t cost;
@@ -136,85 +136,156 @@ inline void SumLanesTransposed(const Simd<double>::V* a, double scale, double* o
   std::memcpy(out, &scaled, sizeof(V));
 }
 
-// S (nr, nk) = scale * Q (nr, hd; stride ld) K (nk, hd; stride ldk)^T, kLanes keys at a time.
-template <typename Real>
-void SmallScores(Real* S, const Real* q, int64_t ld, int64_t nr, const Real* k, int64_t ldk,
-                 int64_t nk, int64_t hd, Real scale) {
+// Group mode: the g query heads of one kv head at one token (rows (g, hd), contiguous in q/out)
+// against keys/values 0..nk-1 (rows at stride ldk). Scores go to S (g, lds), lds = nk rounded up
+// to kLanes; softmax leaves unnormalized p there; PV scales by 1 / sum at the end.
+//
+// Every query's numerics are a fixed function of its q, the K/V rows and nk: a score is one
+// lane-parallel FMA chain over hd (lane = c mod kLanes) then SumLanesTransposed, whose tree is the
+// same for each of its 16 slots, so a score does not depend on the key's block, the row's place
+// in the chunk of kRows, or how the heads are split into tasks (batch invariance).
+
+// Scores of kRows rows, kLanes / kRows keys per step: slot r * kKeys + jj of the accumulators is
+// (row r, key j0 + jj), so each K load feeds kRows FMAs and one transpose tree yields kLanes
+// scores. Keys past nk read zero_row (hd zeros) and land in S's padding.
+template <typename Real, int kRows>
+void GroupScores(Real* S, int64_t lds, const Real* q, const Real* k, int64_t ldk, int64_t nk,
+                 int64_t hd, Real scale, const Real* zero_row) {
   using V = typename Simd<Real>::V;
   constexpr int kL = Simd<Real>::kLanes;
-  int64_t j0 = 0;
-  if (hd % kL == 0) {
-    for (; j0 + kL <= nk; j0 += kL) {
-      const Real* kb = k + j0 * ldk;
-      for (int64_t r = 0; r < nr; ++r) {
-        const Real* qr = q + r * ld;
-        V acc[kL] = {};
-        for (int64_t c = 0; c < hd; c += kL) {
-          V qv, kv;
-          LoadV(&qv, qr + c);
+  constexpr int kKeys = kL / kRows;
+  for (int64_t j0 = 0; j0 < nk; j0 += kKeys) {
+    const Real* kp[kKeys];
+    for (int jj = 0; jj < kKeys; ++jj) kp[jj] = j0 + jj < nk ? k + (j0 + jj) * ldk : zero_row;
+    V acc[kL] = {};
+    for (int64_t c = 0; c < hd; c += kL) {
+      V qv[kRows];
+      for (int r = 0; r < kRows; ++r) LoadV(&qv[r], q + r * hd + c);
 #pragma GCC unroll 16
-          for (int i = 0; i < kL; ++i) {
-            LoadV(&kv, kb + i * ldk + c);
-            acc[i] += qv * kv;
-          }
-        }
-        SumLanesTransposed(acc, scale, S + r * nk + j0);
+      for (int jj = 0; jj < kKeys; ++jj) {
+        V kv;
+        LoadV(&kv, kp[jj] + c);
+        for (int r = 0; r < kRows; ++r) acc[r * kKeys + jj] += qv[r] * kv;
       }
     }
-  }
-  for (int64_t j = j0; j < nk; ++j) {  // tail keys, or any hd
-    for (int64_t r = 0; r < nr; ++r) {
-      Real d = 0;
-      for (int64_t c = 0; c < hd; ++c) d += q[r * ld + c] * k[j * ldk + c];
-      S[r * nk + j] = scale * d;
+    Real s[kL];
+    SumLanesTransposed(acc, scale, s);
+    for (int r = 0; r < kRows; ++r) {
+      std::memcpy(S + r * lds + j0, s + r * kKeys, kKeys * sizeof(Real));
     }
   }
 }
 
-// O (nr, hd; stride ld) = P (nr, nk) V (nk, hd; stride ldk), output columns held in registers.
+// In place over row[0, lds): row[j] = exp(row[j] - max) for j < nk, 0 past it. Returns the sum
+// (kLanes lane sums, then the lanes in order: a fixed order for a given nk) and sets *max.
 template <typename Real>
-void SmallPV(Real* o, int64_t ld, int64_t nr, const Real* P, const Real* v, int64_t ldk, int64_t nk,
-             int64_t hd) {
+Real GroupSoftmaxRow(Real* row, int64_t nk, int64_t lds, Real* max) {
+  constexpr int kL = Simd<Real>::kLanes;
+  const Real m = RowMax(row, nk);
+  std::fill(row + nk, row + lds, -std::numeric_limits<Real>::infinity());  // exp gives 0
+  Real lanes[kL] = {};
+  for (int64_t j0 = 0; j0 < lds; j0 += kL) {
+#pragma omp simd
+    for (int l = 0; l < kL; ++l) {
+      const Real e = VecExp<Real>(row[j0 + l] - m);
+      row[j0 + l] = e;
+      lanes[l] += e;
+    }
+  }
+  Real sum = 0;
+  for (int l = 0; l < kL; ++l) sum += lanes[l];
+  *max = m;
+  return sum;
+}
+
+// O (kRows, hd) = diag(inv) P (kRows, nk; stride lds) V (nk, hd; stride ldk), kCols vectors of
+// output columns held in registers per pass: one sequential FMA chain over the keys per element.
+template <typename Real, int kRows, int kCols>
+void GroupPVTile(Real* o, int64_t hd, const Real* P, int64_t lds, const Real* inv, const Real* v,
+                 int64_t ldk, int64_t nk) {
   using V = typename Simd<Real>::V;
   constexpr int kL = Simd<Real>::kLanes;
-  for (int64_t r = 0; r < nr; ++r) {
-    const Real* pr = P + r * nk;  // (nk)
-    Real* orow = o + r * ld;
-    int64_t c0 = 0;
-    for (; c0 + 4 * kL <= hd; c0 += 4 * kL) {
-      V a0 = {}, a1 = {}, a2 = {}, a3 = {};
-      for (int64_t j = 0; j < nk; ++j) {
-        const Real* vr = v + j * ldk + c0;
-        const Real p = pr[j];
-        V x0, x1, x2, x3;
-        LoadV(&x0, vr);
-        LoadV(&x1, vr + kL);
-        LoadV(&x2, vr + 2 * kL);
-        LoadV(&x3, vr + 3 * kL);
-        a0 += p * x0;
-        a1 += p * x1;
-        a2 += p * x2;
-        a3 += p * x3;
+  V acc[kRows][kCols] = {};
+  for (int64_t j = 0; j < nk; ++j) {
+    V x[kCols];
+    for (int c = 0; c < kCols; ++c) LoadV(&x[c], v + j * ldk + c * kL);
+    for (int r = 0; r < kRows; ++r) {
+      const Real p = P[r * lds + j];
+      for (int c = 0; c < kCols; ++c) acc[r][c] += p * x[c];
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    for (int c = 0; c < kCols; ++c) {
+      const V y = acc[r][c] * inv[r];
+      std::memcpy(o + r * hd + c * kL, &y, sizeof(V));
+    }
+  }
+}
+
+template <typename Real, int kRows>
+void GroupPV(Real* o, const Real* P, int64_t lds, const Real* inv, const Real* v, int64_t ldk,
+             int64_t nk, int64_t hd) {
+  constexpr int kL = Simd<Real>::kLanes;
+  int64_t c0 = 0;
+  for (; c0 + 4 * kL <= hd; c0 += 4 * kL) {
+    GroupPVTile<Real, kRows, 4>(o + c0, hd, P, lds, inv, v + c0, ldk, nk);
+  }
+  for (; c0 < hd; c0 += kL) GroupPVTile<Real, kRows, 1>(o + c0, hd, P, lds, inv, v + c0, ldk, nk);
+}
+
+// One kv head at one token: out (g, hd), lse (g; may be null), q (g, hd). S: scratch of
+// g * lds + hd values (the last hd become the zero row).
+template <typename Real>
+void GroupAttention(Real* out, Real* lse, const Real* q, const Real* k, const Real* v, int64_t ldk,
+                    int64_t nk, int64_t g, int64_t hd, Real scale, Real* S) {
+  constexpr int kL = Simd<Real>::kLanes;
+  const int64_t lds = (nk + kL - 1) / kL * kL;
+  Real* zero_row = S + g * lds;
+  std::fill(zero_row, zero_row + hd, Real(0));
+  const bool vec = hd % kL == 0;
+  for (int64_t r0 = 0; r0 < g;) {
+    const int64_t nr = g - r0 >= 4 ? 4 : g - r0 >= 2 ? 2 : 1;
+    Real* Sr = S + r0 * lds;  // (nr, lds)
+    const Real* qr = q + r0 * hd;
+    if (!vec) {  // any hd: plain loops, one sequential sum per score
+      for (int64_t r = 0; r < nr; ++r) {
+        for (int64_t j = 0; j < nk; ++j) {
+          Real d = 0;
+          for (int64_t c = 0; c < hd; ++c) d += qr[r * hd + c] * k[j * ldk + c];
+          Sr[r * lds + j] = scale * d;
+        }
       }
-      std::memcpy(orow + c0, &a0, sizeof(V));
-      std::memcpy(orow + c0 + kL, &a1, sizeof(V));
-      std::memcpy(orow + c0 + 2 * kL, &a2, sizeof(V));
-      std::memcpy(orow + c0 + 3 * kL, &a3, sizeof(V));
+    } else if (nr == 4) {
+      GroupScores<Real, 4>(Sr, lds, qr, k, ldk, nk, hd, scale, zero_row);
+    } else if (nr == 2) {
+      GroupScores<Real, 2>(Sr, lds, qr, k, ldk, nk, hd, scale, zero_row);
+    } else {
+      GroupScores<Real, 1>(Sr, lds, qr, k, ldk, nk, hd, scale, zero_row);
     }
-    for (; c0 + kL <= hd; c0 += kL) {
-      V a0 = {};
-      for (int64_t j = 0; j < nk; ++j) {
-        V x0;
-        LoadV(&x0, v + j * ldk + c0);
-        a0 += pr[j] * x0;
+    Real inv[4];
+    for (int64_t r = 0; r < nr; ++r) {
+      Real m;
+      const Real sum = GroupSoftmaxRow(Sr + r * lds, nk, lds, &m);
+      inv[r] = Real(1) / sum;
+      if (lse != nullptr) lse[r0 + r] = m + std::log(sum);
+    }
+    Real* outr = out + r0 * hd;
+    if (!vec) {
+      for (int64_t r = 0; r < nr; ++r) {
+        for (int64_t c = 0; c < hd; ++c) {
+          Real acc = 0;
+          for (int64_t j = 0; j < nk; ++j) acc += Sr[r * lds + j] * v[j * ldk + c];
+          outr[r * hd + c] = acc * inv[r];
+        }
       }
-      std::memcpy(orow + c0, &a0, sizeof(V));
+    } else if (nr == 4) {
+      GroupPV<Real, 4>(outr, Sr, lds, inv, v, ldk, nk, hd);
+    } else if (nr == 2) {
+      GroupPV<Real, 2>(outr, Sr, lds, inv, v, ldk, nk, hd);
+    } else {
+      GroupPV<Real, 1>(outr, Sr, lds, inv, v, ldk, nk, hd);
     }
-    for (int64_t c = c0; c < hd; ++c) {
-      Real acc = 0;
-      for (int64_t j = 0; j < nk; ++j) acc += pr[j] * v[j * ldk + c];
-      orow[c] = acc;
-    }
+    r0 += nr;
   }
 }
 
@@ -230,25 +301,36 @@ void AttentionForward(Real* out, Real* lse, const Real* q, const AttnSeq<Real>* 
   // Batch-invariant mode: every query token alone (group mode), whatever its sequence's length.
   const int64_t group_mode_max_q =
       BatchInvariantEnabled() ? std::numeric_limits<int64_t>::max() : kGroupModeMaxQ;
-  std::vector<FwdTask> tasks;
-  int64_t max_kv = 0;
+  int64_t max_kv = 0, group_tokens = 0;
   for (int64_t s = 0; s < num_seqs; ++s) {
     const AttnSeq<Real>& sq = seqs[s];
     GRPO_CHECK(sq.q_len >= 0 && sq.q_len <= sq.kv_len);
     if (sq.q_len == 0) continue;
     max_kv = std::max(max_kv, sq.kv_len);
+    if (sq.q_len < group_mode_max_q) group_tokens += sq.q_len;
+  }
+  // A group task takes a token's kv heads [head, head_end): all of them (its K/V rows are read
+  // front to back, 2 * nkv * hd values per key) unless there are too few tokens to keep the
+  // threads busy, then one each. Either way each head's result is the same bits.
+  const int64_t heads_per_task = group_tokens >= 8 * omp_get_max_threads() ? nkv : 1;
+  thread_local std::vector<FwdTask> tasks;
+  tasks.clear();
+  for (int64_t s = 0; s < num_seqs; ++s) {
+    const AttnSeq<Real>& sq = seqs[s];
+    if (sq.q_len == 0) continue;
     const int64_t off = sq.kv_len - sq.q_len;
     if (sq.q_len < group_mode_max_q) {
       for (int64_t i = 0; i < sq.q_len; ++i) {
-        for (int64_t kvh = 0; kvh < nkv; ++kvh) {
-          tasks.push_back({s, kvh, i, i + 1, true, g * (off + i + 1)});
+        for (int64_t h = 0; h < nkv; h += heads_per_task) {
+          tasks.push_back({s, h, h + heads_per_task, i, i + 1, true,
+                           heads_per_task * g * (off + i + 1)});
         }
       }
     } else {
       for (int64_t h = 0; h < nh; ++h) {
         for (int64_t i0 = 0; i0 < sq.q_len; i0 += kBlockQ) {
           const int64_t i1 = std::min(sq.q_len, i0 + kBlockQ);
-          tasks.push_back({s, h, i0, i1, false, (i1 - i0) * (off + i1)});
+          tasks.push_back({s, h, h + 1, i0, i1, false, (i1 - i0) * (off + i1)});
         }
       }
     }
@@ -256,51 +338,42 @@ void AttentionForward(Real* out, Real* lse, const Real* q, const AttnSeq<Real>* 
   // Largest first, so the dynamic schedule ends with small tasks and balances.
   std::stable_sort(tasks.begin(), tasks.end(),
                    [](const FwdTask& a, const FwdTask& b) { return a.cost > b.cost; });
-  const int64_t scratch = std::max(kBlockQ, g) * max_kv;
+  constexpr int64_t kL = Simd<Real>::kLanes;
+  const int64_t scratch =
+      std::max(kBlockQ * max_kv, g * ((max_kv + kL - 1) / kL * kL) + hd);
   const int64_t num_tasks = static_cast<int64_t>(tasks.size());
   int64_t total_cost = 0;
   for (const FwdTask& t : tasks) total_cost += t.cost;
   const bool threads = num_tasks > 1 && total_cost * hd > kMinParallelWork && !omp_in_parallel();
+  const FwdTask* task_list = tasks.data();  // thread_local: the workers see the caller's by pointer
 
 #pragma omp parallel for schedule(dynamic, 1) if (threads)
   for (int64_t ti = 0; ti < num_tasks; ++ti) {
-    const FwdTask& task = tasks[ti];
+    const FwdTask& task = task_list[ti];
     const AttnSeq<Real>& sq = seqs[task.seq];
     const int64_t off = sq.kv_len - sq.q_len;
-    const int64_t kvh = task.group ? task.head : task.head / g;
+    Real* S = ThreadScratch<Real, 0>(scratch);
+    if (task.group) {
+      const int64_t tok = sq.q_begin + task.i0;  // one token; nk keys: 0..its position
+      const int64_t nk = off + task.i0 + 1;
+      for (int64_t kvh = task.head; kvh < task.head_end; ++kvh) {
+        const int64_t first = tok * nh + kvh * g;  // (token, head) index of the group's row 0
+        GroupAttention(out + first * hd, lse != nullptr ? lse + first : nullptr, q + first * hd,
+                       sq.k + kvh * hd, sq.v + kvh * hd, ldk, nk, g, hd, scale, S);
+      }
+      continue;
+    }
+    // Row mode: rows i0..i1-1 of query head `head`, (nr, hd) at stride ldq; row r at position
+    // off + i0 + r sees keys 0..that position.
+    const int64_t kvh = task.head / g;
     const Real* kb = sq.k + kvh * hd;  // (kv_len, hd) rows at stride ldk
     const Real* vb = sq.v + kvh * hd;
-    // Rows of this block: (nr, hd) at stride ld in q/out; positions p0 + r * p_step.
-    int64_t nr, ld, p0, p_step, lse_stride;
-    int64_t first;  // index of the block's first (token, head) in the (T, nh) layout
-    if (task.group) {
-      nr = g;
-      ld = hd;
-      p0 = off + task.i0;
-      p_step = 0;
-      first = (sq.q_begin + task.i0) * nh + kvh * g;
-      lse_stride = 1;
-    } else {
-      nr = task.i1 - task.i0;
-      ld = ldq;
-      p0 = off + task.i0;
-      p_step = 1;
-      first = (sq.q_begin + task.i0) * nh + task.head;
-      lse_stride = nh;
-    }
-    const int64_t nk = p0 + (nr - 1) * p_step + 1;  // keys seen by the last row
-    Real* S = ThreadScratch<Real, 0>(scratch);      // (nr, nk) scores, then probabilities
-    if (task.group) {
-      SmallScores(S, q + first * hd, ld, nr, kb, ldk, nk, hd, scale);
-    } else {
-      Gemm<Real>(false, true, nr, nk, hd, scale, q + first * hd, ld, kb, ldk, Real(0), S, nk);
-    }
-    CausalSoftmaxRows(S, nr, nk, p0, p_step, lse != nullptr ? lse + first : nullptr, lse_stride);
-    if (task.group) {
-      SmallPV(out + first * hd, ld, nr, S, vb, ldk, nk, hd);
-    } else {
-      Gemm<Real>(false, false, nr, hd, nk, Real(1), S, nk, vb, ldk, Real(0), out + first * hd, ld);
-    }
+    const int64_t nr = task.i1 - task.i0, p0 = off + task.i0;
+    const int64_t first = (sq.q_begin + task.i0) * nh + task.head;
+    const int64_t nk = p0 + nr;  // keys seen by the last row
+    Gemm<Real>(false, true, nr, nk, hd, scale, q + first * hd, ldq, kb, ldk, Real(0), S, nk);
+    CausalSoftmaxRows(S, nr, nk, p0, int64_t{1}, lse != nullptr ? lse + first : nullptr, nh);
+    Gemm<Real>(false, false, nr, hd, nk, Real(1), S, nk, vb, ldk, Real(0), out + first * hd, ldq);
   }
 }
 
