@@ -34,8 +34,8 @@ T* ThreadScratch(int64_t n) {
   return buf.data();
 }
 
-// One unit of forward work: rows of one (sequence, head) query block (row mode), or the g query
-// heads of each kv head in [head, head_end) at one query token (group mode).
+// One unit of forward work: rows of one (sequence, head) query block (row mode), or a chunk of
+// query tokens [i0, i1) with the kv heads [head, head_end) (group mode).
 struct FwdTask {
   int64_t seq;
   int64_t head, head_end;  // query head (row mode), or kv heads [head, head_end) (group mode)
@@ -136,31 +136,46 @@ inline void SumLanesTransposed(const Simd<double>::V* a, double scale, double* o
   std::memcpy(out, &scaled, sizeof(V));
 }
 
-// Group mode: the g query heads of one kv head at one token (rows (g, hd), contiguous in q/out)
-// against keys/values 0..nk-1 (rows at stride ldk). Scores go to S (g, lds), lds = nk rounded up
-// to kLanes; softmax leaves unnormalized p there; PV scales by 1 / sum at the end.
+// Group mode: a chunk of n consecutive query tokens of one sequence, at positions nk0 - 1 ..
+// nk0 + n - 2 (token i sees keys 0..nk0 + i - 1), one kv head at a time. Its rows are the g query
+// heads of that kv head at each token: row r = i * g + rr is query head kvh * g + rr of token i.
+// Three passes: the scores of every row into S (rows, lds); each row's softmax in place
+// (unnormalized p); P V into out, then out *= 1 / sum. A chunk's rows share every K/V load (the
+// learner's batch-invariant forward runs its tokens in chunks; decode has one token per chunk).
 //
-// Every query's numerics are a fixed function of its q, the K/V rows and nk: a score is one
-// lane-parallel FMA chain over hd (lane = c mod kLanes) then SumLanesTransposed, whose tree is the
-// same for each of its 16 slots, so a score does not depend on the key's block, the row's place
-// in the chunk of kRows, or how the heads are split into tasks (batch invariance).
+// Every query's numerics are a fixed function of its q, the K/V rows and its own key count: a
+// score is one lane-parallel FMA chain over hd (lane = c mod kLanes) then SumLanesTransposed,
+// whose tree is the same for each of its slots; an output element is one FMA chain over the keys
+// in order (a chain split across calls goes through memory, exactly). So a result does not depend
+// on the chunk, the row's place in it, or how heads are split into tasks (batch invariance).
 
-// Scores of kRows rows, kLanes / kRows keys per step: slot r * kKeys + jj of the accumulators is
-// (row r, key j0 + jj), so each K load feeds kRows FMAs and one transpose tree yields kLanes
-// scores. Keys past nk read zero_row (hd zeros) and land in S's padding.
+// Where a chunk's rows live: row r = i * g + rr at base + i * ld_token + rr * hd.
+template <typename Real>
+struct GroupRows {
+  Real* base;
+  int64_t ld_token, g, hd;
+  Real* row(int64_t r) const { return base + (r / g) * ld_token + (r % g) * hd; }
+};
+
+// Scores of kRows rows (from row r0 of q) for keys [0, nk), kLanes / kRows keys per step: slot
+// r * kKeys + jj of the accumulators is (row r, key j + jj), so each K load feeds kRows FMAs and
+// one transpose tree yields kLanes scores. S rows r0.. (stride lds >= nk rounded up to kKeys);
+// keys past nk read zero_row (hd zeros) and land in S's padding.
 template <typename Real, int kRows>
-void GroupScores(Real* S, int64_t lds, const Real* q, const Real* k, int64_t ldk, int64_t nk,
-                 int64_t hd, Real scale, const Real* zero_row) {
+void GroupScores(Real* S, int64_t lds, const GroupRows<const Real>& q, int64_t r0, const Real* k,
+                 int64_t ldk, int64_t nk, int64_t hd, Real scale, const Real* zero_row) {
   using V = typename Simd<Real>::V;
   constexpr int kL = Simd<Real>::kLanes;
   constexpr int kKeys = kL / kRows;
-  for (int64_t j0 = 0; j0 < nk; j0 += kKeys) {
+  const Real* qp[kRows];
+  for (int r = 0; r < kRows; ++r) qp[r] = q.row(r0 + r);
+  for (int64_t j = 0; j < nk; j += kKeys) {
     const Real* kp[kKeys];
-    for (int jj = 0; jj < kKeys; ++jj) kp[jj] = j0 + jj < nk ? k + (j0 + jj) * ldk : zero_row;
+    for (int jj = 0; jj < kKeys; ++jj) kp[jj] = j + jj < nk ? k + (j + jj) * ldk : zero_row;
     V acc[kL] = {};
     for (int64_t c = 0; c < hd; c += kL) {
       V qv[kRows];
-      for (int r = 0; r < kRows; ++r) LoadV(&qv[r], q + r * hd + c);
+      for (int r = 0; r < kRows; ++r) LoadV(&qv[r], qp[r] + c);
 #pragma GCC unroll 16
       for (int jj = 0; jj < kKeys; ++jj) {
         V kv;
@@ -168,10 +183,10 @@ void GroupScores(Real* S, int64_t lds, const Real* q, const Real* k, int64_t ldk
         for (int r = 0; r < kRows; ++r) acc[r * kKeys + jj] += qv[r] * kv;
       }
     }
-    Real s[kL];
-    SumLanesTransposed(acc, scale, s);
+    Real sc[kL];
+    SumLanesTransposed(acc, scale, sc);
     for (int r = 0; r < kRows; ++r) {
-      std::memcpy(S + r * lds + j0, s + r * kKeys, kKeys * sizeof(Real));
+      std::memcpy(S + (r0 + r) * lds + j, sc + r * kKeys, kKeys * sizeof(Real));
     }
   }
 }
@@ -182,9 +197,10 @@ template <typename Real>
 Real GroupSoftmaxRow(Real* row, int64_t nk, int64_t lds, Real* max) {
   constexpr int kL = Simd<Real>::kLanes;
   const Real m = RowMax(row, nk);
-  std::fill(row + nk, row + lds, -std::numeric_limits<Real>::infinity());  // exp gives 0
+  const int64_t end = (nk + kL - 1) / kL * kL;
+  std::fill(row + nk, row + end, -std::numeric_limits<Real>::infinity());  // exp gives 0
   Real lanes[kL] = {};
-  for (int64_t j0 = 0; j0 < lds; j0 += kL) {
+  for (int64_t j0 = 0; j0 < end; j0 += kL) {
 #pragma omp simd
     for (int l = 0; l < kL; ++l) {
       const Real e = VecExp<Real>(row[j0 + l] - m);
@@ -198,94 +214,154 @@ Real GroupSoftmaxRow(Real* row, int64_t nk, int64_t lds, Real* max) {
   return sum;
 }
 
-// O (kRows, hd) = diag(inv) P (kRows, nk; stride lds) V (nk, hd; stride ldk), kCols vectors of
-// output columns held in registers per pass: one sequential FMA chain over the keys per element.
+// Rows r0..r0+kRows-1 of out, columns [c0, c0 + kCols * kLanes): (+)= their P rows (stride lds)
+// over keys [j0, j1) times V (rows at stride ldk). Starts from zero when j0 == 0, else continues
+// the chain from out.
 template <typename Real, int kRows, int kCols>
-void GroupPVTile(Real* o, int64_t hd, const Real* P, int64_t lds, const Real* inv, const Real* v,
-                 int64_t ldk, int64_t nk) {
+void GroupPVTile(const GroupRows<Real>& out, int64_t r0, int64_t c0, const Real* P, int64_t lds,
+                 const Real* v, int64_t ldk, int64_t j0, int64_t j1) {
   using V = typename Simd<Real>::V;
   constexpr int kL = Simd<Real>::kLanes;
+  Real* op[kRows];
+  const Real* pp[kRows];
+  for (int r = 0; r < kRows; ++r) {
+    op[r] = out.row(r0 + r) + c0;
+    pp[r] = P + (r0 + r) * lds;
+  }
   V acc[kRows][kCols] = {};
-  for (int64_t j = 0; j < nk; ++j) {
-    V x[kCols];
-    for (int c = 0; c < kCols; ++c) LoadV(&x[c], v + j * ldk + c * kL);
+  if (j0 > 0) {
     for (int r = 0; r < kRows; ++r) {
-      const Real p = P[r * lds + j];
+      for (int c = 0; c < kCols; ++c) LoadV(&acc[r][c], op[r] + c * kL);
+    }
+  }
+  for (int64_t j = j0; j < j1; ++j) {
+    V x[kCols];
+    for (int c = 0; c < kCols; ++c) LoadV(&x[c], v + j * ldk + c0 + c * kL);
+    for (int r = 0; r < kRows; ++r) {
+      const Real p = pp[r][j];
       for (int c = 0; c < kCols; ++c) acc[r][c] += p * x[c];
     }
   }
   for (int r = 0; r < kRows; ++r) {
-    for (int c = 0; c < kCols; ++c) {
-      const V y = acc[r][c] * inv[r];
-      std::memcpy(o + r * hd + c * kL, &y, sizeof(V));
-    }
+    for (int c = 0; c < kCols; ++c) std::memcpy(op[r] + c * kL, &acc[r][c], sizeof(V));
   }
 }
 
 template <typename Real, int kRows>
-void GroupPV(Real* o, const Real* P, int64_t lds, const Real* inv, const Real* v, int64_t ldk,
-             int64_t nk, int64_t hd) {
+void GroupPV(const GroupRows<Real>& out, int64_t r0, const Real* P, int64_t lds, const Real* v,
+             int64_t ldk, int64_t j0, int64_t j1, int64_t hd) {
   constexpr int kL = Simd<Real>::kLanes;
   int64_t c0 = 0;
   for (; c0 + 4 * kL <= hd; c0 += 4 * kL) {
-    GroupPVTile<Real, kRows, 4>(o + c0, hd, P, lds, inv, v + c0, ldk, nk);
+    GroupPVTile<Real, kRows, 4>(out, r0, c0, P, lds, v, ldk, j0, j1);
   }
-  for (; c0 < hd; c0 += kL) GroupPVTile<Real, kRows, 1>(o + c0, hd, P, lds, inv, v + c0, ldk, nk);
+  for (; c0 < hd; c0 += kL) GroupPVTile<Real, kRows, 1>(out, r0, c0, P, lds, v, ldk, j0, j1);
 }
 
-// One kv head at one token: out (g, hd), lse (g; may be null), q (g, hd). S: scratch of
-// g * lds + hd values (the last hd become the zero row).
+// The largest of 8, 4, 2, 1 (at most kMax) not above n.
+inline int64_t RowBlock(int64_t n, int64_t max) {
+  const int64_t b = n >= 8 ? 8 : n >= 4 ? 4 : n >= 2 ? 2 : 1;
+  return std::min(b, max);
+}
+
+// Query tokens per group-mode chunk in the learner's batch-invariant forward.
+constexpr int64_t kGroupChunk = 8;
+
+// Scratch values GroupAttention needs for chunks of up to n tokens over up to max_kv keys.
 template <typename Real>
-void GroupAttention(Real* out, Real* lse, const Real* q, const Real* k, const Real* v, int64_t ldk,
-                    int64_t nk, int64_t g, int64_t hd, Real scale, Real* S) {
+int64_t GroupScratch(int64_t n, int64_t g, int64_t max_kv, int64_t hd) {
+  constexpr int64_t kL = Simd<Real>::kLanes;
+  return n * g * ((max_kv + kL - 1) / kL * kL) + n * g + hd;
+}
+
+// A chunk of n tokens (see above), kv heads [h0, h1). out/q: the chunk's first token's (nh, hd)
+// rows, tokens at stride ld_token = nh * hd; lse likewise at stride nh (may be null); k/v
+// (.., ldk): the sequence's rows from key 0, all heads. scratch: GroupScratch(n, g, nk0 + n - 1,
+// hd) values.
+template <typename Real>
+void GroupAttention(Real* out, Real* lse, const Real* q, const Real* k, const Real* v,
+                    int64_t ldk, int64_t nk0, int64_t n, int64_t h0, int64_t h1, int64_t g,
+                    int64_t hd, Real scale, Real* scratch) {
   constexpr int kL = Simd<Real>::kLanes;
-  const int64_t lds = (nk + kL - 1) / kL * kL;
-  Real* zero_row = S + g * lds;
+  const int64_t nh = ldk / hd * g, ld_token = nh * hd;
+  const int64_t rows = n * g, nk_max = nk0 + n - 1;
+  const int64_t lds = (nk_max + kL - 1) / kL * kL;
+  Real* S = scratch;            // (rows, lds) scores, then unnormalized probabilities
+  Real* inv = S + rows * lds;   // (rows) 1 / sum
+  Real* zero_row = inv + rows;  // (hd)
   std::fill(zero_row, zero_row + hd, Real(0));
   const bool vec = hd % kL == 0;
-  for (int64_t r0 = 0; r0 < g;) {
-    const int64_t nr = g - r0 >= 4 ? 4 : g - r0 >= 2 ? 2 : 1;
-    Real* Sr = S + r0 * lds;  // (nr, lds)
-    const Real* qr = q + r0 * hd;
-    if (!vec) {  // any hd: plain loops, one sequential sum per score
-      for (int64_t r = 0; r < nr; ++r) {
-        for (int64_t j = 0; j < nk; ++j) {
+  for (int64_t kvh = h0; kvh < h1; ++kvh) {
+    const Real* kh = k + kvh * hd;  // (nk_max, hd) at stride ldk
+    const Real* vh = v + kvh * hd;
+    const GroupRows<const Real> qr{q + kvh * g * hd, ld_token, g, hd};
+    const GroupRows<Real> orow{out + kvh * g * hd, ld_token, g, hd};
+    if (vec) {
+      for (int64_t r0 = 0; r0 < rows;) {
+        const int64_t nr = RowBlock(rows - r0, 8);
+        // Keys up to the block's last row's limit; past a row's own limit they are discarded.
+        const int64_t nk = nk0 + (r0 + nr - 1) / g;
+        if (nr == 8) {
+          GroupScores<Real, 8>(S, lds, qr, r0, kh, ldk, nk, hd, scale, zero_row);
+        } else if (nr == 4) {
+          GroupScores<Real, 4>(S, lds, qr, r0, kh, ldk, nk, hd, scale, zero_row);
+        } else if (nr == 2) {
+          GroupScores<Real, 2>(S, lds, qr, r0, kh, ldk, nk, hd, scale, zero_row);
+        } else {
+          GroupScores<Real, 1>(S, lds, qr, r0, kh, ldk, nk, hd, scale, zero_row);
+        }
+        r0 += nr;
+      }
+    } else {  // any hd: plain loops, one sequential sum per score
+      for (int64_t r = 0; r < rows; ++r) {
+        const Real* qv = qr.row(r);
+        for (int64_t j = 0; j < nk0 + r / g; ++j) {
           Real d = 0;
-          for (int64_t c = 0; c < hd; ++c) d += qr[r * hd + c] * k[j * ldk + c];
-          Sr[r * lds + j] = scale * d;
+          for (int64_t c = 0; c < hd; ++c) d += qv[c] * kh[j * ldk + c];
+          S[r * lds + j] = scale * d;
         }
       }
-    } else if (nr == 4) {
-      GroupScores<Real, 4>(Sr, lds, qr, k, ldk, nk, hd, scale, zero_row);
-    } else if (nr == 2) {
-      GroupScores<Real, 2>(Sr, lds, qr, k, ldk, nk, hd, scale, zero_row);
-    } else {
-      GroupScores<Real, 1>(Sr, lds, qr, k, ldk, nk, hd, scale, zero_row);
     }
-    Real inv[4];
-    for (int64_t r = 0; r < nr; ++r) {
+    for (int64_t r = 0; r < rows; ++r) {
       Real m;
-      const Real sum = GroupSoftmaxRow(Sr + r * lds, nk, lds, &m);
+      const Real sum = GroupSoftmaxRow(S + r * lds, nk0 + r / g, lds, &m);
       inv[r] = Real(1) / sum;
-      if (lse != nullptr) lse[r0 + r] = m + std::log(sum);
+      if (lse != nullptr) lse[(r / g) * nh + kvh * g + r % g] = m + std::log(sum);
     }
-    Real* outr = out + r0 * hd;
-    if (!vec) {
-      for (int64_t r = 0; r < nr; ++r) {
+    if (vec) {
+      for (int64_t r0 = 0; r0 < rows;) {
+        const int64_t nr = RowBlock(rows - r0, 4);
+        // Keys all the block's rows see together, then each row's own remainder.
+        const int64_t shared = nk0 + r0 / g;
+        if (nr == 4) {
+          GroupPV<Real, 4>(orow, r0, S, lds, vh, ldk, 0, shared, hd);
+        } else if (nr == 2) {
+          GroupPV<Real, 2>(orow, r0, S, lds, vh, ldk, 0, shared, hd);
+        } else {
+          GroupPV<Real, 1>(orow, r0, S, lds, vh, ldk, 0, shared, hd);
+        }
+        for (int64_t r = r0; r < r0 + nr; ++r) {
+          const int64_t own = nk0 + r / g;
+          if (own > shared) GroupPV<Real, 1>(orow, r, S, lds, vh, ldk, shared, own, hd);
+        }
+        r0 += nr;
+      }
+    } else {
+      for (int64_t r = 0; r < rows; ++r) {
+        Real* o = orow.row(r);
         for (int64_t c = 0; c < hd; ++c) {
           Real acc = 0;
-          for (int64_t j = 0; j < nk; ++j) acc += Sr[r * lds + j] * v[j * ldk + c];
-          outr[r * hd + c] = acc * inv[r];
+          for (int64_t j = 0; j < nk0 + r / g; ++j) acc += S[r * lds + j] * vh[j * ldk + c];
+          o[c] = acc;
         }
       }
-    } else if (nr == 4) {
-      GroupPV<Real, 4>(outr, Sr, lds, inv, v, ldk, nk, hd);
-    } else if (nr == 2) {
-      GroupPV<Real, 2>(outr, Sr, lds, inv, v, ldk, nk, hd);
-    } else {
-      GroupPV<Real, 1>(outr, Sr, lds, inv, v, ldk, nk, hd);
     }
-    r0 += nr;
+    for (int64_t r = 0; r < rows; ++r) {
+      Real* o = orow.row(r);
+      const Real s = inv[r];
+#pragma omp simd
+      for (int64_t c = 0; c < hd; ++c) o[c] *= s;
+    }
   }
 }
 
@@ -298,21 +374,21 @@ void AttentionForward(Real* out, Real* lse, const Real* q, const AttnSeq<Real>* 
   const int64_t g = nh / nkv;
   const int64_t ldq = nh * hd, ldk = nkv * hd;
 
-  // Batch-invariant mode: every query token alone (group mode), whatever its sequence's length.
+  // Batch-invariant mode: every query token in group mode (its numerics its own, chunk or not),
+  // whatever its sequence's length.
   const int64_t group_mode_max_q =
       BatchInvariantEnabled() ? std::numeric_limits<int64_t>::max() : kGroupModeMaxQ;
-  int64_t max_kv = 0, group_tokens = 0;
+  int64_t max_kv = 0, group_chunks = 0;
   for (int64_t s = 0; s < num_seqs; ++s) {
     const AttnSeq<Real>& sq = seqs[s];
     GRPO_CHECK(sq.q_len >= 0 && sq.q_len <= sq.kv_len);
     if (sq.q_len == 0) continue;
     max_kv = std::max(max_kv, sq.kv_len);
-    if (sq.q_len < group_mode_max_q) group_tokens += sq.q_len;
+    if (sq.q_len < group_mode_max_q) group_chunks += (sq.q_len + kGroupChunk - 1) / kGroupChunk;
   }
-  // A group task takes a token's kv heads [head, head_end): all of them (its K/V rows are read
-  // front to back, 2 * nkv * hd values per key) unless there are too few tokens to keep the
-  // threads busy, then one each. Either way each head's result is the same bits.
-  const int64_t heads_per_task = group_tokens >= 8 * omp_get_max_threads() ? nkv : 1;
+  // A group task takes a chunk's kv heads [head, head_end): all of them unless there are too few
+  // chunks to keep the threads busy, then one each. Either way each head's result is the same.
+  const int64_t heads_per_task = group_chunks >= 8 * omp_get_max_threads() ? nkv : 1;
   thread_local std::vector<FwdTask> tasks;
   tasks.clear();
   for (int64_t s = 0; s < num_seqs; ++s) {
@@ -320,10 +396,11 @@ void AttentionForward(Real* out, Real* lse, const Real* q, const AttnSeq<Real>* 
     if (sq.q_len == 0) continue;
     const int64_t off = sq.kv_len - sq.q_len;
     if (sq.q_len < group_mode_max_q) {
-      for (int64_t i = 0; i < sq.q_len; ++i) {
+      for (int64_t i0 = 0; i0 < sq.q_len; i0 += kGroupChunk) {
+        const int64_t i1 = std::min(sq.q_len, i0 + kGroupChunk);
         for (int64_t h = 0; h < nkv; h += heads_per_task) {
-          tasks.push_back({s, h, h + heads_per_task, i, i + 1, true,
-                           heads_per_task * g * (off + i + 1)});
+          tasks.push_back({s, h, h + heads_per_task, i0, i1, true,
+                           heads_per_task * g * (i1 - i0) * (off + i1)});
         }
       }
     } else {
@@ -338,9 +415,8 @@ void AttentionForward(Real* out, Real* lse, const Real* q, const AttnSeq<Real>* 
   // Largest first, so the dynamic schedule ends with small tasks and balances.
   std::stable_sort(tasks.begin(), tasks.end(),
                    [](const FwdTask& a, const FwdTask& b) { return a.cost > b.cost; });
-  constexpr int64_t kL = Simd<Real>::kLanes;
   const int64_t scratch =
-      std::max(kBlockQ * max_kv, g * ((max_kv + kL - 1) / kL * kL) + hd);
+      std::max(kBlockQ * max_kv, GroupScratch<Real>(kGroupChunk, g, max_kv, hd));
   const int64_t num_tasks = static_cast<int64_t>(tasks.size());
   int64_t total_cost = 0;
   for (const FwdTask& t : tasks) total_cost += t.cost;
@@ -354,13 +430,10 @@ void AttentionForward(Real* out, Real* lse, const Real* q, const AttnSeq<Real>* 
     const int64_t off = sq.kv_len - sq.q_len;
     Real* S = ThreadScratch<Real, 0>(scratch);
     if (task.group) {
-      const int64_t tok = sq.q_begin + task.i0;  // one token; nk keys: 0..its position
-      const int64_t nk = off + task.i0 + 1;
-      for (int64_t kvh = task.head; kvh < task.head_end; ++kvh) {
-        const int64_t first = tok * nh + kvh * g;  // (token, head) index of the group's row 0
-        GroupAttention(out + first * hd, lse != nullptr ? lse + first : nullptr, q + first * hd,
-                       sq.k + kvh * hd, sq.v + kvh * hd, ldk, nk, g, hd, scale, S);
-      }
+      const int64_t tok = sq.q_begin + task.i0;  // the chunk's first token: keys 0..its position
+      GroupAttention(out + tok * nh * hd, lse != nullptr ? lse + tok * nh : nullptr,
+                     q + tok * nh * hd, sq.k, sq.v, ldk, off + task.i0 + 1, task.i1 - task.i0,
+                     task.head, task.head_end, g, hd, scale, S);
       continue;
     }
     // Row mode: rows i0..i1-1 of query head `head`, (nr, hd) at stride ldq; row r at position
