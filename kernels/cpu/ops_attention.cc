@@ -1,9 +1,10 @@
 // CPU causal GQA attention over packed sequences (prefix-cache aware), forward and
 // flash-attention-style backward, instantiated for float and double. Both directions work on
 // blocks of 64 queries of one head: scores = Q_blk K^T and outputs = P V go through Gemm (oneDNN
-// sgemm for float), the mask and softmax run in between on a per-thread score buffer. Decode and
-// other short chunks instead take the g query heads of one kv head at one token as the rows, with
-// hand-vectorized kernels.
+// sgemm for float), the mask and softmax run in between on a per-thread score buffer. Decode, other
+// short chunks and every token in batch-invariant mode instead take "group mode": the g query heads
+// of one kv head at each of up to 8 consecutive tokens as the rows, hand-vectorized kernels, each
+// token's numerics its own (see GroupAttention).
 #include <omp.h>
 
 #include <algorithm>
