@@ -170,9 +170,8 @@ void GroupScores(Real* S, int64_t lds, const GroupRows<const Real>& q, int64_t r
   constexpr int kKeys = kL / kRows;
   const Real* qp[kRows];
   for (int r = 0; r < kRows; ++r) qp[r] = q.row(r0 + r);
-  for (int64_t j = 0; j < nk; j += kKeys) {
-    const Real* kp[kKeys];
-    for (int jj = 0; jj < kKeys; ++jj) kp[jj] = j + jj < nk ? k + (j + jj) * ldk : zero_row;
+  // One step: keys kp[0..kKeys) against the rows, scores to S columns [j, j + kKeys).
+  auto step = [&](const Real* const* kp, int64_t j) {
     V acc[kL] = {};
     for (int64_t c = 0; c < hd; c += kL) {
       V qv[kRows];
@@ -189,6 +188,16 @@ void GroupScores(Real* S, int64_t lds, const GroupRows<const Real>& q, int64_t r
     for (int r = 0; r < kRows; ++r) {
       std::memcpy(S + (r0 + r) * lds + j, sc + r * kKeys, kKeys * sizeof(Real));
     }
+  };
+  const Real* kp[kKeys];
+  int64_t j = 0;
+  for (; j + kKeys <= nk; j += kKeys) {  // full steps: no per-key bounds test
+    for (int jj = 0; jj < kKeys; ++jj) kp[jj] = k + (j + jj) * ldk;
+    step(kp, j);
+  }
+  if (j < nk) {
+    for (int jj = 0; jj < kKeys; ++jj) kp[jj] = j + jj < nk ? k + (j + jj) * ldk : zero_row;
+    step(kp, j);
   }
 }
 
