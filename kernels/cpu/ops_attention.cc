@@ -1,9 +1,10 @@
 // CPU causal GQA attention over packed sequences (prefix-cache aware), forward and
 // flash-attention-style backward, instantiated for float and double. Both directions work on
 // blocks of 64 queries of one head: scores = Q_blk K^T and outputs = P V go through Gemm (oneDNN
-// sgemm for float), the mask and softmax run in between on a per-thread score buffer. Decode and
-// other short chunks instead take the g query heads of one kv head at one token as the rows, with
-// hand-vectorized kernels.
+// sgemm for float), the mask and softmax run in between on a per-thread score buffer. Decode, other
+// short chunks and every token in batch-invariant mode instead take "group mode": the g query heads
+// of one kv head at each of up to 8 consecutive tokens as the rows, hand-vectorized kernels, each
+// token's numerics its own (see GroupAttention).
 #include <omp.h>
 
 #include <algorithm>
@@ -34,11 +35,11 @@ T* ThreadScratch(int64_t n) {
   return buf.data();
 }
 
-// One unit of forward work: rows of one (sequence, head) query block (row mode), or the g heads
-// of kv head `head` at one query token (group mode).
+// One unit of forward work: rows of one (sequence, head) query block (row mode), or a chunk of
+// query tokens [i0, i1) with the kv heads [head, head_end) (group mode).
 struct FwdTask {
   int64_t seq;
-  int64_t head;  // query head (row mode) or kv head (group mode)
+  int64_t head, head_end;  // query head (row mode), or kv heads [head, head_end) (group mode)
   int64_t i0, i1;
   bool group;
   int64_t cost;
@@ -136,84 +137,240 @@ inline void SumLanesTransposed(const Simd<double>::V* a, double scale, double* o
   std::memcpy(out, &scaled, sizeof(V));
 }
 
-// S (nr, nk) = scale * Q (nr, hd; stride ld) K (nk, hd; stride ldk)^T, kLanes keys at a time.
+// Group mode: a chunk of n consecutive query tokens of one sequence, at positions nk0 - 1 ..
+// nk0 + n - 2 (token i sees keys 0..nk0 + i - 1), one kv head at a time. Its rows are the g query
+// heads of that kv head at each token: row r = i * g + rr is query head kvh * g + rr of token i.
+// Three passes: the scores of every row into S (rows, lds); each row's softmax in place
+// (unnormalized p); P V into out, then out *= 1 / sum. A chunk's rows share every K/V load (the
+// learner's batch-invariant forward runs its tokens in chunks; decode has one token per chunk).
+//
+// Every query's numerics are a fixed function of its q, the K/V rows and its own key count: a
+// score is one lane-parallel FMA chain over hd (lane = c mod kLanes) then SumLanesTransposed,
+// whose tree is the same for each of its slots; an output element is one FMA chain over the keys
+// in order (a chain split across calls goes through memory, exactly). So a result does not depend
+// on the chunk, the row's place in it, or how heads are split into tasks (batch invariance).
+
+// Where a chunk's rows live: row r = i * g + rr at base + i * ld_token + rr * hd.
 template <typename Real>
-void SmallScores(Real* S, const Real* q, int64_t ld, int64_t nr, const Real* k, int64_t ldk,
-                 int64_t nk, int64_t hd, Real scale) {
+struct GroupRows {
+  Real* base;
+  int64_t ld_token, g, hd;
+  Real* row(int64_t r) const { return base + (r / g) * ld_token + (r % g) * hd; }
+};
+
+// Scores of kRows rows (from row r0 of q) for keys [0, nk), kLanes / kRows keys per step: slot
+// r * kKeys + jj of the accumulators is (row r, key j + jj), so each K load feeds kRows FMAs and
+// one transpose tree yields kLanes scores. S rows r0.. (stride lds >= nk rounded up to kKeys);
+// keys past nk read zero_row (hd zeros) and land in S's padding.
+template <typename Real, int kRows>
+void GroupScores(Real* S, int64_t lds, const GroupRows<const Real>& q, int64_t r0, const Real* k,
+                 int64_t ldk, int64_t nk, int64_t hd, Real scale, const Real* zero_row) {
   using V = typename Simd<Real>::V;
   constexpr int kL = Simd<Real>::kLanes;
-  int64_t j0 = 0;
-  if (hd % kL == 0) {
-    for (; j0 + kL <= nk; j0 += kL) {
-      const Real* kb = k + j0 * ldk;
-      for (int64_t r = 0; r < nr; ++r) {
-        const Real* qr = q + r * ld;
-        V acc[kL] = {};
-        for (int64_t c = 0; c < hd; c += kL) {
-          V qv, kv;
-          LoadV(&qv, qr + c);
+  constexpr int kKeys = kL / kRows;
+  const Real* qp[kRows];
+  for (int r = 0; r < kRows; ++r) qp[r] = q.row(r0 + r);
+  // One step: keys kp[0..kKeys) against the rows, scores to S columns [j, j + kKeys).
+  auto step = [&](const Real* const* kp, int64_t j) {
+    V acc[kL] = {};
+    for (int64_t c = 0; c < hd; c += kL) {
+      V qv[kRows];
+      for (int r = 0; r < kRows; ++r) LoadV(&qv[r], qp[r] + c);
 #pragma GCC unroll 16
-          for (int i = 0; i < kL; ++i) {
-            LoadV(&kv, kb + i * ldk + c);
-            acc[i] += qv * kv;
-          }
-        }
-        SumLanesTransposed(acc, scale, S + r * nk + j0);
+      for (int jj = 0; jj < kKeys; ++jj) {
+        V kv;
+        LoadV(&kv, kp[jj] + c);
+        for (int r = 0; r < kRows; ++r) acc[r * kKeys + jj] += qv[r] * kv;
       }
     }
-  }
-  for (int64_t j = j0; j < nk; ++j) {  // tail keys, or any hd
-    for (int64_t r = 0; r < nr; ++r) {
-      Real d = 0;
-      for (int64_t c = 0; c < hd; ++c) d += q[r * ld + c] * k[j * ldk + c];
-      S[r * nk + j] = scale * d;
+    Real sc[kL];
+    SumLanesTransposed(acc, scale, sc);
+    for (int r = 0; r < kRows; ++r) {
+      std::memcpy(S + (r0 + r) * lds + j, sc + r * kKeys, kKeys * sizeof(Real));
     }
+  };
+  const Real* kp[kKeys];
+  int64_t j = 0;
+  for (; j + kKeys <= nk; j += kKeys) {  // full steps: no per-key bounds test
+    for (int jj = 0; jj < kKeys; ++jj) kp[jj] = k + (j + jj) * ldk;
+    step(kp, j);
+  }
+  if (j < nk) {
+    for (int jj = 0; jj < kKeys; ++jj) kp[jj] = j + jj < nk ? k + (j + jj) * ldk : zero_row;
+    step(kp, j);
   }
 }
 
-// O (nr, hd; stride ld) = P (nr, nk) V (nk, hd; stride ldk), output columns held in registers.
+// In place over row[0, lds): row[j] = exp(row[j] - max) for j < nk, 0 past it. Returns the sum
+// (kLanes lane sums, then the lanes in order: a fixed order for a given nk) and sets *max.
 template <typename Real>
-void SmallPV(Real* o, int64_t ld, int64_t nr, const Real* P, const Real* v, int64_t ldk, int64_t nk,
-             int64_t hd) {
+Real GroupSoftmaxRow(Real* row, int64_t nk, int64_t lds, Real* max) {
+  constexpr int kL = Simd<Real>::kLanes;
+  const Real m = RowMax(row, nk);
+  const int64_t end = (nk + kL - 1) / kL * kL;
+  std::fill(row + nk, row + end, -std::numeric_limits<Real>::infinity());  // exp gives 0
+  Real lanes[kL] = {};
+  for (int64_t j0 = 0; j0 < end; j0 += kL) {
+#pragma omp simd
+    for (int l = 0; l < kL; ++l) {
+      const Real e = VecExp<Real>(row[j0 + l] - m);
+      row[j0 + l] = e;
+      lanes[l] += e;
+    }
+  }
+  Real sum = 0;
+  for (int l = 0; l < kL; ++l) sum += lanes[l];
+  *max = m;
+  return sum;
+}
+
+// Rows r0..r0+kRows-1 of out, columns [c0, c0 + kCols * kLanes): (+)= their P rows (stride lds)
+// over keys [j0, j1) times V (rows at stride ldk). Starts from zero when j0 == 0, else continues
+// the chain from out.
+template <typename Real, int kRows, int kCols>
+void GroupPVTile(const GroupRows<Real>& out, int64_t r0, int64_t c0, const Real* P, int64_t lds,
+                 const Real* v, int64_t ldk, int64_t j0, int64_t j1) {
   using V = typename Simd<Real>::V;
   constexpr int kL = Simd<Real>::kLanes;
-  for (int64_t r = 0; r < nr; ++r) {
-    const Real* pr = P + r * nk;  // (nk)
-    Real* orow = o + r * ld;
-    int64_t c0 = 0;
-    for (; c0 + 4 * kL <= hd; c0 += 4 * kL) {
-      V a0 = {}, a1 = {}, a2 = {}, a3 = {};
-      for (int64_t j = 0; j < nk; ++j) {
-        const Real* vr = v + j * ldk + c0;
-        const Real p = pr[j];
-        V x0, x1, x2, x3;
-        LoadV(&x0, vr);
-        LoadV(&x1, vr + kL);
-        LoadV(&x2, vr + 2 * kL);
-        LoadV(&x3, vr + 3 * kL);
-        a0 += p * x0;
-        a1 += p * x1;
-        a2 += p * x2;
-        a3 += p * x3;
-      }
-      std::memcpy(orow + c0, &a0, sizeof(V));
-      std::memcpy(orow + c0 + kL, &a1, sizeof(V));
-      std::memcpy(orow + c0 + 2 * kL, &a2, sizeof(V));
-      std::memcpy(orow + c0 + 3 * kL, &a3, sizeof(V));
+  Real* op[kRows];
+  const Real* pp[kRows];
+  for (int r = 0; r < kRows; ++r) {
+    op[r] = out.row(r0 + r) + c0;
+    pp[r] = P + (r0 + r) * lds;
+  }
+  V acc[kRows][kCols] = {};
+  if (j0 > 0) {
+    for (int r = 0; r < kRows; ++r) {
+      for (int c = 0; c < kCols; ++c) LoadV(&acc[r][c], op[r] + c * kL);
     }
-    for (; c0 + kL <= hd; c0 += kL) {
-      V a0 = {};
-      for (int64_t j = 0; j < nk; ++j) {
-        V x0;
-        LoadV(&x0, v + j * ldk + c0);
-        a0 += pr[j] * x0;
-      }
-      std::memcpy(orow + c0, &a0, sizeof(V));
+  }
+  for (int64_t j = j0; j < j1; ++j) {
+    V x[kCols];
+    for (int c = 0; c < kCols; ++c) LoadV(&x[c], v + j * ldk + c0 + c * kL);
+    for (int r = 0; r < kRows; ++r) {
+      const Real p = pp[r][j];
+      for (int c = 0; c < kCols; ++c) acc[r][c] += p * x[c];
     }
-    for (int64_t c = c0; c < hd; ++c) {
-      Real acc = 0;
-      for (int64_t j = 0; j < nk; ++j) acc += pr[j] * v[j * ldk + c];
-      orow[c] = acc;
+  }
+  for (int r = 0; r < kRows; ++r) {
+    for (int c = 0; c < kCols; ++c) std::memcpy(op[r] + c * kL, &acc[r][c], sizeof(V));
+  }
+}
+
+template <typename Real, int kRows>
+void GroupPV(const GroupRows<Real>& out, int64_t r0, const Real* P, int64_t lds, const Real* v,
+             int64_t ldk, int64_t j0, int64_t j1, int64_t hd) {
+  constexpr int kL = Simd<Real>::kLanes;
+  int64_t c0 = 0;
+  for (; c0 + 4 * kL <= hd; c0 += 4 * kL) {
+    GroupPVTile<Real, kRows, 4>(out, r0, c0, P, lds, v, ldk, j0, j1);
+  }
+  for (; c0 < hd; c0 += kL) GroupPVTile<Real, kRows, 1>(out, r0, c0, P, lds, v, ldk, j0, j1);
+}
+
+// The largest of 8, 4, 2, 1 (at most kMax) not above n.
+inline int64_t RowBlock(int64_t n, int64_t max) {
+  const int64_t b = n >= 8 ? 8 : n >= 4 ? 4 : n >= 2 ? 2 : 1;
+  return std::min(b, max);
+}
+
+// Query tokens per group-mode chunk in the learner's batch-invariant forward.
+constexpr int64_t kGroupChunk = 8;
+
+// Scratch values GroupAttention needs for chunks of up to n tokens over up to max_kv keys.
+template <typename Real>
+int64_t GroupScratch(int64_t n, int64_t g, int64_t max_kv, int64_t hd) {
+  constexpr int64_t kL = Simd<Real>::kLanes;
+  return n * g * ((max_kv + kL - 1) / kL * kL) + n * g + hd;
+}
+
+// A chunk of n tokens (see above), kv heads [h0, h1). out/q: the chunk's first token's (nh, hd)
+// rows, tokens at stride ld_token = nh * hd; lse likewise at stride nh (may be null); k/v
+// (.., ldk): the sequence's rows from key 0, all heads. scratch: GroupScratch(n, g, nk0 + n - 1,
+// hd) values.
+template <typename Real>
+void GroupAttention(Real* out, Real* lse, const Real* q, const Real* k, const Real* v,
+                    int64_t ldk, int64_t nk0, int64_t n, int64_t h0, int64_t h1, int64_t g,
+                    int64_t hd, Real scale, Real* scratch) {
+  constexpr int kL = Simd<Real>::kLanes;
+  const int64_t nh = ldk / hd * g, ld_token = nh * hd;
+  const int64_t rows = n * g, nk_max = nk0 + n - 1;
+  const int64_t lds = (nk_max + kL - 1) / kL * kL;
+  Real* S = scratch;            // (rows, lds) scores, then unnormalized probabilities
+  Real* inv = S + rows * lds;   // (rows) 1 / sum
+  Real* zero_row = inv + rows;  // (hd)
+  std::fill(zero_row, zero_row + hd, Real(0));
+  const bool vec = hd % kL == 0;
+  for (int64_t kvh = h0; kvh < h1; ++kvh) {
+    const Real* kh = k + kvh * hd;  // (nk_max, hd) at stride ldk
+    const Real* vh = v + kvh * hd;
+    const GroupRows<const Real> qr{q + kvh * g * hd, ld_token, g, hd};
+    const GroupRows<Real> orow{out + kvh * g * hd, ld_token, g, hd};
+    if (vec) {
+      for (int64_t r0 = 0; r0 < rows;) {
+        const int64_t nr = RowBlock(rows - r0, 8);
+        // Keys up to the block's last row's limit; past a row's own limit they are discarded.
+        const int64_t nk = nk0 + (r0 + nr - 1) / g;
+        if (nr == 8) {
+          GroupScores<Real, 8>(S, lds, qr, r0, kh, ldk, nk, hd, scale, zero_row);
+        } else if (nr == 4) {
+          GroupScores<Real, 4>(S, lds, qr, r0, kh, ldk, nk, hd, scale, zero_row);
+        } else if (nr == 2) {
+          GroupScores<Real, 2>(S, lds, qr, r0, kh, ldk, nk, hd, scale, zero_row);
+        } else {
+          GroupScores<Real, 1>(S, lds, qr, r0, kh, ldk, nk, hd, scale, zero_row);
+        }
+        r0 += nr;
+      }
+    } else {  // any hd: plain loops, one sequential sum per score
+      for (int64_t r = 0; r < rows; ++r) {
+        const Real* qv = qr.row(r);
+        for (int64_t j = 0; j < nk0 + r / g; ++j) {
+          Real d = 0;
+          for (int64_t c = 0; c < hd; ++c) d += qv[c] * kh[j * ldk + c];
+          S[r * lds + j] = scale * d;
+        }
+      }
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      Real m;
+      const Real sum = GroupSoftmaxRow(S + r * lds, nk0 + r / g, lds, &m);
+      inv[r] = Real(1) / sum;
+      if (lse != nullptr) lse[(r / g) * nh + kvh * g + r % g] = m + std::log(sum);
+    }
+    if (vec) {
+      for (int64_t r0 = 0; r0 < rows;) {
+        const int64_t nr = RowBlock(rows - r0, 4);
+        // Keys all the block's rows see together, then each row's own remainder.
+        const int64_t shared = nk0 + r0 / g;
+        if (nr == 4) {
+          GroupPV<Real, 4>(orow, r0, S, lds, vh, ldk, 0, shared, hd);
+        } else if (nr == 2) {
+          GroupPV<Real, 2>(orow, r0, S, lds, vh, ldk, 0, shared, hd);
+        } else {
+          GroupPV<Real, 1>(orow, r0, S, lds, vh, ldk, 0, shared, hd);
+        }
+        for (int64_t r = r0; r < r0 + nr; ++r) {
+          const int64_t own = nk0 + r / g;
+          if (own > shared) GroupPV<Real, 1>(orow, r, S, lds, vh, ldk, shared, own, hd);
+        }
+        r0 += nr;
+      }
+    } else {
+      for (int64_t r = 0; r < rows; ++r) {
+        Real* o = orow.row(r);
+        for (int64_t c = 0; c < hd; ++c) {
+          Real acc = 0;
+          for (int64_t j = 0; j < nk0 + r / g; ++j) acc += S[r * lds + j] * vh[j * ldk + c];
+          o[c] = acc;
+        }
+      }
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      Real* o = orow.row(r);
+      const Real s = inv[r];
+#pragma omp simd
+      for (int64_t c = 0; c < hd; ++c) o[c] *= s;
     }
   }
 }
@@ -227,28 +384,40 @@ void AttentionForward(Real* out, Real* lse, const Real* q, const AttnSeq<Real>* 
   const int64_t g = nh / nkv;
   const int64_t ldq = nh * hd, ldk = nkv * hd;
 
-  // Batch-invariant mode: every query token alone (group mode), whatever its sequence's length.
+  // Batch-invariant mode: every query token in group mode (its numerics its own, chunk or not),
+  // whatever its sequence's length.
   const int64_t group_mode_max_q =
       BatchInvariantEnabled() ? std::numeric_limits<int64_t>::max() : kGroupModeMaxQ;
-  std::vector<FwdTask> tasks;
-  int64_t max_kv = 0;
+  int64_t max_kv = 0, group_chunks = 0;
   for (int64_t s = 0; s < num_seqs; ++s) {
     const AttnSeq<Real>& sq = seqs[s];
     GRPO_CHECK(sq.q_len >= 0 && sq.q_len <= sq.kv_len);
     if (sq.q_len == 0) continue;
     max_kv = std::max(max_kv, sq.kv_len);
+    if (sq.q_len < group_mode_max_q) group_chunks += (sq.q_len + kGroupChunk - 1) / kGroupChunk;
+  }
+  // A group task takes a chunk's kv heads [head, head_end): all of them unless there are too few
+  // chunks to keep the threads busy, then one each. Either way each head's result is the same.
+  const int64_t heads_per_task = group_chunks >= 8 * omp_get_max_threads() ? nkv : 1;
+  thread_local std::vector<FwdTask> tasks;
+  tasks.clear();
+  for (int64_t s = 0; s < num_seqs; ++s) {
+    const AttnSeq<Real>& sq = seqs[s];
+    if (sq.q_len == 0) continue;
     const int64_t off = sq.kv_len - sq.q_len;
     if (sq.q_len < group_mode_max_q) {
-      for (int64_t i = 0; i < sq.q_len; ++i) {
-        for (int64_t kvh = 0; kvh < nkv; ++kvh) {
-          tasks.push_back({s, kvh, i, i + 1, true, g * (off + i + 1)});
+      for (int64_t i0 = 0; i0 < sq.q_len; i0 += kGroupChunk) {
+        const int64_t i1 = std::min(sq.q_len, i0 + kGroupChunk);
+        for (int64_t h = 0; h < nkv; h += heads_per_task) {
+          tasks.push_back({s, h, h + heads_per_task, i0, i1, true,
+                           heads_per_task * g * (i1 - i0) * (off + i1)});
         }
       }
     } else {
       for (int64_t h = 0; h < nh; ++h) {
         for (int64_t i0 = 0; i0 < sq.q_len; i0 += kBlockQ) {
           const int64_t i1 = std::min(sq.q_len, i0 + kBlockQ);
-          tasks.push_back({s, h, i0, i1, false, (i1 - i0) * (off + i1)});
+          tasks.push_back({s, h, h + 1, i0, i1, false, (i1 - i0) * (off + i1)});
         }
       }
     }
@@ -256,51 +425,38 @@ void AttentionForward(Real* out, Real* lse, const Real* q, const AttnSeq<Real>* 
   // Largest first, so the dynamic schedule ends with small tasks and balances.
   std::stable_sort(tasks.begin(), tasks.end(),
                    [](const FwdTask& a, const FwdTask& b) { return a.cost > b.cost; });
-  const int64_t scratch = std::max(kBlockQ, g) * max_kv;
+  const int64_t scratch =
+      std::max(kBlockQ * max_kv, GroupScratch<Real>(kGroupChunk, g, max_kv, hd));
   const int64_t num_tasks = static_cast<int64_t>(tasks.size());
   int64_t total_cost = 0;
   for (const FwdTask& t : tasks) total_cost += t.cost;
   const bool threads = num_tasks > 1 && total_cost * hd > kMinParallelWork && !omp_in_parallel();
+  const FwdTask* task_list = tasks.data();  // thread_local: the workers see the caller's by pointer
 
 #pragma omp parallel for schedule(dynamic, 1) if (threads)
   for (int64_t ti = 0; ti < num_tasks; ++ti) {
-    const FwdTask& task = tasks[ti];
+    const FwdTask& task = task_list[ti];
     const AttnSeq<Real>& sq = seqs[task.seq];
     const int64_t off = sq.kv_len - sq.q_len;
-    const int64_t kvh = task.group ? task.head : task.head / g;
+    Real* S = ThreadScratch<Real, 0>(scratch);
+    if (task.group) {
+      const int64_t tok = sq.q_begin + task.i0;  // the chunk's first token: keys 0..its position
+      GroupAttention(out + tok * nh * hd, lse != nullptr ? lse + tok * nh : nullptr,
+                     q + tok * nh * hd, sq.k, sq.v, ldk, off + task.i0 + 1, task.i1 - task.i0,
+                     task.head, task.head_end, g, hd, scale, S);
+      continue;
+    }
+    // Row mode: rows i0..i1-1 of query head `head`, (nr, hd) at stride ldq; row r at position
+    // off + i0 + r sees keys 0..that position.
+    const int64_t kvh = task.head / g;
     const Real* kb = sq.k + kvh * hd;  // (kv_len, hd) rows at stride ldk
     const Real* vb = sq.v + kvh * hd;
-    // Rows of this block: (nr, hd) at stride ld in q/out; positions p0 + r * p_step.
-    int64_t nr, ld, p0, p_step, lse_stride;
-    int64_t first;  // index of the block's first (token, head) in the (T, nh) layout
-    if (task.group) {
-      nr = g;
-      ld = hd;
-      p0 = off + task.i0;
-      p_step = 0;
-      first = (sq.q_begin + task.i0) * nh + kvh * g;
-      lse_stride = 1;
-    } else {
-      nr = task.i1 - task.i0;
-      ld = ldq;
-      p0 = off + task.i0;
-      p_step = 1;
-      first = (sq.q_begin + task.i0) * nh + task.head;
-      lse_stride = nh;
-    }
-    const int64_t nk = p0 + (nr - 1) * p_step + 1;  // keys seen by the last row
-    Real* S = ThreadScratch<Real, 0>(scratch);      // (nr, nk) scores, then probabilities
-    if (task.group) {
-      SmallScores(S, q + first * hd, ld, nr, kb, ldk, nk, hd, scale);
-    } else {
-      Gemm<Real>(false, true, nr, nk, hd, scale, q + first * hd, ld, kb, ldk, Real(0), S, nk);
-    }
-    CausalSoftmaxRows(S, nr, nk, p0, p_step, lse != nullptr ? lse + first : nullptr, lse_stride);
-    if (task.group) {
-      SmallPV(out + first * hd, ld, nr, S, vb, ldk, nk, hd);
-    } else {
-      Gemm<Real>(false, false, nr, hd, nk, Real(1), S, nk, vb, ldk, Real(0), out + first * hd, ld);
-    }
+    const int64_t nr = task.i1 - task.i0, p0 = off + task.i0;
+    const int64_t first = (sq.q_begin + task.i0) * nh + task.head;
+    const int64_t nk = p0 + nr;  // keys seen by the last row
+    Gemm<Real>(false, true, nr, nk, hd, scale, q + first * hd, ldq, kb, ldk, Real(0), S, nk);
+    CausalSoftmaxRows(S, nr, nk, p0, int64_t{1}, lse != nullptr ? lse + first : nullptr, nh);
+    Gemm<Real>(false, false, nr, hd, nk, Real(1), S, nk, vb, ldk, Real(0), out + first * hd, ldq);
   }
 }
 

@@ -1,6 +1,7 @@
 // Batch-invariant mode (kernels/cpu/gemm.h BatchInvariantScope): a row's GEMM result and a query's
 // attention output are bitwise independent of the other rows / queries in the call.
 #include <catch2/catch.hpp>
+#include <cmath>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -80,6 +81,71 @@ TEST_CASE("batch-invariant attention: a query's output does not depend on the ot
   }
 }
 
+
+TEST_CASE("batch-invariant attention: chunked forward, decode, prefix chunks and packing agree",
+          "[kernels][batch_invariant]") {
+  // The forward runs a sequence's tokens in chunks of up to 8 that share K/V loads; decode runs
+  // one token (its kv heads split over tasks when a call has few tokens); a prefix-cache chunk
+  // starts its chunks mid-sequence. All must give each query the same bits, whatever else is
+  // packed in the call. Shapes: g 1, 2, 3, 4; hd 64 and 16 (vector kernels) and 24 (float
+  // fallback); L 37 (chunks 8 x 4 + 5, key counts across block edges).
+  struct Shape {
+    int64_t nh, nkv, hd;
+  };
+  for (const Shape sh : {Shape{8, 4, 64}, Shape{4, 4, 16}, Shape{6, 2, 16}, Shape{8, 2, 24},
+                         Shape{12, 3, 64}}) {
+    const int64_t nh = sh.nh, nkv = sh.nkv, hd = sh.hd, L = 37;
+    const int64_t qrow = nh * hd, kvrow = nkv * hd;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    // Sequence 0 (the one checked) and 24 others of 1..40 tokens packed after it: enough chunks
+    // that the packed call gives each task all kv heads on a few threads.
+    std::vector<int64_t> lens = {L};
+    for (int64_t i = 0; i < 24; ++i) lens.push_back(1 + (i * 7) % 40);
+    int64_t T = 0;
+    for (int64_t n : lens) T += n;
+    const std::vector<float> q = Random(T * qrow, hd + 1), k = Random(T * kvrow, hd + 2),
+                             v = Random(T * kvrow, hd + 3);
+    BatchInvariantScope on(true);
+
+    std::vector<float> alone(L * qrow), alone_lse(L * nh);
+    AttnSeq<float> seq{0, L, k.data(), v.data(), L};
+    AttentionForward<float>(alone.data(), alone_lse.data(), q.data(), &seq, 1, nh, nkv, hd, scale);
+
+    std::vector<AttnSeq<float>> packed;
+    int64_t begin = 0;
+    for (int64_t n : lens) {
+      packed.push_back({begin, n, k.data() + begin * kvrow, v.data() + begin * kvrow, n});
+      begin += n;
+    }
+    std::vector<float> all(T * qrow), all_lse(T * nh);
+    AttentionForward<float>(all.data(), all_lse.data(), q.data(), packed.data(),
+                            static_cast<int64_t>(packed.size()), nh, nkv, hd, scale);
+    INFO("nh " << nh << " nkv " << nkv << " hd " << hd);
+    REQUIRE(std::memcmp(all.data(), alone.data(), alone.size() * sizeof(float)) == 0);
+    REQUIRE(std::memcmp(all_lse.data(), alone_lse.data(), alone_lse.size() * sizeof(float)) == 0);
+
+    // Tokens 13..25 as a prefix-cache chunk (kv 26): its chunks start at 13, not at 8 or 16.
+    const int64_t p0 = 13, n = 13;
+    std::vector<float> part(n * qrow), part_lse(n * nh);
+    AttnSeq<float> chunk{0, n, k.data(), v.data(), p0 + n};
+    AttentionForward<float>(part.data(), part_lse.data(), q.data() + p0 * qrow, &chunk, 1, nh, nkv,
+                            hd, scale);
+    REQUIRE(std::memcmp(part.data(), alone.data() + p0 * qrow, part.size() * sizeof(float)) == 0);
+    REQUIRE(std::memcmp(part_lse.data(), alone_lse.data() + p0 * nh,
+                        part_lse.size() * sizeof(float)) == 0);
+
+    // Every token decoded alone against a KV cache of p + 1 rows.
+    std::vector<float> one(qrow), one_lse(nh);
+    for (int64_t p = 0; p < L; ++p) {
+      AttnSeq<float> dec{0, 1, k.data(), v.data(), p + 1};
+      AttentionForward<float>(one.data(), one_lse.data(), q.data() + p * qrow, &dec, 1, nh, nkv,
+                              hd, scale);
+      INFO("position " << p);
+      REQUIRE(std::memcmp(one.data(), alone.data() + p * qrow, qrow * sizeof(float)) == 0);
+      REQUIRE(std::memcmp(one_lse.data(), alone_lse.data() + p * nh, nh * sizeof(float)) == 0);
+    }
+  }
+}
 
 TEST_CASE("pre-packed weights give LinearForward's bits, for any shape", "[kernels][batch_invariant]") {
   if (!PackedWeightsSupported()) {

@@ -13,6 +13,7 @@
 #include <random>
 #include <vector>
 
+#include "kernels/cpu/gemm.h"
 #include "kernels/cpu/vec_math.h"
 
 namespace grpo::cpu {
@@ -320,6 +321,64 @@ TEST_CASE("Attention with a prefix cache: chunked and decode equal the full forw
   AttentionForward(outf.data(), static_cast<float*>(nullptr), qf.data(), &dec, 1, nh, nkv, hd,
                    0.25f);
   CheckClose("decode out f32", outf, Vec(full_out.begin() + 69 * qrow, full_out.end()), 1e-5, 1e-5);
+}
+
+TEST_CASE("Attention group mode matches the reference for odd key counts, head dims and groups",
+          "[ops]") {
+  // Batch-invariant mode runs every token in group mode, in chunks of up to 8 tokens: sequences
+  // of 1, 15, 16, 17 and 100 tokens give every key count 1..100 (partial key blocks, chunk tails,
+  // rows whose causal limits differ inside a chunk). g = 1, 2, 3, 4, 8 cover each row blocking
+  // (3 mixes blocks of 2 and 1); hd 8, 12 and 24 take the plain-loop fallback for float (12 also
+  // for double), 16 and 64 the vector kernels. Plus decode rows (q_len 1) against a KV cache.
+  std::mt19937_64 rng(11);
+  const std::vector<int64_t> lens = {1, 15, 16, 17, 100};
+  const int64_t nkv = 2;
+  for (const int64_t g : {1, 2, 3, 4, 8}) {
+    for (const int64_t hd : {8, 12, 16, 24, 64}) {
+      const int64_t nh = g * nkv;
+      AttnCase c = MakeAttn(rng, lens, nh, nkv, hd);
+      Vec ref_out, ref_lse;
+      NaiveAttnPacked(c, &ref_out, &ref_lse);
+      Vec out, lse;
+      std::vector<float> outf, lsef;
+      {
+        BatchInvariantScope on(true);
+        RunAttn(c, c.q, c.k, c.v, &out, &lse);
+        RunAttn(c, ToFloat(c.q), ToFloat(c.k), ToFloat(c.v), &outf, &lsef);
+      }
+      INFO("g " << g << " hd " << hd);
+      CheckClose("group out f64", out, ref_out, 1e-12, 1e-12);
+      CheckClose("group lse f64", lse, ref_lse, 1e-12, 1e-12);
+      // fp32 scores, softmax and sums over <= 100 keys of O(1) terms: as the row-mode test.
+      CheckClose("group out f32", outf, ref_out, 1e-5, 1e-5);
+      CheckClose("group lse f32", lsef, ref_lse, 1e-5, 1e-5);
+
+      // Decode: one query per sequence (the last token of each) against its whole KV, in one
+      // call, outside batch-invariant mode (group mode for any q_len < 8).
+      const int64_t qrow = nh * hd;
+      std::vector<float> qf, kf = ToFloat(c.k), vf = ToFloat(c.v);
+      std::vector<AttnSeq<float>> dec;
+      Vec want_out, want_lse;
+      int64_t begin = 0;
+      for (const int64_t L : lens) {
+        const int64_t last = begin + L - 1;
+        qf.insert(qf.end(), c.q.begin() + last * qrow, c.q.begin() + (last + 1) * qrow);
+        dec.push_back({static_cast<int64_t>(dec.size()), 1, kf.data() + begin * nkv * hd,
+                       vf.data() + begin * nkv * hd, L});
+        want_out.insert(want_out.end(), ref_out.begin() + last * qrow,
+                        ref_out.begin() + (last + 1) * qrow);
+        want_lse.insert(want_lse.end(), ref_lse.begin() + last * nh,
+                        ref_lse.begin() + (last + 1) * nh);
+        begin += L;
+      }
+      std::vector<float> dout(qf.size(), -7.0f), dlse(dec.size() * nh, -7.0f);
+      AttentionForward(dout.data(), dlse.data(), qf.data(), dec.data(),
+                       static_cast<int64_t>(dec.size()), nh, nkv, hd,
+                       static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd))));
+      CheckClose("decode out f32", dout, want_out, 1e-5, 1e-5);
+      CheckClose("decode lse f32", dlse, want_lse, 1e-5, 1e-5);
+    }
+  }
 }
 
 TEST_CASE("Attention backward matches finite differences, and float matches double", "[ops]") {
