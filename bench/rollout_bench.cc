@@ -169,6 +169,14 @@ int main(int argc, char** argv) {
     std::printf("model only (Extend, batch 64): %.1f ms/step, %.1f CPU-ms/step\n",
                 1000 * s / decode_tokens, 1000 * cpu / decode_tokens);
   }
+  // The set-up above (random init, the validation forward, the model-only steps) ran OpenMP
+  // regions on this thread, which keeps a thread pool of its own. `grpo rollout serve` runs no
+  // region outside the engine's thread, so there the engine's team is the process's only one,
+  // and libgomp spins a few ms between regions before sleeping; with a second pool alive it
+  // counts more threads than cores and throttles the spin to ~100 iterations, so every region
+  // wakes its worker with a futex (measured: 2-thread batch-64 steps 25-30% slower). Release this
+  // thread's pool so the engine runs as in the server.
+  omp_pause_resource_all(omp_pause_soft);
   std::string json = "{";
   for (const int64_t B : batches) {
     const auto prompts = Prompts(B, prompt_len, V, 2);
