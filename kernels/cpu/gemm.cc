@@ -664,18 +664,33 @@ int64_t PackedWeightFloats(int64_t out, int64_t in) {
   return (out + 31) / 32 * 32 * in;
 }
 
-void PackWeight(const float* W, int64_t out, int64_t in, float* packed) {
+namespace {
+
+// PackWeight / PackWeightBf16: every panel of W, in parallel.
+template <typename T>
+void PackPanels(const float* W, int64_t out, int64_t in, T* packed) {
 #if defined(__AVX512F__)
   const int64_t num_panels = (out + kPanel - 1) / kPanel;
 #pragma omp parallel for schedule(static) if (!omp_in_parallel() && num_panels > 1)
   for (int64_t p = 0; p < num_panels; ++p) {
-    PackPanel(W + p * kPanel * in, in, std::min(kPanel, out - p * kPanel), in,
-              packed + p * in * kPanel);
+    const float* src = W + p * kPanel * in;
+    const int64_t nj = std::min(kPanel, out - p * kPanel);
+    if constexpr (std::is_same_v<T, float>) {
+      PackPanel(src, in, nj, in, packed + p * in * kPanel);
+    } else {
+      PackPanelBf16(src, in, nj, in, packed + p * in * kPanel);
+    }
   }
 #else
   (void)W, (void)out, (void)in, (void)packed;
-  GRPO_CHECK_MSG(false, "PackWeight needs an AVX-512 build (PackedWeightsSupported)");
+  GRPO_CHECK_MSG(false, "packing weights needs an AVX-512 build (PackedWeightsSupported)");
 #endif
+}
+
+}  // namespace
+
+void PackWeight(const float* W, int64_t out, int64_t in, float* packed) {
+  PackPanels(W, out, in, packed);
 }
 
 bool IsBf16Exact(const float* W, int64_t n) {
@@ -690,67 +705,58 @@ bool IsBf16Exact(const float* W, int64_t n) {
 }
 
 void PackWeightBf16(const float* W, int64_t out, int64_t in, uint16_t* packed) {
+  PackPanels(W, out, in, packed);
+}
+
+namespace {
+
+// The packed products, for a packed weight in either form (p32 or p16, the other null).
+void PackedForward(float* y, const float* x, const float* p32, const uint16_t* p16,
+                   const float* b, int64_t T, int64_t in, int64_t out) {
 #if defined(__AVX512F__)
-  const int64_t num_panels = (out + kPanel - 1) / kPanel;
-#pragma omp parallel for schedule(static) if (!omp_in_parallel() && num_panels > 1)
-  for (int64_t p = 0; p < num_panels; ++p) {
-    PackPanelBf16(W + p * kPanel * in, in, std::min(kPanel, out - p * kPanel), in,
-                  packed + p * in * kPanel);
-  }
+  if (T == 0 || out == 0) return;
+  InvariantGemmNTPanels(T, out, in, 1.0f, x, in, nullptr, in, p32, p16, 0.0f, y, out);
+  AddBias(y, b, T, out);
 #else
-  (void)W, (void)out, (void)in, (void)packed;
-  GRPO_CHECK_MSG(false, "PackWeightBf16 needs an AVX-512 build (PackedWeightsSupported)");
+  (void)y, (void)x, (void)p32, (void)p16, (void)b, (void)T, (void)in, (void)out;
+  GRPO_CHECK_MSG(false, "PackedLinearForward needs an AVX-512 build (PackedWeightsSupported)");
 #endif
 }
 
+void PackedGroupedForward(float* y, const float* x, const float* p32, const uint16_t* p16,
+                          int64_t packed_stride, const int64_t* row_begin, int64_t num_groups,
+                          int64_t in, int64_t out) {
+#if defined(__AVX512F__)
+  PanelGroupedForward(y, x, nullptr, 0, p32, p16, packed_stride, row_begin, num_groups, in, out);
+#else
+  (void)y, (void)x, (void)p32, (void)p16, (void)packed_stride, (void)row_begin, (void)num_groups,
+      (void)in, (void)out;
+  GRPO_CHECK_MSG(false, "PackedGroupedLinearForward needs an AVX-512 build");
+#endif
+}
+
+}  // namespace
+
 void PackedLinearForward(float* y, const float* x, const uint16_t* packed, const float* b,
                          int64_t T, int64_t in, int64_t out) {
-#if defined(__AVX512F__)
-  if (T == 0 || out == 0) return;
-  InvariantGemmNTPanels(T, out, in, 1.0f, x, in, nullptr, in, nullptr, packed, 0.0f, y, out);
-  AddBias(y, b, T, out);
-#else
-  (void)y, (void)x, (void)packed, (void)b, (void)T, (void)in, (void)out;
-  GRPO_CHECK_MSG(false, "PackedLinearForward needs an AVX-512 build (PackedWeightsSupported)");
-#endif
+  PackedForward(y, x, nullptr, packed, b, T, in, out);
 }
 
 void PackedGroupedLinearForward(float* y, const float* x, const uint16_t* packed,
                                 int64_t packed_stride, const int64_t* row_begin,
                                 int64_t num_groups, int64_t in, int64_t out) {
-#if defined(__AVX512F__)
-  PanelGroupedForward(y, x, nullptr, 0, nullptr, packed, packed_stride, row_begin, num_groups,
-                      in, out);
-#else
-  (void)y, (void)x, (void)packed, (void)packed_stride, (void)row_begin, (void)num_groups, (void)in,
-      (void)out;
-  GRPO_CHECK_MSG(false, "PackedGroupedLinearForward needs an AVX-512 build");
-#endif
+  PackedGroupedForward(y, x, nullptr, packed, packed_stride, row_begin, num_groups, in, out);
 }
 
 void PackedLinearForward(float* y, const float* x, const float* packed, const float* b, int64_t T,
                          int64_t in, int64_t out) {
-#if defined(__AVX512F__)
-  if (T == 0 || out == 0) return;
-  InvariantGemmNTPanels(T, out, in, 1.0f, x, in, nullptr, in, packed, nullptr, 0.0f, y, out);
-  AddBias(y, b, T, out);
-#else
-  (void)y, (void)x, (void)packed, (void)b, (void)T, (void)in, (void)out;
-  GRPO_CHECK_MSG(false, "PackedLinearForward needs an AVX-512 build (PackedWeightsSupported)");
-#endif
+  PackedForward(y, x, packed, nullptr, b, T, in, out);
 }
 
 void PackedGroupedLinearForward(float* y, const float* x, const float* packed,
                                 int64_t packed_stride, const int64_t* row_begin,
                                 int64_t num_groups, int64_t in, int64_t out) {
-#if defined(__AVX512F__)
-  PanelGroupedForward(y, x, nullptr, 0, packed, nullptr, packed_stride, row_begin, num_groups,
-                      in, out);
-#else
-  (void)y, (void)x, (void)packed, (void)packed_stride, (void)row_begin, (void)num_groups, (void)in,
-      (void)out;
-  GRPO_CHECK_MSG(false, "PackedGroupedLinearForward needs an AVX-512 build");
-#endif
+  PackedGroupedForward(y, x, packed, nullptr, packed_stride, row_begin, num_groups, in, out);
 }
 
 template void GroupedLinearForward<float>(float*, const float*, const float*, int64_t,

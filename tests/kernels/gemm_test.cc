@@ -102,12 +102,6 @@ TEST_CASE("Linear forward and backward are consistent with Gemm", "[gemm]") {
   }
 }
 
-}  // namespace
-}  // namespace grpo::cpu
-
-namespace grpo::cpu {
-namespace {
-
 // Random floats rounded to bf16 (round to nearest even): what a bf16 checkpoint holds.
 std::vector<float> RandomBf16(int64_t n, unsigned seed) {
   std::mt19937 rng(seed);
