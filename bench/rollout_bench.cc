@@ -141,8 +141,9 @@ int main(int argc, char** argv) {
   }
 
   // The model's own decode step (Model::Extend on 64 slots, no engine, no sampling; each slot fed
-  // its own pseudo-random tokens, so the routing spreads over the experts as in a real decode):
-  // what the engine's step costs on top of it is the engine's overhead.
+  // its own pseudo-random tokens, so the routing spreads over the experts as in a real decode).
+  // It runs on this thread while the engine's thread pool is alive, so with 2+ threads libgomp
+  // throttles its spin here (see below): compare it with the engine's step at 1 thread only.
   if (std::find(batches.begin(), batches.end(), 64) != batches.end()) {
     grpo::Model<float>& m = **check_model;
     m.set_batch_invariant(true);
