@@ -154,7 +154,9 @@ class Model {
   // losslessly (gemm.h IsBf16Exact), the others at 4.
   bool PrepackWeights();
   bool prepacked() const { return !packed_at_.empty(); }
-  // How many of the packed weights (a grouped weight counts once) took the 2-byte form.
+  // How many weights are packed (a grouped weight counts once), and how many of them took the
+  // 2-byte form.
+  int64_t prepacked_weights() const { return static_cast<int64_t>(packed_at_.size()); }
   int64_t prepacked_bf16_weights() const { return packed_bf16_; }
 
   // Runs new tokens for some cache slots through the model (prefill or decode, mixed freely),

@@ -456,7 +456,12 @@ void Engine::Loop() {
 
   // Decode runs on packed weights (model.h PrepackWeights): packed once per weight version
   // instead of on every step. Bitwise the same results.
-  model.PrepackWeights();
+  auto prepack = [&model]() {
+    if (!model.PrepackWeights()) return;
+    GRPO_LOG(INFO, "rollout engine: %d of %d weights packed at 2 bytes (bf16-exact), the rest at 4",
+             model.prepacked_bf16_weights(), model.prepacked_weights());
+  };
+  prepack();
   while (true) {
     std::vector<std::unique_ptr<Group>> admitted;
     bool repack = false;
@@ -518,7 +523,7 @@ void Engine::Loop() {
         waiting_.pop_front();
       }
     }
-    if (repack) model.PrepackWeights();
+    if (repack) prepack();
 
     int64_t new_tokens = 0;
     // Prefill: the admitted groups' prompts together, batch-invariant (so a prompt's KV and
