@@ -22,7 +22,9 @@ start() {
   disown "$last_pid"  # no "Killed" job notices when the test kills it
   port=""
   for _ in $(seq 1 300); do  # up to 30 s
-    port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]\+\)$/\1/p' "$work/$name.out")
+    # The background shell may not have created the file yet: no file, no port (yet).
+    port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]\+\)$/\1/p' "$work/$name.out" \
+      2>/dev/null || true)
     [ -n "$port" ] && return 0
     kill -0 "$last_pid" 2>/dev/null || fail "$name exited before listening: $(cat "$work/$name.err")"
     sleep 0.1

@@ -28,7 +28,9 @@ start_server() {
   server_pid=$!
   port=""
   for _ in $(seq 1 150); do  # up to 15 s
-    port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]\+\)$/\1/p' "$work/server.out")
+    # The background shell may not have created the file yet: no file, no port (yet).
+    port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]\+\)$/\1/p' "$work/server.out" \
+      2>/dev/null || true)
     [ -n "$port" ] && return 0
     kill -0 "$server_pid" 2>/dev/null || fail "server exited before listening: $*"
     sleep 0.1

@@ -17,7 +17,9 @@ trap '[ -n "$server_pid" ] && kill -KILL "$server_pid" 2>/dev/null; rm -rf "$wor
 server_pid=$!
 port=""
 for _ in $(seq 1 150); do
-  port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]\+\)$/\1/p' "$work/server.out")
+  # The background shell may not have created the file yet: no file, no port (yet).
+  port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]\+\)$/\1/p' "$work/server.out" \
+    2>/dev/null || true)
   [ -n "$port" ] && break
   kill -0 "$server_pid" 2>/dev/null || { cat "$work/server.err" >&2; fail "server exited before listening"; }
   sleep 0.1
