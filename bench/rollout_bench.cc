@@ -29,6 +29,7 @@
 #include "model/model.h"
 #include "model/params.h"
 #include "rollout/engine.h"
+#include "rollout/weight_sync.h"
 
 namespace {
 
@@ -80,11 +81,8 @@ int main(int argc, char** argv) {
   const std::string weights = Arg(argc, argv, "--weights", "fp32");
   if (weights == "bf16") {
     float* p = (*model)->params();
-    for (int64_t i = 0; i < (*model)->num_params(); ++i) {  // round to nearest even
-      uint32_t u;
-      std::memcpy(&u, p + i, 4);
-      u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
-      std::memcpy(p + i, &u, 4);
+    for (int64_t i = 0; i < (*model)->num_params(); ++i) {
+      p[i] = grpo::Bf16ToFloat(grpo::FloatToBf16(p[i]));  // round to nearest even
     }
   } else if (weights != "fp32") {
     std::fprintf(stderr, "--weights must be fp32 or bf16, not '%s'\n", weights.c_str());

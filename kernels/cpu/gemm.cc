@@ -260,8 +260,8 @@ void PackRowBlock(const float* src, int64_t lda, int64_t r, int64_t K, float* ds
 // C (kMr rows, 32 columns under masks m0, m1) = alpha * the block (Ap, (K, kMr)) @ one packed
 // (K, 32) panel + beta * C. The panel is fp32 (kBf16 false: PackWeight's layout, `packed` a
 // float*) or bf16 (PackPanelBf16's layout, `packed` a uint16_t*), widened in registers; then
-// `widened`, when not null, receives the fp32 panel for the row blocks after this one, so the bf16
-// panel is read from memory once and widened once. prefetch (may be null): a panel to pull into
+// `widened`, when not null, receives the fp32 panel for the row blocks after this one (PanelBlock
+// decides when that pays). prefetch (may be null): a panel to pull into
 // L2 meanwhile, one fp32 panel row per k (the next panel: decode streams the weights from memory,
 // and the first pass over a panel otherwise waits on each of its cache lines).
 template <int kMr, bool kBf16>

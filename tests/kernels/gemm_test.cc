@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kernels/cpu/gemm.h"
+#include "rollout/weight_sync.h"
 
 namespace grpo::cpu {
 namespace {
@@ -107,13 +108,7 @@ std::vector<float> RandomBf16(int64_t n, unsigned seed) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> d(0.0f, 0.5f);
   std::vector<float> v(n);
-  for (float& x : v) {
-    uint32_t u;
-    const float f = d(rng);
-    std::memcpy(&u, &f, 4);
-    u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
-    std::memcpy(&x, &u, 4);
-  }
+  for (float& x : v) x = Bf16ToFloat(FloatToBf16(d(rng)));
   return v;
 }
 

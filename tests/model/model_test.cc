@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "model/generate.h"
+#include "rollout/weight_sync.h"
 #include "tests/model/tiny_models.h"
 
 namespace grpo {
@@ -306,12 +307,7 @@ TEST_CASE("bf16-exact weights are packed at 2 bytes with the same bits", "[model
   model->set_batch_invariant(true);
   // Round every weight to bf16, as a bf16 checkpoint or a bf16 weight update would give.
   float* p = model->params();
-  for (int64_t i = 0; i < model->num_params(); ++i) {
-    uint32_t u;
-    std::memcpy(&u, p + i, 4);
-    u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
-    std::memcpy(p + i, &u, 4);
-  }
+  for (int64_t i = 0; i < model->num_params(); ++i) p[i] = Bf16ToFloat(FloatToBf16(p[i]));
   const TokenBatch batch = RandomBatch({9, 1, 17}, c.vocab_size, 4);
   ForwardOptions fo;
   ForwardResult<float> plain, packed, mixed;
