@@ -257,25 +257,37 @@ void PackRowBlock(const float* src, int64_t lda, int64_t r, int64_t K, float* ds
   }
 }
 
+// Cache lines for a panel kernel to pull into L2 while it computes: `lines` lines from `at`.
+struct Prefetch {
+  const char* at = nullptr;
+  int64_t lines = 0;
+  // Block b's share of n blocks.
+  Prefetch Share(int64_t b, int64_t n) const {
+    const int64_t first = lines * b / n, last = lines * (b + 1) / n;
+    return {at + 64 * first, last - first};
+  }
+};
+
 // C (kMr rows, 32 columns under masks m0, m1) = alpha * the block (Ap, (K, kMr)) @ one packed
 // (K, 32) panel + beta * C. The panel is fp32 (kBf16 false: PackWeight's layout, `packed` a
 // float*) or bf16 (PackPanelBf16's layout, `packed` a uint16_t*), widened in registers; then
 // `widened`, when not null, receives the fp32 panel for the row blocks after this one (PanelBlock
-// decides when that pays). prefetch (may be null): a panel to pull into
-// L2 meanwhile, one fp32 panel row per k (the next panel: decode streams the weights from memory,
-// and the first pass over a panel otherwise waits on each of its cache lines).
+// decides when that pays). `prefetch`: cache lines to pull into L2 meanwhile, spread evenly over
+// the K steps (PanelBlock gives each row block its share of the next panel: decode streams the
+// weights from memory, and the first pass over a panel otherwise waits on each of its lines).
 template <int kMr, bool kBf16>
 inline void PanelRows(const float* Ap, const void* packed, int64_t K, float alpha, float beta,
-                      float* C, int64_t ldc, __mmask16 m0, __mmask16 m1, const float* prefetch,
+                      float* C, int64_t ldc, __mmask16 m0, __mmask16 m1, Prefetch prefetch,
                       float* widened) {
   __m512 acc0[kMr], acc1[kMr];
 #pragma GCC unroll 16
   for (int i = 0; i < kMr; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
   const __m512i high = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+  int64_t pf_due = 0;
   for (int64_t k = 0; k < K; ++k) {
-    if (prefetch != nullptr) {
-      _mm_prefetch(reinterpret_cast<const char*>(prefetch + k * kPanel), _MM_HINT_T1);
-      _mm_prefetch(reinterpret_cast<const char*>(prefetch + k * kPanel + 16), _MM_HINT_T1);
+    // prefetch.lines cache lines spread evenly over the K steps.
+    for (pf_due += prefetch.lines; pf_due >= K; pf_due -= K, prefetch.at += 64) {
+      _mm_prefetch(prefetch.at, _MM_HINT_T1);
     }
     __m512 b0, b1;
     if constexpr (kBf16) {
@@ -317,7 +329,7 @@ inline void PanelRows(const float* Ap, const void* packed, int64_t K, float alph
 template <bool kBf16, int R = kPanelRows>
 inline void PanelRowsN(int r, const float* Ap, const void* packed, int64_t K, float alpha,
                        float beta, float* C, int64_t ldc, __mmask16 m0, __mmask16 m1,
-                       const float* prefetch, float* widened) {
+                       Prefetch prefetch, float* widened) {
   if constexpr (R > 0) {
     if (r == R) {
       PanelRows<R, kBf16>(Ap, packed, K, alpha, beta, C, ldc, m0, m1, prefetch, widened);
@@ -329,11 +341,11 @@ inline void PanelRowsN(int r, const float* Ap, const void* packed, int64_t K, fl
 
 // C (M, nj <= 32) = alpha * A (M, K) @ panel + beta * C for one (K, 32) panel, A packed per
 // register block (PackRowBlock); the panel is `packed` (fp32) or, if that is null, `packed16`
-// (bf16, widened in registers). The first row block prefetches `next` (see PanelRows), or nothing
-// if null.
+// (bf16, widened in registers). `next` (see PanelRows) is spread over the row blocks, so the
+// memory stream runs for the whole panel, not in a burst during its first block.
 void PanelBlock(int64_t M, int64_t nj, int64_t K, float alpha, const float* Ap,
                 const float* packed, const uint16_t* packed16, float beta, float* C, int64_t ldc,
-                const float* next) {
+                Prefetch next) {
   const __mmask16 m0 = static_cast<__mmask16>(nj >= 16 ? 0xFFFF : (1u << nj) - 1);
   const __mmask16 m1 = static_cast<__mmask16>(nj >= 32   ? 0xFFFF
                                               : nj <= 16 ? 0
@@ -346,7 +358,7 @@ void PanelBlock(int64_t M, int64_t nj, int64_t K, float alpha, const float* Ap,
     for (; b < nb; ++b) {
       const auto [i, r] = RowBlockAt(M, b);
       PanelRowsN<true>(static_cast<int>(r), Ap + i * K, packed16, K, alpha, beta, C + i * ldc,
-                       ldc, m0, m1, b == 0 ? next : nullptr, nullptr);
+                       ldc, m0, m1, next.Share(b, nb), nullptr);
     }
     return;
   }
@@ -356,15 +368,14 @@ void PanelBlock(int64_t M, int64_t nj, int64_t K, float alpha, const float* Ap,
     float* widened = buf.data();
     const auto [i, r] = RowBlockAt(M, 0);
     PanelRowsN<true>(static_cast<int>(r), Ap + i * K, packed16, K, alpha, beta, C + i * ldc, ldc,
-                     m0, m1, next, widened);
+                     m0, m1, next.Share(0, nb), widened);
     packed = widened;
-    next = nullptr;
     b = 1;
   }
   for (; b < nb; ++b) {
     const auto [i, r] = RowBlockAt(M, b);
     PanelRowsN<false>(static_cast<int>(r), Ap + i * K, packed, K, alpha, beta, C + i * ldc, ldc,
-                      m0, m1, b == 0 ? next : nullptr, nullptr);
+                      m0, m1, next.Share(b, nb), nullptr);
   }
 }
 
@@ -394,11 +405,14 @@ inline const float* TaskPanel(const float* packed, const uint16_t* packed16, con
   return buf.data();
 }
 
-// What PanelRows prefetches while it works on a panel: the next prepacked panel (fp32 or bf16;
-// PanelRows prefetches an fp32 panel's length, so for a bf16 one also the panel after: harmless,
-// a prefetch never faults), or null.
-inline const float* PrefetchPanel(const float* packed, const uint16_t* packed16) {
-  return packed != nullptr ? packed : reinterpret_cast<const float*>(packed16);
+// What PanelBlock prefetches while it works on a panel: the prepacked panel at element offset
+// `at` (fp32 or bf16, K rows of 32), or nothing if there is no prepacked weight.
+inline Prefetch PrefetchPanel(const float* packed, const uint16_t* packed16, int64_t at,
+                              int64_t K) {
+  const int64_t lines = K * kPanel * (packed != nullptr ? 4 : 2) / 64;
+  if (packed != nullptr) return {reinterpret_cast<const char*>(packed + at), lines};
+  if (packed16 != nullptr) return {reinterpret_cast<const char*>(packed16 + at), lines};
+  return {};
 }
 
 // The panel form for any N. B is packed per task (a 32-row slice of B, transposed); `prepacked`
@@ -437,9 +451,7 @@ void InvariantGemmNTPanels(int64_t M, int64_t N, int64_t K, float alpha, const f
         TaskPanel(prepacked != nullptr ? prepacked + at : nullptr,
                   prepacked16 != nullptr ? prepacked16 + at : nullptr,
                   B != nullptr ? B + j0 * ldb : nullptr, ldb, nj, K);
-    const float* next = last ? nullptr
-                             : PrefetchPanel(prepacked != nullptr ? prepacked + next_at : nullptr,
-                                             prepacked16 != nullptr ? prepacked16 + next_at : nullptr);
+    const Prefetch next = last ? Prefetch{} : PrefetchPanel(prepacked, prepacked16, next_at, K);
     PanelBlock(mi, nj, K, alpha, Ap + i0 * K, panel,
                prepacked16 != nullptr ? prepacked16 + at : nullptr, beta, C + i0 * ldc + j0, ldc,
                next);
@@ -592,6 +604,13 @@ void PanelGroupedForward(float* y, const float* x, const float* W, int64_t w_str
     }
   }
   const int64_t num_tasks = static_cast<int64_t>(tasks.size());
+  // cost[t]: the cost of tasks 0 .. t-1, a task counted as its rows plus kTaskCostRows for
+  // streaming its panel (decode's few rows per expert make the panel's memory time matter).
+  constexpr int64_t kTaskCostRows = 8;
+  std::vector<int64_t> cost(num_tasks + 1, 0);
+  for (int64_t t = 0; t < num_tasks; ++t) {
+    cost[t + 1] = cost[t] + tasks[t].i1 - tasks[t].i0 + kTaskCostRows;
+  }
   // Each group's rows in row blocks of their own (PackRowBlock), from the group's first row.
   std::vector<std::pair<int64_t, int64_t>> blocks;  // (first row, rows)
   for (int64_t g = 0; g < num_groups; ++g) {
@@ -610,25 +629,27 @@ void PanelGroupedForward(float* y, const float* x, const float* W, int64_t w_str
     for (int64_t b = 0; b < num_blocks; ++b) {
       PackRowBlock(x + blocks[b].first * in, in, blocks[b].second, in, xp + blocks[b].first * in);
     }
-#pragma omp for schedule(dynamic, 4)
-  for (int64_t t = 0; t < num_tasks; ++t) {
-    const Task& task = tasks[t];
-    const int64_t j0 = task.p * kPanel, nj = std::min(kPanel, out - j0);
-    const auto at = [&](const Task& k) { return k.g * packed_stride + k.p * in * kPanel; };
-    const float* panel =
-        TaskPanel(packed != nullptr ? packed + at(task) : nullptr,
-                  packed16 != nullptr ? packed16 + at(task) : nullptr,
-                  W != nullptr ? W + task.g * w_stride + j0 * in : nullptr, in, nj, in);
-    const float* next = nullptr;
-    if (t + 1 < num_tasks && (packed != nullptr || packed16 != nullptr)) {
-      const int64_t n = at(tasks[t + 1]);
-      next = PrefetchPanel(packed != nullptr ? packed + n : nullptr,
-                           packed16 != nullptr ? packed16 + n : nullptr);
+    // Each thread a contiguous run of tasks of near-equal cost, so that the panel it prefetches
+    // (the next task's) is its own: with dynamic scheduling every few tasks began cold.
+    const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
+    const auto first_task = [&](int64_t i) {
+      return std::lower_bound(cost.begin(), cost.end(), cost.back() * i / nt) - cost.begin();
+    };
+    const int64_t t_end = tid + 1 == nt ? num_tasks : first_task(tid + 1);
+    for (int64_t t = first_task(tid); t < t_end; ++t) {
+      const Task& task = tasks[t];
+      const int64_t j0 = task.p * kPanel, nj = std::min(kPanel, out - j0);
+      const auto at = [&](const Task& k) { return k.g * packed_stride + k.p * in * kPanel; };
+      const float* panel =
+          TaskPanel(packed != nullptr ? packed + at(task) : nullptr,
+                    packed16 != nullptr ? packed16 + at(task) : nullptr,
+                    W != nullptr ? W + task.g * w_stride + j0 * in : nullptr, in, nj, in);
+      const Prefetch next =
+          t + 1 < t_end ? PrefetchPanel(packed, packed16, at(tasks[t + 1]), in) : Prefetch{};
+      PanelBlock(task.i1 - task.i0, nj, in, 1.0f, xp + task.i0 * in, panel,
+                 packed16 != nullptr ? packed16 + at(task) : nullptr, 0.0f,
+                 y + task.i0 * out + j0, out, next);
     }
-    PanelBlock(task.i1 - task.i0, nj, in, 1.0f, xp + task.i0 * in, panel,
-               packed16 != nullptr ? packed16 + at(task) : nullptr, 0.0f, y + task.i0 * out + j0,
-               out, next);
-  }
   }
 }
 #endif
