@@ -264,37 +264,60 @@ void Model<Real>::LayerForward(int64_t l, LayerActs& a, Real* x, int64_t T, cons
   }
   Real* q_dst = c.qk_norm ? a.q_raw.data() : a.q.data();
   Real* k_dst = c.qk_norm ? a.k_raw.data() : a.k.data();
-#pragma omp parallel for schedule(static) if (T * qkvd > kMinParallelElems)
-  for (int64_t t = 0; t < T; ++t) {
-    const Real* row = a.qkv.data() + t * qkvd;
-    std::copy_n(row, qd, q_dst + t * qd);
-    std::copy_n(row + qd, kvd, k_dst + t * kvd);
-    std::copy_n(row + qd + kvd, kvd, a.v.data() + t * kvd);
-  }
   if (c.qk_norm) {
     Resize(a.rstd_q, T * nh);
     Resize(a.rstd_k, T * nkv);
-    cpu::RmsNormForward<Real>(a.q.data(), a.rstd_q.data(), a.q_raw.data(), P + o.q_norm, T * nh,
-                              hd, c.rms_norm_eps);
-    cpu::RmsNormForward<Real>(a.k.data(), a.rstd_k.data(), a.k_raw.data(), P + o.k_norm,
-                              T * nkv, hd, c.rms_norm_eps);
   }
-  cpu::RopeForward<Real>(a.q.data(), pos, rope_cos_.data(), rope_sin_.data(), T, nh, hd);
-  cpu::RopeForward<Real>(a.k.data(), pos, rope_cos_.data(), rope_sin_.data(), T, nkv, hd);
-
   const int64_t B = static_cast<int64_t>(offsets.size()) - 1;
+  std::vector<int32_t> token_seq;  // with a cache: each token's sequence
+  if (cache != nullptr) {
+    token_seq.resize(T);
+    for (int64_t b = 0; b < B; ++b) {
+      std::fill(token_seq.begin() + offsets[b], token_seq.begin() + offsets[b + 1], b);
+    }
+  }
+  // Split the qkv rows into q, k, v, the q/k norms, RoPE, and with a cache the new K/V rows into
+  // the cache: one region, each thread all of it for a contiguous run of tokens (a decode step's
+  // few tokens are too little work for a region per op). Each op runs its per-row kernel on the
+  // run's rows: the same bits as on all T rows at once.
+#pragma omp parallel if (T * qkvd >= kMinParallelElems / 8)
+  {
+    const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
+    const int64_t t0 = T * tid / nt, n = T * (tid + 1) / nt - t0;
+    for (int64_t t = t0; t < t0 + n; ++t) {
+      const Real* row = a.qkv.data() + t * qkvd;
+      std::copy_n(row, qd, q_dst + t * qd);
+      std::copy_n(row + qd, kvd, k_dst + t * kvd);
+      std::copy_n(row + qd + kvd, kvd, a.v.data() + t * kvd);
+    }
+    Real* q = a.q.data() + t0 * qd;
+    Real* k = a.k.data() + t0 * kvd;
+    if (c.qk_norm && n > 0) {
+      cpu::RmsNormForward<Real>(q, a.rstd_q.data() + t0 * nh, a.q_raw.data() + t0 * qd,
+                                P + o.q_norm, n * nh, hd, c.rms_norm_eps);
+      cpu::RmsNormForward<Real>(k, a.rstd_k.data() + t0 * nkv, a.k_raw.data() + t0 * kvd,
+                                P + o.k_norm, n * nkv, hd, c.rms_norm_eps);
+    }
+    if (n > 0) {
+      cpu::RopeForward<Real>(q, pos + t0, rope_cos_.data(), rope_sin_.data(), n, nh, hd);
+      cpu::RopeForward<Real>(k, pos + t0, rope_cos_.data(), rope_sin_.data(), n, nkv, hd);
+    }
+    for (int64_t t = t0; cache != nullptr && t < t0 + n; ++t) {
+      const int64_t b = token_seq[t], slot = slots[b];
+      const int64_t at = cache->length(slot) + (t - offsets[b]);
+      std::copy_n(a.k.data() + t * kvd, kvd, cache->k(l, slot) + at * kvd);
+      std::copy_n(a.v.data() + t * kvd, kvd, cache->v(l, slot) + at * kvd);
+    }
+  }
+
   std::vector<cpu::AttnSeq<Real>> seqs(B);
   for (int64_t b = 0; b < B; ++b) {
     const int64_t begin = offsets[b], len = offsets[b + 1] - offsets[b];
     if (cache == nullptr) {
       seqs[b] = {begin, len, a.k.data() + begin * kvd, a.v.data() + begin * kvd, len};
     } else {
-      const int64_t slot = slots[b], past = cache->length(slot);
-      Real* ck = cache->k(l, slot);
-      Real* cv = cache->v(l, slot);
-      std::memcpy(ck + past * kvd, a.k.data() + begin * kvd, sizeof(Real) * len * kvd);
-      std::memcpy(cv + past * kvd, a.v.data() + begin * kvd, sizeof(Real) * len * kvd);
-      seqs[b] = {begin, len, ck, cv, past + len};
+      const int64_t slot = slots[b];
+      seqs[b] = {begin, len, cache->k(l, slot), cache->v(l, slot), cache->length(slot) + len};
     }
   }
   Resize(a.attn, T * qd);
