@@ -4,10 +4,15 @@
 // Double keeps std::exp: the fp64 path is the reference, not the fast path.
 #pragma once
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include <bit>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 namespace grpo::cpu {
 
@@ -51,14 +56,27 @@ inline double VecExp<double>(double x) {
   return std::exp(x);
 }
 
-// max(x[0..n)), -inf when n == 0. Lane-parallel so it vectorizes (a plain max reduction stays
-// scalar without -ffast-math, one dependent vmaxss per element).
+// max(x[0..n)), -inf when n == 0. Lane-parallel (lane l: the elements i = l mod kLanes of the
+// full blocks, lane 0 also the tail, then the lanes in order), since a plain max reduction stays
+// scalar without -ffast-math. GCC leaves even the lane form scalar, so float on AVX-512 spells it
+// out: max_ps(a, b) is a > b ? a : b per lane, the very same selection.
 template <typename Real>
 inline Real RowMax(const Real* x, int64_t n) {
   constexpr int kLanes = 64 / sizeof(Real);
   Real lanes[kLanes];
   for (int l = 0; l < kLanes; ++l) lanes[l] = -std::numeric_limits<Real>::infinity();
   int64_t i = 0;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<Real, float>) {
+    __m512 acc = _mm512_loadu_ps(lanes);
+    for (; i + kLanes <= n; i += kLanes) {
+      // The masked form with every lane on: plain _mm512_max_ps trips GCC 12's
+      // -Wmaybe-uninitialized on its internal undefined source.
+      acc = _mm512_mask_max_ps(acc, static_cast<__mmask16>(0xFFFF), _mm512_loadu_ps(x + i), acc);
+    }
+    _mm512_storeu_ps(lanes, acc);
+  }
+#endif
   for (; i + kLanes <= n; i += kLanes) {
     for (int l = 0; l < kLanes; ++l) lanes[l] = x[i + l] > lanes[l] ? x[i + l] : lanes[l];
   }

@@ -111,6 +111,29 @@ TEST_CASE("FastExpf is within 2 ulp of exp and handles the edges", "[ops]") {
   CHECK(std::isnan(FastExpf(std::nanf(""))));
 }
 
+TEST_CASE("RowMax finds the maximum wherever it is, in full blocks and in the tail", "[ops]") {
+  std::mt19937_64 rng(11);
+  std::uniform_real_distribution<float> dist(-50.0f, 50.0f);
+  CHECK(RowMax<float>(nullptr, 0) == -std::numeric_limits<float>::infinity());
+  for (int64_t n : {1, 7, 16, 17, 31, 32, 33, 64, 100, 1000, 32003}) {
+    std::vector<float> x(n);
+    for (float& v : x) v = dist(rng);
+    // The maximum at every position of short rows, and at a spread of them in long ones.
+    const int64_t step = n <= 100 ? 1 : n / 97;
+    for (int64_t at = 0; at < n; at += step) {
+      std::vector<float> y = x;
+      y[at] = 60.0f + static_cast<float>(at % 5);
+      INFO("n " << n << ", maximum at " << at);
+      CHECK(RowMax(y.data(), n) == y[at]);
+    }
+    CHECK(RowMax(x.data(), n) == *std::max_element(x.begin(), x.end()));
+    std::vector<double> xd(x.begin(), x.end());
+    CHECK(RowMax(xd.data(), n) == static_cast<double>(RowMax(x.data(), n)));
+  }
+  const std::vector<float> ninf(40, -std::numeric_limits<float>::infinity());
+  CHECK(RowMax(ninf.data(), 40) == -std::numeric_limits<float>::infinity());
+}
+
 // ---- RMSNorm ---------------------------------------------------------------------------------
 
 TEST_CASE("RmsNorm forward matches the formula and backward matches finite differences", "[ops]") {
