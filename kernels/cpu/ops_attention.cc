@@ -45,6 +45,24 @@ struct FwdTask {
   int64_t cost;
 };
 
+// The next task's K and V rows, to pull into L2 while this task computes (decode: every task reads
+// its sequence's K/V once, from memory, and computes little; without this the two alternate).
+// Two byte ranges, taken in order, 64 bytes per prefetch.
+struct LinePrefetch {
+  const char* k = nullptr;
+  const char* v = nullptr;
+  int64_t bytes = 0;  // of each
+  int64_t done = 0;   // lines issued, over both ranges
+  int64_t lines() const { return 2 * ((bytes + 63) / 64); }
+  void Issue(int64_t n) {
+    const int64_t per = (bytes + 63) / 64;
+    for (const int64_t end = std::min(done + n, 2 * per); done < end; ++done) {
+      const char* base = done < per ? k : v;
+      __builtin_prefetch(base + 64 * (done < per ? done : done - per), 0, 2);
+    }
+  }
+};
+
 // In place over S (nr, nk) holding scaled scores: row r sees keys [0, p0 + r * p_step] and becomes
 // its softmax (zeros past the causal limit). lse[r * lse_stride] = max + log(sum exp) if lse.
 template <typename Real>
@@ -164,7 +182,8 @@ struct GroupRows {
 // keys past nk read zero_row (hd zeros) and land in S's padding.
 template <typename Real, int kRows>
 void GroupScores(Real* S, int64_t lds, const GroupRows<const Real>& q, int64_t r0, const Real* k,
-                 int64_t ldk, int64_t nk, int64_t hd, Real scale, const Real* zero_row) {
+                 int64_t ldk, int64_t nk, int64_t hd, Real scale, const Real* zero_row,
+                 LinePrefetch* pf = nullptr, int64_t pf_lines = 0) {
   using V = typename Simd<Real>::V;
   constexpr int kL = Simd<Real>::kLanes;
   constexpr int kKeys = kL / kRows;
@@ -190,11 +209,16 @@ void GroupScores(Real* S, int64_t lds, const GroupRows<const Real>& q, int64_t r
     }
   };
   const Real* kp[kKeys];
+  // pf_lines of *pf spread over the steps.
+  const int64_t steps = (nk + kKeys - 1) / kKeys;
+  const int64_t pf_step = pf != nullptr && steps > 0 ? (pf_lines + steps - 1) / steps : 0;
   int64_t j = 0;
   for (; j + kKeys <= nk; j += kKeys) {  // full steps: no per-key bounds test
+    if (pf_step > 0) pf->Issue(pf_step);
     for (int jj = 0; jj < kKeys; ++jj) kp[jj] = k + (j + jj) * ldk;
     step(kp, j);
   }
+  if (pf_step > 0) pf->Issue(pf_step);
   if (j < nk) {
     for (int jj = 0; jj < kKeys; ++jj) kp[jj] = j + jj < nk ? k + (j + jj) * ldk : zero_row;
     step(kp, j);
@@ -291,7 +315,7 @@ int64_t GroupScratch(int64_t n, int64_t g, int64_t max_kv, int64_t hd) {
 template <typename Real>
 void GroupAttention(Real* out, Real* lse, const Real* q, const Real* k, const Real* v,
                     int64_t ldk, int64_t nk0, int64_t n, int64_t h0, int64_t h1, int64_t g,
-                    int64_t hd, Real scale, Real* scratch) {
+                    int64_t hd, Real scale, Real* scratch, LinePrefetch* next = nullptr) {
   constexpr int kL = Simd<Real>::kLanes;
   const int64_t nh = ldk / hd * g, ld_token = nh * hd;
   const int64_t rows = n * g, nk_max = nk0 + n - 1;
@@ -311,14 +335,19 @@ void GroupAttention(Real* out, Real* lse, const Real* q, const Real* k, const Re
         const int64_t nr = RowBlock(rows - r0, 8);
         // Keys up to the block's last row's limit; past a row's own limit they are discarded.
         const int64_t nk = nk0 + (r0 + nr - 1) / g;
+        // Each head's first row block takes an equal share of the next task's lines.
+        LinePrefetch* pf = r0 == 0 ? next : nullptr;
+        const int64_t pf_lines =
+            pf != nullptr ? (pf->lines() * (kvh - h0 + 1) + (h1 - h0) - 1) / (h1 - h0) - pf->done
+                          : 0;
         if (nr == 8) {
-          GroupScores<Real, 8>(S, lds, qr, r0, kh, ldk, nk, hd, scale, zero_row);
+          GroupScores<Real, 8>(S, lds, qr, r0, kh, ldk, nk, hd, scale, zero_row, pf, pf_lines);
         } else if (nr == 4) {
-          GroupScores<Real, 4>(S, lds, qr, r0, kh, ldk, nk, hd, scale, zero_row);
+          GroupScores<Real, 4>(S, lds, qr, r0, kh, ldk, nk, hd, scale, zero_row, pf, pf_lines);
         } else if (nr == 2) {
-          GroupScores<Real, 2>(S, lds, qr, r0, kh, ldk, nk, hd, scale, zero_row);
+          GroupScores<Real, 2>(S, lds, qr, r0, kh, ldk, nk, hd, scale, zero_row, pf, pf_lines);
         } else {
-          GroupScores<Real, 1>(S, lds, qr, r0, kh, ldk, nk, hd, scale, zero_row);
+          GroupScores<Real, 1>(S, lds, qr, r0, kh, ldk, nk, hd, scale, zero_row, pf, pf_lines);
         }
         r0 += nr;
       }
@@ -422,9 +451,16 @@ void AttentionForward(Real* out, Real* lse, const Real* q, const AttnSeq<Real>* 
       }
     }
   }
-  // Largest first, so the dynamic schedule ends with small tasks and balances.
-  std::stable_sort(tasks.begin(), tasks.end(),
-                   [](const FwdTask& a, const FwdTask& b) { return a.cost > b.cost; });
+  // Every task a chunk with all kv heads (decode): their K/V row ranges are contiguous, and each
+  // thread runs a contiguous run of tasks, prefetching the next one's rows. Otherwise largest
+  // first, so the dynamic schedule ends with small tasks and balances.
+  const bool pipelined =
+      heads_per_task == nkv &&
+      std::all_of(tasks.begin(), tasks.end(), [](const FwdTask& t) { return t.group; });
+  if (!pipelined) {
+    std::stable_sort(tasks.begin(), tasks.end(),
+                     [](const FwdTask& a, const FwdTask& b) { return a.cost > b.cost; });
+  }
   const int64_t scratch =
       std::max(kBlockQ * max_kv, GroupScratch<Real>(kGroupChunk, g, max_kv, hd));
   const int64_t num_tasks = static_cast<int64_t>(tasks.size());
@@ -433,8 +469,7 @@ void AttentionForward(Real* out, Real* lse, const Real* q, const AttnSeq<Real>* 
   const bool threads = num_tasks > 1 && total_cost * hd > kMinParallelWork && !omp_in_parallel();
   const FwdTask* task_list = tasks.data();  // thread_local: the workers see the caller's by pointer
 
-#pragma omp parallel for schedule(dynamic, 1) if (threads)
-  for (int64_t ti = 0; ti < num_tasks; ++ti) {
+  const auto run = [&](int64_t ti, LinePrefetch* next) {
     const FwdTask& task = task_list[ti];
     const AttnSeq<Real>& sq = seqs[task.seq];
     const int64_t off = sq.kv_len - sq.q_len;
@@ -443,8 +478,8 @@ void AttentionForward(Real* out, Real* lse, const Real* q, const AttnSeq<Real>* 
       const int64_t tok = sq.q_begin + task.i0;  // the chunk's first token: keys 0..its position
       GroupAttention(out + tok * nh * hd, lse != nullptr ? lse + tok * nh : nullptr,
                      q + tok * nh * hd, sq.k, sq.v, ldk, off + task.i0 + 1, task.i1 - task.i0,
-                     task.head, task.head_end, g, hd, scale, S);
-      continue;
+                     task.head, task.head_end, g, hd, scale, S, next);
+      return;
     }
     // Row mode: rows i0..i1-1 of query head `head`, (nr, hd) at stride ldq; row r at position
     // off + i0 + r sees keys 0..that position.
@@ -457,6 +492,39 @@ void AttentionForward(Real* out, Real* lse, const Real* q, const AttnSeq<Real>* 
     Gemm<Real>(false, true, nr, nk, hd, scale, q + first * hd, ldq, kb, ldk, Real(0), S, nk);
     CausalSoftmaxRows(S, nr, nk, p0, int64_t{1}, lse != nullptr ? lse + first : nullptr, nh);
     Gemm<Real>(false, false, nr, hd, nk, Real(1), S, nk, vb, ldk, Real(0), out + first * hd, ldq);
+  };
+  if (!pipelined) {
+#pragma omp parallel for schedule(dynamic, 1) if (threads)
+    for (int64_t ti = 0; ti < num_tasks; ++ti) run(ti, nullptr);
+    return;
+  }
+  std::vector<int64_t> cost_before(num_tasks + 1, 0);  // cost of tasks 0 .. t-1
+  for (int64_t t = 0; t < num_tasks; ++t) cost_before[t + 1] = cost_before[t] + tasks[t].cost;
+#pragma omp parallel if (threads)
+  {
+    const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
+    const auto first_task = [&](int64_t i) {
+      return std::lower_bound(cost_before.begin(), cost_before.end(),
+                              cost_before.back() * i / nt) -
+             cost_before.begin();
+    };
+    const int64_t end = tid + 1 == nt ? num_tasks : first_task(tid + 1);
+    for (int64_t ti = first_task(tid); ti < end; ++ti) {
+      // The next task's keys [0, off + i1), less those this task reads when it is the same
+      // sequence's next chunk (the learner's forward).
+      LinePrefetch next;
+      if (ti + 1 < end) {
+        const FwdTask& t = task_list[ti + 1];
+        const AttnSeq<Real>& sq = seqs[t.seq];
+        const int64_t off = sq.kv_len - sq.q_len;
+        const int64_t from = t.seq == task_list[ti].seq ? off + task_list[ti].i1 : 0;
+        const int64_t row_bytes = ldk * static_cast<int64_t>(sizeof(Real));
+        next.k = reinterpret_cast<const char*>(sq.k + from * ldk);
+        next.v = reinterpret_cast<const char*>(sq.v + from * ldk);
+        next.bytes = std::max<int64_t>(0, off + t.i1 - from) * row_bytes;
+      }
+      run(ti, ti + 1 < end ? &next : nullptr);
+    }
   }
 }
 
