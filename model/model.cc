@@ -246,10 +246,28 @@ void Model<Real>::LayerForward(int64_t l, LayerActs& a, Real* x, int64_t T, cons
                 nkv = c.num_key_value_heads, qd = nh * hd, kvd = nkv * hd;
   auto bias = [&](int64_t off) { return off >= 0 ? P + off : nullptr; };
 
+  // x += add (when not null), then out = RmsNorm(x): one region, each thread a contiguous run of
+  // tokens (decode's 64 x H is too little work for a region per op; the per-row kernels keep the
+  // bits).
+  const auto residual_norm = [&](const Real* add, Real* out, Real* rstd, int64_t w) {
+#pragma omp parallel if (T * H >= kMinParallelElems / 4)
+    {
+      const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
+      const int64_t t0 = T * tid / nt, n = T * (tid + 1) / nt - t0;
+      if (add != nullptr) {
+        for (int64_t i = t0 * H; i < (t0 + n) * H; ++i) x[i] += add[i];
+      }
+      if (n > 0) {
+        cpu::RmsNormForward<Real>(out + t0 * H, rstd + t0, x + t0 * H, P + w, n, H,
+                                  c.rms_norm_eps);
+      }
+    }
+  };
+
   if (save) a.x_in.assign(x, x + T * H);
   Resize(a.ln1, T * H);
   Resize(a.rstd1, T);
-  cpu::RmsNormForward<Real>(a.ln1.data(), a.rstd1.data(), x, P + o.ln1, T, H, c.rms_norm_eps);
+  residual_norm(nullptr, a.ln1.data(), a.rstd1.data(), o.ln1);
 
   // One GEMM for q, k and v (their weights are one matrix), then split into dense buffers.
   const int64_t qkvd = qd + 2 * kvd;
@@ -327,15 +345,12 @@ void Model<Real>::LayerForward(int64_t l, LayerActs& a, Real* x, int64_t T, cons
                               hd, scale);
   Resize(a.tmp, T * H);
   Linear(a.tmp.data(), a.attn.data(), o.o, bias(o.ob), T, qd, H);
-#pragma omp parallel for schedule(static) if (T * H > kMinParallelElems)
-  for (int64_t i = 0; i < T * H; ++i) x[i] += a.tmp[i];
-
-  if (save) a.x_mid.assign(x, x + T * H);
   Resize(a.ln2, T * H);
   Resize(a.rstd2, T);
-  cpu::RmsNormForward<Real>(a.ln2.data(), a.rstd2.data(), x, P + o.ln2, T, H, c.rms_norm_eps);
+  residual_norm(a.tmp.data(), a.ln2.data(), a.rstd2.data(), o.ln2);
+  if (save) a.x_mid.assign(x, x + T * H);
   FfnForward(l, a, a.ln2.data(), a.tmp.data(), T, forced);
-#pragma omp parallel for schedule(static) if (T * H > kMinParallelElems)
+#pragma omp parallel for schedule(static) if (T * H >= kMinParallelElems / 4)
   for (int64_t i = 0; i < T * H; ++i) x[i] += a.tmp[i];
 }
 

@@ -9,7 +9,8 @@
 namespace grpo {
 
 // Element-wise forward loops fork the thread pool only above this many elements: at decode sizes
-// (a few dozen tokens) the fork and its wake-ups cost more than the loop itself.
+// (a few dozen tokens) the fork and its wake-ups cost more than the loop itself. A region doing
+// several ops per element (LayerForward's split and residual + norm) forks from a fraction of it.
 constexpr int64_t kMinParallelElems = int64_t{1} << 16;
 
 template <typename Real>

@@ -202,7 +202,8 @@ template <typename Real>
 void RouterForward(Real* probs, int32_t* idx, Real* w, const Real* logits,
                    const int32_t* forced_idx, int64_t T, int64_t E, int64_t K, bool norm_topk) {
   GRPO_CHECK(K >= 1 && K <= E);
-#pragma omp parallel for schedule(static) if (UseThreads(T, T * E * 8))
+  // Per row an exp per expert, a partial sort and the top-k weights: ~64 operations per expert.
+#pragma omp parallel for schedule(static) if (UseThreads(T, T * E * 64))
   for (int64_t t = 0; t < T; ++t) {
     const Real* lg = logits + t * E;  // (E)
     Real* p = probs + t * E;          // (E)
