@@ -29,8 +29,8 @@ for r in $(seq 1 "$rounds"); do
   # Ours twice: arbitrary fp32 weights, then the same weights rounded to bf16 values (what a bf16
   # checkpoint or a bf16 weight update holds; the engine packs those at 2 bytes, losslessly).
   for w in fp32 bf16; do
-    log=$(OMP_NUM_THREADS=$threads "$BUILD_DIR/bench/rollout_bench" --config configs/bench_moe.json \
-      --prompt 32 --decode-tokens 64 --repeats 3 --weights $w)
+    log=$(OMP_NUM_THREADS=$threads "$BUILD_DIR/bench/rollout_bench" \
+      --config configs/bench_moe.json --prompt 32 --decode-tokens 64 --repeats 3 --weights $w)
     echo "$log" | grep -v '^RESULT'
     echo "ours_$w $(echo "$log" | grep '^RESULT' | sed 's/^RESULT //')" >> "$results"
   done
