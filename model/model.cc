@@ -13,6 +13,7 @@
 #include "common/status.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/thread_runs.h"
 #include "model/model_internal.h"
 
 namespace grpo {
@@ -252,8 +253,8 @@ void Model<Real>::LayerForward(int64_t l, LayerActs& a, Real* x, int64_t T, cons
   const auto residual_norm = [&](const Real* add, Real* out, Real* rstd, int64_t w) {
 #pragma omp parallel if (T * H >= kMinParallelElems / 4)
     {
-      const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
-      const int64_t t0 = T * tid / nt, n = T * (tid + 1) / nt - t0;
+      const auto [t0, t1] = cpu::EvenRun(T);
+      const int64_t n = t1 - t0;
       if (add != nullptr) {
         for (int64_t i = t0 * H; i < (t0 + n) * H; ++i) x[i] += add[i];
       }
@@ -300,8 +301,8 @@ void Model<Real>::LayerForward(int64_t l, LayerActs& a, Real* x, int64_t T, cons
   // run's rows: the same bits as on all T rows at once.
 #pragma omp parallel if (T * qkvd >= kMinParallelElems / 8)
   {
-    const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
-    const int64_t t0 = T * tid / nt, n = T * (tid + 1) / nt - t0;
+    const auto [t0, t1] = cpu::EvenRun(T);
+    const int64_t n = t1 - t0;
     for (int64_t t = t0; t < t0 + n; ++t) {
       const Real* row = a.qkv.data() + t * qkvd;
       std::copy_n(row, qd, q_dst + t * qd);

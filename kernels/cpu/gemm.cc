@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "kernels/cpu/thread_runs.h"
 #include "oneapi/dnnl/dnnl.h"
 
 #if defined(__AVX512F__)
@@ -631,12 +632,8 @@ void PanelGroupedForward(float* y, const float* x, const float* W, int64_t w_str
     }
     // Each thread a contiguous run of tasks of near-equal cost, so that the panel it prefetches
     // (the next task's) is its own: with dynamic scheduling every few tasks began cold.
-    const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
-    const auto first_task = [&](int64_t i) {
-      return std::lower_bound(cost.begin(), cost.end(), cost.back() * i / nt) - cost.begin();
-    };
-    const int64_t t_end = tid + 1 == nt ? num_tasks : first_task(tid + 1);
-    for (int64_t t = first_task(tid); t < t_end; ++t) {
+    const auto [t_begin, t_end] = CostRun(cost);
+    for (int64_t t = t_begin; t < t_end; ++t) {
       const Task& task = tasks[t];
       const int64_t j0 = task.p * kPanel, nj = std::min(kPanel, out - j0);
       const auto at = [&](const Task& k) { return k.g * packed_stride + k.p * in * kPanel; };

@@ -16,6 +16,7 @@
 #include "common/status.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/thread_runs.h"
 #include "kernels/cpu/vec_math.h"
 
 namespace grpo::cpu {
@@ -502,14 +503,8 @@ void AttentionForward(Real* out, Real* lse, const Real* q, const AttnSeq<Real>* 
   for (int64_t t = 0; t < num_tasks; ++t) cost_before[t + 1] = cost_before[t] + tasks[t].cost;
 #pragma omp parallel if (threads)
   {
-    const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
-    const auto first_task = [&](int64_t i) {
-      return std::lower_bound(cost_before.begin(), cost_before.end(),
-                              cost_before.back() * i / nt) -
-             cost_before.begin();
-    };
-    const int64_t end = tid + 1 == nt ? num_tasks : first_task(tid + 1);
-    for (int64_t ti = first_task(tid); ti < end; ++ti) {
+    const auto [begin, end] = CostRun(cost_before);
+    for (int64_t ti = begin; ti < end; ++ti) {
       // The next task's keys [0, off + i1), less those this task reads when it is the same
       // sequence's next chunk (the learner's forward).
       LinePrefetch next;
