@@ -115,7 +115,8 @@ void Model<Real>::Linear(Real* y, const Real* x, int64_t w, const Real* b, int64
 
 template <typename Real>
 void Model<Real>::GroupedLinear(Real* y, const Real* x, int64_t w, const int64_t* row_begin,
-                                int64_t num_groups, int64_t in, int64_t out) const {
+                                int64_t num_groups, int64_t in, int64_t out,
+                                const int32_t* x_rows, std::vector<Real>* gathered) const {
   if constexpr (std::is_same_v<Real, float>) {
     if (batch_invariant_ && !packed_at_.empty()) {
       const auto it = packed_at_.find(w);
@@ -124,14 +125,19 @@ void Model<Real>::GroupedLinear(Real* y, const Real* x, int64_t w, const int64_t
         const int64_t stride = cpu::PackedWeightFloats(out, in);
         if (bf16) {
           cpu::PackedGroupedLinearForward(y, x, packed16_.data() + at, stride, row_begin,
-                                          num_groups, in, out);
+                                          num_groups, in, out, x_rows);
         } else {
           cpu::PackedGroupedLinearForward(y, x, packed_.data() + at, stride, row_begin, num_groups,
-                                          in, out);
+                                          in, out, x_rows);
         }
         return;
       }
     }
+  }
+  if (x_rows != nullptr) {
+    GRPO_CHECK(gathered != nullptr);
+    GatherRows(*gathered, x, x_rows, row_begin[num_groups], in);
+    x = gathered->data();
   }
   cpu::GroupedLinearForward<Real>(y, x, params_.data() + w, out * in, row_begin, num_groups, in,
                                   out);
@@ -250,7 +256,10 @@ void Model<Real>::LayerForward(int64_t l, LayerActs& a, Real* x, int64_t T, cons
   // x += add (when not null), then out = RmsNorm(x): one region, each thread a contiguous run of
   // tokens (decode's 64 x H is too little work for a region per op; the per-row kernels keep the
   // bits).
-  const auto residual_norm = [&](const Real* add, Real* out, Real* rstd, int64_t w) {
+  // `after(t0, n)`: more per-token work each thread does on its run of tokens once they are
+  // normed (a MoE layer's routing).
+  const auto residual_norm = [&](const Real* add, Real* out, Real* rstd, int64_t w,
+                                 const auto& after) {
 #pragma omp parallel if (T * H >= kMinParallelElems / 4)
     {
       const auto [t0, t1] = cpu::EvenRun(T);
@@ -261,14 +270,16 @@ void Model<Real>::LayerForward(int64_t l, LayerActs& a, Real* x, int64_t T, cons
       if (n > 0) {
         cpu::RmsNormForward<Real>(out + t0 * H, rstd + t0, x + t0 * H, P + w, n, H,
                                   c.rms_norm_eps);
+        after(t0, n);
       }
     }
   };
+  const auto nothing = [](int64_t, int64_t) {};
 
   if (save) a.x_in.assign(x, x + T * H);
   Resize(a.ln1, T * H);
   Resize(a.rstd1, T);
-  residual_norm(nullptr, a.ln1.data(), a.rstd1.data(), o.ln1);
+  residual_norm(nullptr, a.ln1.data(), a.rstd1.data(), o.ln1, nothing);
 
   // One GEMM for q, k and v (their weights are one matrix), then split into dense buffers.
   const int64_t qkvd = qd + 2 * kvd;
@@ -348,11 +359,22 @@ void Model<Real>::LayerForward(int64_t l, LayerActs& a, Real* x, int64_t T, cons
   Linear(a.tmp.data(), a.attn.data(), o.o, bias(o.ob), T, qd, H);
   Resize(a.ln2, T * H);
   Resize(a.rstd2, T);
-  residual_norm(a.tmp.data(), a.ln2.data(), a.rstd2.data(), o.ln2);
+  // A MoE layer's router runs on each thread's tokens right after their norm (in batch-invariant
+  // mode, where a token's router logits do not depend on how many rows the product had): at decode
+  // sizes its own region, for a (T, 16) product, cost more than the product.
+  const bool route_in_norm = o.moe && batch_invariant_;
+  if (route_in_norm) SizeRouter(a, T);
+  const auto route = [&](int64_t t0, int64_t n) {
+    cpu::BatchInvariantScope invariant(true);  // thread-local: this may be a worker thread
+    RouteForward(l, a, a.ln2.data(), t0, n, forced);
+  };
+  if (route_in_norm) {
+    residual_norm(a.tmp.data(), a.ln2.data(), a.rstd2.data(), o.ln2, route);
+  } else {
+    residual_norm(a.tmp.data(), a.ln2.data(), a.rstd2.data(), o.ln2, nothing);
+  }
   if (save) a.x_mid.assign(x, x + T * H);
-  FfnForward(l, a, a.ln2.data(), a.tmp.data(), T, forced);
-#pragma omp parallel for schedule(static) if (T * H >= kMinParallelElems / 4)
-  for (int64_t i = 0; i < T * H; ++i) x[i] += a.tmp[i];
+  FfnForward(l, a, a.ln2.data(), a.tmp.data(), x, T, forced, route_in_norm);
 }
 
 template <typename Real>

@@ -187,8 +187,16 @@ class Model {
                     absl::Span<const int64_t> slots, const int32_t* forced, bool save);
   void LayerBackward(int64_t l, LayerActs& a, Real* dx, int64_t T,
                      const std::vector<int64_t>& seq_offsets);
-  void FfnForward(int64_t l, LayerActs& a, const Real* in, Real* out, int64_t T,
-                  const int32_t* forced);
+  // residual (T, H) += the feed-forward of in (T, H); out (T, H) is scratch. routed: RouteForward
+  // has already run on all T tokens (LayerForward's fused norm region).
+  void FfnForward(int64_t l, LayerActs& a, const Real* in, Real* out, Real* residual, int64_t T,
+                  const int32_t* forced, bool routed);
+  // MoE routing buffers for T tokens, then the router (logits, softmax top-k, or the forced
+  // replay ids) on tokens t0 .. t0+n-1 of in (T, H); safe to call from parallel threads on
+  // disjoint runs.
+  void SizeRouter(LayerActs& a, int64_t T) const;
+  void RouteForward(int64_t l, LayerActs& a, const Real* in, int64_t t0, int64_t n,
+                    const int32_t* forced) const;
   void FfnBackward(int64_t l, LayerActs& a, const Real* dout, Real* din, int64_t T);
   void EnsureRope(int64_t max_pos);
   void DropPacked() {
@@ -201,9 +209,12 @@ class Model {
   // there is one and batch-invariant mode is on, else LinearForward.
   void Linear(Real* y, const Real* x, int64_t w, const Real* b, int64_t T, int64_t in,
               int64_t out) const;
-  // GroupedLinearForward over the (groups, out, in) weights at offset w.
+  // GroupedLinearForward over the (groups, out, in) weights at offset w. With x_rows, grouped row r
+  // is x + x_rows[r] * in: the packed kernel gathers while it packs; otherwise the rows are first
+  // copied into *gathered.
   void GroupedLinear(Real* y, const Real* x, int64_t w, const int64_t* row_begin,
-                     int64_t num_groups, int64_t in, int64_t out) const;
+                     int64_t num_groups, int64_t in, int64_t out,
+                     const int32_t* x_rows = nullptr, std::vector<Real>* gathered = nullptr) const;
 
   ModelConfig config_;
   ParamLayout layout_;

@@ -48,28 +48,51 @@ void MlpBackward(Real* dx, Real* dW_gu, Real* dW_down, const Real* dy, const Rea
 }  // namespace
 
 template <typename Real>
-void Model<Real>::FfnForward(int64_t l, LayerActs& a, const Real* in, Real* out, int64_t T,
-                             const int32_t* forced) {
+void Model<Real>::SizeRouter(LayerActs& a, int64_t T) const {
+  const int64_t E = config_.num_experts, K = config_.num_experts_per_tok;
+  Resize(a.router_logits, T * E);
+  Resize(a.probs, T * E);
+  a.idx.resize(T * K);
+  Resize(a.w, T * K);
+}
+
+template <typename Real>
+void Model<Real>::RouteForward(int64_t l, LayerActs& a, const Real* in, int64_t t0, int64_t n,
+                               const int32_t* forced) const {
+  const ModelConfig& c = config_;
+  const int64_t H = c.hidden_size, E = c.num_experts, K = c.num_experts_per_tok;
+  Linear(a.router_logits.data() + t0 * E, in + t0 * H, layout_.layers[l].router, nullptr, n, H, E);
+  cpu::RouterForward<Real>(a.probs.data() + t0 * E, a.idx.data() + t0 * K, a.w.data() + t0 * K,
+                           a.router_logits.data() + t0 * E,
+                           forced != nullptr ? forced + t0 * K : nullptr, n, E, K,
+                           c.norm_topk_prob);
+}
+
+template <typename Real>
+void Model<Real>::FfnForward(int64_t l, LayerActs& a, const Real* in, Real* out, Real* residual,
+                             int64_t T, const int32_t* forced, bool routed) {
   const ModelConfig& c = config_;
   const LayerOffsets& o = layout_.layers[l];
   const Real* P = params_.data();
   const int64_t H = c.hidden_size;
   auto linear = [this](Real* y, const Real* x, int64_t w, int64_t rows, int64_t in,
                        int64_t out) { Linear(y, x, w, nullptr, rows, in, out); };
+  const auto add_to_residual = [&] {
+#pragma omp parallel for schedule(static) if (T * H >= kMinParallelElems / 4)
+    for (int64_t i = 0; i < T * H; ++i) residual[i] += out[i];
+  };
   if (!o.moe) {
     MlpForward<Real>(out, a.gu, a.h, in, o.mlp_gate_up, o.mlp_down, T, H, c.intermediate_size,
                      linear);
+    add_to_residual();
     return;
   }
   const int64_t E = c.num_experts, K = c.num_experts_per_tok, Im = c.moe_intermediate_size;
   const int64_t NK = T * K;
-  Resize(a.router_logits, T * E);
-  Resize(a.probs, T * E);
-  a.idx.resize(NK);
-  Resize(a.w, NK);
-  Linear(a.router_logits.data(), in, o.router, nullptr, T, H, E);
-  cpu::RouterForward<Real>(a.probs.data(), a.idx.data(), a.w.data(), a.router_logits.data(),
-                           forced, T, E, K, c.norm_topk_prob);
+  if (!routed) {
+    SizeRouter(a, T);
+    RouteForward(l, a, in, 0, T, forced);
+  }
 
   // Dispatch: rows grouped by expert, tokens ascending within an expert (deterministic).
   a.expert_begin.assign(E + 1, 0);
@@ -83,18 +106,17 @@ void Model<Real>::FfnForward(int64_t l, LayerActs& a, const Real* in, Real* out,
     a.slot_token[slot] = static_cast<int32_t>(i / K);
     a.slot_of[i] = slot;
   }
-  Resize(a.xe, NK * H);
-#pragma omp parallel for schedule(static) if (NK * H > kMinParallelElems)
-  for (int64_t r = 0; r < NK; ++r) std::copy_n(in + a.slot_token[r] * H, H, a.xe.data() + r * H);
 
   Resize(a.gu_e, NK * 2 * Im);
   Resize(a.h_e, NK * Im);
   Resize(a.ye, NK * H);
-  GroupedLinear(a.gu_e.data(), a.xe.data(), o.experts_gate_up, a.expert_begin.data(), E, H,
-                2 * Im);
+  GroupedLinear(a.gu_e.data(), in, o.experts_gate_up, a.expert_begin.data(), E, H,
+                2 * Im, a.slot_token.data(), &a.xe);
   cpu::SwiGluForward<Real>(a.h_e.data(), a.gu_e.data(), NK, Im);
   GroupedLinear(a.ye.data(), a.h_e.data(), o.experts_down, a.expert_begin.data(), E, Im, H);
-  // Combine: out[t] = sum_k w[t,k] * ye[slot(t,k)].
+  // Combine: out[t] = sum_k w[t,k] * ye[slot(t,k)]; without a shared expert to add first, the
+  // residual add of each row too, while the row is in L1 (one region, not two).
+  const bool shared = c.HasSharedExpert();
 #pragma omp parallel for schedule(static) if (T * K * H > kMinParallelElems)
   for (int64_t t = 0; t < T; ++t) {
     Real* row = out + t * H;
@@ -104,8 +126,12 @@ void Model<Real>::FfnForward(int64_t l, LayerActs& a, const Real* in, Real* out,
       const Real* ye = a.ye.data() + a.slot_of[t * K + k] * H;
       for (int64_t j = 0; j < H; ++j) row[j] += wk * ye[j];
     }
+    if (!shared) {
+      Real* x = residual + t * H;
+      for (int64_t j = 0; j < H; ++j) x[j] += row[j];
+    }
   }
-  if (c.HasSharedExpert()) {
+  if (shared) {
     const int64_t Is = c.shared_expert_intermediate_size;
     Resize(a.sy, T * H);
     Resize(a.sgate, T);
@@ -118,6 +144,7 @@ void Model<Real>::FfnForward(int64_t l, LayerActs& a, const Real* in, Real* out,
       a.sgate[t] = g;
       for (int64_t j = 0; j < H; ++j) out[t * H + j] += g * a.sy[t * H + j];
     }
+    add_to_residual();
   }
 }
 
@@ -171,6 +198,8 @@ void Model<Real>::FfnBackward(int64_t l, LayerActs& a, const Real* dout, Real* d
   ZeroResize(s.dgu, NK * 2 * Im);
   cpu::SwiGluBackward<Real>(s.dgu.data(), s.dh.data(), a.gu_e.data(), NK, Im);
   ZeroResize(s.dxe, NK * H);
+  // The experts' input rows (the forward gathered them inside its GEMM, or into a.xe).
+  GatherRows(a.xe, in, a.slot_token.data(), NK, H);
   for (int64_t e = 0; e < E; ++e) {
     const int64_t r0 = a.expert_begin[e], n = a.expert_begin[e + 1] - r0;
     if (n == 0) continue;
@@ -220,10 +249,16 @@ void Model<Real>::FfnBackward(int64_t l, LayerActs& a, const Real* dout, Real* d
   }
 }
 
-template void Model<float>::FfnForward(int64_t, LayerActs&, const float*, float*, int64_t,
-                                       const int32_t*);
-template void Model<double>::FfnForward(int64_t, LayerActs&, const double*, double*, int64_t,
-                                        const int32_t*);
+template void Model<float>::FfnForward(int64_t, LayerActs&, const float*, float*, float*,
+                                       int64_t, const int32_t*, bool);
+template void Model<double>::FfnForward(int64_t, LayerActs&, const double*, double*, double*,
+                                        int64_t, const int32_t*, bool);
+template void Model<float>::SizeRouter(LayerActs&, int64_t) const;
+template void Model<double>::SizeRouter(LayerActs&, int64_t) const;
+template void Model<float>::RouteForward(int64_t, LayerActs&, const float*, int64_t, int64_t,
+                                         const int32_t*) const;
+template void Model<double>::RouteForward(int64_t, LayerActs&, const double*, int64_t, int64_t,
+                                          const int32_t*) const;
 template void Model<float>::FfnBackward(int64_t, LayerActs&, const float*, float*, int64_t);
 template void Model<double>::FfnBackward(int64_t, LayerActs&, const double*, double*, int64_t);
 

@@ -1,6 +1,7 @@
 // Private to model/: the activation buffers Model<Real> keeps between Forward and Backward.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -20,6 +21,15 @@ inline void Resize(std::vector<Real>& v, int64_t n) {
 template <typename Real>
 inline void ZeroResize(std::vector<Real>& v, int64_t n) {
   v.assign(static_cast<size_t>(n), Real(0));
+}
+
+// out (n, H) = the rows x + rows[i] * H (a MoE layer's dispatch).
+template <typename Real>
+inline void GatherRows(std::vector<Real>& out, const Real* x, const int32_t* rows, int64_t n,
+                       int64_t H) {
+  Resize(out, n * H);
+#pragma omp parallel for schedule(static) if (n * H > kMinParallelElems)
+  for (int64_t r = 0; r < n; ++r) std::copy_n(x + rows[r] * H, H, out.data() + r * H);
 }
 
 // One decoder layer's saved activations (training) or scratch (decode / no-grad forward).

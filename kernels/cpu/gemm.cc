@@ -243,15 +243,17 @@ inline std::pair<int64_t, int64_t> RowBlockAt(int64_t M, int64_t b) {
 // of the run at Ap + i * K, laid out (K, r), so a register block's broadcast operands are
 // contiguous behind one pointer (twelve row pointers would not fit in the general registers next
 // to the loop's own). One block: dst (K, r) = the r <= kPanelRows rows at src (row stride lda),
-// transposed 16 columns at a time.
-void PackRowBlock(const float* src, int64_t lda, int64_t r, int64_t K, float* dst) {
+// transposed 16 columns at a time; with `rows`, row i is src + rows[i] * lda instead (a gather).
+void PackRowBlock(const float* src, int64_t lda, int64_t r, int64_t K, float* dst,
+                  const int32_t* rows = nullptr) {
   const __mmask16 rmask = static_cast<__mmask16>((1u << r) - 1);
   for (int64_t k0 = 0; k0 < K; k0 += 16) {
     const int64_t nk = std::min<int64_t>(16, K - k0);
     const __mmask16 kmask = static_cast<__mmask16>((1u << nk) - 1);
     __m512 t[16];
     for (int i = 0; i < 16; ++i) {
-      t[i] = i < r ? _mm512_maskz_loadu_ps(kmask, src + i * lda + k0) : _mm512_setzero_ps();
+      const float* row = src + (rows != nullptr ? rows[i < r ? i : 0] : i) * lda;
+      t[i] = i < r ? _mm512_maskz_loadu_ps(kmask, row + k0) : _mm512_setzero_ps();
     }
     Transpose16(t);
     for (int64_t kk = 0; kk < nk; ++kk) _mm512_mask_storeu_ps(dst + (k0 + kk) * r, rmask, t[kk]);
@@ -588,9 +590,11 @@ namespace {
 // The grouped product in the panel form: every (group, panel, chunk of rows) is one task, all in
 // one parallel region (decode has a few rows per expert, and a region per expert costs more than
 // its work). packed, when given: group g's panels at packed + g * packed_stride.
-void PanelGroupedForward(float* y, const float* x, const float* W, int64_t w_stride,
-                         const float* packed, const uint16_t* packed16, int64_t packed_stride,
-                         const int64_t* row_begin, int64_t num_groups, int64_t in, int64_t out) {
+// x_rows, when given: grouped row r is x + x_rows[r] * in (the gather of PackedGroupedLinearForward).
+void PanelGroupedForward(float* y, const float* x, const int32_t* x_rows, const float* W,
+                         int64_t w_stride, const float* packed, const uint16_t* packed16,
+                         int64_t packed_stride, const int64_t* row_begin, int64_t num_groups,
+                         int64_t in, int64_t out) {
   struct Task {
     int64_t g, p, i0, i1;
   };
@@ -628,7 +632,12 @@ void PanelGroupedForward(float* y, const float* x, const float* W, int64_t w_str
   {
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < num_blocks; ++b) {
-      PackRowBlock(x + blocks[b].first * in, in, blocks[b].second, in, xp + blocks[b].first * in);
+      const auto [first, r] = blocks[b];
+      if (x_rows != nullptr) {
+        PackRowBlock(x, in, r, in, xp + first * in, x_rows + first);
+      } else {
+        PackRowBlock(x + first * in, in, r, in, xp + first * in);
+      }
     }
     // Each thread a contiguous run of tasks of near-equal cost, so that the panel it prefetches
     // (the next task's) is its own: with dynamic scheduling every few tasks began cold.
@@ -659,7 +668,8 @@ void GroupedLinearForward(Real* y, const Real* x, const Real* W, int64_t w_strid
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<Real, float>) {
     if (t_batch_invariant) {
-      PanelGroupedForward(y, x, W, w_stride, nullptr, nullptr, 0, row_begin, num_groups, in, out);
+      PanelGroupedForward(y, x, nullptr, W, w_stride, nullptr, nullptr, 0, row_begin, num_groups,
+                          in, out);
       return;
     }
   }
@@ -743,12 +753,13 @@ void PackedForward(float* y, const float* x, const float* p32, const uint16_t* p
 
 void PackedGroupedForward(float* y, const float* x, const float* p32, const uint16_t* p16,
                           int64_t packed_stride, const int64_t* row_begin, int64_t num_groups,
-                          int64_t in, int64_t out) {
+                          int64_t in, int64_t out, const int32_t* x_rows) {
 #if defined(__AVX512F__)
-  PanelGroupedForward(y, x, nullptr, 0, p32, p16, packed_stride, row_begin, num_groups, in, out);
+  PanelGroupedForward(y, x, x_rows, nullptr, 0, p32, p16, packed_stride, row_begin, num_groups, in,
+                      out);
 #else
   (void)y, (void)x, (void)p32, (void)p16, (void)packed_stride, (void)row_begin, (void)num_groups,
-      (void)in, (void)out;
+      (void)in, (void)out, (void)x_rows;
   GRPO_CHECK_MSG(false, "PackedGroupedLinearForward needs an AVX-512 build");
 #endif
 }
@@ -762,8 +773,10 @@ void PackedLinearForward(float* y, const float* x, const uint16_t* packed, const
 
 void PackedGroupedLinearForward(float* y, const float* x, const uint16_t* packed,
                                 int64_t packed_stride, const int64_t* row_begin,
-                                int64_t num_groups, int64_t in, int64_t out) {
-  PackedGroupedForward(y, x, nullptr, packed, packed_stride, row_begin, num_groups, in, out);
+                                int64_t num_groups, int64_t in, int64_t out,
+                                const int32_t* x_rows) {
+  PackedGroupedForward(y, x, nullptr, packed, packed_stride, row_begin, num_groups, in, out,
+                       x_rows);
 }
 
 void PackedLinearForward(float* y, const float* x, const float* packed, const float* b, int64_t T,
@@ -773,8 +786,10 @@ void PackedLinearForward(float* y, const float* x, const float* packed, const fl
 
 void PackedGroupedLinearForward(float* y, const float* x, const float* packed,
                                 int64_t packed_stride, const int64_t* row_begin,
-                                int64_t num_groups, int64_t in, int64_t out) {
-  PackedGroupedForward(y, x, packed, nullptr, packed_stride, row_begin, num_groups, in, out);
+                                int64_t num_groups, int64_t in, int64_t out,
+                                const int32_t* x_rows) {
+  PackedGroupedForward(y, x, packed, nullptr, packed_stride, row_begin, num_groups, in, out,
+                       x_rows);
 }
 
 template void GroupedLinearForward<float>(float*, const float*, const float*, int64_t,

@@ -69,10 +69,14 @@ void PackWeight(const float* W, int64_t out, int64_t in, float* packed);
 // y (T, out) = x (T, in) @ W^T (+ b[out]), W given packed.
 void PackedLinearForward(float* y, const float* x, const float* packed, const float* b, int64_t T,
                          int64_t in, int64_t out);
-// As GroupedLinearForward; group g's packed weight at packed + g * packed_stride.
+// As GroupedLinearForward; group g's packed weight at packed + g * packed_stride. x_rows, when
+// given, gathers: grouped row r (of row_begin[num_groups]) is x + x_rows[r] * in, so a MoE layer's
+// tokens reach their experts without a dispatched copy; the results are bitwise those of the
+// gathered copy passed as x.
 void PackedGroupedLinearForward(float* y, const float* x, const float* packed,
                                 int64_t packed_stride, const int64_t* row_begin,
-                                int64_t num_groups, int64_t in, int64_t out);
+                                int64_t num_groups, int64_t in, int64_t out,
+                                const int32_t* x_rows = nullptr);
 
 // The same at 2 bytes per element, for weights whose every element is exactly a bfloat16 (the low
 // 16 bits of each float are zero: what a bf16 checkpoint or a bf16 weight update holds). Lossless:
@@ -85,7 +89,8 @@ void PackedLinearForward(float* y, const float* x, const uint16_t* packed, const
                          int64_t T, int64_t in, int64_t out);
 void PackedGroupedLinearForward(float* y, const float* x, const uint16_t* packed,
                                 int64_t packed_stride, const int64_t* row_begin,
-                                int64_t num_groups, int64_t in, int64_t out);
+                                int64_t num_groups, int64_t in, int64_t out,
+                                const int32_t* x_rows = nullptr);
 
 // Optional accounting for benchmarks: FLOPs and wall time of Gemm calls made outside parallel
 // regions (calls inside one, e.g. attention's per-block products, are not counted). Off by default.

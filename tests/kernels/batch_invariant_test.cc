@@ -204,6 +204,19 @@ TEST_CASE("grouped products: packed, unpacked and per group agree bitwise",
                                G, in, out);
     REQUIRE(std::memcmp(from_packed.data(), per_group.data(), grouped.size() * sizeof(float)) ==
             0);
+    // Gathering (a MoE layer's dispatch): the rows of x scattered over a larger source, reached
+    // through x_rows, give the same bits as x itself.
+    const int64_t S = T + 7;
+    std::vector<float> source = Random(S * in, 3);
+    std::vector<int32_t> x_rows(T);
+    for (int64_t r = 0; r < T; ++r) {
+      x_rows[r] = static_cast<int32_t>((r * 37 + 5) % S);  // 37 is prime to S: no repeats
+      std::copy_n(x.data() + r * in, in, source.data() + x_rows[r] * in);
+    }
+    std::vector<float> gathered(T * out, 7.0f);
+    PackedGroupedLinearForward(gathered.data(), source.data(), packed.data(), stride,
+                               begin.data(), G, in, out, x_rows.data());
+    REQUIRE(std::memcmp(gathered.data(), per_group.data(), gathered.size() * sizeof(float)) == 0);
   }
 }
 
