@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "kernels/cpu/ops.h"
 #include "model/generate.h"
 #include "rollout/weight_sync.h"
 #include "tests/model/tiny_models.h"
@@ -338,6 +339,62 @@ TEST_CASE("batch-invariant forward: a sequence alone and in a batch big enough t
       CHECK(mismatched == 0);
     }
   }
+}
+
+TEST_CASE("batch-invariant decode of 64 slots at a width that forks: the forward's bits",
+          "[model][batch_invariant][decode]") {
+  // Hidden size 384 and 64 slots: a decode step's per-token regions (norms with the router, the
+  // q/k/v split with RoPE and the KV append, the combine with the residual add) and its decode
+  // attention all split their tokens over the threads, as in the rollout engine at batch 64. The
+  // tiny models' steps run those on one thread.
+  nlohmann::json j = testing::TinyQwen3MoeJson();
+  j["vocab_size"] = 96;
+  j["hidden_size"] = 384;
+  j["num_attention_heads"] = 6;
+  j["num_key_value_heads"] = 2;
+  j["head_dim"] = 64;
+  j["num_experts"] = 8;
+  j["num_experts_per_tok"] = 4;
+  j["moe_intermediate_size"] = 64;
+  j["intermediate_size"] = 96;
+  const ModelConfig c = MustParse(j);
+  auto model = MakeModel<float>(c, 10);
+  model->set_batch_invariant(true);
+  constexpr int kSlots = 64, kPrompt = 6, kSteps = 3;
+  const TokenBatch batch =
+      RandomBatch(std::vector<int>(kSlots, kPrompt + kSteps), c.vocab_size, 11);
+  ForwardResult<float> full;
+  REQUIRE(model->Forward(batch, ForwardOptions{}, &full).ok());
+  // The engine's packed weights where the build has them (AVX-512); the plain form otherwise.
+  (void)model->PrepackWeights();
+  KvCache<float> cache(c, kSlots, kPrompt + kSteps);
+  std::vector<int64_t> slots(kSlots);
+  std::vector<absl::Span<const int32_t>> feed(kSlots);
+  for (int b = 0; b < kSlots; ++b) {
+    slots[b] = b;
+    feed[b] = {batch.tokens.data() + batch.offsets[b], size_t(kPrompt)};
+  }
+  std::vector<float> logits(kSlots * c.vocab_size);
+  int64_t mismatched = 0, compared = 0;
+  for (int step = 0; step <= kSteps; ++step) {
+    REQUIRE(model->Extend(&cache, slots, feed, logits.data()).ok());
+    const int64_t done = kPrompt + step;  // tokens fed so far per slot
+    for (int b = 0; b < kSlots; ++b) {
+      const int64_t p = batch.offsets[b] + done - 1;  // the position whose next token we score
+      if (done < kPrompt + kSteps) {
+        float lp = 0;
+        const int32_t target = batch.tokens[p + 1];
+        cpu::LogprobForward<float>(&lp, nullptr, nullptr, logits.data() + b * c.vocab_size,
+                                   &target, 1, c.vocab_size, 1.0f);
+        mismatched += std::memcmp(&lp, &full.logprobs[p], sizeof(float)) != 0;
+        ++compared;
+        feed[b] = {batch.tokens.data() + p + 1, 1};
+      }
+    }
+    if (done == kPrompt + kSteps) break;
+  }
+  CHECK(compared == kSlots * kSteps);
+  CHECK(mismatched == 0);
 }
 
 TEST_CASE("bf16-exact weights are packed at 2 bytes with the same bits", "[model][batch_invariant]") {
