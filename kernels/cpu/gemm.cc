@@ -590,7 +590,7 @@ namespace {
 // The grouped product in the panel form: every (group, panel, chunk of rows) is one task, all in
 // one parallel region (decode has a few rows per expert, and a region per expert costs more than
 // its work). packed, when given: group g's panels at packed + g * packed_stride.
-// x_rows, when given: grouped row r is x + x_rows[r] * in (the gather of PackedGroupedLinearForward).
+// x_rows, when given: grouped row r is x + x_rows[r] * in (PackedGroupedLinearForward's gather).
 void PanelGroupedForward(float* y, const float* x, const int32_t* x_rows, const float* W,
                          int64_t w_stride, const float* packed, const uint16_t* packed16,
                          int64_t packed_stride, const int64_t* row_begin, int64_t num_groups,
