@@ -3,7 +3,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/vec_math.h"
@@ -18,27 +23,62 @@ uint64_t SplitMix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-// The first index of the largest logit (std::max_element's answer), vectorized: the max, then a
-// scan for its first occurrence 16 elements at a time. All NaN: std::max_element.
-int32_t ArgMax(const float* x, int64_t V) {
-  const float m = cpu::RowMax(x, V);
-  int64_t v0 = 0;
-  for (; v0 + 16 <= V; v0 += 16) {
-    int hit = 0;
-#pragma omp simd reduction(| : hit)
-    for (int l = 0; l < 16; ++l) hit |= x[v0 + l] == m;
-    if (hit) break;
+// The first index of the largest logit (std::max_element's answer) and, in *max, RowMax's value,
+// in one pass: each lane keeps its running maximum by RowMax's very selection (x > lane) and the
+// index where it first reached it; the lanes merge as in RowMax, then the lowest index among the
+// lanes holding the maximum wins. No lane ever rises above -inf (all NaN or -inf): the first
+// element equal to the maximum, else std::max_element, as before this pass existed.
+int32_t ArgMax(const float* x, int64_t V, float* max) {
+  constexpr int kLanes = 16;
+  float lanes[kLanes];
+  int32_t first[kLanes];
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  __m512 acc = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  __m512i at = _mm512_set1_epi32(-1);
+  __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i step = _mm512_set1_epi32(kLanes);
+  for (; i + kLanes <= V; i += kLanes) {
+    const __m512 v = _mm512_loadu_ps(x + i);
+    const __mmask16 up = _mm512_cmp_ps_mask(v, acc, _CMP_GT_OQ);
+    acc = _mm512_mask_mov_ps(acc, up, v);
+    at = _mm512_mask_mov_epi32(at, up, idx);
+    idx = _mm512_add_epi32(idx, step);
   }
-  for (int64_t v = v0; v < V; ++v) {
+  _mm512_storeu_ps(lanes, acc);
+  _mm512_storeu_si512(first, at);
+#else
+  for (int l = 0; l < kLanes; ++l) {
+    lanes[l] = -std::numeric_limits<float>::infinity();
+    first[l] = -1;
+  }
+  for (; i + kLanes <= V; i += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      if (x[i + l] > lanes[l]) {
+        lanes[l] = x[i + l];
+        first[l] = static_cast<int32_t>(i + l);
+      }
+    }
+  }
+#endif
+  for (; i < V; ++i) {
+    if (x[i] > lanes[0]) {
+      lanes[0] = x[i];
+      first[0] = static_cast<int32_t>(i);
+    }
+  }
+  float m = lanes[0];
+  for (int l = 1; l < kLanes; ++l) m = lanes[l] > m ? lanes[l] : m;
+  *max = m;
+  int32_t best = -1;
+  for (int l = 0; l < kLanes; ++l) {
+    if (first[l] >= 0 && lanes[l] == m && (best < 0 || first[l] < best)) best = first[l];
+  }
+  if (best >= 0) return best;
+  for (int64_t v = 0; v < V; ++v) {
     if (x[v] == m) return static_cast<int32_t>(v);
   }
   return static_cast<int32_t>(std::max_element(x, x + V) - x);
-}
-
-float KernelLogprob(const float* logits, int64_t V, float tau, int32_t token) {
-  float lp = 0;
-  cpu::LogprobForward<float>(&lp, nullptr, nullptr, logits, &token, 1, V, tau);
-  return lp;
 }
 
 }  // namespace
@@ -56,8 +96,9 @@ SampledToken SampleFromLogits(const float* logits, int64_t V, float temperature,
                               std::vector<std::pair<float, int32_t>>* scratch) {
   SampledToken out;
   if (temperature <= 0.0f) {
-    out.token = ArgMax(logits, V);
-    out.logprob = KernelLogprob(logits, V, 1.0f, out.token);
+    float row_max;
+    out.token = ArgMax(logits, V, &row_max);
+    out.logprob = cpu::RowLogprob(logits, V, 1.0f, row_max, out.token);
     return out;
   }
   if ((top_k <= 0 || top_k >= V) && top_p >= 1.0f) {

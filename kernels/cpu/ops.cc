@@ -289,11 +289,12 @@ namespace {
 // the exp) with the totals in double. kKeep: also w[v] = exp(z_v - m) and chunk_sums[c] = the
 // chunk's Real sum, from the very same loop, so a sampler drawing from w gets the arithmetic whose
 // logprob LogprobForward reports.
-template <typename Real, bool kKeep>
-void RowExpSums(const Real* lg, int64_t V, Real rtau, Real* m_out, double* s_out, double* sz_out,
-                Real* w, Real* chunk_sums) {
+// row_max, when not null, is RowMax(lg, V), known already. kEntropy false: no sz (*sz_out 0).
+template <typename Real, bool kKeep, bool kEntropy = true>
+void RowExpSums(const Real* lg, int64_t V, Real rtau, const Real* row_max, Real* m_out,
+                double* s_out, double* sz_out, Real* w, Real* chunk_sums) {
   // Division is monotone for tau > 0, so max(z) = max(logits) / tau exactly.
-  const Real m = RowMax(lg, V) / rtau;
+  const Real m = (row_max != nullptr ? *row_max : RowMax(lg, V)) / rtau;
   // s = sum exp(z - m), sz = sum exp(z - m) (z - m): lse = m + log s, ent = log s - sz / s
   // (the same as lse - sum p z, without the cancellation of two large numbers).
   double s = 0, sz = 0;
@@ -307,7 +308,7 @@ void RowExpSums(const Real* lg, int64_t V, Real rtau, Real* m_out, double* s_out
         const Real e = VecExp<Real>(d);
         if constexpr (kKeep) w[v] = e;
         cs += e;
-        csz += e * d;
+        if constexpr (kEntropy) csz += e * d;
       }
     } else {
 #pragma omp simd reduction(+ : cs, csz)
@@ -316,7 +317,7 @@ void RowExpSums(const Real* lg, int64_t V, Real rtau, Real* m_out, double* s_out
         const Real e = VecExp<Real>(d);
         if constexpr (kKeep) w[v] = e;
         cs += e;
-        csz += e * d;
+        if constexpr (kEntropy) csz += e * d;
       }
     }
     if constexpr (kKeep) chunk_sums[v0 / kSumChunk] = cs;
@@ -339,7 +340,7 @@ void LogprobForward(Real* lp, Real* ent, Real* lse, const Real* logits, const in
     const Real* lg = logits + t * V;  // (V)
     Real m;
     double s, sz;
-    RowExpSums<Real, false>(lg, V, rtau, &m, &s, &sz, nullptr, nullptr);
+    RowExpSums<Real, false>(lg, V, rtau, nullptr, &m, &s, &sz, nullptr, nullptr);
     const double log_s = std::log(s);
     if (lse != nullptr) lse[t] = static_cast<Real>(static_cast<double>(m) + log_s);
     if (ent != nullptr) ent[t] = static_cast<Real>(log_s - sz / s);
@@ -355,8 +356,16 @@ float SoftmaxWeights(const float* logits, int64_t V, float tau, float* w, float*
                      double* total) {
   float m;
   double sz;
-  RowExpSums<float, true>(logits, V, tau, &m, total, &sz, w, chunk_sums);
+  RowExpSums<float, true>(logits, V, tau, nullptr, &m, total, &sz, w, chunk_sums);
   return m;
+}
+
+float RowLogprob(const float* logits, int64_t V, float tau, float row_max, int32_t token) {
+  GRPO_CHECK_MSG(token >= 0 && token < V, "target id out of range");
+  float m;
+  double s, sz;
+  RowExpSums<float, false, false>(logits, V, tau, &row_max, &m, &s, &sz, nullptr, nullptr);
+  return static_cast<float>(static_cast<double>(logits[token] / tau - m) - std::log(s));
 }
 
 float LogprobFromWeights(const float* logits, float tau, float m, double total, int32_t token) {

@@ -98,6 +98,9 @@ inline int64_t SoftmaxWeightChunks(int64_t V) {
 float SoftmaxWeights(const float* logits, int64_t V, float tau, float* w, float* chunk_sums,
                      double* total);
 float LogprobFromWeights(const float* logits, float tau, float m, double total, int32_t token);
+// LogprobForward's lp of `token` for one row, bitwise, given row_max == RowMax(logits, V) (a
+// greedy sampler's argmax pass has it): one pass over the row, not two, and no entropy sum.
+float RowLogprob(const float* logits, int64_t V, float tau, float row_max, int32_t token);
 // Overwrites logits (T,V) with dloss/dlogits given dlp (T) and dent (T; may be null).
 template <typename Real>
 void LogprobBackwardInPlace(Real* logits, const Real* dlp, const Real* dent, const Real* lse,

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/vec_math.h"
 #include "model/tokenizer.h"
 #include "rollout/sampling.h"
 #include "tests/rollout/rollout_test_util.h"
@@ -306,11 +307,48 @@ TEST_CASE("greedy picks the first maximum over a long vocabulary", "[rollout][sa
     double z = 0;
     for (float l : logits) z += std::exp(double(l) - 5.0);
     CHECK(g.logprob == Approx(-std::log(z)).margin(1e-5));
+    // The learner's bits: LogprobForward at temperature 1 on the same row.
+    float lp = 0;
+    const int32_t target = g.token;
+    cpu::LogprobForward<float>(&lp, nullptr, nullptr, logits.data(), &target, 1, V, 1.0f);
+    CHECK(std::memcmp(&lp, &g.logprob, sizeof(float)) == 0);
   }
   // All -inf but one NaN-free entry: still that entry.
   std::vector<float> logits(40, -std::numeric_limits<float>::infinity());
   logits[33] = 0.0f;
   CHECK(SampleFromLogits(logits.data(), 40, 0.0f, 0, 1.0f, 0.5, &scratch).token == 33);
+  // NaNs are passed over; with nothing above -inf, the first -inf is the answer.
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  std::vector<float> odd(40, nan);
+  odd[21] = 2.0f;
+  odd[37] = 2.0f;
+  CHECK(SampleFromLogits(odd.data(), 40, 0.0f, 0, 1.0f, 0.5, &scratch).token == 21);
+  odd.assign(40, nan);
+  odd[19] = -std::numeric_limits<float>::infinity();
+  odd[30] = -std::numeric_limits<float>::infinity();
+  CHECK(SampleFromLogits(odd.data(), 40, 0.0f, 0, 1.0f, 0.5, &scratch).token == 19);
+  // A maximum of zero in both signs, the +0 first in its lane's order but later in the row.
+  std::vector<float> zeros(40, -1.0f);
+  zeros[18] = -0.0f;
+  zeros[2] = 0.0f;
+  zeros[35] = 0.0f;
+  CHECK(SampleFromLogits(zeros.data(), 40, 0.0f, 0, 1.0f, 0.5, &scratch).token == 2);
+}
+
+TEST_CASE("RowLogprob with the row's max is LogprobForward's lp, bitwise", "[rollout][sampling]") {
+  const int64_t V = 3001;  // chunks of 1024 and a tail
+  std::vector<float> logits(V);
+  for (int64_t v = 0; v < V; ++v) logits[v] = static_cast<float>(std::sin(0.73 * v) * 6.0);
+  for (const float tau : {1.0f, 0.6f}) {
+    for (const int32_t target : {0, 1234, 3000}) {
+      float want = 0;
+      cpu::LogprobForward<float>(&want, nullptr, nullptr, logits.data(), &target, 1, V, tau);
+      const float got = cpu::RowLogprob(logits.data(), V, tau, cpu::RowMax(logits.data(), V),
+                                        target);
+      INFO("tau " << tau << " target " << target);
+      CHECK(std::memcmp(&want, &got, sizeof(float)) == 0);
+    }
+  }
 }
 
 TEST_CASE("untruncated sampling inverts the CDF across chunks", "[rollout][sampling]") {
