@@ -11,7 +11,6 @@
 #endif
 
 #include "kernels/cpu/ops.h"
-#include "kernels/cpu/vec_math.h"
 
 namespace grpo {
 namespace {

@@ -365,7 +365,7 @@ float RowLogprob(const float* logits, int64_t V, float tau, float row_max, int32
   float m;
   double s, sz;
   RowExpSums<float, false, false>(logits, V, tau, &row_max, &m, &s, &sz, nullptr, nullptr);
-  return static_cast<float>(static_cast<double>(logits[token] / tau - m) - std::log(s));
+  return LogprobFromWeights(logits, tau, m, s, token);
 }
 
 float LogprobFromWeights(const float* logits, float tau, float m, double total, int32_t token) {
