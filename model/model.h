@@ -17,6 +17,7 @@
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
+#include "common/huge_pages.h"
 #include "model/config.h"
 #include "model/params.h"
 
@@ -89,7 +90,7 @@ class KvCache {
   int64_t max_len_ = 0;
   int64_t row_ = 0;  // nkv * hd
   std::vector<int64_t> length_, offset_, capacity_;  // (num_slots) each
-  std::vector<std::vector<Real>> k_, v_;  // per layer (arena rows, nkv, hd)
+  std::vector<HugePageVector<Real>> k_, v_;  // per layer (arena rows, nkv, hd)
 };
 
 template <typename Real>
@@ -200,8 +201,8 @@ class Model {
   void FfnBackward(int64_t l, LayerActs& a, const Real* dout, Real* din, int64_t T);
   void EnsureRope(int64_t max_pos);
   void DropPacked() {
-    std::vector<float>().swap(packed_);
-    std::vector<uint16_t>().swap(packed16_);
+    HugePageVector<float>().swap(packed_);
+    HugePageVector<uint16_t>().swap(packed16_);
     packed_at_.clear();
     packed_bf16_ = 0;
   }
@@ -218,7 +219,7 @@ class Model {
 
   ModelConfig config_;
   ParamLayout layout_;
-  std::vector<Real> params_;
+  HugePageVector<Real> params_;
   std::vector<Real> grads_;
   std::vector<Real> rope_cos_, rope_sin_;  // (rope_len_, hd/2)
   int64_t rope_len_ = 0;
@@ -228,8 +229,8 @@ class Model {
   // PrepackWeights: the packed weights (fp32 and bf16), and for each packed params_ offset where
   // its packing starts and in which of the two (a grouped weight's groups follow each other at
   // PackedWeightFloats(out, in) elements apart).
-  std::vector<float> packed_;
-  std::vector<uint16_t> packed16_;
+  HugePageVector<float> packed_;
+  HugePageVector<uint16_t> packed16_;
   std::unordered_map<int64_t, std::pair<int64_t, bool>> packed_at_;
   int64_t packed_bf16_ = 0;
 };
