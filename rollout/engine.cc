@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/huge_pages.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "rollout/sampling.h"
@@ -124,7 +125,7 @@ struct Engine::Work {
   std::vector<int64_t> free_slots;
   std::vector<std::unique_ptr<Group>> groups;      // admitted, not yet delivered
   std::vector<std::unique_ptr<Sequence>> running;  // one per slot in use
-  std::vector<float> logits;                       // (max_batch, V)
+  HugePageVector<float> logits;                    // (max_batch, V)
   std::vector<int32_t> routing;                    // (num_moe, T, K) of the last Extend
   uint64_t version = 0;
 
