@@ -627,9 +627,14 @@ void PanelGroupedForward(float* y, const float* x, const int32_t* x_rows, const 
   if (static_cast<int64_t>(xpack.size()) < rows * in) xpack.resize(rows * in);
   float* xp = xpack.data();  // thread_local: the workers must not look up their own
   const bool parallel = !omp_in_parallel() && work > (1 << 16) && num_tasks > 1;
+  // Each thread a contiguous run of tasks of near-equal cost, so that the panel it prefetches (the
+  // next task's) is its own (with dynamic scheduling every few tasks began cold); a thread done
+  // early takes tasks from the back of the other runs.
+  StealingRuns runs;
   // One parallel region: pack the row blocks, then (after the barrier) the tasks.
 #pragma omp parallel if (parallel)
   {
+    runs.Publish(CostRun(cost));
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < num_blocks; ++b) {
       const auto [first, r] = blocks[b];
@@ -639,10 +644,7 @@ void PanelGroupedForward(float* y, const float* x, const int32_t* x_rows, const 
         PackRowBlock(x + first * in, in, r, in, xp + first * in);
       }
     }
-    // Each thread a contiguous run of tasks of near-equal cost, so that the panel it prefetches
-    // (the next task's) is its own: with dynamic scheduling every few tasks began cold.
-    const auto [t_begin, t_end] = CostRun(cost);
-    for (int64_t t = t_begin; t < t_end; ++t) {
+    for (int64_t t, t_next; (t = runs.Next(&t_next)) >= 0;) {
       const Task& task = tasks[t];
       const int64_t j0 = task.p * kPanel, nj = std::min(kPanel, out - j0);
       const auto at = [&](const Task& k) { return k.g * packed_stride + k.p * in * kPanel; };
@@ -651,7 +653,7 @@ void PanelGroupedForward(float* y, const float* x, const int32_t* x_rows, const 
                     packed16 != nullptr ? packed16 + at(task) : nullptr,
                     W != nullptr ? W + task.g * w_stride + j0 * in : nullptr, in, nj, in);
       const Prefetch next =
-          t + 1 < t_end ? PrefetchPanel(packed, packed16, at(tasks[t + 1]), in) : Prefetch{};
+          t_next >= 0 ? PrefetchPanel(packed, packed16, at(tasks[t_next]), in) : Prefetch{};
       PanelBlock(task.i1 - task.i0, nj, in, 1.0f, xp + task.i0 * in, panel,
                  packed16 != nullptr ? packed16 + at(task) : nullptr, 0.0f,
                  y + task.i0 * out + j0, out, next);

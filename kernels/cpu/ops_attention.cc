@@ -501,15 +501,17 @@ void AttentionForward(Real* out, Real* lse, const Real* q, const AttnSeq<Real>* 
   }
   std::vector<int64_t> cost_before(num_tasks + 1, 0);  // cost of tasks 0 .. t-1
   for (int64_t t = 0; t < num_tasks; ++t) cost_before[t + 1] = cost_before[t] + tasks[t].cost;
+  StealingRuns runs;  // a thread done early takes tasks from the back of the other runs
 #pragma omp parallel if (threads)
   {
-    const auto [begin, end] = CostRun(cost_before);
-    for (int64_t ti = begin; ti < end; ++ti) {
-      // The next task's keys [0, off + i1), less those this task reads when it is the same
-      // sequence's next chunk (the learner's forward).
+    runs.Publish(CostRun(cost_before));
+#pragma omp barrier
+    for (int64_t ti, tn; (ti = runs.Next(&tn)) >= 0;) {
+      // The thread's next task's keys [0, off + i1), less those this task reads when it is the
+      // same sequence's next chunk (the learner's forward).
       LinePrefetch next;
-      if (ti + 1 < end) {
-        const FwdTask& t = task_list[ti + 1];
+      if (tn >= 0) {
+        const FwdTask& t = task_list[tn];
         const AttnSeq<Real>& sq = seqs[t.seq];
         const int64_t off = sq.kv_len - sq.q_len;
         const int64_t from = t.seq == task_list[ti].seq ? off + task_list[ti].i1 : 0;
@@ -518,7 +520,7 @@ void AttentionForward(Real* out, Real* lse, const Real* q, const AttnSeq<Real>* 
         next.v = reinterpret_cast<const char*>(sq.v + from * ldk);
         next.bytes = std::max<int64_t>(0, off + t.i1 - from) * row_bytes;
       }
-      run(ti, ti + 1 < end ? &next : nullptr);
+      run(ti, tn >= 0 ? &next : nullptr);
     }
   }
 }
