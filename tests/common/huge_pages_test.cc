@@ -3,7 +3,6 @@
 #include <sys/prctl.h>
 
 #include <cstdint>
-#include <cstdio>
 #include <fstream>
 #include <sstream>
 #include <string>
