@@ -85,6 +85,7 @@ json MakeDefaults() {
       {"max_grad_norm", 1.0},       // <= 0 = no clipping
       {"schedule", "constant"},     // constant | cosine
       {"warmup_steps", 0}, {"warmup_init_ratio", 0.0}, {"min_lr_ratio", 0.0}, {"num_cycles", 0.5},
+      {"weight_dtype", "fp32"},     // fp32 | bf16 (bf16-valued weights, fp32 master in AdamW)
     }},
     {"checkpoint", {
       {"every", 0},                 // steps between checkpoints; 0 = only at the end

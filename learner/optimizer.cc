@@ -1,6 +1,7 @@
 // AdamW, clipping and schedules (see optimizer.h).
 #include "learner/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <numbers>
@@ -8,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "learner/crc32c.h"
+#include "rollout/weight_sync.h"
 
 namespace grpo {
 
@@ -25,12 +27,13 @@ OptimizerConfig ReadOptimizerConfig(ConfigReader& r, const std::string& prefix) 
   op.warmup_init_ratio = r.Double(key("warmup_init_ratio"));
   op.min_lr_ratio = r.Double(key("min_lr_ratio"));
   op.num_cycles = r.Double(key("num_cycles"));
+  op.weight_dtype = r.Str(key("weight_dtype"));
   return op;
 }
 namespace {
 
 constexpr char kMagic[8] = {'G', 'R', 'P', 'O', 'A', 'D', 'A', 'M'};
-constexpr uint32_t kVersion = 1;
+constexpr uint32_t kVersion = 2;  // 1: no has_master field and no master copy
 // Fixed chunk for SumOfSquares: the partial sums and their order do not depend on threads.
 constexpr int64_t kChunk = 1 << 14;
 
@@ -67,6 +70,9 @@ absl::Status OptimizerConfig::Validate() const {
     return bad("optimizer.min_lr_ratio must lie in [0, 1]");
   if (!(num_cycles > 0 && std::isfinite(num_cycles)))
     return bad("optimizer.num_cycles must be > 0");
+  if (weight_dtype != "fp32" && weight_dtype != "bf16") {
+    return bad(absl::StrCat("optimizer.weight_dtype '", weight_dtype, "' is not fp32 or bf16"));
+  }
   return absl::OkStatus();
 }
 
@@ -103,6 +109,29 @@ double SumOfSquares(const float* x, int64_t n) {
 AdamW::AdamW(int64_t num_params, OptimizerConfig config)
     : config_(std::move(config)), m_(num_params, 0.0f), v_(num_params, 0.0f) {}
 
+namespace {
+
+void RoundToBf16(const float* in, int64_t n, float* out) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) out[i] = Bf16ToFloat(FloatToBf16(in[i]));
+}
+
+}  // namespace
+
+void RoundToBf16InPlace(float* x, int64_t n) { RoundToBf16(x, n, x); }
+
+void AdamW::BindWeights(float* params) {
+  const int64_t n = num_params();
+  if (bf16_weights()) {
+    if (master_.empty()) master_.assign(params, params + n);
+    RoundToBf16(master_.data(), n, params);
+  } else if (!master_.empty()) {
+    std::copy(master_.begin(), master_.end(), params);
+    master_.clear();
+    master_.shrink_to_fit();
+  }
+}
+
 OptimizerStepResult AdamW::Step(float* params, float* grads, double lr) {
   OptimizerStepResult r;
   const int64_t n = num_params();
@@ -126,6 +155,9 @@ OptimizerStepResult AdamW::Step(float* params, float* grads, double lr) {
   const float eps = static_cast<float>(config_.eps);
   float* m = m_.data();
   float* v = v_.data();
+  if (bf16_weights() && master_.empty()) master_.assign(params, params + n);
+  // With bf16 weights the update goes to the master copy and the weights are its rounding.
+  float* p = master_.empty() ? params : master_.data();
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) {
     const float g = grads[i];
@@ -133,7 +165,8 @@ OptimizerStepResult AdamW::Step(float* params, float* grads, double lr) {
     v[i] = b2 * v[i] + (1 - b2) * g * g;
     const float m_hat = m[i] / bc1;
     const float v_hat = v[i] / bc2;
-    params[i] = params[i] * decay - lr_f * m_hat / (std::sqrt(v_hat) + eps);
+    p[i] = p[i] * decay - lr_f * m_hat / (std::sqrt(v_hat) + eps);
+    if (p != params) params[i] = Bf16ToFloat(FloatToBf16(p[i]));
   }
   return r;
 }
@@ -144,32 +177,48 @@ std::string AdamW::SerializeState() const {
   Put(&s, kVersion);
   Put(&s, static_cast<int64_t>(m_.size()));
   Put(&s, step_);
+  Put(&s, static_cast<int64_t>(master_.empty() ? 0 : 1));
   s.append(reinterpret_cast<const char*>(m_.data()), m_.size() * sizeof(float));
   s.append(reinterpret_cast<const char*>(v_.data()), v_.size() * sizeof(float));
+  s.append(reinterpret_cast<const char*>(master_.data()), master_.size() * sizeof(float));
   Put(&s, Crc32cOf(s));
   return s;
 }
 
 absl::Status AdamW::RestoreState(const std::string& bytes, const std::string& source) {
-  const size_t header = sizeof(kMagic) + sizeof(uint32_t) + 2 * sizeof(int64_t);
+  const size_t v1_header = sizeof(kMagic) + sizeof(uint32_t) + 2 * sizeof(int64_t);
   const size_t n = m_.size();
-  const size_t want = header + 2 * n * sizeof(float) + sizeof(uint32_t);
-  if (bytes.size() < header || std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0) {
+  if (bytes.size() < v1_header || std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0) {
     return absl::DataLossError(absl::StrCat(source, ": not an AdamW state file"));
   }
   uint32_t version;
-  int64_t count, step;
+  int64_t count, step, has_master = 0;
   std::memcpy(&version, bytes.data() + 8, 4);
   std::memcpy(&count, bytes.data() + 12, 8);
   std::memcpy(&step, bytes.data() + 20, 8);
-  if (version != kVersion) {
-    return absl::DataLossError(
-        absl::StrCat(source, ": AdamW state version ", version, ", expected ", kVersion));
+  if (version != 1 && version != kVersion) {
+    return absl::DataLossError(absl::StrCat(source, ": AdamW state version ", version,
+                                            ", expected 1 or ", kVersion));
   }
   if (count != static_cast<int64_t>(n)) {
     return absl::InvalidArgumentError(
         absl::StrCat(source, ": AdamW state is for ", count, " parameters but the model has ", n));
   }
+  size_t header = v1_header;
+  if (version >= 2) {
+    if (bytes.size() < header + sizeof(int64_t)) {
+      return absl::DataLossError(absl::StrCat(source, ": AdamW state has ", bytes.size(),
+                                              " bytes, too few for its header (truncated?)"));
+    }
+    std::memcpy(&has_master, bytes.data() + header, 8);
+    header += sizeof(int64_t);
+    if (has_master != 0 && has_master != 1) {
+      return absl::DataLossError(absl::StrCat(source, ": AdamW state's has_master is ",
+                                              has_master, ", not 0 or 1 (corrupt file)"));
+    }
+  }
+  const size_t arrays = has_master ? 3 : 2;
+  const size_t want = header + arrays * n * sizeof(float) + sizeof(uint32_t);
   if (bytes.size() != want) {
     return absl::DataLossError(absl::StrCat(source, ": AdamW state has ", bytes.size(),
                                             " bytes, expected ", want, " (truncated?)"));
@@ -183,6 +232,12 @@ absl::Status AdamW::RestoreState(const std::string& bytes, const std::string& so
   step_ = step;
   std::memcpy(m_.data(), bytes.data() + header, n * sizeof(float));
   std::memcpy(v_.data(), bytes.data() + header + n * sizeof(float), n * sizeof(float));
+  if (has_master) {
+    master_.resize(n);
+    std::memcpy(master_.data(), bytes.data() + header + 2 * n * sizeof(float), n * sizeof(float));
+  } else {
+    master_.clear();
+  }
   return absl::OkStatus();
 }
 

@@ -27,6 +27,12 @@ struct OptimizerConfig {
   double warmup_init_ratio = 0.0;     // cosine only (verl init_lr_ratio); constant starts at 0
   double min_lr_ratio = 0.0;          // cosine floor, as a fraction of lr
   double num_cycles = 0.5;            // cosine: 0.5 = one half-period down to the floor
+  // The model's working weights: "fp32" (AdamW updates them in place) or "bf16" (they are kept
+  // rounded to bf16 values, round to nearest even, and AdamW updates an fp32 master copy it
+  // holds: the CUDA backend's and the mixed-precision peers' arrangement). With "bf16" the
+  // forward, the backward, the reference model and the rollout workers all compute with the same
+  // bf16-valued weights, which decode streams at 2 bytes per element (rollout/README.md).
+  std::string weight_dtype = "fp32";
 
   absl::Status Validate() const;
 };
@@ -46,6 +52,10 @@ double LearningRate(const OptimizerConfig& config, int64_t step, int64_t total_s
 // value, and every step that uses it, is the same bit for bit on every run).
 double SumOfSquares(const float* x, int64_t n);
 
+// x[i] = x[i] rounded to the nearest bf16 value (ties to even), in place: the weights of an
+// optimizer.weight_dtype "bf16" run.
+void RoundToBf16InPlace(float* x, int64_t n);
+
 struct OptimizerStepResult {
   double grad_norm = 0;   // global norm before clipping (inf/nan when skipped)
   double clip_scale = 1;  // factor the gradients were multiplied by
@@ -55,6 +65,16 @@ struct OptimizerStepResult {
 class AdamW {
  public:
   AdamW(int64_t num_params, OptimizerConfig config);
+
+  // Ties the optimizer to the model's weights; call once before the first forward and after any
+  // RestoreState. weight_dtype "bf16": `params` become the master copy (unless a restored state
+  // brought one) and are rounded to bf16 values in place. "fp32": a master copy that a restored
+  // state brought (a bf16 run resumed as fp32) is copied into `params`, so no precision is lost,
+  // and dropped. Step binds lazily if this was not called.
+  void BindWeights(float* params);
+  bool bf16_weights() const { return config_.weight_dtype == "bf16"; }
+  // The fp32 master copy (num_params floats), or null when the weights are their own master.
+  const float* master() const { return master_.empty() ? nullptr : master_.data(); }
 
   // Clips the gradients (in place), then one AdamW step with learning rate `lr`:
   //   p -= lr * wd * p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
@@ -66,15 +86,19 @@ class AdamW {
   int64_t num_params() const { return static_cast<int64_t>(m_.size()); }
   const OptimizerConfig& config() const { return config_; }
 
-  // Binary state: magic, version, n, step, m (n floats), v (n floats), CRC32C of all before it.
+  // Binary state: magic, version 2, n, step, has_master (int64 0/1), m (n floats), v (n floats),
+  // the master copy (n floats, when has_master), CRC32C of all before it. Version 1 (no
+  // has_master, no master copy) is still read.
   std::string SerializeState() const;
   // Errors: wrong magic/version, size for another parameter count, a bad checksum (names `source`).
+  // Follow it with BindWeights.
   absl::Status RestoreState(const std::string& bytes, const std::string& source);
 
  private:
   OptimizerConfig config_;
   int64_t step_ = 0;
   std::vector<float> m_, v_;  // (num_params) fp32
+  std::vector<float> master_;  // (num_params) fp32 with bf16 weights once bound; else empty
 };
 
 }  // namespace grpo

@@ -49,6 +49,7 @@ json MakeDefaults() {
       {"lr", 1e-3}, {"beta1", 0.9}, {"beta2", 0.999}, {"eps", 1e-8}, {"weight_decay", 0.0},
       {"max_grad_norm", 1.0}, {"schedule", "cosine"}, {"warmup_steps", 20},
       {"warmup_init_ratio", 0.0}, {"min_lr_ratio", 0.1}, {"num_cycles", 0.5},
+      {"weight_dtype", "fp32"},
     }},
     {"log_every", 50},
   };
@@ -250,6 +251,7 @@ absl::StatusOr<SftResult> RunSft(const SftConfig& config,
   }
 
   AdamW optimizer(model->num_params(), config.optimizer);
+  optimizer.BindWeights(model->params());
   SplitMix64 rng(config.seed, 0x5f7a);
   SftResult result;
   int64_t tokens = 0;

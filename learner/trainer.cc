@@ -168,6 +168,12 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LearnerConfig config,
     resume_step = st.step;
     GRPO_LOG(INFO, "resumed from %s (step %d)", all.back(), static_cast<int>(st.step));
   }
+  // bf16 weights: the policy becomes bf16-valued (AdamW keeps the fp32 master) before any rollout
+  // or forward, and so does the reference, so that the KL starts at 0 on the same weights.
+  t->optimizer_->BindWeights(t->policy_->params());
+  if (t->optimizer_->bf16_weights() && t->reference_ != nullptr) {
+    RoundToBf16InPlace(t->reference_->params(), t->reference_->num_params());
+  }
   // After the resume: the replicas copy the policy and optimizer state as they are now.
   ASSIGN_OR_RETURN(t->dp_, LocalDataParallel::Create(t->policy_.get(), t->optimizer_.get(),
                                                      c.data_parallel));

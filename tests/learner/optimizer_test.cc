@@ -1,6 +1,7 @@
 // Tests for learner/optimizer.h: AdamW against an fp64 transcription of PyTorch's update,
 // global-norm clipping, skipping non-finite steps, the schedules at hand-computed points, and the
-// state file round trip and corruption checks. Plus CRC-32C's standard check value.
+// state file round trip and corruption checks, bf16 weights with an fp32 master copy. Plus
+// CRC-32C's standard check value.
 #include "learner/optimizer.h"
 
 #include <catch2/catch.hpp>
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "learner/crc32c.h"
+#include "rollout/weight_sync.h"
 
 namespace grpo {
 namespace {
@@ -113,6 +115,108 @@ TEST_CASE("AdamW state round trip and corruption", "[optimizer]") {
   CHECK(!b.RestoreState(s.substr(0, 30), "opt.bin").ok());
   AdamW other(5, c);
   CHECK(!other.RestoreState(a.SerializeState(), "opt.bin").ok());
+}
+
+bool IsBf16Valued(float x) { return Bf16ToFloat(FloatToBf16(x)) == x; }
+
+TEST_CASE("bf16 weights: AdamW updates an fp32 master and the weights are its rounding",
+          "[optimizer]") {
+  OptimizerConfig c;
+  c.lr = 1e-3;  // each step moves a weight near 1 by ~1e-3, under half a bf16 ulp (2^-8)
+  c.max_grad_norm = 0;
+  OptimizerConfig cb = c;
+  cb.weight_dtype = "bf16";
+  REQUIRE(cb.Validate().ok());
+  std::vector<float> p32 = {1.0f, -0.3f, 2.5f, 0.123456789f};
+  std::vector<float> p16 = p32;
+  AdamW a32(4, c), a16(4, cb);
+  CHECK(a16.bf16_weights());
+  a16.BindWeights(p16.data());
+  REQUIRE(a16.master() != nullptr);
+  CHECK(std::vector<float>(a16.master(), a16.master() + 4) == p32);  // the unrounded start
+  for (float x : p16) CHECK(IsBf16Valued(x));
+  CHECK(p16[3] != p32[3]);  // 0.123456789 is not a bf16 value
+  a32.BindWeights(p32.data());  // fp32: nothing to do
+  CHECK(a32.master() == nullptr);
+  for (int step = 1; step <= 10; ++step) {
+    std::vector<float> g = {0.5f, -0.25f, 0.125f * step, 1.0f};
+    std::vector<float> g2 = g;
+    a32.Step(p32.data(), g.data(), c.lr);
+    a16.Step(p16.data(), g2.data(), cb.lr);
+    // The master follows the fp32 run bit for bit; the weights are its rounding.
+    for (int i = 0; i < 4; ++i) {
+      CHECK(a16.master()[i] == p32[i]);
+      CHECK(p16[i] == Bf16ToFloat(FloatToBf16(p32[i])));
+    }
+  }
+  // Ten steps of ~1e-3 add up past a bf16 ulp: the weight moved, which rounding the weights
+  // themselves after every step (no master) would never do.
+  CHECK(p16[0] < 1.0f);
+  CHECK(p16[0] == Bf16ToFloat(FloatToBf16(p32[0])));
+
+  // State round trip keeps the master: a restored copy continues bit for bit.
+  AdamW b16(4, cb);
+  REQUIRE(b16.RestoreState(a16.SerializeState(), "state").ok());
+  std::vector<float> q16 = p16;
+  b16.BindWeights(q16.data());
+  CHECK(q16 == p16);
+  {
+    std::vector<float> g = {0.1f, 0.2f, 0.3f, 0.4f}, g2 = g;
+    a16.Step(p16.data(), g.data(), cb.lr);
+    b16.Step(q16.data(), g2.data(), cb.lr);
+    CHECK(q16 == p16);
+    CHECK(std::vector<float>(b16.master(), b16.master() + 4) ==
+          std::vector<float>(a16.master(), a16.master() + 4));
+  }
+  // Resumed as fp32: the weights take the master's full precision and the copy is dropped.
+  AdamW f32(4, c);
+  REQUIRE(f32.RestoreState(a16.SerializeState(), "state").ok());
+  std::vector<float> r32 = p16;
+  f32.BindWeights(r32.data());
+  CHECK(f32.master() == nullptr);
+  CHECK(r32 == std::vector<float>(a16.master(), a16.master() + 4));
+  CHECK(f32.SerializeState().size() < a16.SerializeState().size());
+
+  // Step binds lazily when BindWeights was not called.
+  AdamW lazy(4, cb);
+  std::vector<float> pl = {0.123456789f, 1, 1, 1}, gl = {0, 0, 0, 0};
+  lazy.Step(pl.data(), gl.data(), 0.0);
+  REQUIRE(lazy.master() != nullptr);
+  CHECK(lazy.master()[0] == 0.123456789f);
+  CHECK(IsBf16Valued(pl[0]));
+
+  OptimizerConfig bad = c;
+  bad.weight_dtype = "fp16";
+  const absl::Status st = bad.Validate();
+  CHECK(!st.ok());
+  CHECK(std::string(st.message()).find("optimizer.weight_dtype 'fp16'") != std::string::npos);
+}
+
+TEST_CASE("AdamW reads version 1 state files (no master copy)", "[optimizer]") {
+  OptimizerConfig c;
+  const std::vector<float> m = {0.5f, -0.5f}, v = {0.25f, 0.125f};
+  std::string s = "GRPOADAM";
+  auto put = [&](const auto& x) { s.append(reinterpret_cast<const char*>(&x), sizeof(x)); };
+  put(uint32_t{1});
+  put(int64_t{2});   // n
+  put(int64_t{7});   // step
+  s.append(reinterpret_cast<const char*>(m.data()), 8);
+  s.append(reinterpret_cast<const char*>(v.data()), 8);
+  put(Crc32cOf(s));
+  AdamW a(2, c);
+  REQUIRE(a.RestoreState(s, "v1.bin").ok());
+  CHECK(a.step_count() == 7);
+  CHECK(a.master() == nullptr);
+  // Re-serialized as version 2, it reads back the same.
+  AdamW b(2, c);
+  REQUIRE(b.RestoreState(a.SerializeState(), "v2.bin").ok());
+  CHECK(b.SerializeState() == a.SerializeState());
+  // A version-2 has_master field other than 0 or 1 is refused by name.
+  std::string bad = a.SerializeState();
+  bad[28] = 5;
+  const absl::Status st = b.RestoreState(bad, "opt.bin");
+  CHECK(!st.ok());
+  CHECK(std::string(st.message()).find("has_master") != std::string::npos);
 }
 
 }  // namespace

@@ -18,6 +18,7 @@
 #include "common/status.h"
 #include "learner/checkpoint.h"
 #include "model/checkpoint.h"
+#include "rollout/weight_sync.h"
 #include "tests/learner/learner_fixture.h"
 
 namespace grpo {
@@ -261,6 +262,58 @@ TEST_CASE("learner: deterministic rollout logprobs equal the learner's bit for b
   auto u = MakeTrainer(Parse(j));
   RequireOk(u->Step());
   CHECK(u->last_metrics().at("mismatch/logprob_abs_diff") > 0.0);
+}
+
+TEST_CASE("learner: bf16 weights with an fp32 master stay bf16-valued, bitwise in rollout, and "
+          "resume exactly", "[trainer]") {
+  const std::string dir = TempDir("bf16_weights");
+  nlohmann::json j = testing::MakeLearnerFixture(dir);
+  j["total_steps"] = 4;
+  j["checkpoint"] = {{"every", 2}, {"keep", 2}};
+  j["rollout"]["deterministic"] = true;
+  j["optimizer"]["weight_dtype"] = "bf16";
+  auto bf16_valued = [](const std::vector<float>& p) {
+    int64_t off = 0;
+    for (float x : p) off += Bf16ToFloat(FloatToBf16(x)) != x;
+    return off;
+  };
+  auto init = LoadModel(dir + "/model");
+  REQUIRE(init.ok());
+  const std::vector<float> p0((*init)->params(), (*init)->params() + (*init)->num_params());
+  REQUIRE(bf16_valued(p0) > 0);  // the fixture's weights are fp32, so the rounding shows
+
+  nlohmann::json ja = j;
+  ja["output_dir"] = dir + "/out_straight";
+  auto a = MakeTrainer(Parse(ja));
+  CHECK(bf16_valued(Params(*a)) == 0);  // rounded before the first rollout
+  RequireOk(a->Step());
+  // The workers sampled with the learner's bf16-valued weights: same logprobs, bit for bit.
+  CHECK(a->last_metrics().at("mismatch/logprob_abs_diff") == 0.0);
+  RequireOk(a->Run());
+  const std::vector<float> straight = Params(*a);
+  CHECK(bf16_valued(straight) == 0);
+  CHECK(a->last_metrics().at("mismatch/logprob_abs_diff") == 0.0);
+  int64_t moved = 0;
+  for (size_t i = 0; i < straight.size(); ++i) {
+    moved += straight[i] != Bf16ToFloat(FloatToBf16(p0[i]));
+  }
+  CHECK(moved > 0);
+
+  // 2 steps + resume + 2 steps: the master copy comes back from the checkpoint, so the weights
+  // equal the straight run's bit for bit.
+  nlohmann::json jb = j;
+  jb["output_dir"] = dir + "/out_resumed";
+  {
+    auto b = MakeTrainer(Parse(jb));
+    RequireOk(b->Step());
+    RequireOk(b->Step());
+  }
+  TrainerOptions opts;
+  opts.resume = true;
+  auto b = MakeTrainer(Parse(jb), std::move(opts));
+  REQUIRE(b->steps_done() == 2);
+  RequireOk(b->Run());
+  CHECK(Params(*b) == straight);
 }
 
 TEST_CASE("learner: every algorithm option together runs (R3, GSPO, TIS, dynamic sampling, ...)",
