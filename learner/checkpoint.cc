@@ -88,7 +88,11 @@ absl::Status SaveCheckpoint(const std::string& root, const Model<float>& policy,
     return options.after_file ? options.after_file(file) : absl::OkStatus();
   };
 
-  RETURN_IF_ERROR(SaveModel(policy, tmp));
+  // bf16 weights (optimizer.weight_dtype) are bf16-valued: written as bf16, losslessly, at half
+  // the bytes; the fp32 master copy is in optimizer.bin.
+  SaveOptions save;
+  if (optimizer.bf16_weights()) save.dtype = Dtype::kBF16;
+  RETURN_IF_ERROR(SaveModel(policy, tmp, save));
   RETURN_IF_ERROR(step("model.safetensors"));
   if (!options.tokenizer_path.empty()) {
     fs::copy_file(options.tokenizer_path, fs::path(tmp) / "tokenizer.json",
@@ -108,7 +112,7 @@ absl::Status SaveCheckpoint(const std::string& root, const Model<float>& policy,
     }
   }
   if (reference != nullptr) {
-    RETURN_IF_ERROR(SaveModel(*reference, (fs::path(tmp) / "reference").string()));
+    RETURN_IF_ERROR(SaveModel(*reference, (fs::path(tmp) / "reference").string(), save));
     RETURN_IF_ERROR(step("reference"));
   }
   RETURN_IF_ERROR(

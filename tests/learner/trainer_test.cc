@@ -298,6 +298,13 @@ TEST_CASE("learner: bf16 weights with an fp32 master stay bf16-valued, bitwise i
     moved += straight[i] != Bf16ToFloat(FloatToBf16(p0[i]));
   }
   CHECK(moved > 0);
+  // The checkpoint holds them as bf16 (lossless), the master copy in optimizer.bin.
+  const auto cks = ListCheckpoints(ja["output_dir"].get<std::string>() + "/checkpoints");
+  REQUIRE(!cks.empty());
+  std::ifstream cfg(fs::path(cks.back()) / "config.json");
+  nlohmann::json saved;
+  cfg >> saved;
+  CHECK(saved.value("torch_dtype", "") == "bfloat16");
 
   // 2 steps + resume + 2 steps: the master copy comes back from the checkpoint, so the weights
   // equal the straight run's bit for bit.
