@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Speed baseline for bench/rollout_bench.cc: Hugging Face transformers' generate() (PyTorch,
-CPU, fp32) on the reference Qwen3-MoE (configs/bench_moe.json, random weights, fixed seed), greedy,
+CPU, fp32 by default; --dtype bfloat16 for bf16 weights and activations) on the reference Qwen3-MoE (configs/bench_moe.json, random weights, fixed seed), greedy,
 at batch 1, 16 and 64, measured exactly as rollout_bench measures our engine:
 
     decode tokens/s = B * N / (median time of generate(N + 1 new tokens)
@@ -11,7 +11,7 @@ random sequences of --prompt tokens (no padding). Not run in CI; needs torch + t
 
 Usage (from the repository root):
     /tmp/venv-fx/bin/python bench/hf_generate_baseline.py --threads 2 [--prompt 32
-        --decode-tokens 64 --repeats 3 --batches 1,16,64] [--json]
+        --decode-tokens 64 --repeats 3 --batches 1,16,64 --dtype float32] [--json]
 """
 
 import argparse
@@ -51,14 +51,16 @@ def main():
     ap.add_argument("--decode-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batches", default="1,16,64")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                    help="the model's dtype in PyTorch (bfloat16: bf16 weights and activations)")
     ap.add_argument("--json", action="store_true", help="print one JSON line last")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(reference_config(args.config), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(reference_config(args.config), dtype=getattr(torch, args.dtype))
     model.eval()
     g = torch.Generator().manual_seed(2)
-    result = {"threads": args.threads, "torch": torch.__version__,
+    result = {"threads": args.threads, "torch": torch.__version__, "dtype": args.dtype,
               "attn_implementation": model.config._attn_implementation,
               "experts_implementation": getattr(model.config, "_experts_implementation", None)}
     for b in [int(x) for x in args.batches.split(",")]:
@@ -74,7 +76,7 @@ def main():
         tps, tps_cpu = b * args.decode_tokens / decode_s, b * args.decode_tokens / decode_cpu
         result[f"decode_b{b}"] = tps
         result[f"decode_cpu_b{b}"] = tps_cpu
-        print(f"transformers generate() batch {b:3d}: decode {tps:.0f} tok/s "
+        print(f"transformers generate() {args.dtype} batch {b:3d}: decode {tps:.0f} tok/s "
               f"({1000 * decode_s / args.decode_tokens:.1f} ms/step), {tps_cpu:.0f} tok per CPU-s; "
               f"prefill+first token {med(first, 0):.3f} s", flush=True)
     if args.json:

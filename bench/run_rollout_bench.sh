@@ -7,6 +7,9 @@
 # Each round runs ours with fp32 weights, ours with bf16-valued weights, then transformers, so the
 # three see the same state of a shared machine; the ratios are of the per-engine medians over the
 # rounds (a shared host drifts by 10-20% over minutes, which one round alone would report).
+# HF_BF16=1 adds, each round, transformers with --dtype bfloat16 (bf16 weights and activations),
+# printed as its own line; the ratios stay against fp32 transformers, the faster of the two on the
+# development VM (batch 64: 66.4 against 71.0 ms per step, 2026-11-23).
 # Both wall-clock and process-CPU-time rates are printed: on a shared machine the CPU-time ratio is
 # the trustworthy one (with THREADS 1 it does not count time other processes took).
 set -euo pipefail
@@ -39,6 +42,12 @@ for r in $(seq 1 "$rounds"); do
       --prompt 32 --decode-tokens 64 --repeats 3 --json)
     echo "$log" | grep -v '^{'
     echo "theirs $(echo "$log" | tail -n 1)" >> "$results"
+    if [ "${HF_BF16:-0}" = 1 ]; then
+      log=$(OMP_NUM_THREADS=$threads "$PY" bench/hf_generate_baseline.py --threads "$threads" \
+        --prompt 32 --decode-tokens 64 --repeats 3 --dtype bfloat16 --json)
+      echo "$log" | grep -v '^{'
+      echo "theirs_bf16 $(echo "$log" | tail -n 1)" >> "$results"
+    fi
   fi
 done
 [ "$have_baseline" = 1 ] || exit 0
@@ -64,4 +73,9 @@ for name, label in (("ours_fp32", "fp32 weights"), ("ours_bf16", "bf16-valued we
               f"ratio {oc/tc:.2f}x")
     print(f"8 prompts x G 8: first group after {med(name, 'first_group_s'):.2f} s, "
           f"all after {med(name, 'all_groups_s'):.2f} s")
+if "theirs_bf16" in runs:
+    print("-- transformers with --dtype bfloat16 (not the ratios' baseline)")
+    for b in (1, 16, 64):
+        t16, t32 = med("theirs_bf16", f"decode_b{b}"), med("theirs", f"decode_b{b}")
+        print(f"decode batch {b:3d}: {t16:7.0f} tok/s, {t16 / t32:.2f}x its fp32 speed")
 PY

@@ -5,12 +5,13 @@
 //   "weight_sync": {
 //     "transport": "auto",  // auto | grpc | collective | ipc
 //     "bucket_mb": 64,      // collective bucket size, MiB (> 0, at most 1024)
-//     "dtype": "auto"       // auto | fp32 | bf16 (collective transports; grpc always sends fp32)
+//     "dtype": "auto"       // auto | fp32 | bf16 (collective transports; grpc: see below)
 //   }
 //
 // transport:
 //   grpc        point to point: the UpdateWeights stream to remote workers, a direct staged copy
-//               into in-process engines. Works everywhere, fp32 only.
+//               into in-process engines. Works everywhere. Always lossless: bf16 on the wire
+//               when every weight is a bf16 value (optimizer.weight_dtype "bf16"), else fp32.
 //   collective  one broadcast to all workers per bucket: in-process workers over a LocalGroup,
 //               remote workers over NCCL (they join a group handed out over gRPC; needs CUDA and
 //               NCCL on the learner and the workers; a worker that cannot join, or a group that

@@ -46,11 +46,15 @@ class RolloutClient {
                         absl::Time deadline, const GroupCallback& on_group);
 
   // Streams params (layout.total floats, ParamLayout order) as version `version` in chunks of
-  // chunk_bytes (rounded down to whole floats, at most kMaxWeightChunkBytes). OK means the worker
-  // verified and staged them: every Generate started afterwards runs on this version or newer.
+  // chunk_bytes (rounded down to whole floats, at most kMaxWeightChunkBytes). When every value
+  // is exactly a bf16 value (a bf16 checkpoint, optimizer.weight_dtype "bf16") they go as bf16,
+  // half the bytes, and the worker widens them back to the same floats; otherwise as f32. OK
+  // means the worker verified and staged them: every Generate started afterwards runs on this
+  // version or newer. `payload_bytes`, when given, receives the payload's size as sent.
   absl::Status PushWeights(uint64_t version, const ParamLayout& layout,
                            absl::Span<const float> params, absl::Time deadline,
-                           int64_t chunk_bytes = int64_t{4} << 20);
+                           int64_t chunk_bytes = int64_t{4} << 20,
+                           int64_t* payload_bytes = nullptr);
 
   absl::StatusOr<RolloutStatus> GetStatus(absl::Time deadline);
 

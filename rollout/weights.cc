@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "rollout/weight_sync.h"
 
 #if defined(__SSE4_2__)
 #include <nmmintrin.h>
@@ -73,9 +74,9 @@ WeightAssembler::WeightAssembler(int64_t num_params, uint64_t layout_fingerprint
 absl::Status WeightAssembler::Add(const rollout::WeightChunk& chunk) {
   const std::string where = absl::StrCat("weight chunk at offset ", chunk.offset());
   if (!started_) {
-    if (chunk.dtype() != "f32") {
-      return absl::InvalidArgumentError(
-          absl::StrCat("weight update: dtype \"", chunk.dtype(), "\" is not supported (only f32)"));
+    if (chunk.dtype() != "f32" && chunk.dtype() != "bf16") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "weight update: dtype \"", chunk.dtype(), "\" is not supported (f32 or bf16)"));
     }
     if (chunk.num_params() != static_cast<uint64_t>(num_params_)) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -89,10 +90,11 @@ absl::Status WeightAssembler::Add(const rollout::WeightChunk& chunk) {
           " (same size, different tensors); the learner and this worker must load the same "
           "config.json"));
     }
-    if (chunk.total_bytes() != static_cast<uint64_t>(num_params_) * sizeof(float)) {
-      return absl::InvalidArgumentError(absl::StrCat("weight update: total_bytes ",
-                                                     chunk.total_bytes(),
-                                                     " != num_params * 4 = ", num_params_ * 4));
+    const int64_t elem = chunk.dtype() == "bf16" ? 2 : 4;
+    if (chunk.total_bytes() != static_cast<uint64_t>(num_params_ * elem)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("weight update: total_bytes ", chunk.total_bytes(), " != num_params * ",
+                       elem, " = ", num_params_ * elem, " for dtype ", chunk.dtype()));
     }
     if (chunk.version() <= newest_version_) {
       return absl::FailedPreconditionError(absl::StrCat("weight update: version ", chunk.version(),
@@ -103,7 +105,14 @@ absl::Status WeightAssembler::Add(const rollout::WeightChunk& chunk) {
     header_.clear_data();
     header_.clear_offset();
     header_.clear_crc32c();
-    params_.resize(num_params_);
+    // f32 lands in params_ as it comes; bf16 is staged and widened once the payload verified.
+    if (elem == 2) {
+      bf16_.resize(num_params_);
+      params_.clear();
+    } else {
+      params_.resize(num_params_);
+      bf16_.clear();
+    }
     started_ = true;
   } else if (chunk.version() != header_.version() || chunk.dtype() != header_.dtype() ||
              chunk.num_params() != header_.num_params() ||
@@ -133,7 +142,9 @@ absl::Status WeightAssembler::Add(const rollout::WeightChunk& chunk) {
     return absl::DataLossError(
         absl::StrCat(where, ": crc32c mismatch (got ", crc, ", chunk says ", chunk.crc32c(), ")"));
   }
-  std::memcpy(reinterpret_cast<char*>(params_.data()) + received_, chunk.data().data(), n);
+  char* dst = bf16_.empty() ? reinterpret_cast<char*>(params_.data())
+                            : reinterpret_cast<char*>(bf16_.data());
+  std::memcpy(dst + received_, chunk.data().data(), n);
   running_crc_ = Crc32c(chunk.data().data(), n, running_crc_);
   received_ += n;
   return absl::OkStatus();
@@ -151,6 +162,11 @@ absl::StatusOr<std::vector<float>> WeightAssembler::Finish(uint64_t* version) {
   }
   *version = header_.version();
   started_ = false;
+  if (!bf16_.empty()) {
+    params_.resize(num_params_);
+    Bf16ToFloats(bf16_.data(), num_params_, params_.data());
+    bf16_ = {};
+  }
   return std::move(params_);
 }
 

@@ -34,6 +34,7 @@ class WeightAssembler {
   // server already has (serving or staged); an update must be newer.
   WeightAssembler(int64_t num_params, uint64_t layout_fingerprint, uint64_t newest_version);
 
+  // dtype "f32" (num_params * 4 bytes) or "bf16" (num_params * 2, widened exactly at Finish).
   // Errors: INVALID_ARGUMENT (wrong dtype, size, layout, header fields that change mid-stream,
   // a gap or overlap, a chunk over kMaxWeightChunkBytes), FAILED_PRECONDITION (version not newer),
   // DATA_LOSS (chunk checksum).
@@ -53,6 +54,7 @@ class WeightAssembler {
   int64_t received_ = 0;
   uint32_t running_crc_ = 0;
   std::vector<float> params_;
+  std::vector<uint16_t> bf16_;  // a bf16 stream's payload until Finish widens it
 };
 
 }  // namespace grpo

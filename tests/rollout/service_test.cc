@@ -8,6 +8,7 @@
 #include "proto/rollout.grpc.pb.h"
 #include "rollout/rollout_client.h"
 #include "rollout/rollout_service.h"
+#include "rollout/weight_sync.h"
 #include "rollout/weights.h"
 #include "tests/rollout/rollout_test_util.h"
 
@@ -164,15 +165,19 @@ grpc::Status SendChunks(const std::string& address, const std::vector<rollout::W
 
 std::vector<rollout::WeightChunk> MakeChunks(uint64_t version, const ParamLayout& layout,
                                              const std::vector<float>& params,
-                                             int64_t chunk_bytes) {
+                                             int64_t chunk_bytes, const std::string& dtype = "f32") {
   std::vector<rollout::WeightChunk> chunks;
-  const char* bytes = reinterpret_cast<const char*>(params.data());
-  const int64_t total = static_cast<int64_t>(params.size() * 4);
+  std::vector<uint16_t> half(params.size());
+  FloatsToBf16(params.data(), static_cast<int64_t>(params.size()), half.data());
+  const bool bf16 = dtype == "bf16";
+  const char* bytes = bf16 ? reinterpret_cast<const char*>(half.data())
+                           : reinterpret_cast<const char*>(params.data());
+  const int64_t total = static_cast<int64_t>(params.size() * (bf16 ? 2 : 4));
   for (int64_t off = 0; off < total; off += chunk_bytes) {
     const int64_t n = std::min(chunk_bytes, total - off);
     rollout::WeightChunk ch;
     ch.set_version(version);
-    ch.set_dtype("f32");
+    ch.set_dtype(dtype);
     ch.set_num_params(params.size());
     ch.set_layout_fingerprint(LayoutFingerprint(layout));
     ch.set_total_bytes(total);
@@ -277,6 +282,34 @@ TEST_CASE("weight updates: only a complete verified stream is applied",
   auto st = (*client)->GetStatus(Soon());
   REQUIRE(st.ok());
   CHECK(st->weight_version == 6);
+  {
+    // fp32 weights went as f32; bf16-valued ones go as bf16 (half the bytes) and are served as
+    // exactly those floats: the same completions as an engine built on them.
+    int64_t sent = 0;
+    REQUIRE((*client)->PushWeights(7, layout, params, Soon(), chunk, &sent).ok());
+    CHECK(sent == static_cast<int64_t>(params.size()) * 4);
+    std::vector<float> half = params;
+    std::vector<uint16_t> bits(half.size());
+    FloatsToBf16(half.data(), static_cast<int64_t>(half.size()), bits.data());
+    Bf16ToFloats(bits.data(), static_cast<int64_t>(half.size()), half.data());
+    REQUIRE(half != params);
+    REQUIRE((*client)->PushWeights(8, layout, half, Soon(), chunk, &sent).ok());
+    CHECK(sent == static_cast<int64_t>(params.size()) * 2);
+    const std::vector<GroupResult> on_bf16 = generate();
+    CHECK(on_bf16[0].completions[0].weight_version == 8);
+    auto rounded = MakeModel<float>(c, 31);
+    std::copy(half.begin(), half.end(), rounded->params());
+    EngineOptions eo;
+    eo.kv_budget_bytes = int64_t{4} << 20;
+    auto ref = Engine::Create(std::move(rounded), nullptr, eo);
+    REQUIRE(ref.ok());
+    auto want = (*ref)->GenerateAll(prompts, sp);
+    REQUIRE(want.ok());
+    CHECK(on_bf16[0].completions[0].token_ids == (*want)[0].completions[0].token_ids);
+    CHECK(on_bf16[0].completions[0].logprobs == (*want)[0].completions[0].logprobs);
+    CHECK(on_bf16[0].completions[0].logprobs != after[0].completions[0].logprobs);
+    (*ref)->Shutdown();
+  }
   CHECK(st->num_params == new_model->num_params());
   CHECK(st->layout_fingerprint == LayoutFingerprint(layout));
   CHECK(st->model_type == "qwen3_moe");
@@ -298,6 +331,20 @@ TEST_CASE("WeightAssembler names what is wrong", "[rollout][weights]") {
     CHECK(*p == params);
   }
   {
+    // bf16, in chunks of an odd size that split elements: widened to exactly the bf16 values.
+    std::vector<float> half(params.size());
+    std::vector<uint16_t> bits(params.size());
+    FloatsToBf16(params.data(), static_cast<int64_t>(params.size()), bits.data());
+    Bf16ToFloats(bits.data(), static_cast<int64_t>(params.size()), half.data());
+    WeightAssembler a(m->num_params(), fp, 2);
+    for (const auto& ch : MakeChunks(3, m->layout(), half, 1023, "bf16")) REQUIRE(a.Add(ch).ok());
+    CHECK(a.bytes_received() == m->num_params() * 2);
+    uint64_t v = 0;
+    auto p = a.Finish(&v);
+    REQUIRE(p.ok());
+    CHECK(*p == half);
+  }
+  {
     WeightAssembler a(m->num_params(), fp, 2);
     auto bad = chunks;
     bad[1].set_version(4);
@@ -312,8 +359,15 @@ TEST_CASE("WeightAssembler names what is wrong", "[rollout][weights]") {
   {
     WeightAssembler a(m->num_params(), fp, 2);
     auto bad = chunks;
+    bad[0].set_dtype("f16");
+    CHECK_THAT(std::string(a.Add(bad[0]).message()), Catch::Contains("dtype \"f16\""));
+  }
+  {
+    // bf16 announced with an f32-sized payload.
+    WeightAssembler a(m->num_params(), fp, 2);
+    auto bad = chunks;
     bad[0].set_dtype("bf16");
-    CHECK_THAT(std::string(a.Add(bad[0]).message()), Catch::Contains("dtype"));
+    CHECK_THAT(std::string(a.Add(bad[0]).message()), Catch::Contains("num_params * 2"));
   }
   {
     WeightAssembler a(m->num_params(), fp, 2);
