@@ -321,7 +321,10 @@ absl::StatusOr<SftResult> RunSft(const SftConfig& config,
   const fs::path tmp = out.string() + ".tmp";
   std::error_code ec;
   fs::remove_all(tmp, ec);
-  RETURN_IF_ERROR(SaveModel(*model, tmp.string()));
+  // bf16 weights (optimizer.weight_dtype) are bf16 values: written as bf16, losslessly.
+  SaveOptions save;
+  if (optimizer.bf16_weights()) save.dtype = Dtype::kBF16;
+  RETURN_IF_ERROR(SaveModel(*model, tmp.string(), save));
   fs::copy_file(tok_path, tmp / "tokenizer.json", fs::copy_options::overwrite_existing, ec);
   if (ec) {
     return absl::UnavailableError(

@@ -37,9 +37,25 @@ PY
 # A second run into the same directory is refused unless told to continue or replace it.
 expect_error 1 "already holds a run" "$grpo" train configs/train/tiny.json --out "$rundir"
 # --overwrite replaces it: a 2-step run leaves no checkpoint or metrics of the 100-step one.
+# It also runs with bf16 weights (fp32 master copies) in SFT and the learner: both write bf16
+# checkpoints, and the learner's gRPC updates reach the worker as bf16-valued weights.
 cp -r "$rundir" "$work/run2"
 "$grpo" train configs/train/tiny.json --out "$work/run2" --overwrite --set sft.steps=5 \
-  --set learner.total_steps=2 >"$work/log2" 2>&1 || { tail -20 "$work/log2"; fail "--overwrite run"; }
+  --set learner.total_steps=2 --set sft.optimizer.weight_dtype=bf16 \
+  --set learner.optimizer.weight_dtype=bf16 >"$work/log2" 2>&1 ||
+  { tail -20 "$work/log2"; fail "--overwrite run"; }
+grep -q '"torch_dtype": "bfloat16"' "$work/run2/sft/config.json" || fail "bf16 SFT model not bf16"
+grep -q '"torch_dtype": "bfloat16"' "$work/run2/checkpoints/step_00000002/config.json" ||
+  fail "bf16 learner checkpoint not bf16"
+# The weights of the worker's last update are all bf16-exact ("N of N"; an fp32 learner's
+# updated weights pack none at 2 bytes, while the bf16 SFT model it starts from packs all).
+grep -rhoE "[0-9]+ of [0-9]+ weights packed at 2 bytes" "$work/run2/logs" | tail -n 1 |
+  awk '$1 == $3 && $1 > 0 { ok = 1 } END { exit !ok }' ||
+  fail "the rollout worker did not get bf16-valued weights"
+# ...over the wire as bf16: half the bytes of the fp32 run's updates.
+sync_bytes() { head -n 1 "$1" | grep -oE '"weight_sync/bytes": *[0-9.]+' | grep -oE '[0-9.]+$'; }
+awk -v a="$(sync_bytes "$rundir/metrics.jsonl")" -v b="$(sync_bytes "$work/run2/metrics.jsonl")" \
+  'BEGIN { exit !(a > 0 && b * 2 == a) }' || fail "bf16 weight updates did not go as bf16"
 [ "$(wc -l <"$work/run2/metrics.jsonl")" = 2 ] || fail "old metrics kept after --overwrite"
 [ ! -e "$work/run2/checkpoints/step_00000100" ] || fail "old checkpoint kept after --overwrite"
 grep -q '"final_checkpoint": ".*step_00000002"' "$work/run2/summary.json" || fail "wrong final checkpoint"
