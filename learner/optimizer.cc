@@ -155,7 +155,7 @@ OptimizerStepResult AdamW::Step(float* params, float* grads, double lr) {
   const float eps = static_cast<float>(config_.eps);
   float* m = m_.data();
   float* v = v_.data();
-  if (bf16_weights() && master_.empty()) master_.assign(params, params + n);
+  if (bf16_weights() && master_.empty()) BindWeights(params);
   // With bf16 weights the update goes to the master copy and the weights are its rounding.
   float* p = master_.empty() ? params : master_.data();
 #pragma omp parallel for schedule(static)

@@ -61,7 +61,8 @@ absl::Status RemoteRolloutWorker::Generate(absl::Span<const RolloutPrompt> promp
 
 absl::Status RemoteRolloutWorker::PushWeights(const ParamLayout& layout,
                                               absl::Span<const float> params, uint64_t version) {
-  return client_->PushWeights(version, layout, params, absl::Now() + timeout_);
+  return client_->PushWeights(version, layout, params, absl::Now() + timeout_,
+                              RolloutClient::kDefaultChunkBytes, &last_push_bytes_);
 }
 
 absl::StatusOr<uint64_t> RemoteRolloutWorker::NewestVersion() {

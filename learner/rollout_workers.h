@@ -37,6 +37,8 @@ class RolloutWorker {
   // NewestVersion(). Every Generate after an OK push runs on these weights.
   virtual absl::Status PushWeights(const ParamLayout& layout, absl::Span<const float> params,
                                    uint64_t version) = 0;
+  // The bytes the last successful PushWeights moved (the weight_sync/bytes metric).
+  virtual int64_t last_push_bytes() const = 0;
   // The newest version the worker serves or has staged.
   virtual absl::StatusOr<uint64_t> NewestVersion() = 0;
 };
@@ -54,6 +56,8 @@ class LocalRolloutWorker : public RolloutWorker {
                         std::vector<GroupResult>* out) override;
   absl::Status PushWeights(const ParamLayout& layout, absl::Span<const float> params,
                            uint64_t version) override;
+  // A staged fp32 copy.
+  int64_t last_push_bytes() const override { return engine_->num_params() * 4; }
   absl::StatusOr<uint64_t> NewestVersion() override { return engine_->newest_version(); }
   // The engine, for the collective weight sync (learner/weight_sync.h).
   Engine* engine() const { return engine_.get(); }
@@ -75,6 +79,8 @@ class RemoteRolloutWorker : public RolloutWorker {
                         std::vector<GroupResult>* out) override;
   absl::Status PushWeights(const ParamLayout& layout, absl::Span<const float> params,
                            uint64_t version) override;
+  // The UpdateWeights payload: bf16 when every weight is a bf16 value (RolloutClient).
+  int64_t last_push_bytes() const override { return last_push_bytes_; }
   absl::StatusOr<uint64_t> NewestVersion() override;
   // The client and the per-call timeout, for the collective weight sync (learner/weight_sync.h).
   RolloutClient* client() const { return client_.get(); }
@@ -85,6 +91,7 @@ class RemoteRolloutWorker : public RolloutWorker {
       : client_(std::move(client)), timeout_(timeout) {}
   std::unique_ptr<RolloutClient> client_;
   absl::Duration timeout_;
+  int64_t last_push_bytes_ = 0;
 };
 
 struct DispatchStats {

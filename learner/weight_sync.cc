@@ -11,7 +11,6 @@
 #include "comm/nccl_communicator.h"
 #include "common/log.h"
 #include "common/status.h"
-#include "kernels/cpu/gemm.h"
 #include "rollout/weights.h"
 
 namespace grpo {
@@ -265,9 +264,6 @@ absl::Status WeightPublisher::Publish(absl::Span<RolloutWorker* const> workers,
   run_collective(local_members, false);
   run_collective(remote_members, true);
   int64_t p2p_ok = 0;
-  // What a point-to-point push moves: a remote worker's stream is bf16 when every weight is a
-  // bf16 value (RolloutClient::PushWeights), an in-process engine copies fp32.
-  const bool bf16_exact = !p2p.empty() && cpu::IsBf16Exact(params.data(), layout.total);
   for (size_t w : p2p) {
     const absl::Status s = workers[w]->PushWeights(layout, params, version);
     if (!s.ok()) {
@@ -277,8 +273,7 @@ absl::Status WeightPublisher::Publish(absl::Span<RolloutWorker* const> workers,
       continue;
     }
     ++p2p_ok;
-    const bool remote = dynamic_cast<RemoteRolloutWorker*>(workers[w]) != nullptr;
-    bytes += static_cast<double>(params.size() * (remote && bf16_exact ? 2 : sizeof(float)));
+    bytes += static_cast<double>(workers[w]->last_push_bytes());
   }
   if (std::find(alive->begin(), alive->end(), true) == alive->end()) {
     return absl::UnavailableError("no rollout worker is left alive");

@@ -45,6 +45,7 @@ class RolloutClient {
   absl::Status Generate(absl::Span<const RolloutPrompt> prompts, const SamplingParams& sampling,
                         absl::Time deadline, const GroupCallback& on_group);
 
+  static constexpr int64_t kDefaultChunkBytes = int64_t{4} << 20;
   // Streams params (layout.total floats, ParamLayout order) as version `version` in chunks of
   // chunk_bytes (rounded down to whole floats, at most kMaxWeightChunkBytes). When every value
   // is exactly a bf16 value (a bf16 checkpoint, optimizer.weight_dtype "bf16") they go as bf16,
@@ -53,7 +54,7 @@ class RolloutClient {
   // version or newer. `payload_bytes`, when given, receives the payload's size as sent.
   absl::Status PushWeights(uint64_t version, const ParamLayout& layout,
                            absl::Span<const float> params, absl::Time deadline,
-                           int64_t chunk_bytes = int64_t{4} << 20,
+                           int64_t chunk_bytes = kDefaultChunkBytes,
                            int64_t* payload_bytes = nullptr);
 
   absl::StatusOr<RolloutStatus> GetStatus(absl::Time deadline);

@@ -149,6 +149,7 @@ class DyingWorker : public RolloutWorker {
                            uint64_t version) override {
     return inner_->PushWeights(layout, params, version);
   }
+  int64_t last_push_bytes() const override { return inner_->last_push_bytes(); }
   absl::StatusOr<uint64_t> NewestVersion() override { return inner_->NewestVersion(); }
 
  private:
