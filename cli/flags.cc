@@ -9,7 +9,7 @@ namespace grpo::cli {
 void Flags::Add(const std::string& name, const std::string& help, const std::string& default_value,
                 bool required, Kind kind) {
   order_.push_back(name);
-  specs_[name] = Spec{help, default_value, required, false, kind};
+  specs_[name] = Spec{help, default_value, default_value, required, false, kind};
 }
 
 absl::Status Flags::Parse(const std::vector<std::string>& args) {
@@ -50,7 +50,7 @@ std::string Flags::Help() const {
   for (const auto& name : order_) {
     const Spec& s = specs_.at(name);
     absl::StrAppend(&out, "  --", name, "\n      ", s.help,
-                    s.required ? " (required)" : absl::StrCat(" (default: ", s.value.empty() ? "none" : s.value, ")"),
+                    s.required ? " (required)" : absl::StrCat(" (default: ", s.default_value.empty() ? "none" : s.default_value, ")"),
                     "\n");
   }
   return out;

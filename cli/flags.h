@@ -29,7 +29,7 @@ class Flags {
 
  private:
   struct Spec {
-    std::string help, value;
+    std::string help, value, default_value;  // value: the parsed one, else the default
     bool required = false, set = false;
     Kind kind = Kind::kString;
   };
