@@ -14,26 +14,82 @@
 
 namespace grpo {
 
-absl::Status CudaModel::InitCache(int64_t num_slots, int64_t max_len) {
+absl::Status CudaModel::InitPooledCache(int64_t num_slots, int64_t pool_rows) {
   Impl& s = *impl_;
-  if (num_slots <= 0 || max_len <= 0) {
-    return absl::InvalidArgumentError("cuda cache: need num_slots > 0 and max_len > 0");
+  if (num_slots <= 0 || pool_rows <= 0) {
+    return absl::InvalidArgumentError("cuda cache: need num_slots > 0 and pool_rows > 0");
   }
   const ModelConfig& c = s.config;
   const int64_t row = c.num_key_value_heads * c.head_dim;
   s.cache_k.clear();
   s.cache_v.clear();
+  s.cache_slots = 0;
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    ASSIGN_OR_RETURN(DeviceBuffer k,
-                     DeviceBuffer::Allocate(sizeof(bf16_bits) * num_slots * max_len * row));
-    ASSIGN_OR_RETURN(DeviceBuffer v,
-                     DeviceBuffer::Allocate(sizeof(bf16_bits) * num_slots * max_len * row));
+    ASSIGN_OR_RETURN(DeviceBuffer k, DeviceBuffer::Allocate(sizeof(bf16_bits) * pool_rows * row));
+    ASSIGN_OR_RETURN(DeviceBuffer v, DeviceBuffer::Allocate(sizeof(bf16_bits) * pool_rows * row));
     s.cache_k.push_back(std::move(k));
     s.cache_v.push_back(std::move(v));
   }
   s.cache_slots = num_slots;
-  s.cache_max_len = max_len;
+  s.cache_rows = pool_rows;
   s.cache_len.assign(num_slots, 0);
+  s.cache_offset.assign(num_slots, 0);
+  s.cache_capacity.assign(num_slots, 0);
+  return absl::OkStatus();
+}
+
+absl::Status CudaModel::InitCache(int64_t num_slots, int64_t max_len) {
+  if (num_slots <= 0 || max_len <= 0) {
+    return absl::InvalidArgumentError("cuda cache: need num_slots > 0 and max_len > 0");
+  }
+  RETURN_IF_ERROR(InitPooledCache(num_slots, num_slots * max_len));
+  for (int64_t slot = 0; slot < num_slots; ++slot) {
+    RETURN_IF_ERROR(AssignSlot(slot, slot * max_len, max_len));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaModel::AssignSlot(int64_t slot, int64_t row_offset, int64_t capacity) {
+  Impl& s = *impl_;
+  if (slot < 0 || slot >= s.cache_slots) {
+    return absl::InvalidArgumentError(absl::StrCat("cuda cache: slot ", slot, " out of [0, ",
+                                                   s.cache_slots, ")"));
+  }
+  if (row_offset < 0 || capacity < 0 || row_offset + capacity > s.cache_rows) {
+    return absl::InvalidArgumentError(absl::StrCat("cuda cache: rows [", row_offset, ", ",
+                                                   row_offset + capacity, ") outside the pool of ",
+                                                   s.cache_rows));
+  }
+  s.cache_len[slot] = 0;
+  s.cache_offset[slot] = row_offset;
+  s.cache_capacity[slot] = capacity;
+  return absl::OkStatus();
+}
+
+absl::Status CudaModel::CopyPrefix(int64_t src, int64_t dst, int64_t n) {
+  Impl& s = *impl_;
+  if (src < 0 || src >= s.cache_slots || dst < 0 || dst >= s.cache_slots || src == dst) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cuda cache: copy prefix from slot ", src, " to slot ", dst));
+  }
+  if (n < 0 || n > s.cache_len[src] || n > s.cache_capacity[dst]) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cuda cache: copy prefix of ", n, " tokens; slot ", src, " holds ", s.cache_len[src],
+        ", slot ", dst, " has room for ", s.cache_capacity[dst]));
+  }
+  const ModelConfig& c = s.config;
+  const int64_t row = c.num_key_value_heads * c.head_dim;
+  const size_t bytes = sizeof(bf16_bits) * n * row;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    for (DeviceBuffer* buf : {&s.cache_k[l], &s.cache_v[l]}) {
+      bf16_bits* base = buf->as<bf16_bits>();
+      if (n > 0) {
+        RETURN_IF_ERROR(cuda::CopyOnDevice(base + s.cache_offset[dst] * row,
+                                           base + s.cache_offset[src] * row, bytes));
+      }
+    }
+  }
+  s.cache_len[dst] = n;
   return absl::OkStatus();
 }
 
@@ -70,10 +126,10 @@ absl::Status CudaModel::Extend(absl::Span<const int64_t> slots,
     if (n == 0) {
       return absl::InvalidArgumentError(absl::StrCat("extend: slot ", slot, " has no new tokens"));
     }
-    if (past + n > s.cache_max_len || past + n > c.max_position_embeddings) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("extend: slot ", slot, " would hold ", past + n, " tokens; the cache holds ",
-                       s.cache_max_len, " and the model ", c.max_position_embeddings));
+    if (past + n > s.cache_capacity[slot] || past + n > c.max_position_embeddings) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "extend: slot ", slot, " would hold ", past + n, " tokens; the slot holds ",
+          s.cache_capacity[slot], " and the model ", c.max_position_embeddings));
     }
     for (size_t i = 0; i < new_tokens[b].size(); ++i) {
       const int32_t t = new_tokens[b][i];
@@ -83,11 +139,11 @@ absl::Status CudaModel::Extend(absl::Span<const int64_t> slots,
                                                        " is outside the vocabulary [0, ", V, ")"));
       }
     }
-    seqs.push_back({offsets.back(), n, slot * s.cache_max_len, past + n});
+    seqs.push_back({offsets.back(), n, s.cache_offset[slot], past + n});
     tokens.insert(tokens.end(), new_tokens[b].begin(), new_tokens[b].end());
     for (int64_t i = 0; i < n; ++i) {
       pos.push_back(static_cast<int32_t>(past + i));
-      kv_row.push_back(slot * s.cache_max_len + past + i);
+      kv_row.push_back(s.cache_offset[slot] + past + i);
     }
     offsets.push_back(static_cast<int64_t>(tokens.size()));
     last.push_back(static_cast<int32_t>(offsets.back() - 1));

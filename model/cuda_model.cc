@@ -699,6 +699,9 @@ absl::Status CudaModel::Backward(absl::Span<const float>, absl::Span<const float
 }
 absl::Status CudaModel::AdamWStep(const CudaAdamW&, int64_t) { return NoCuda(); }
 absl::Status CudaModel::InitCache(int64_t, int64_t) { return NoCuda(); }
+absl::Status CudaModel::InitPooledCache(int64_t, int64_t) { return NoCuda(); }
+absl::Status CudaModel::AssignSlot(int64_t, int64_t, int64_t) { return NoCuda(); }
+absl::Status CudaModel::CopyPrefix(int64_t, int64_t, int64_t) { return NoCuda(); }
 int64_t CudaModel::cache_length(int64_t) const { return 0; }
 void CudaModel::ResetSlot(int64_t) {}
 absl::Status CudaModel::Extend(absl::Span<const int64_t>,

@@ -69,6 +69,15 @@ class CudaModel {
 
   // KV cache on the device: num_slots sequences of up to max_len tokens (bf16 K/V per layer).
   absl::Status InitCache(int64_t num_slots, int64_t max_len);
+  // The pooled form (KvCache<float>::Pooled's): pool_rows token rows per layer shared by
+  // num_slots slots, each of which holds nothing until AssignSlot gives it rows
+  // [row_offset, row_offset + capacity) of the pool (empty; the caller keeps assignments
+  // disjoint, e.g. the rollout engine's row allocator). Extend refuses a slot beyond its capacity.
+  absl::Status InitPooledCache(int64_t num_slots, int64_t pool_rows);
+  absl::Status AssignSlot(int64_t slot, int64_t row_offset, int64_t capacity);
+  // The first n cached tokens of slot src become slot dst's (a group's prompt, prefilled once,
+  // forked to its other samples): a device-to-device copy of their K/V rows in every layer.
+  absl::Status CopyPrefix(int64_t src, int64_t dst, int64_t n);
   int64_t cache_length(int64_t slot) const;
   void ResetSlot(int64_t slot);
   // As Model<float>::Extend: new tokens for some slots (prefill or decode, mixed), keys/values

@@ -146,9 +146,10 @@ struct CudaModel::Impl {
             *dgu16 = nullptr, *drouter16 = nullptr;
 
   // Decode.
-  int64_t cache_slots = 0, cache_max_len = 0;
-  std::vector<int64_t> cache_len;
-  std::vector<DeviceBuffer> cache_k, cache_v;  // per layer (slots, max_len, nkv, hd) bf16
+  int64_t cache_slots = 0, cache_rows = 0;
+  // Per slot: tokens cached, first pool row, rows it may fill.
+  std::vector<int64_t> cache_len, cache_offset, cache_capacity;
+  std::vector<DeviceBuffer> cache_k, cache_v;  // per layer (cache_rows, nkv, hd) bf16
   DeviceArena decode_arena;
   float* dec_logits = nullptr;  // (B, V)
   int64_t dec_B = 0;            // rows dec_logits has room for
