@@ -31,7 +31,7 @@ namespace {
 
 constexpr char kRolloutUsage[] =
     "usage: grpo rollout serve --model DIR [--port P] [--host 127.0.0.1] [--kv-budget-mb M]\n"
-    "                          [--max-batch B] [--version V]\n"
+    "                          [--max-batch B] [--version V] [--device cpu|cuda|auto]\n"
     "       grpo rollout generate --address HOST:PORT --in PROMPTS.jsonl --out OUT.jsonl [...]\n"
     "       grpo rollout push-weights --address HOST:PORT --model DIR --version V\n"
     "       grpo rollout status --address HOST:PORT\n"
@@ -163,7 +163,7 @@ absl::Status Status(const Flags& f) {
 int Serve(const std::vector<std::string>& args) {
   Flags f(
       "grpo rollout serve --model DIR [--port P] [--host 127.0.0.1] [--kv-budget-mb M] "
-      "[--max-batch B] [--version V]",
+      "[--max-batch B] [--version V] [--device cpu|cuda|auto]",
       "Serves a model as a RolloutService (proto/rollout.proto): Generate (G completions per\n"
       "prompt, streamed per group, continuous batching), UpdateWeights (streamed, verified,\n"
       "swapped between sequences) and GetStatus. DIR is a Hugging Face checkpoint directory\n"
@@ -178,7 +178,16 @@ int Serve(const std::vector<std::string>& args) {
         Flags::Kind::kInt);
   f.Add("max-batch", "most sequences decoded together", "64", false, Flags::Kind::kInt);
   f.Add("version", "weight version reported for the loaded weights", "0", false, Flags::Kind::kInt);
+  // CPU by default: the learner runs there, and only the CPU engine's logprobs are bitwise the
+  // learner's (deterministic requests); the GPU engine agrees to bf16 precision.
+  f.Add("device",
+        "cpu (fp32, batch-invariant: logprobs bitwise the CPU learner's), cuda (bf16 weights, "
+        "K/V and GEMM inputs, fp32 accumulation; refuses deterministic requests; --kv-budget-mb "
+        "is then GPU memory) or auto (cuda when a GPU is present)",
+        "cpu");
   if (int code = ParseFlags(f, args); code >= 0) return code;
+  const auto device = ResolveDevice(f.Get("device"));
+  if (!device.ok()) return UsageError(device.status(), f);
   const int64_t port = *f.GetInt("port"), budget_mb = *f.GetInt("kv-budget-mb"),
                 max_batch = *f.GetInt("max-batch"), version = *f.GetInt("version");
   if (port < 0 || port > 65535) {
@@ -205,6 +214,7 @@ int Serve(const std::vector<std::string>& args) {
   options.kv_budget_bytes = budget_mb << 20;
   options.max_batch = max_batch;
   options.initial_version = static_cast<uint64_t>(version);
+  options.device = *device;
   // Block the stop signals before any thread starts (they inherit the mask), then wait for one
   // here: shutdown runs on this thread.
   sigset_t stop;

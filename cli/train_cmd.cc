@@ -96,6 +96,7 @@ json Defaults() {
     {"learner", json::object()}, // a `grpo learner` config without model/tokenizer/output_dir/data.path
     {"services", {
       {"rollout_workers", 1},    // `grpo rollout serve` processes
+      {"rollout_device", "cpu"},  // their --device: cpu | cuda | auto (cuda when a GPU is present)
       {"reward_service", true},  // score through a `grpo reward serve` process (else in the learner)
       {"threads_per_service", 0},  // OMP_NUM_THREADS of each child; 0 = inherit
       {"startup_timeout_s", 120},
@@ -347,11 +348,12 @@ absl::Status Run::StartServices() {
   }
   const int64_t n = s["rollout_workers"].get<int64_t>();
   if (n < 1 || n > 64) return absl::InvalidArgumentError("services.rollout_workers must be in [1, 64]");
+  const std::string device = s["rollout_device"].get<std::string>();
   for (int64_t i = 0; i < n; ++i) {
-    ASSIGN_OR_RETURN(auto w, ChildProcess::Spawn(
-                                 absl::StrCat("rollout worker ", i),
-                                 {exe_, "rollout", "serve", "--model", model_dir_, "--port", "0"},
-                                 Path(absl::StrCat("logs/rollout_", i, ".log"))));
+    ASSIGN_OR_RETURN(auto w, ChildProcess::Spawn(absl::StrCat("rollout worker ", i),
+                                                 {exe_, "rollout", "serve", "--model", model_dir_,
+                                                  "--port", "0", "--device", device},
+                                                 Path(absl::StrCat("logs/rollout_", i, ".log"))));
     workers_.push_back(std::move(w));
   }
   if (reward_) {
@@ -536,6 +538,17 @@ absl::Status CheckConfig(const json& c) {
   const int64_t workers = c["services"]["rollout_workers"].get<int64_t>();
   if (workers < 1 || workers > 64) {
     return absl::InvalidArgumentError("services.rollout_workers must be in [1, 64]");
+  }
+  const std::string device = c["services"]["rollout_device"].get<std::string>();
+  if (device != "cpu" && device != "cuda" && device != "auto") {
+    return absl::InvalidArgumentError(absl::StrCat("services.rollout_device: '", device,
+                                                   "' is not one of cpu, cuda, auto"));
+  }
+  if (device != "cpu" && lc->rollout.deterministic) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "services.rollout_device: '", device,
+        "' cannot serve learner.rollout.deterministic (bitwise learner logprobs need the CPU "
+        "engine); set one of them differently"));
   }
   return absl::OkStatus();
 }

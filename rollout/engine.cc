@@ -11,6 +11,7 @@
 #include "common/huge_pages.h"
 #include "common/log.h"
 #include "common/status.h"
+#include "rollout/decode_model.h"
 #include "rollout/sampling.h"
 #include "rollout/weights.h"
 
@@ -118,9 +119,8 @@ class RowAllocator {
 };
 
 struct Engine::Work {
-  std::unique_ptr<Model<float>> model;
+  std::unique_ptr<DecodeModel> model;  // its KV pool holds every running sequence
   std::unique_ptr<Tokenizer> tokenizer;
-  KvCache<float> cache;
   RowAllocator rows;
   std::vector<int64_t> free_slots;
   std::vector<std::unique_ptr<Group>> groups;      // admitted, not yet delivered
@@ -129,27 +129,20 @@ struct Engine::Work {
   std::vector<int32_t> routing;                    // (num_moe, T, K) of the last Extend
   uint64_t version = 0;
 
-  Work(std::unique_ptr<Model<float>> m, std::unique_ptr<Tokenizer> t, int64_t num_slots,
+  Work(std::unique_ptr<DecodeModel> m, std::unique_ptr<Tokenizer> t, int64_t num_slots,
        int64_t pool_rows)
-      : model(std::move(m)),
-        tokenizer(std::move(t)),
-        cache(KvCache<float>::Pooled(model->config(), num_slots, pool_rows)),
-        rows(pool_rows) {
+      : model(std::move(m)), tokenizer(std::move(t)), rows(pool_rows) {
     for (int64_t s = num_slots - 1; s >= 0; --s) free_slots.push_back(s);
   }
 };
 
 // ---- Engine ----
 
-Engine::Engine(std::unique_ptr<Model<float>> model, std::unique_ptr<Tokenizer> tokenizer,
-               const EngineOptions& options)
-    : options_(options),
-      config_(model->config()),
-      num_params_(model->num_params()),
-      fingerprint_(LayoutFingerprint(model->layout())) {
-  kv_row_bytes_ = 2 * config_.num_hidden_layers * config_.num_key_value_heads * config_.head_dim *
-                  static_cast<int64_t>(sizeof(float));
-  const int64_t pool_rows = options_.kv_budget_bytes / kv_row_bytes_;
+Engine::Engine(std::unique_ptr<DecodeModel> model, std::unique_ptr<Tokenizer> tokenizer,
+               const EngineOptions& options, const ModelConfig& config, int64_t num_params,
+               uint64_t fingerprint, int64_t pool_rows)
+    : options_(options), config_(config), num_params_(num_params), fingerprint_(fingerprint) {
+  kv_row_bytes_ = model->kv_bytes_per_token();
   max_context_ = std::min<int64_t>(config_.max_position_embeddings, pool_rows);
   work_ =
       std::make_unique<Work>(std::move(model), std::move(tokenizer), options_.max_batch, pool_rows);
@@ -163,15 +156,29 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<Model<flo
                                                        const EngineOptions& options) {
   RETURN_IF_ERROR(options.Validate());
   if (model == nullptr) return absl::InvalidArgumentError("engine: no model");
-  const ModelConfig& c = model->config();
-  const int64_t row_bytes =
-      2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * int64_t{sizeof(float)};
-  if (options.kv_budget_bytes / row_bytes < 2) {
+  const ModelConfig config = model->config();
+  const int64_t num_params = model->num_params();
+  const uint64_t fingerprint = LayoutFingerprint(model->layout());
+  std::unique_ptr<DecodeModel> decode;
+  if (options.device == Device::kCuda) {
+    ASSIGN_OR_RETURN(decode, MakeCudaDecodeModel(std::move(model)));
+  } else {
+    decode = MakeCpuDecodeModel(std::move(model));
+  }
+  const int64_t row_bytes = decode->kv_bytes_per_token();
+  const int64_t pool_rows = options.kv_budget_bytes / row_bytes;
+  if (pool_rows < 2) {
     return absl::InvalidArgumentError(absl::StrCat("kv budget of ", options.kv_budget_bytes,
                                                    " bytes holds fewer than 2 tokens (", row_bytes,
-                                                   " bytes per token for this model); raise it"));
+                                                   " bytes per token for this model on ",
+                                                   decode->device(), "); raise it"));
   }
-  std::unique_ptr<Engine> engine(new Engine(std::move(model), std::move(tokenizer), options));
+  RETURN_IF_ERROR(WithContext(decode->InitPool(options.max_batch, pool_rows),
+                              absl::StrCat("rollout engine: KV pool of ", pool_rows, " tokens")));
+  GRPO_LOG(INFO, "rollout engine on %s: KV pool of %d tokens (%d bytes each), batch up to %d",
+           decode->device(), pool_rows, row_bytes, options.max_batch);
+  std::unique_ptr<Engine> engine(new Engine(std::move(decode), std::move(tokenizer), options,
+                                            config, num_params, fingerprint, pool_rows));
   engine->thread_ = std::thread([e = engine.get()] { e->Loop(); });
   return engine;
 }
@@ -242,6 +249,12 @@ RolloutStatus Engine::GetStatus() const {
 absl::StatusOr<std::shared_ptr<RolloutRequest>> Engine::Submit(std::vector<RolloutPrompt> prompts,
                                                                const SamplingParams& sampling) {
   RETURN_IF_ERROR(sampling.Validate());
+  if (sampling.deterministic && !work_->model->batch_invariant()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "sampling.deterministic: this server runs on ", work_->model->device(),
+        ", whose kernels are not batch-invariant (bf16 GEMMs); run the rollout server with "
+        "--device cpu for bitwise learner logprobs, or send deterministic false"));
+  }
   const int64_t V = config_.vocab_size;
   for (size_t i = 0; i < sampling.stop_token_ids.size(); ++i) {
     const int32_t t = sampling.stop_token_ids[i];
@@ -364,7 +377,7 @@ bool MatchStopString(const Tokenizer& tok, const std::vector<int32_t>& ids,
 
 void Engine::Loop() {
   Work& w = *work_;
-  Model<float>& model = *w.model;
+  DecodeModel& model = *w.model;
   const int64_t V = config_.vocab_size, K = config_.num_experts_per_tok;
   const int64_t num_moe = config_.NumMoeLayers();
 
@@ -455,17 +468,8 @@ void Engine::Loop() {
     g->request->cancelled_ = true;
   };
 
-  // Decode runs on packed weights (model.h PrepackWeights): packed once per weight version
-  // instead of on every step. Bitwise the same results.
-  auto prepack = [&model]() {
-    if (!model.PrepackWeights()) return;
-    GRPO_LOG(INFO, "rollout engine: %d of %d weights packed at 2 bytes (bf16-exact), the rest at 4",
-             model.prepacked_bf16_weights(), model.prepacked_weights());
-  };
-  prepack();
   while (true) {
     std::vector<std::unique_ptr<Group>> admitted;
-    bool repack = false;
     {
       absl::MutexLock lock(&mu_);
       auto has_work = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -474,12 +478,18 @@ void Engine::Loop() {
       mu_.Await(absl::Condition(&has_work));
       if (stopping_) break;
       if (staged_version_ > 0 && w.running.empty()) {
-        std::memcpy(model.params(), staged_params_.data(), sizeof(float) * num_params_);
+        // Under the lock: nothing reads the staged parameters meanwhile, and a swap is brief
+        // (a copy, plus the CPU model's re-pack or the upload to the GPU).
+        // Only a device fault can fail this (the CPU copy cannot); the model then holds no
+        // usable weights and the GPU context is gone, so the process ends (its learner
+        // re-issues this worker's groups elsewhere) rather than serve anything wrong.
+        const absl::Status st = model.SetParams(staged_params_.data());
+        GRPO_CHECK_MSG(st.ok(), absl::StrCat("rollout engine: applying weight version ",
+                                             staged_version_, ": ", st.message()));
         version_ = staged_version_;
         w.version = version_;
         staged_version_ = 0;
         staged_params_ = std::vector<float>();
-        repack = true;
         GRPO_LOG(INFO, "rollout engine: now serving weight version %d", version_);
       }
       // No admission while an update is staged: running sequences drain, then the swap.
@@ -514,7 +524,8 @@ void Engine::Loop() {
           s->kv_offset = offsets[i];
           s->kv_rows = need;
           s->routing.resize(g->sampling->return_routing ? num_moe : 0);
-          w.cache.Assign(s->slot, s->kv_offset, s->kv_rows);
+          // Cannot fail: slot and rows come from this engine's own allocators.
+          GRPO_CHECK(model.Assign(s->slot, s->kv_offset, s->kv_rows).ok());
           g->completions[i].sample_index = static_cast<int32_t>(i);
           g->seqs.push_back(s.get());
           w.running.push_back(std::move(s));
@@ -524,7 +535,6 @@ void Engine::Loop() {
         waiting_.pop_front();
       }
     }
-    if (repack) prepack();
 
     int64_t new_tokens = 0;
     // Prefill: the admitted groups' prompts together, batch-invariant (so a prompt's KV and
@@ -548,9 +558,8 @@ void Engine::Loop() {
       }
       for (size_t i = first; i < next; ++i) w.groups.push_back(std::move(admitted[i]));
       first = next;
-      model.set_batch_invariant(true);
-      absl::Status st = model.Extend(&w.cache, slots, feeds, w.logits.data(),
-                                     want_routing ? &w.routing : nullptr);
+      absl::Status st =
+          model.Extend(slots, feeds, w.logits.data(), want_routing ? &w.routing : nullptr);
       if (!st.ok()) {
         for (Group* g : chunk) fail_group(g, st);
         continue;
@@ -566,8 +575,13 @@ void Engine::Loop() {
             g->prompt_routing[m].assign(row, row + P * K);
           }
         }
-        for (size_t i = 1; i < g->seqs.size(); ++i) {
-          w.cache.CopyPrefix(g->seqs[0]->slot, g->seqs[i]->slot, P);
+        absl::Status fork;
+        for (size_t i = 1; i < g->seqs.size() && fork.ok(); ++i) {
+          fork = model.CopyPrefix(g->seqs[0]->slot, g->seqs[i]->slot, P);
+        }
+        if (!fork.ok()) {
+          fail_group(g, fork);
+          continue;
         }
         for (Sequence* s : g->seqs) new_tokens += accept(s, draw(s, w.logits.data() + c * V));
       }
@@ -605,9 +619,8 @@ void Engine::Loop() {
         feed[b] = absl::Span<const int32_t>(&s->last_token, 1);
         want_routing |= !s->routing.empty();
       }
-      model.set_batch_invariant(true);
       absl::Status st =
-          model.Extend(&w.cache, slots, feed, w.logits.data(), want_routing ? &w.routing : nullptr);
+          model.Extend(slots, feed, w.logits.data(), want_routing ? &w.routing : nullptr);
       if (!st.ok()) {
         for (auto& s : w.running) fail_group(s->group, st);
       } else {

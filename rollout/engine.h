@@ -1,5 +1,7 @@
 // The rollout engine: turns requests (prompts + SamplingParams) into groups of completions with
-// continuous batching on the CPU model. One engine thread owns the model and loops:
+// continuous batching, on the CPU model or (EngineOptions::device) the CUDA one
+// (rollout/decode_model.h: the same loop, sampling and stop logic on either). One engine thread
+// owns the model and loops:
 //   1. apply a staged weight update once no sequence is running (see below);
 //   2. admit waiting groups in arrival order while the decode batch has room (max_batch) and the
 //      KV pool can reserve prompt + max_new_tokens rows for each of the G samples (a group that
@@ -18,11 +20,16 @@
 // what else was batched. The same construction makes every logprob bitwise equal to
 // Model<float>::Forward with set_batch_invariant(true) (the learner's forward in deterministic
 // mode) on the same tokens, and within rounding (~1e-6) of the default, oneDNN-based Forward.
-// SamplingParams::deterministic is therefore always satisfied by this engine; it is kept in the
+// On the CPU, SamplingParams::deterministic is therefore always satisfied; it is kept in the
 // contract so that a faster non-invariant prefill can become the default later without changing
 // what deterministic callers get. (The invariant kernels run at roughly 60-95% of oneDNN's speed
 // on large row counts and faster than the small-M path at decode sizes; batching several
 // groups' prompts into one prefill call more than pays for the difference.)
+//
+// On CUDA (bf16 weights and K/V, cuBLAS GEMMs that are not batch-invariant) logprobs agree with
+// the CPU learner's to bf16 precision, and a completion can depend on what else was batched when
+// two tokens nearly tie; requests with `deterministic` are refused there (INVALID_ARGUMENT).
+// Logits come back to the host each step and are sampled there, exactly as on the CPU.
 //
 // Logprobs: those of the distribution the token was drawn from (ALGORITHMS.md section 10):
 // softmax(logits / temperature) restricted to top-k, then to the top-p nucleus, renormalized.
@@ -59,11 +66,14 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "model/cuda_model.h"
 #include "model/model.h"
 #include "model/tokenizer.h"
 #include "rollout/rollout_types.h"
 
 namespace grpo {
+
+class DecodeModel;
 
 struct EngineOptions {
   // KV cache pool for all running sequences, bytes. Sized at start-up.
@@ -72,6 +82,9 @@ struct EngineOptions {
   int64_t max_batch = 64;
   // The version the initial weights are reported as.
   uint64_t initial_version = 0;
+  // Where the model runs: kCuda copies the weights to the GPU at Create (UNAVAILABLE without
+  // one); the KV budget is then device memory, at 2 bytes per K/V element instead of 4.
+  Device device = Device::kCpu;
 
   absl::Status Validate() const;
 };
@@ -139,13 +152,15 @@ class Engine {
   uint64_t layout_fingerprint() const { return fingerprint_; }
   // Longest prompt + max_new_tokens a request may ask for.
   int64_t max_context() const { return max_context_; }
+  Device device() const { return options_.device; }
 
  private:
   struct Group;
   struct Sequence;
   struct Work;  // engine-thread state (model, KV pool, running sequences)
-  Engine(std::unique_ptr<Model<float>> model, std::unique_ptr<Tokenizer> tokenizer,
-         const EngineOptions& options);
+  Engine(std::unique_ptr<DecodeModel> model, std::unique_ptr<Tokenizer> tokenizer,
+         const EngineOptions& options, const ModelConfig& config, int64_t num_params,
+         uint64_t fingerprint, int64_t pool_rows);
   void Loop();
 
   const EngineOptions options_;

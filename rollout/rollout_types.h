@@ -25,7 +25,7 @@ struct SamplingParams {
   uint64_t seed = 0;
   bool return_routing = false;
   // Logprobs bitwise equal to Model<float>::Forward with set_batch_invariant(true) on the same
-  // tokens and weights (the CPU engine always gives this; see engine.h).
+  // tokens and weights (the CPU engine always gives this; the CUDA one refuses it: engine.h).
   bool deterministic = false;
 
   // Checks ranges only (vocab-dependent checks happen in the engine). Errors name the field

@@ -12,6 +12,12 @@ trap '[ -n "$server_pid" ] && kill -KILL "$server_pid" 2>/dev/null; rm -rf "$wor
 "$grpo" model init --config "$src/configs/tiny_moe.json" --seed 1 --init-std 0.1 --out "$work/a" > /dev/null
 "$grpo" model init --config "$src/configs/tiny_moe.json" --seed 2 --init-std 0.1 --out "$work/b" > /dev/null
 
+# --device: a name that is not a device is refused; cuda on a machine without one says so.
+expect_error 2 "'gpu' is not one of auto, cpu, cuda" "$grpo" rollout serve --model "$work/a" --device gpu
+if ! command -v nvidia-smi > /dev/null || ! nvidia-smi -L > /dev/null 2>&1; then
+  expect_error 2 "--device cuda:" "$grpo" rollout serve --model "$work/a" --device cuda
+fi
+
 "$grpo" rollout serve --model "$work/a" --port 0 --kv-budget-mb 4 --max-batch 16 \
   > "$work/server.out" 2> "$work/server.err" &
 server_pid=$!

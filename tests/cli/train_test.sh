@@ -72,6 +72,10 @@ expect_error 1 "learner: unknown key 'algorithm.clip_lo'" \
 expect_error 1 "unknown key 'modle'" "$grpo" train configs/train/tiny.json --check --set modle.x=1
 expect_error 1 "sft: data.wrong_fraction must be in [0, 1]" \
   "$grpo" train configs/train/tiny.json --check --set sft.data.wrong_fraction=2
+expect_error 1 "services.rollout_device: 'gpu' is not one of cpu, cuda, auto" \
+  "$grpo" train configs/train/tiny.json --check --set services.rollout_device=gpu
+expect_error 1 "cannot serve learner.rollout.deterministic" "$grpo" train configs/train/tiny.json \
+  --check --set services.rollout_device=cuda --set learner.rollout.deterministic=true
 expect_error 2 "CONFIG.json is required" "$grpo" train
 expect_error 1 "nope.json" "$grpo" train "$work/nope.json"
 

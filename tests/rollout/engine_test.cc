@@ -577,5 +577,20 @@ TEST_CASE("bad requests are INVALID_ARGUMENT naming the field", "[rollout][engin
   expect({{0, {1}}}, sp, "group_size");
 }
 
+TEST_CASE("an engine on cuda without a GPU is UNAVAILABLE, and the CPU engine says cpu",
+          "[rollout][engine][errors]") {
+  const ModelConfig c = TinyMoe();
+  CHECK(MakeEngine(c, 1)->device() == Device::kCpu);
+  if (CudaAvailable()) {
+    WARN("a CUDA device is present: the GPU engine is tested in grpo_gpu_tests instead");
+    return;
+  }
+  EngineOptions options;
+  options.device = Device::kCuda;
+  auto engine = Engine::Create(MakeModel<float>(c, 1), nullptr, options);
+  REQUIRE(engine.status().code() == absl::StatusCode::kUnavailable);
+  CHECK_THAT(std::string(engine.status().message()), Catch::Contains("cuda"));
+}
+
 }  // namespace
 }  // namespace grpo

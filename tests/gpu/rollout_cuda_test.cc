@@ -1,0 +1,180 @@
+// The rollout engine on the GPU (EngineOptions::device = kCuda) and the pooled KV cache it runs
+// on, against the CPU model. Part of grpo_gpu_tests.
+//
+// Reference: Model<float> on the CPU with the same weights, rounded to bf16 and scaled x0.2 (a
+// trained model's spread, where the GPU's bf16 GEMM inputs and K/V give errors at the bf16 scale;
+// cuda_model_test.cc's "tight" tolerances, set from measured H200 runs). A wrong KV row, a fork
+// that copies the wrong slot or a stale weight swap gives O(1) logprob errors and fails.
+#include <algorithm>
+#include <catch2/catch.hpp>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "model/cuda_model.h"
+#include "model/model.h"
+#include "rollout/engine.h"
+#include "tests/gpu/gpu_test_util.h"
+#include "tests/model/tiny_models.h"
+
+namespace grpo {
+namespace {
+
+using namespace grpo::testing;
+
+nlohmann::json MoeJson() {
+  return {{"model_type", "qwen3_moe"},   {"vocab_size", 300},
+          {"hidden_size", 128},          {"intermediate_size", 160},
+          {"num_hidden_layers", 3},      {"num_attention_heads", 4},
+          {"num_key_value_heads", 2},    {"head_dim", 64},
+          {"num_experts", 16},           {"num_experts_per_tok", 4},
+          {"moe_intermediate_size", 48}, {"norm_topk_prob", true},
+          {"mlp_only_layers", {2}},      {"rms_norm_eps", 1e-6},
+          {"rope_theta", 10000.0},       {"max_position_embeddings", 256},
+          {"tie_word_embeddings", false}};
+}
+
+// Random weights at spread x `scale` (norms kept near 1), rounded to bf16.
+std::vector<float> Weights(const ParamLayout& layout, uint64_t seed, float scale) {
+  std::vector<float> p = RandomParams(layout, seed);
+  for (const ParamTensor& t : layout.tensors) {
+    if (t.is_norm) continue;
+    for (int64_t i = 0; i < t.numel; ++i) p[t.offset + i] *= scale;
+  }
+  return RoundBf16(p);
+}
+
+std::unique_ptr<Model<float>> CpuModel(const ModelConfig& c, const std::vector<float>& params) {
+  auto m = Model<float>::Create(c);
+  REQUIRE(m.ok());
+  std::copy(params.begin(), params.end(), (*m)->params());
+  return std::move(*m);
+}
+
+// Every completion's logprobs against the CPU model's forward on prompt + completion
+// (temperature 1, top-p 1, top-k off: the sampling distribution is the model's own).
+void CheckAgainstCpu(Model<float>& cpu, const std::vector<RolloutPrompt>& prompts,
+                     const std::vector<GroupResult>& groups, uint64_t version, int64_t G,
+                     int64_t new_tokens) {
+  REQUIRE(groups.size() == prompts.size());
+  std::vector<float> got, ref;
+  for (size_t i = 0; i < groups.size(); ++i) {
+    const std::vector<int32_t>& p = prompts[i].token_ids;
+    REQUIRE(static_cast<int64_t>(groups[i].completions.size()) == G);
+    for (const Completion& c : groups[i].completions) {
+      CHECK(c.weight_version == version);
+      CHECK(c.finish_reason == FinishReason::kLength);
+      REQUIRE(static_cast<int64_t>(c.token_ids.size()) == new_tokens);
+      TokenBatch b;
+      std::vector<int32_t> seq = p;
+      seq.insert(seq.end(), c.token_ids.begin(), c.token_ids.end());
+      b.Add(seq);
+      ForwardResult<float> r;
+      REQUIRE(cpu.Forward(b, {}, &r).ok());
+      for (size_t j = 0; j < c.token_ids.size(); ++j) {
+        got.push_back(c.logprobs[j]);
+        ref.push_back(r.logprobs[p.size() - 1 + j]);
+      }
+    }
+  }
+  CheckClose("rollout logprobs vs cpu forward", got, ref, 0.01, 0.01);
+  CHECK(NormErr("rollout logprobs vs cpu forward", got, ref) < 5e-3);
+}
+
+TEST_CASE("cuda pooled KV cache: slots at assigned rows, prefix copy, capacity",
+          "[cuda][gpu][rollout]") {
+  const ModelConfig c = MustParse(MoeJson());
+  const std::vector<float> params = Weights(Model<float>::Create(c).value()->layout(), 3, 0.2f);
+  auto gpu = CudaModel::Create(c);
+  REQUIRE(gpu.ok());
+  REQUIRE((*gpu)->SetParams(params).ok());
+  auto cpu = CpuModel(c, params);
+  const int64_t V = c.vocab_size;
+  // Slots out of order in the pool, not at slot * max_len.
+  REQUIRE((*gpu)->InitPooledCache(3, 100).ok());
+  REQUIRE((*gpu)->AssignSlot(0, 60, 30).ok());
+  REQUIRE((*gpu)->AssignSlot(1, 5, 30).ok());
+  CHECK((*gpu)->AssignSlot(2, 90, 20).code() == absl::StatusCode::kInvalidArgument);
+  CHECK((*gpu)->AssignSlot(3, 0, 1).code() == absl::StatusCode::kInvalidArgument);
+  KvCache<float> cache(c, 2, 30);
+  const std::vector<int32_t> prompt = {4, 77, 12, 250, 9, 31};
+  std::vector<float> got(2 * V), ref(2 * V);
+  REQUIRE((*gpu)->Extend({0}, {absl::MakeConstSpan(prompt)}, got.data()).ok());
+  cpu->set_batch_invariant(true);
+  REQUIRE(cpu->Extend(&cache, {0}, {absl::MakeConstSpan(prompt)}, ref.data()).ok());
+  // Fork: slot 1 starts with slot 0's prompt; CopyPrefix beyond what slot 0 holds is refused.
+  CHECK((*gpu)->CopyPrefix(0, 1, 7).code() == absl::StatusCode::kInvalidArgument);
+  REQUIRE((*gpu)->CopyPrefix(0, 1, 6).ok());
+  cache.CopyPrefix(0, 1, 6);
+  CHECK((*gpu)->cache_length(1) == 6);
+  // Both slots continue with different tokens; each must see the prompt's K/V.
+  std::vector<int32_t> a = {100}, b = {200};
+  double worst = 0;
+  for (int step = 0; step < 4; ++step) {
+    std::vector<absl::Span<const int32_t>> feeds = {a, b};
+    REQUIRE((*gpu)->Extend({0, 1}, feeds, got.data()).ok());
+    REQUIRE(cpu->Extend(&cache, {0, 1}, feeds, ref.data()).ok());
+    worst = std::max(worst, NormErr("pooled decode logits step " + std::to_string(step), got, ref));
+    a = {static_cast<int32_t>((a[0] + 7) % V)};
+    b = {static_cast<int32_t>((b[0] + 11) % V)};
+  }
+  CHECK(worst < 1e-2);
+  // Capacity: slot 1 holds 10 of 30 tokens; 21 more are refused, nothing is written.
+  const std::vector<int32_t> many(21, 3);
+  CHECK((*gpu)->Extend({1}, {absl::MakeConstSpan(many)}, nullptr).code() ==
+        absl::StatusCode::kResourceExhausted);
+  CHECK((*gpu)->cache_length(1) == 10);
+  // An unassigned slot has no room.
+  CHECK((*gpu)->Extend({2}, {absl::MakeConstSpan(a)}, nullptr).code() ==
+        absl::StatusCode::kResourceExhausted);
+}
+
+TEST_CASE("rollout engine on cuda: groups, logprobs, weight swap, deterministic refused",
+          "[cuda][gpu][rollout]") {
+  const ModelConfig c = MustParse(MoeJson());
+  auto model = Model<float>::Create(c);
+  REQUIRE(model.ok());
+  const std::vector<float> w0 = Weights((*model)->layout(), 11, 0.2f);
+  std::copy(w0.begin(), w0.end(), (*model)->params());
+  EngineOptions options;
+  options.device = Device::kCuda;
+  options.kv_budget_bytes = int64_t{4} << 20;
+  options.max_batch = 16;
+  auto engine = Engine::Create(std::move(*model), nullptr, options);
+  INFO(engine.status().ToString());
+  REQUIRE(engine.ok());
+  CHECK((*engine)->device() == Device::kCuda);
+
+  const std::vector<RolloutPrompt> prompts = {
+      {1, {5, 9, 100, 3, 250}}, {2, {1, 2, 3, 4, 5, 6, 7, 8, 9}}, {3, {42, 17}}};
+  SamplingParams sp;
+  sp.group_size = 4;
+  sp.temperature = 1.0f;
+  sp.max_new_tokens = 10;
+  sp.seed = 7;
+  auto groups = (*engine)->GenerateAll(prompts, sp);
+  REQUIRE(groups.ok());
+  auto cpu = CpuModel(c, w0);
+  CheckAgainstCpu(*cpu, prompts, *groups, 0, 4, 10);
+
+  // deterministic needs batch-invariant kernels: refused, naming the way out.
+  SamplingParams det = sp;
+  det.deterministic = true;
+  auto refused = (*engine)->Submit(prompts, det);
+  REQUIRE(refused.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(std::string(refused.status().message()).find("--device cpu") != std::string::npos);
+
+  // A weight update: later completions report version 1 and match the new weights.
+  std::vector<float> w1 = w0;
+  for (float& x : w1) x *= 0.75f;
+  w1 = RoundBf16(w1);
+  REQUIRE((*engine)->StageWeights(1, w1).ok());
+  auto after = (*engine)->GenerateAll(prompts, sp);
+  REQUIRE(after.ok());
+  auto cpu1 = CpuModel(c, w1);
+  CheckAgainstCpu(*cpu1, prompts, *after, 1, 4, 10);
+  CHECK((*engine)->GetStatus().weight_version == 1);
+}
+
+}  // namespace
+}  // namespace grpo
