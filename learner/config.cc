@@ -28,6 +28,8 @@ json MakeDefaults() {
     {"output_dir", ""},         // where metrics, events, samples and checkpoints go (required)
     {"seed", 0},                // all sampling, shuffling and splitting derive from (seed, step)
     {"total_steps", 1},         // GRPO steps (one rollout batch each)
+    {"device", "cpu"},          // forward/backward: cpu | cuda | auto (cuda when a GPU is present
+                                // and the config allows it); learner/device_model.h
     {"data", json::object()},   // DatasetConfig: {"path", "seed", "shuffle", ...}; path required
     {"chat_template", json::object()},  // ChatTemplateConfig: {"name": "chatml", ...}
     {"reward", json::object()}, // RewardSetConfig: {"rewards": [...], "failure_score": 0}
@@ -172,6 +174,7 @@ absl::StatusOr<LearnerConfig> ParseLearnerConfig(const json& user, const std::st
   }
   c.seed = seed.get<uint64_t>();
   c.total_steps = r.Int("total_steps");
+  c.device = r.Str("device");
   if (merged["data"].empty()) {
     return absl::InvalidArgumentError(
         absl::StrCat(source, ": 'data' is required: {\"path\": \"train.jsonl\"}"));
@@ -264,6 +267,17 @@ absl::Status LearnerConfig::Validate() const {
   RETURN_IF_ERROR(Range(!model.empty(), "model", "is required (an HF model directory)"));
   RETURN_IF_ERROR(Range(!output_dir.empty(), "output_dir", "is required"));
   RETURN_IF_ERROR(Range(total_steps >= 1, "total_steps", "must be >= 1"));
+  RETURN_IF_ERROR(Range(device == "cpu" || device == "cuda" || device == "auto", "device",
+                        "must be one of cpu, cuda, auto"));
+  if (device == "cuda" && rollout.deterministic) {
+    return absl::InvalidArgumentError(
+        "'rollout.deterministic' needs 'device' cpu: bitwise equal rollout and learner logprobs "
+        "come from the CPU's batch-invariant kernels (the GPU's bf16 GEMMs agree to rounding)");
+  }
+  if (device == "cuda" && data_parallel.ranks > 1) {
+    return absl::InvalidArgumentError(
+        "'data_parallel.ranks' > 1 needs 'device' cpu: GPU ranks over NCCL are not built yet");
+  }
   RETURN_IF_ERROR(WithContext(data.Validate(), "data"));
   RETURN_IF_ERROR(WithContext(chat_template.Validate(), "chat_template"));
   const auto& ro = rollout;

@@ -253,6 +253,12 @@ DataParallelStep::DataParallelStep(Model<float>* policy, AdamW* optimizer, comm:
   }
 }
 
+void DataParallelStep::set_device_model(DeviceModel* device) {
+  GRPO_CHECK_MSG(device == nullptr || (comm_ == nullptr && &device->host() == policy_),
+                 "DataParallelStep: a device model needs the single-learner step on its policy");
+  device_ = device;
+}
+
 DataParallelStats DataParallelStep::stats() const {
   return reducer_ == nullptr ? DataParallelStats{} : reducer_->stats();
 }
@@ -282,7 +288,11 @@ absl::StatusOr<MiniBatchResult> DataParallelStep::Run(absl::Span<const TrainSequ
     return result;
   }
 
-  policy_->ZeroGrads();
+  if (device_ != nullptr) {
+    RETURN_IF_ERROR(WithContext(device_->ZeroGrads(), context));
+  } else {
+    policy_->ZeroGrads();
+  }
   if (reducer_ != nullptr) reducer_->Begin(policy_->grads(), context);
   // From here on an error of this rank must release the others: abort the communicator.
   auto fail = [&](const absl::Status& s) {
@@ -351,7 +361,11 @@ absl::StatusOr<MiniBatchResult> DataParallelStep::Run(absl::Span<const TrainSequ
     fo.aux_loss_coef =
         o.aux_loss_coef * static_cast<double>(last - first) / static_cast<double>(norm.num_seqs);
     ForwardResult<float> res;
-    if (absl::Status s = policy_->Forward(batch, fo, &res); !s.ok()) return fail(s);
+    if (absl::Status s = device_ != nullptr ? device_->Forward(batch, fo, &res)
+                                            : policy_->Forward(batch, fo, &res);
+        !s.ok()) {
+      return fail(s);
+    }
     std::vector<double> lp, ent;
     for (size_t i = first; i < last; ++i) {
       const int64_t b = static_cast<int64_t>(i - first);
@@ -399,7 +413,8 @@ absl::StatusOr<MiniBatchResult> DataParallelStep::Run(absl::Span<const TrainSequ
         if (observer_) observer_(first_offset, count);
       });
     }
-    absl::Status bs = policy_->Backward(dlp, dent);
+    absl::Status bs =
+        device_ != nullptr ? device_->Backward(dlp, dent) : policy_->Backward(dlp, dent);
     policy_->set_grad_ready_callback(nullptr);
     if (!bs.ok()) return fail(bs);
     result.trained_tokens += static_cast<double>(batch.num_tokens());
@@ -409,7 +424,9 @@ absl::StatusOr<MiniBatchResult> DataParallelStep::Run(absl::Span<const TrainSequ
     RETURN_IF_ERROR(reducer_->Finish());
     RETURN_IF_ERROR(ReduceResult(&result, context));
   }
+  if (device_ != nullptr) RETURN_IF_ERROR(WithContext(device_->FetchGrads(), context));
   result.opt = optimizer_->Step(policy_->params(), policy_->grads(), o.lr);
+  if (device_ != nullptr) device_->ParamsChanged();
   if (comm_ != nullptr && config_.check_replicas) {
     RETURN_IF_ERROR(
         WithContext(VerifyReplicas(*comm_, policy_->params(), policy_->num_params(), timeout_),

@@ -38,6 +38,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "comm/communicator.h"
+#include "learner/device_model.h"
 #include "learner/grpo.h"
 #include "learner/optimizer.h"
 #include "model/model.h"
@@ -201,6 +202,12 @@ class DataParallelStep {
   int world_size() const { return comm_ == nullptr ? 1 : comm_->world_size(); }
   DataParallelStats stats() const;
 
+  // Forward and backward on `device` (learner/device_model.h; its host() must be this step's
+  // policy) instead of the policy itself: how the single learner trains on a GPU. Gradients come
+  // to the host for the optimizer, and the updated weights go up before the next forward. Only
+  // without a communicator (GPU ranks need device gradients and NCCL: not built); null = the CPU.
+  void set_device_model(DeviceModel* device);
+
   // Tests and tracing: called on the training thread after each grad-ready block of the last
   // micro-batch has been handed to the reducer.
   void set_grad_ready_observer(std::function<void(int64_t first, int64_t count)> observer) {
@@ -211,6 +218,7 @@ class DataParallelStep {
   absl::Status ReduceResult(MiniBatchResult* r, const std::string& context);
 
   Model<float>* policy_;
+  DeviceModel* device_ = nullptr;  // set_device_model
   AdamW* optimizer_;
   comm::Communicator* comm_;
   DataParallelConfig config_;

@@ -67,4 +67,13 @@ absl::StatusOr<MiniBatchResult> LocalDataParallel::Run(const ShardFn& shard,
   return std::move(results[0]);
 }
 
+absl::Status LocalDataParallel::set_device_model(DeviceModel* device) {
+  if (device != nullptr && world_size() > 1) {
+    return absl::FailedPreconditionError(
+        "data_parallel.ranks > 1 runs CPU ranks as threads; GPU ranks (NCCL) are not built yet");
+  }
+  steps_[0]->set_device_model(device);
+  return absl::OkStatus();
+}
+
 }  // namespace grpo

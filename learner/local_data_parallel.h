@@ -36,6 +36,10 @@ class LocalDataParallel {
   using ShardFn = std::function<absl::Span<const TrainSequence>(int rank)>;
   absl::StatusOr<MiniBatchResult> Run(const ShardFn& shard, const MiniBatchOptions& options);
 
+  // With one rank: its forward and backward run on `device` (DataParallelStep::set_device_model).
+  // More ranks on a device are not built: FAILED_PRECONDITION.
+  absl::Status set_device_model(DeviceModel* device);
+
   // Rank 0's cumulative communication figures.
   DataParallelStats stats() const { return steps_[0]->stats(); }
   // Parameters of rank r (tests compare replicas).

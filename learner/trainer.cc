@@ -177,6 +177,25 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LearnerConfig config,
   // After the resume: the replicas copy the policy and optimizer state as they are now.
   ASSIGN_OR_RETURN(t->dp_, LocalDataParallel::Create(t->policy_.get(), t->optimizer_.get(),
                                                      c.data_parallel));
+  {
+    absl::StatusOr<Device> resolved = ResolveDevice(c.device);
+    if (!resolved.ok()) {
+      return absl::Status(resolved.status().code(),
+                          absl::StrCat("config 'device': ", resolved.status().message()));
+    }
+    Device device = *resolved;
+    if (device == Device::kCuda && (c.rollout.deterministic || c.data_parallel.ranks > 1)) {
+      GRPO_LOG(INFO, "device auto: the learner stays on the CPU (%s)",
+               c.rollout.deterministic ? "rollout.deterministic" : "data_parallel.ranks > 1");
+      device = Device::kCpu;
+    }
+    ASSIGN_OR_RETURN(t->policy_dev_, DeviceModel::Create(t->policy_.get(), device));
+    if (t->reference_ != nullptr) {
+      ASSIGN_OR_RETURN(t->reference_dev_, DeviceModel::Create(t->reference_.get(), device));
+    }
+    if (device == Device::kCuda) RETURN_IF_ERROR(t->dp_->set_device_model(t->policy_dev_.get()));
+    GRPO_LOG(INFO, "learner forward/backward on %s", DeviceName(device));
+  }
   ASSIGN_OR_RETURN(MetricsWriter mw, MetricsWriter::Open(c.output_dir, c.tensorboard, resume_step));
   t->metrics_ = std::make_unique<MetricsWriter>(std::move(mw));
   // Every worker starts from the learner's current weights, under a version newer than any it
@@ -385,9 +404,9 @@ absl::Status Trainer::PackBatch(const std::vector<Sample*>& seqs, size_t first, 
 
 // Runs `model` forward over `seqs` in micro-batches; sets seq->*field to the completion tokens'
 // logprobs.
-absl::Status Trainer::ComputeLogprobs(Model<float>& model, const std::vector<Sample*>& seqs,
+absl::Status Trainer::ComputeLogprobs(DeviceModel& model, const std::vector<Sample*>& seqs,
                                       std::vector<double> Sample::*field) {
-  const bool replay = config_.algorithm.routing_replay && model.config().NumMoeLayers() > 0;
+  const bool replay = config_.algorithm.routing_replay && model.host().config().NumMoeLayers() > 0;
   const size_t micro = config_.algorithm.micro_batch_seqs > 0
                            ? static_cast<size_t>(config_.algorithm.micro_batch_seqs)
                            : seqs.size();
@@ -454,7 +473,7 @@ absl::Status Trainer::TrainOnGroups(std::vector<Group>& groups, std::map<std::st
 
   auto t0 = std::chrono::steady_clock::now();
   if (al.old_logprobs == "recompute") {
-    RETURN_IF_ERROR(ComputeLogprobs(*policy_, all, &Sample::old_lp));
+    RETURN_IF_ERROR(ComputeLogprobs(*policy_dev_, all, &Sample::old_lp));
   } else {
     for (Sample* s : all) {
       s->old_lp.assign(s->completion->logprobs.begin(), s->completion->logprobs.end());
@@ -462,7 +481,9 @@ absl::Status Trainer::TrainOnGroups(std::vector<Group>& groups, std::map<std::st
   }
   (*m)["time/old_logprob_s"] = Seconds(t0);
   t0 = std::chrono::steady_clock::now();
-  if (reference_ != nullptr) RETURN_IF_ERROR(ComputeLogprobs(*reference_, all, &Sample::ref_lp));
+  if (reference_ != nullptr) {
+    RETURN_IF_ERROR(ComputeLogprobs(*reference_dev_, all, &Sample::ref_lp));
+  }
   (*m)["time/ref_logprob_s"] = Seconds(t0);
 
   // PPO epochs x mini-batches of whole groups.
@@ -608,6 +629,7 @@ absl::Status Trainer::Step() {
   const auto& al = config_.algorithm;
   if (reference_ != nullptr && al.ref_refresh_every > 0 && step_ % al.ref_refresh_every == 0) {
     std::copy_n(policy_->params(), policy_->num_params(), reference_->params());
+    reference_dev_->ParamsChanged();
   }
   RETURN_IF_ERROR(PushWeights(&m));
   if (eval_dataset_ != nullptr && config_.eval.every > 0 &&

@@ -31,6 +31,7 @@
 #include "learner/checkpoint.h"
 #include "learner/config.h"
 #include "learner/dataset.h"
+#include "learner/device_model.h"
 #include "learner/local_data_parallel.h"
 #include "learner/metrics.h"
 #include "learner/optimizer.h"
@@ -76,7 +77,7 @@ class Trainer {
   absl::Status CollectGroups(std::vector<Group>* groups, std::map<std::string, double>* m);
   absl::Status PackBatch(const std::vector<Sample*>& seqs, size_t first, size_t last, bool replay,
                          TokenBatch* batch, std::vector<int32_t>* routing) const;
-  absl::Status ComputeLogprobs(Model<float>& model, const std::vector<Sample*>& seqs,
+  absl::Status ComputeLogprobs(DeviceModel& model, const std::vector<Sample*>& seqs,
                                std::vector<double> Sample::*field);
   absl::Status TrainOnGroups(std::vector<Group>& groups, std::map<std::string, double>* m);
   // Pushes the policy to every live worker as version weight_version_ + 1 (then the current one).
@@ -85,6 +86,8 @@ class Trainer {
   LearnerConfig config_;
   TrainerOptions options_;
   std::unique_ptr<Model<float>> policy_, reference_;
+  // Where their forward and backward run (config.device); the weights stay in policy_/reference_.
+  std::unique_ptr<DeviceModel> policy_dev_, reference_dev_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::string tokenizer_path_;
   std::unique_ptr<Dataset> dataset_;

@@ -39,9 +39,9 @@ absl::StatusOr<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(
   RETURN_IF_ERROR(options.config.Validate());
   if (options.config.transport == "ipc") {
     return absl::UnimplementedError(
-        "'weight_sync.transport' is \"ipc\", but this build's rollout engine runs on the CPU, so "
-        "there is no device buffer to share weights into (comm/cuda_ipc.h has the handles for a "
-        "GPU engine); use \"auto\", \"grpc\" or \"collective\"");
+        "'weight_sync.transport' is \"ipc\", which is not built yet: comm/cuda_ipc.h has the "
+        "handles, but the rollout engine (on the CPU, or on the GPU with --device cuda) has no "
+        "IPC receiver to share weights into; use \"auto\", \"grpc\" or \"collective\"");
   }
   if (!options.remote_factory) options.remote_factory = NcclCommunicatorFactory();
   return std::unique_ptr<WeightPublisher>(new WeightPublisher(std::move(options)));

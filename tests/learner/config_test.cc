@@ -104,5 +104,25 @@ TEST_CASE("config: ranges and G = 1 under GRPO", "[config]") {
   CHECK(Contains(Error(j), "seed"));
 }
 
+TEST_CASE("config: device is cpu, cuda or auto, and cuda refuses what only the CPU does",
+          "[config]") {
+  auto c = ParseLearnerConfig(Minimal(), "run.json");
+  REQUIRE(c.ok());
+  CHECK(c->device == "cpu");
+  nlohmann::json j = Minimal();
+  j["device"] = "gpu";
+  CHECK(Contains(Error(j), "'device' must be one of cpu, cuda, auto"));
+  j["device"] = "cuda";
+  CHECK(ParseLearnerConfig(j, "run.json").ok());  // parsing never needs the GPU itself
+  j["rollout"] = {{"deterministic", true}};
+  CHECK(Contains(Error(j), "'rollout.deterministic' needs 'device' cpu"));
+  j = Minimal();
+  j["device"] = "cuda";
+  j["data_parallel"] = {{"ranks", 2}};
+  CHECK(Contains(Error(j), "'data_parallel.ranks' > 1 needs 'device' cpu"));
+  j["device"] = "auto";  // auto falls back to the CPU for such configs instead
+  CHECK(ParseLearnerConfig(j, "run.json").ok());
+}
+
 }  // namespace
 }  // namespace grpo

@@ -243,6 +243,26 @@ TEST_CASE("learner: --resume with no checkpoint is a clear error", "[trainer]") 
   CHECK(std::string(t.status().message()).find("no checkpoint") != std::string::npos);
 }
 
+TEST_CASE("learner: device cuda without a GPU is a clear error; auto trains on the CPU",
+          "[trainer]") {
+  if (CudaAvailable()) {
+    WARN("a CUDA device is present: the GPU learner step is tested in grpo_gpu_tests instead");
+    return;
+  }
+  const std::string dir = TempDir("device");
+  nlohmann::json j = testing::MakeLearnerFixture(dir);
+  j["device"] = "cuda";
+  TrainerOptions opts;
+  opts.console = false;
+  auto t = Trainer::Create(Parse(j), std::move(opts));
+  REQUIRE(t.status().code() == absl::StatusCode::kUnavailable);
+  CHECK(std::string(t.status().message()).find("config 'device'") != std::string::npos);
+  j["device"] = "auto";
+  j["total_steps"] = 1;
+  auto u = MakeTrainer(Parse(j));
+  RequireOk(u->Step());
+}
+
 }  // namespace
 }  // namespace grpo
 

@@ -1,0 +1,54 @@
+#include "learner/device_model.h"
+
+#include <utility>
+
+#include "common/status.h"
+
+namespace grpo {
+
+DeviceModel::DeviceModel(Model<float>* host, Device device, std::unique_ptr<CudaModel> gpu)
+    : host_(host), device_(device), gpu_(std::move(gpu)) {}
+
+DeviceModel::~DeviceModel() = default;
+
+absl::StatusOr<std::unique_ptr<DeviceModel>> DeviceModel::Create(Model<float>* host,
+                                                                 Device device) {
+  std::unique_ptr<CudaModel> gpu;
+  if (device == Device::kCuda) {
+    ASSIGN_OR_RETURN(gpu, CudaModel::Create(host->config()));
+  }
+  return std::unique_ptr<DeviceModel>(new DeviceModel(host, device, std::move(gpu)));
+}
+
+absl::Status DeviceModel::Forward(const TokenBatch& batch, const ForwardOptions& options,
+                                  ForwardResult<float>* result) {
+  if (gpu_ == nullptr) return host_->Forward(batch, options, result);
+  if (stale_) {
+    RETURN_IF_ERROR(WithContext(
+        gpu_->SetParams(absl::MakeConstSpan(std::as_const(*host_).params(), host_->num_params())),
+        "copying the weights to the GPU"));
+    stale_ = false;
+  }
+  return gpu_->Forward(batch, options, result);
+}
+
+absl::Status DeviceModel::ZeroGrads() {
+  if (gpu_ == nullptr) {
+    host_->ZeroGrads();
+    return absl::OkStatus();
+  }
+  return gpu_->ZeroGrads();
+}
+
+absl::Status DeviceModel::Backward(absl::Span<const float> dlogprobs,
+                                   absl::Span<const float> dentropy) {
+  if (gpu_ == nullptr) return host_->Backward(dlogprobs, dentropy);
+  return gpu_->Backward(dlogprobs, dentropy);
+}
+
+absl::Status DeviceModel::FetchGrads() {
+  if (gpu_ == nullptr) return absl::OkStatus();
+  return gpu_->GetGrads(absl::MakeSpan(host_->grads(), host_->num_params()));
+}
+
+}  // namespace grpo

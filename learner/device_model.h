@@ -1,0 +1,57 @@
+// Where the learner computes a model's forward and backward: the CPU, or a CUDA GPU.
+//
+// The learner's weights always live in a host Model<float> (the optimizer's parameters, what
+// checkpoints save, what weight updates publish, what in-process rollout workers copy). On the
+// CPU, DeviceModel just forwards to it. On CUDA it holds a CudaModel computing with a copy of
+// those weights (bf16 GEMM inputs, fp32 accumulation and master; model/cuda_model.h):
+//   - Forward uploads the host weights first when they changed since the last upload (the
+//     caller says so with ParamsChanged(): after an optimizer step, a resume, a reference
+//     refresh);
+//   - Backward accumulates the gradients on the device; FetchGrads() brings the sum since
+//     ZeroGrads() into host().grads() for the host optimizer.
+// So one optimizer step moves the parameters up once and the gradients down once (8 bytes per
+// parameter over PCIe), whatever the number of micro-batches.
+#pragma once
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "model/cuda_model.h"
+#include "model/model.h"
+
+namespace grpo {
+
+class DeviceModel {
+ public:
+  // `host` outlives this. kCuda: UNAVAILABLE when this build or machine has no CUDA, and
+  // UNIMPLEMENTED for what CudaModel does not support (e.g. a shared expert).
+  static absl::StatusOr<std::unique_ptr<DeviceModel>> Create(Model<float>* host, Device device);
+  ~DeviceModel();
+
+  Device device() const { return device_; }
+  Model<float>& host() { return *host_; }
+  const Model<float>& host() const { return *host_; }
+
+  // host().params() changed: the next Forward uploads them (CUDA; no-op on the CPU).
+  void ParamsChanged() { stale_ = true; }
+
+  // Model<float>'s contracts (model.h).
+  absl::Status Forward(const TokenBatch& batch, const ForwardOptions& options,
+                       ForwardResult<float>* result);
+  absl::Status ZeroGrads();
+  absl::Status Backward(absl::Span<const float> dlogprobs, absl::Span<const float> dentropy);
+  // host().grads() = the gradients accumulated since ZeroGrads() (a download on CUDA; the CPU
+  // model accumulates there already).
+  absl::Status FetchGrads();
+
+ private:
+  DeviceModel(Model<float>* host, Device device, std::unique_ptr<CudaModel> gpu);
+
+  Model<float>* host_;
+  Device device_;
+  std::unique_ptr<CudaModel> gpu_;
+  bool stale_ = true;
+};
+
+}  // namespace grpo
