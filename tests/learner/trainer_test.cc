@@ -243,7 +243,7 @@ TEST_CASE("learner: --resume with no checkpoint is a clear error", "[trainer]") 
   CHECK(std::string(t.status().message()).find("no checkpoint") != std::string::npos);
 }
 
-TEST_CASE("learner: device cuda without a GPU is a clear error; auto trains on the CPU",
+TEST_CASE("learner: device cuda without a GPU is a clear error, and auto trains on the CPU",
           "[trainer]") {
   if (CudaAvailable()) {
     WARN("a CUDA device is present: the GPU learner step is tested in grpo_gpu_tests instead");
