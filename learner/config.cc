@@ -36,6 +36,7 @@ json MakeDefaults() {
     {"rollout", {
       {"workers", json::array()},   // RolloutService addresses; [] = in-process generation
       {"local_workers", 1},         // in-process engines when workers is empty
+      {"local_device", "cpu"},      // where they decode: cpu | cuda | auto (rollout/engine.h)
       {"group_size", 8},            // G completions per prompt (TRL 8; DeepSeekMath 64; R1 16)
       {"prompts_per_step", 16},     // B prompts per step
       {"temperature", 1.0},         // rollout = learner temperature (ALGORITHMS.md §10)
@@ -201,6 +202,7 @@ absl::StatusOr<LearnerConfig> ParseLearnerConfig(const json& user, const std::st
   auto& ro = c.rollout;
   ro.workers = r.Strings("rollout.workers");
   ro.local_workers = r.Int("rollout.local_workers");
+  ro.local_device = r.Str("rollout.local_device");
   ro.group_size = r.Int("rollout.group_size");
   ro.prompts_per_step = r.Int("rollout.prompts_per_step");
   ro.temperature = r.Double("rollout.temperature");
@@ -273,6 +275,14 @@ absl::Status LearnerConfig::Validate() const {
     return absl::InvalidArgumentError(
         "'rollout.deterministic' needs 'device' cpu: bitwise equal rollout and learner logprobs "
         "come from the CPU's batch-invariant kernels (the GPU's bf16 GEMMs agree to rounding)");
+  }
+  RETURN_IF_ERROR(Range(rollout.local_device == "cpu" || rollout.local_device == "cuda" ||
+                            rollout.local_device == "auto",
+                        "rollout.local_device", "must be one of cpu, cuda, auto"));
+  if (rollout.local_device == "cuda" && rollout.deterministic) {
+    return absl::InvalidArgumentError(
+        "'rollout.deterministic' needs 'rollout.local_device' cpu: the GPU engine's kernels are "
+        "not batch-invariant");
   }
   if (device == "cuda" && data_parallel.ranks > 1) {
     return absl::InvalidArgumentError(

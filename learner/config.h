@@ -27,6 +27,9 @@ struct LearnerRolloutConfig {
   // Remote RolloutService addresses. Empty: generate in-process (learner/rollout.h LocalRollout).
   std::vector<std::string> workers;
   int64_t local_workers = 1;      // in-process engines when `workers` is empty (groups balanced)
+  // Where those engines decode: "cpu", "cuda" or "auto" (cuda when a GPU is present, unless
+  // `deterministic` needs the CPU's batch-invariant kernels).
+  std::string local_device = "cpu";
   int64_t group_size = 8;         // G
   int64_t prompts_per_step = 16;  // B prompts -> B * G completions per step
   double temperature = 1.0;

@@ -14,11 +14,12 @@
 namespace grpo {
 
 absl::StatusOr<std::unique_ptr<LocalRolloutWorker>> LocalRolloutWorker::Create(
-    const Model<float>& model, std::string name, int64_t kv_budget_bytes) {
+    const Model<float>& model, std::string name, int64_t kv_budget_bytes, Device device) {
   ASSIGN_OR_RETURN(std::unique_ptr<Model<float>> copy, Model<float>::Create(model.config()));
   std::copy_n(model.params(), model.num_params(), copy->params());
   EngineOptions options;
   options.kv_budget_bytes = kv_budget_bytes;
+  options.device = device;
   ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine,
                    Engine::Create(std::move(copy), nullptr, options));
   return std::unique_ptr<LocalRolloutWorker>(

@@ -47,10 +47,10 @@ class RolloutWorker {
 class LocalRolloutWorker : public RolloutWorker {
  public:
   // `model` holds the initial weights (served as version 0); the engine's KV pool gets
-  // `kv_budget_bytes` (sized at start-up).
-  static absl::StatusOr<std::unique_ptr<LocalRolloutWorker>> Create(const Model<float>& model,
-                                                                    std::string name,
-                                                                    int64_t kv_budget_bytes);
+  // `kv_budget_bytes` (sized at start-up) on `device`.
+  static absl::StatusOr<std::unique_ptr<LocalRolloutWorker>> Create(
+      const Model<float>& model, std::string name, int64_t kv_budget_bytes,
+      Device device = Device::kCpu);
   std::string name() const override { return name_; }
   absl::Status Generate(absl::Span<const RolloutPrompt> prompts, const SamplingParams& sampling,
                         std::vector<GroupResult>* out) override;

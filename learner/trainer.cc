@@ -126,9 +126,18 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LearnerConfig config,
     const int64_t share = (c.rollout.prompts_per_step + c.rollout.local_workers - 1) /
                           c.rollout.local_workers * group_bytes;
     const int64_t budget = std::max(group_bytes, std::min(share, int64_t{256} << 20));
+    absl::StatusOr<Device> device = ResolveDevice(c.rollout.local_device);
+    if (!device.ok()) {
+      return absl::Status(device.status().code(), absl::StrCat("config 'rollout.local_device': ",
+                                                               device.status().message()));
+    }
+    if (*device == Device::kCuda && c.rollout.deterministic) {
+      GRPO_LOG(INFO, "rollout.local_device auto: the engines stay on the CPU (deterministic)");
+      *device = Device::kCpu;
+    }
     for (int64_t i = 0; i < c.rollout.local_workers; ++i) {
-      ASSIGN_OR_RETURN(auto w,
-                       LocalRolloutWorker::Create(*t->policy_, absl::StrCat("local", i), budget));
+      ASSIGN_OR_RETURN(auto w, LocalRolloutWorker::Create(*t->policy_, absl::StrCat("local", i),
+                                                          budget, *device));
       t->workers_.push_back(std::move(w));
     }
   }

@@ -122,6 +122,11 @@ TEST_CASE("config: device is cpu, cuda or auto, and cuda refuses what only the C
   CHECK(Contains(Error(j), "'data_parallel.ranks' > 1 needs 'device' cpu"));
   j["device"] = "auto";  // auto falls back to the CPU for such configs instead
   CHECK(ParseLearnerConfig(j, "run.json").ok());
+  j = Minimal();
+  j["rollout"] = {{"local_device", "tpu"}};
+  CHECK(Contains(Error(j), "'rollout.local_device' must be one of cpu, cuda, auto"));
+  j["rollout"] = {{"local_device", "cuda"}, {"deterministic", true}};
+  CHECK(Contains(Error(j), "'rollout.deterministic' needs 'rollout.local_device' cpu"));
 }
 
 }  // namespace

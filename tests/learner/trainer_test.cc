@@ -257,6 +257,14 @@ TEST_CASE("learner: device cuda without a GPU is a clear error, and auto trains 
   auto t = Trainer::Create(Parse(j), std::move(opts));
   REQUIRE(t.status().code() == absl::StatusCode::kUnavailable);
   CHECK(std::string(t.status().message()).find("config 'device'") != std::string::npos);
+  j["device"] = "cpu";
+  j["rollout"]["local_device"] = "cuda";
+  TrainerOptions opts2;
+  opts2.console = false;
+  auto v = Trainer::Create(Parse(j), std::move(opts2));
+  REQUIRE(v.status().code() == absl::StatusCode::kUnavailable);
+  CHECK(std::string(v.status().message()).find("rollout.local_device") != std::string::npos);
+  j["rollout"]["local_device"] = "auto";
   j["device"] = "auto";
   j["total_steps"] = 1;
   auto u = MakeTrainer(Parse(j));
