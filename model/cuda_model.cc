@@ -192,7 +192,7 @@ absl::Status CudaModel::Impl::Prepare(int64_t T, bool save) {
 }
 
 absl::Status CudaModel::Impl::FfnForward(int64_t l, CudaLayerActs& a, int64_t T,
-                                         const int32_t* forced_l) {
+                                         const int32_t* forced_l, bool need_counts) {
   const Dims d(config);
   const LayerOffsets& o = layout.layers[l];
   if (!o.moe) {
@@ -208,28 +208,42 @@ absl::Status CudaModel::Impl::FfnForward(int64_t l, CudaLayerActs& a, int64_t T,
                              a.router_logits, d.E));
   TIMED("RouterForward", cuda::RouterForward(a.probs, a.idx, a.w, a.router_logits, forced_l, T, d.E,
                                              d.K, config.norm_topk_prob));
-  // Expert sizes must be known on the host for the GEMM shapes: one small copy per MoE layer.
-  TIMED("MoeCount", cuda::MoeCount(counts, a.idx, NK, d.E));
-  std::vector<int32_t>& host_counts = a.host_counts;
-  host_counts.resize(d.E);
-  RETURN_IF_ERROR(cuda::CopyToHost(host_counts.data(), counts, sizeof(int32_t) * d.E));
-  // Padded layout when it fits (one batched GEMM per projection; the capacity is rounded up so
-  // that shapes repeat and cuBLAS reuses its choices), else packed.
-  const int64_t max_count = *std::max_element(host_counts.begin(), host_counts.end());
-  a.cap = (max_count + 63) / 64 * 64;
   // GRPO_CUDA_EXPERT_LAYOUT=packed forces the packed layout (tests cover both).
   const char* layout_env = std::getenv("GRPO_CUDA_EXPERT_LAYOUT");
   const bool force_packed = layout_env != nullptr && std::string(layout_env) == "packed";
-  a.padded = !force_packed && d.E * a.cap <= ExpertRowsCapacity(NK, d.E, d.K);
-  a.host_begin.assign(d.E + 1, 0);
-  for (int64_t e = 0; e < d.E; ++e) {
-    a.host_begin[e + 1] = a.padded ? (e + 1) * a.cap : a.host_begin[e] + host_counts[e];
+  const int64_t* expert_begin = a.expert_begin;
+  if (!need_counts && !force_packed && T <= kSyncFreeTokens) {
+    // A token picks an expert at most once, so no expert has more than T <= 64 rows: the padded
+    // layout at cap 64 (what the loads would give, since 1 <= max load <= 64) without reading
+    // them back. Decode steps take this path: no host sync per MoE layer. It always fits:
+    // ExpertRowsCapacity >= 64 E.
+    a.cap = kSyncFreeTokens;
+    a.padded = true;
+    a.host_begin.assign(d.E + 1, 0);
+    for (int64_t e = 0; e < d.E; ++e) a.host_begin[e + 1] = (e + 1) * a.cap;
+    a.rows = d.E * a.cap;
+    expert_begin = padded_begin.as<int64_t>();
+  } else {
+    // Expert sizes must be known on the host for the GEMM shapes: one small copy per MoE layer.
+    TIMED("MoeCount", cuda::MoeCount(counts, a.idx, NK, d.E));
+    std::vector<int32_t>& host_counts = a.host_counts;
+    host_counts.resize(d.E);
+    RETURN_IF_ERROR(cuda::CopyToHost(host_counts.data(), counts, sizeof(int32_t) * d.E));
+    // Padded layout when it fits (one batched GEMM per projection; the capacity is rounded up so
+    // that shapes repeat and cuBLAS reuses its choices), else packed.
+    const int64_t max_count = *std::max_element(host_counts.begin(), host_counts.end());
+    a.cap = (max_count + 63) / 64 * 64;
+    a.padded = !force_packed && d.E * a.cap <= ExpertRowsCapacity(NK, d.E, d.K);
+    a.host_begin.assign(d.E + 1, 0);
+    for (int64_t e = 0; e < d.E; ++e) {
+      a.host_begin[e + 1] = a.padded ? (e + 1) * a.cap : a.host_begin[e] + host_counts[e];
+    }
+    a.rows = a.padded ? d.E * a.cap : NK;
+    RETURN_IF_ERROR(
+        cuda::CopyToDevice(a.expert_begin, a.host_begin.data(), sizeof(int64_t) * (d.E + 1)));
   }
-  a.rows = a.padded ? d.E * a.cap : NK;
-  RETURN_IF_ERROR(
-      cuda::CopyToDevice(a.expert_begin, a.host_begin.data(), sizeof(int64_t) * (d.E + 1)));
   if (a.padded) RETURN_IF_ERROR(cuda::Memset(a.slot_token, 0xff, sizeof(int32_t) * a.rows));
-  TIMED("MoeAssign", cuda::MoeAssign(a.slot_token, a.slot_of, a.idx, a.expert_begin, NK, d.K, d.E));
+  TIMED("MoeAssign", cuda::MoeAssign(a.slot_token, a.slot_of, a.idx, expert_begin, NK, d.K, d.E));
   TIMED("GatherRows", cuda::GatherRows(a.xe, a.ln2, a.slot_token, a.rows, d.H));
   if (a.padded) {
     TIMED("BatchedLinearForward",
@@ -285,7 +299,7 @@ absl::Status CudaModel::Impl::LayerForward(int64_t l, CudaLayerActs& a, int64_t 
   }
   TIMED("RmsNormForward",
         cuda::RmsNormForward(nullptr, a.ln2, a.rstd2, x, P() + o.ln2, T, d.H, eps));
-  RETURN_IF_ERROR(FfnForward(l, a, T, forced_l));
+  RETURN_IF_ERROR(FfnForward(l, a, T, forced_l, count_acc != nullptr));
   if (o.moe) {
     if (routing_out != nullptr) {
       const size_t n = routing_out->size();
@@ -422,6 +436,12 @@ absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(const ModelConfig& 
   ASSIGN_OR_RETURN(impl->params16, DeviceBuffer::Allocate(sizeof(bf16_bits) * n));
   RETURN_IF_ERROR(cuda::Memset(impl->params.data(), 0, impl->params.size()));
   RETURN_IF_ERROR(cuda::Memset(impl->params16.data(), 0, impl->params16.size()));
+  if (config.num_experts > 0) {
+    std::vector<int64_t> begin(config.num_experts + 1);
+    for (size_t e = 0; e < begin.size(); ++e) begin[e] = e * Impl::kSyncFreeTokens;
+    ASSIGN_OR_RETURN(impl->padded_begin, DeviceBuffer::Allocate(sizeof(int64_t) * begin.size()));
+    RETURN_IF_ERROR(impl->padded_begin.CopyFromHost(begin.data(), sizeof(int64_t) * begin.size()));
+  }
   return std::unique_ptr<CudaModel>(new CudaModel(std::move(impl)));
 }
 

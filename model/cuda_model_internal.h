@@ -170,7 +170,13 @@ struct CudaModel::Impl {
                             const std::vector<cuda::AttnSeq>& seqs, bool decode,
                             const int32_t* forced_l, std::vector<int32_t>* routing_out,
                             double* count_acc);  // count_acc (E) += expert loads; aux stats
-  absl::Status FfnForward(int64_t l, CudaLayerActs& a, int64_t T, const int32_t* forced_l);
+  // need_counts: a.host_counts must hold the expert loads (the aux-loss statistics). Without it
+  // and with T <= kSyncFreeTokens, the expert layout is known without reading the loads back
+  // (padded, kSyncFreeTokens rows per expert), so the layer enqueues with no host sync.
+  absl::Status FfnForward(int64_t l, CudaLayerActs& a, int64_t T, const int32_t* forced_l,
+                          bool need_counts);
+  static constexpr int64_t kSyncFreeTokens = 64;
+  DeviceBuffer padded_begin;  // (E+1) int64: e * kSyncFreeTokens, the sync-free expert_begin
   absl::Status LayerBackward(int64_t l, CudaLayerActs& a, int64_t T,
                              const std::vector<cuda::AttnSeq>& seqs);
   absl::Status FfnBackward(int64_t l, CudaLayerActs& a, int64_t T);
