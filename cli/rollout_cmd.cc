@@ -155,7 +155,8 @@ absl::Status Status(const Flags& f) {
                             {"model_type", s.model_type},
                             {"num_params", s.num_params},
                             {"vocab_size", s.vocab_size},
-                            {"layout_fingerprint", s.layout_fingerprint}};
+                            {"layout_fingerprint", s.layout_fingerprint},
+                            {"device", s.device}};
   std::printf("%s\n", j.dump().c_str());
   return absl::OkStatus();
 }

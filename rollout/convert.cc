@@ -93,6 +93,7 @@ void ToProto(const RolloutStatus& in, rollout::StatusResponse* out) {
   out->set_model_type(in.model_type);
   out->set_num_params(static_cast<uint64_t>(in.num_params));
   out->set_vocab_size(in.vocab_size);
+  out->set_device(in.device);
 }
 
 RolloutStatus FromProto(const rollout::StatusResponse& in) {
@@ -110,6 +111,7 @@ RolloutStatus FromProto(const rollout::StatusResponse& in) {
   out.model_type = in.model_type();
   out.num_params = static_cast<int64_t>(in.num_params());
   out.vocab_size = in.vocab_size();
+  out.device = in.device();
   return out;
 }
 

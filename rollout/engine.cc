@@ -230,6 +230,7 @@ RolloutStatus Engine::GetStatus() const {
   s.layout_fingerprint = fingerprint_;
   s.model_type = config_.model_type;
   s.vocab_size = static_cast<int32_t>(config_.vocab_size);
+  s.device = DeviceName(options_.device);
   // Tokens of the steps that ended in the last 10 s, over the time since the window began (or
   // since the first of those steps began, when the engine was idle before): an idle engine
   // decays to 0 instead of reporting its last busy rate.

@@ -81,6 +81,7 @@ struct RolloutStatus {
   uint64_t layout_fingerprint = 0;
   std::string model_type;
   int32_t vocab_size = 0;
+  std::string device;  // "cpu" or "cuda"
 };
 
 }  // namespace grpo

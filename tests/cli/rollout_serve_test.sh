@@ -88,6 +88,7 @@ cmp -s "$work/v0.jsonl" "$work/v0b.jsonl" || fail "same seed, different completi
 "$grpo" rollout push-weights --address "$addr" --model "$work/b" --version 1 --chunk-mb 1 > /dev/null
 expect_error 1 "not newer" "$grpo" rollout push-weights --address "$addr" --model "$work/a" --version 1
 "$grpo" rollout status --address "$addr" | grep -q '"weight_version":1' || fail "status: version not 1"
+"$grpo" rollout status --address "$addr" | grep -q '"device":"cpu"' || fail "status: device not cpu"
 "$grpo" rollout generate --address "$addr" --in "$work/prompts.jsonl" --out "$work/v1.jsonl" \
   --group-size 4 --max-new-tokens 12 --seed 3 --stop-tokens 0,1 > /dev/null
 check 1 "$work/b" "$work/v1.jsonl"
