@@ -471,6 +471,7 @@ void Engine::Loop() {
 
   while (true) {
     std::vector<std::unique_ptr<Group>> admitted;
+    std::vector<float> swap_params;  // a weight update to apply before this iteration's work
     {
       absl::MutexLock lock(&mu_);
       auto has_work = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -479,18 +480,12 @@ void Engine::Loop() {
       mu_.Await(absl::Condition(&has_work));
       if (stopping_) break;
       if (staged_version_ > 0 && w.running.empty()) {
-        // Under the lock: nothing reads the staged parameters meanwhile, and a swap is brief
-        // (a copy, plus the CPU model's re-pack or the upload to the GPU).
-        // Only a device fault can fail this (the CPU copy cannot); the model then holds no
-        // usable weights and the GPU context is gone, so the process ends (its learner
-        // re-issues this worker's groups elsewhere) rather than serve anything wrong.
-        const absl::Status st = model.SetParams(staged_params_.data());
-        GRPO_CHECK_MSG(st.ok(), absl::StrCat("rollout engine: applying weight version ",
-                                             staged_version_, ": ", st.message()));
+        // The parameters leave the staging area here and reach the model below, outside the
+        // lock (the CPU re-pack or the GPU upload takes a while), before anything is computed.
+        swap_params.swap(staged_params_);
         version_ = staged_version_;
         w.version = version_;
         staged_version_ = 0;
-        staged_params_ = std::vector<float>();
         GRPO_LOG(INFO, "rollout engine: now serving weight version %d", version_);
       }
       // No admission while an update is staged: running sequences drain, then the swap.
@@ -535,6 +530,15 @@ void Engine::Loop() {
         admitted.push_back(std::move(waiting_.front()));
         waiting_.pop_front();
       }
+    }
+
+    if (!swap_params.empty()) {
+      // Only a device fault can fail this (the CPU copy cannot); the model then holds no usable
+      // weights and the GPU context is gone, so the process ends (its learner re-issues this
+      // worker's groups elsewhere) rather than serve anything wrong.
+      const absl::Status st = model.SetParams(swap_params.data());
+      GRPO_CHECK_MSG(st.ok(), absl::StrCat("rollout engine: applying weight version ", w.version,
+                                           ": ", st.message()));
     }
 
     int64_t new_tokens = 0;
