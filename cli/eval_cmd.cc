@@ -94,6 +94,7 @@ absl::StatusOr<EvalOptions> OptionsFromFlags(const Flags& f) {
   ASSIGN_OR_RETURN(o.correct_threshold, f.GetDouble("threshold"));
   ASSIGN_OR_RETURN(o.limit, f.GetInt("limit"));
   ASSIGN_OR_RETURN(o.deterministic, GetBoolFlag(f, "deterministic"));
+  ASSIGN_OR_RETURN(o.device, ResolveDevice(f.Get("device")));
   absl::Status s = o.Validate();
   if (!s.ok()) {
     // Name the flag, not the library's field ("eval.max_new_tokens" -> "--max-new-tokens").
@@ -160,6 +161,10 @@ int RunEvalCommand(const std::vector<std::string>& raw_args) {
   f.Add("threshold", "a completion is correct when its reward >= this", "1", false,
         Flags::Kind::kNumber);
   f.Add("deterministic", "batch-invariant prefill too (true|false)", "false");
+  f.Add("device",
+        "cpu, cuda (bf16 weights and K/V; not with --deterministic) or auto (cuda when a GPU is "
+        "present)",
+        "cpu");
   f.Add("out", "write one JSONL record per prompt (completions, rewards, verdicts) here", "");
 
   // --json is a switch; every other flag takes a value.

@@ -107,6 +107,7 @@ json Defaults() {
       {"max_new_tokens", 32},
       {"threshold", 1.0},
       {"seed", 0},
+      {"device", "cpu"},  // `grpo eval --device`: cpu | cuda | auto
     }},
   };
   // clang-format on
@@ -314,6 +315,7 @@ absl::StatusOr<json> Run::Eval(const std::string& model_dir, const std::string& 
       "--samples", e["samples"].dump(), "--temperature", e["temperature"].dump(),
       "--max-new-tokens", e["max_new_tokens"].dump(), "--threshold", e["threshold"].dump(),
       "--seed", e["seed"].dump(), "--stop-tokens", stops.empty() ? "none" : stops,
+      "--device", e["device"].get<std::string>(),
       "--out", Path("eval_" + tag + ".jsonl")};
   if (t.contains("system_prompt")) {
     argv.push_back("--system-prompt");
@@ -543,6 +545,11 @@ absl::Status CheckConfig(const json& c) {
   if (device != "cpu" && device != "cuda" && device != "auto") {
     return absl::InvalidArgumentError(absl::StrCat("services.rollout_device: '", device,
                                                    "' is not one of cpu, cuda, auto"));
+  }
+  const std::string eval_device = c["eval"]["device"].get<std::string>();
+  if (eval_device != "cpu" && eval_device != "cuda" && eval_device != "auto") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("eval.device: '", eval_device, "' is not one of cpu, cuda, auto"));
   }
   if (device != "cpu" && lc->rollout.deterministic) {
     return absl::InvalidArgumentError(absl::StrCat(

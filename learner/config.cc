@@ -36,7 +36,7 @@ json MakeDefaults() {
     {"rollout", {
       {"workers", json::array()},   // RolloutService addresses; [] = in-process generation
       {"local_workers", 1},         // in-process engines when workers is empty
-      {"local_device", "cpu"},      // where they decode: cpu | cuda | auto (rollout/engine.h)
+      {"local_device", "cpu"},      // where they and held-out eval decode: cpu | cuda | auto
       {"group_size", 8},            // G completions per prompt (TRL 8; DeepSeekMath 64; R1 16)
       {"prompts_per_step", 16},     // B prompts per step
       {"temperature", 1.0},         // rollout = learner temperature (ALGORITHMS.md §10)

@@ -16,6 +16,11 @@ double EvalOptions::EffectiveTemperature() const {
 }
 
 absl::Status EvalOptions::Validate() const {
+  if (deterministic && device == Device::kCuda) {
+    return absl::InvalidArgumentError(
+        "eval: deterministic needs the CPU engine (the GPU's kernels are not batch-invariant); use "
+        "device cpu");
+  }
   if (samples < 1 || samples > INT32_MAX) {
     return absl::InvalidArgumentError(
         absl::StrCat("eval.samples: ", samples, " must be >= 1 (and < 2^31)"));
@@ -239,6 +244,7 @@ absl::StatusOr<EvalResult> Evaluate(const Model<float>& model, const Tokenizer& 
   if (want > 0 && want / eo.max_batch / c.max_position_embeddings == row_bytes) {  // no overflow
     eo.kv_budget_bytes = std::min(eo.kv_budget_bytes, want);
   }
+  eo.device = options.device;
   ASSIGN_OR_RETURN(std::unique_ptr<Model<float>> copy, Model<float>::Create(c));
   std::copy_n(model.params(), model.num_params(), copy->params());
   ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(std::move(copy), nullptr, eo));

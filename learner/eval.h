@@ -45,6 +45,7 @@ struct EvalOptions {
   double correct_threshold = 1.0;     // correct: total reward >= this
   int64_t limit = 0;                  // evaluate the first N rows; 0 = all
   bool deterministic = false;         // batch-invariant prefill (rollout/engine.h)
+  Device device = Device::kCpu;       // where Evaluate(model, ...) decodes (EngineOptions::device)
   // Names the dataset in row errors ("SOURCE:LINE: ..."); empty: "line LINE: ...".
   std::string source;
 

@@ -10,8 +10,10 @@
 #include "absl/strings/str_replace.h"
 #include "common/json_config.h"
 #include "common/json_util.h"
+#include "common/log.h"
 #include "common/status.h"
 #include "learner/dataset.h"
+#include "learner/device_model.h"
 #include "learner/random.h"
 #include "learner/tasks.h"
 #include "model/checkpoint.h"
@@ -52,6 +54,7 @@ json MakeDefaults() {
       {"weight_dtype", "fp32"},
     }},
     {"log_every", 50},
+    {"device", "cpu"},  // forward/backward: cpu | cuda | auto (learner/device_model.h)
   };
   // clang-format on
 }
@@ -85,6 +88,9 @@ absl::Status SftConfig::Validate() const {
   if (steps < 1 || steps > 100'000'000) return bad("steps must be in [1, 100000000]");
   if (batch_size < 1 || batch_size > 65536) return bad("batch_size must be in [1, 65536]");
   if (log_every < 1) return bad("log_every must be >= 1");
+  if (device != "cpu" && device != "cuda" && device != "auto") {
+    return bad(absl::StrCat("device \"", device, "\" is not one of cpu, cuda, auto"));
+  }
   RETURN_IF_ERROR(WithContext(optimizer.Validate(), "optimizer"));
   return chat_template.Validate();
 }
@@ -114,6 +120,7 @@ absl::StatusOr<SftConfig> SftConfigFromJson(const json& user, const std::string&
   c.seed = static_cast<uint64_t>(r.Int("seed"));
   c.optimizer = ReadOptimizerConfig(r, "optimizer");
   c.log_every = r.Int("log_every");
+  c.device = r.Str("device");
   RETURN_IF_ERROR(WithContext(r.status, source));
   auto tmpl = ChatTemplateConfigFromJson(merged["chat_template"]);
   if (!tmpl.ok()) return WithContext(tmpl.status(), absl::StrCat(source, ": chat_template"));
@@ -252,6 +259,13 @@ absl::StatusOr<SftResult> RunSft(const SftConfig& config,
 
   AdamW optimizer(model->num_params(), config.optimizer);
   optimizer.BindWeights(model->params());
+  absl::StatusOr<Device> device = ResolveDevice(config.device);
+  if (!device.ok()) {
+    return absl::Status(device.status().code(),
+                        absl::StrCat("sft 'device': ", device.status().message()));
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<DeviceModel> dev, DeviceModel::Create(model.get(), *device));
+  GRPO_LOG(INFO, "sft forward/backward on %s", DeviceName(*device));
   SplitMix64 rng(config.seed, 0x5f7a);
   SftResult result;
   int64_t tokens = 0;
@@ -276,7 +290,7 @@ absl::StatusOr<SftResult> RunSft(const SftConfig& config,
       response_tokens += static_cast<int64_t>(s.ids.size()) - s.prompt_len;
     }
     ForwardResult<float> fr;
-    RETURN_IF_ERROR(model->Forward(batch, fo, &fr));
+    RETURN_IF_ERROR(dev->Forward(batch, fo, &fr));
     dlogprobs.assign(batch.num_tokens(), 0.0f);
     double nll = 0;
     const float scale = -1.0f / static_cast<float>(response_tokens);
@@ -287,10 +301,12 @@ absl::StatusOr<SftResult> RunSft(const SftConfig& config,
       }
     }
     const double loss = nll / static_cast<double>(response_tokens);
-    model->ZeroGrads();
-    RETURN_IF_ERROR(model->Backward(dlogprobs, {}));
+    RETURN_IF_ERROR(dev->ZeroGrads());
+    RETURN_IF_ERROR(dev->Backward(dlogprobs, {}));
+    RETURN_IF_ERROR(dev->FetchGrads());
     const double lr = LearningRate(config.optimizer, step, config.steps);
     const OptimizerStepResult os = optimizer.Step(model->params(), model->grads(), lr);
+    dev->ParamsChanged();
     tokens += batch.num_tokens();
     window_sum += loss;
     ++window_n;

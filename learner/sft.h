@@ -54,6 +54,9 @@ struct SftConfig {
   uint64_t seed = 0;
   OptimizerConfig optimizer;
   int64_t log_every = 50;
+  // Where forward and backward run: "cpu", "cuda" or "auto" (cuda when a GPU is present); the
+  // weights and AdamW stay in host memory (learner/device_model.h).
+  std::string device = "cpu";
 
   absl::Status Validate() const;
 };

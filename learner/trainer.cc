@@ -106,6 +106,19 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LearnerConfig config,
   ASSIGN_OR_RETURN(RewardSet rset, RewardSet::Create(rcfg));
   t->rewards_ = std::make_unique<RewardSet>(std::move(rset));
 
+  {
+    // In-process engines (local workers, held-out evaluation) decode here.
+    absl::StatusOr<Device> device = ResolveDevice(c.rollout.local_device);
+    if (!device.ok()) {
+      return absl::Status(device.status().code(), absl::StrCat("config 'rollout.local_device': ",
+                                                               device.status().message()));
+    }
+    if (*device == Device::kCuda && c.rollout.deterministic) {
+      GRPO_LOG(INFO, "rollout.local_device auto: the engines stay on the CPU (deterministic)");
+      *device = Device::kCpu;
+    }
+    t->local_device_ = *device;
+  }
   if (!t->options_.workers.empty()) {
     t->workers_ = std::move(t->options_.workers);
   } else if (!c.rollout.workers.empty()) {
@@ -126,18 +139,9 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LearnerConfig config,
     const int64_t share = (c.rollout.prompts_per_step + c.rollout.local_workers - 1) /
                           c.rollout.local_workers * group_bytes;
     const int64_t budget = std::max(group_bytes, std::min(share, int64_t{256} << 20));
-    absl::StatusOr<Device> device = ResolveDevice(c.rollout.local_device);
-    if (!device.ok()) {
-      return absl::Status(device.status().code(), absl::StrCat("config 'rollout.local_device': ",
-                                                               device.status().message()));
-    }
-    if (*device == Device::kCuda && c.rollout.deterministic) {
-      GRPO_LOG(INFO, "rollout.local_device auto: the engines stay on the CPU (deterministic)");
-      *device = Device::kCpu;
-    }
     for (int64_t i = 0; i < c.rollout.local_workers; ++i) {
       ASSIGN_OR_RETURN(auto w, LocalRolloutWorker::Create(*t->policy_, absl::StrCat("local", i),
-                                                          budget, *device));
+                                                          budget, t->local_device_));
       t->workers_.push_back(std::move(w));
     }
   }
@@ -614,6 +618,7 @@ absl::Status Trainer::EvaluateHeldOut(std::map<std::string, double>* m) {
   o.seed = config_.seed;
   o.limit = config_.eval.limit;
   o.source = config_.eval.path;
+  o.device = local_device_;
   ASSIGN_OR_RETURN(EvalResult r,
                    Evaluate(*policy_, *tokenizer_, *eval_dataset_, *template_, *rewards_, o));
   (*m)["eval/accuracy"] = r.accuracy;

@@ -88,6 +88,7 @@ class Trainer {
   std::unique_ptr<Model<float>> policy_, reference_;
   // Where their forward and backward run (config.device); the weights stay in policy_/reference_.
   std::unique_ptr<DeviceModel> policy_dev_, reference_dev_;
+  Device local_device_ = Device::kCpu;  // in-process engines (config.rollout.local_device)
   std::unique_ptr<Tokenizer> tokenizer_;
   std::string tokenizer_path_;
   std::unique_ptr<Dataset> dataset_;

@@ -63,6 +63,7 @@ printf '%s\n' "$(head -1 "$work/data.jsonl")" '{"prompt": "1+1=", "data_source":
 expect_error 1 "bad.jsonl:2" "$grpo" eval "${common[@]}" --data "$work/bad.jsonl"
 expect_error 2 "--samples: 'many' is not an integer" "$grpo" eval "${common[@]}" --samples many
 expect_error 2 "--samples: 0 must be >= 1" "$grpo" eval "${common[@]}" --samples 0
+expect_error 2 "--device: 'gpu' is not one of auto, cpu, cuda" "$grpo" eval "${common[@]}" --device gpu
 expect_error 2 "--top-p" "$grpo" eval "${common[@]}" --top-p 2
 expect_error 2 "--model is required" "$grpo" eval --data "$work/data.jsonl" --reward "$work/r.json"
 expect_error 2 "'<|nope|>' is not a token" "$grpo" eval "${common[@]}" --stop-tokens "<|nope|>"

@@ -38,9 +38,11 @@ PY
 expect_error 1 "already holds a run" "$grpo" train configs/train/tiny.json --out "$rundir"
 # --overwrite replaces it: a 2-step run leaves no checkpoint or metrics of the 100-step one.
 # It also runs with bf16 weights (fp32 master copies) in SFT and the learner: both write bf16
-# checkpoints, and the learner's gRPC updates reach the worker as bf16-valued weights.
+# checkpoints, and the learner's gRPC updates reach the worker as bf16-valued weights. SFT and
+# the learner take device auto (the GPU where there is one, so this also runs them there).
 cp -r "$rundir" "$work/run2"
 "$grpo" train configs/train/tiny.json --out "$work/run2" --overwrite --set sft.steps=5 \
+  --set sft.device=auto --set learner.device=auto \
   --set learner.total_steps=2 --set sft.optimizer.weight_dtype=bf16 \
   --set learner.optimizer.weight_dtype=bf16 >"$work/log2" 2>&1 ||
   { tail -20 "$work/log2"; fail "--overwrite run"; }
@@ -70,6 +72,8 @@ pgrep -f "$rundir" >/dev/null && fail "processes of the run are still alive"
 expect_error 1 "learner: unknown key 'algorithm.clip_lo'" \
   "$grpo" train configs/train/tiny.json --check --set learner.algorithm.clip_lo=0.1
 expect_error 1 "unknown key 'modle'" "$grpo" train configs/train/tiny.json --check --set modle.x=1
+expect_error 1 'sft: device "gpu" is not one of cpu, cuda, auto' \
+  "$grpo" train configs/train/tiny.json --check --set sft.device=gpu
 expect_error 1 "sft: data.wrong_fraction must be in [0, 1]" \
   "$grpo" train configs/train/tiny.json --check --set sft.data.wrong_fraction=2
 expect_error 1 "services.rollout_device: 'gpu' is not one of cpu, cuda, auto" \
