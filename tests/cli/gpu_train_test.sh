@@ -22,14 +22,7 @@ fi
 "$grpo" rollout serve --model "$work/m" --port 0 --kv-budget-mb 16 --max-batch 16 --device cuda \
   > "$work/server.out" 2> "$work/server.err" &
 server_pid=$!
-port=""
-for _ in $(seq 1 300); do
-  port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]\+\)$/\1/p' "$work/server.out" | head -n 1)
-  [ -n "$port" ] && break
-  kill -0 "$server_pid" 2>/dev/null || { cat "$work/server.err" >&2; fail "server exited"; }
-  sleep 0.1
-done
-[ -n "$port" ] || fail "server did not print 'listening on 127.0.0.1:PORT'"
+port=$(listening_port "$server_pid" "$work/server.out" "$work/server.err" 60)
 addr=127.0.0.1:$port
 "$grpo" rollout status --address "$addr" | grep -q '"device":"cuda"' || fail "status: not cuda"
 printf '{"tokens":[1,2,3,4,5],"prompt_id":1}\n{"tokens":[7,8],"prompt_id":2}\n' > "$work/p.jsonl"

@@ -16,3 +16,17 @@ expect_error() {
   # echo with SIGPIPE and fail the check.
   grep -qF -- "$text" <<<"$out" || fail "message '$out' lacks '$text'"
 }
+# listening_port PID OUT ERR [SECONDS]: waits (default 30 s) for the server PID, whose stdout goes
+# to OUT and stderr to ERR, to print "listening on 127.0.0.1:PORT" and prints PORT; fails the test
+# if the server exits first (showing ERR) or never says so.
+listening_port() {
+  local pid=$1 out=$2 err=$3 tries=$((${4:-30} * 10)) port=""
+  for _ in $(seq 1 "$tries"); do
+    # The background shell may not have created the file yet: no file, no port (yet).
+    port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]\+\)$/\1/p' "$out" 2>/dev/null | head -n 1)
+    [ -n "$port" ] && { echo "$port"; return 0; }
+    kill -0 "$pid" 2>/dev/null || fail "server exited before listening: $(cat "$err")"
+    sleep 0.1
+  done
+  fail "server did not print 'listening on 127.0.0.1:PORT'"
+}

@@ -47,16 +47,8 @@ trap '[ -n "$server_pid" ] && kill -KILL "$server_pid" 2>/dev/null; rm -rf "$wor
 (cd "$src" && exec "$grpo" reward serve --config configs/rewards/reward_model.json --port 0 \
   --queue_size 4 --workers 1) > "$work/server.out" 2> "$work/server.err" &
 server_pid=$!
-port=""
-for _ in $(seq 1 300); do  # the first line appears once the model is loaded
-  # The background shell may not have created the file yet: no file, no port (yet).
-  port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]\+\)$/\1/p' "$work/server.out" \
-    2>/dev/null || true)
-  [ -n "$port" ] && break
-  kill -0 "$server_pid" 2>/dev/null || fail "server exited: $(cat "$work/server.err")"
-  sleep 0.1
-done
-[ -n "$port" ] || fail "server did not print 'listening on 127.0.0.1:PORT'"
+# The line appears once the model is loaded.
+port=$(listening_port "$server_pid" "$work/server.out" "$work/server.err" 30)
 printf '{"rewards": [{"name": "remote", "params": {"address": "127.0.0.1:%s", "deadline_ms": 30000}}]}\n' \
   "$port" > "$work/remote.json"
 "$grpo" reward score --config "$work/remote.json" --in "$work/in.jsonl" --out "$work/remote.jsonl" \

@@ -21,16 +21,7 @@ fi
 "$grpo" rollout serve --model "$work/a" --port 0 --kv-budget-mb 4 --max-batch 16 \
   > "$work/server.out" 2> "$work/server.err" &
 server_pid=$!
-port=""
-for _ in $(seq 1 150); do
-  # The background shell may not have created the file yet: no file, no port (yet).
-  port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]\+\)$/\1/p' "$work/server.out" \
-    2>/dev/null || true)
-  [ -n "$port" ] && break
-  kill -0 "$server_pid" 2>/dev/null || { cat "$work/server.err" >&2; fail "server exited before listening"; }
-  sleep 0.1
-done
-[ -n "$port" ] || fail "server did not print 'listening on 127.0.0.1:PORT'"
+port=$(listening_port "$server_pid" "$work/server.out" "$work/server.err" 15)
 addr=127.0.0.1:$port
 
 printf '{"tokens": [1, 2, 3, 4]}\n{"tokens": [9, 8, 7], "prompt_id": 77}\n{"tokens": [5]}\n' > "$work/prompts.jsonl"

@@ -27,19 +27,6 @@ namespace {
 
 using namespace grpo::testing;
 
-nlohmann::json MidQwen3MoeJson() {
-  // head_dim 64 and 16 experts top-4: the shapes the kernels are tuned for, still small.
-  return {{"model_type", "qwen3_moe"},   {"vocab_size", 300},
-          {"hidden_size", 128},          {"intermediate_size", 160},
-          {"num_hidden_layers", 3},      {"num_attention_heads", 4},
-          {"num_key_value_heads", 2},    {"head_dim", 64},
-          {"num_experts", 16},           {"num_experts_per_tok", 4},
-          {"moe_intermediate_size", 48}, {"norm_topk_prob", true},
-          {"mlp_only_layers", {2}},      {"rms_norm_eps", 1e-6},
-          {"rope_theta", 10000.0},       {"max_position_embeddings", 256},
-          {"tie_word_embeddings", false}};
-}
-
 struct Pair {
   std::unique_ptr<Model<double>> cpu;
   std::unique_ptr<CudaModel> gpu;
@@ -52,12 +39,7 @@ Pair MakePair(const nlohmann::json& j, uint64_t seed, float spread = 1.f) {
   auto cpu = Model<double>::Create(c);
   REQUIRE(cpu.ok());
   p.cpu = std::move(*cpu);
-  p.params = RandomParams(p.cpu->layout(), seed);
-  for (const ParamTensor& t : p.cpu->layout().tensors) {  // norms stay near 1
-    if (t.is_norm) continue;
-    for (int64_t i = 0; i < t.numel; ++i) p.params[t.offset + i] *= spread;
-  }
-  p.params = RoundBf16(p.params);
+  p.params = ScaledBf16Params(p.cpu->layout(), seed, spread);
   std::copy(p.params.begin(), p.params.end(), p.cpu->params());
   auto gpu = CudaModel::Create(c);
   INFO(gpu.status().ToString());

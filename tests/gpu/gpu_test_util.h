@@ -10,6 +10,8 @@
 #include <vector>
 
 #include "kernels/cuda/device.h"
+#include "model/params.h"
+#include "tests/model/tiny_models.h"
 
 namespace grpo::testing {
 
@@ -43,6 +45,17 @@ inline std::vector<float> FromBf16(const std::vector<uint16_t>& v) {
 }
 // Values rounded to the nearest bf16 (what the GPU sees after the cast).
 inline std::vector<float> RoundBf16(const std::vector<float>& v) { return FromBf16(ToBf16(v)); }
+
+// RandomParams (tiny_models.h) with every non-norm tensor scaled by `spread` (norms stay near
+// 1), rounded to bf16: weights the CPU and the GPU hold alike.
+inline std::vector<float> ScaledBf16Params(const ParamLayout& layout, uint64_t seed, float spread) {
+  std::vector<float> p = RandomParams(layout, seed);
+  for (const ParamTensor& t : layout.tensors) {
+    if (t.is_norm) continue;
+    for (int64_t i = 0; i < t.numel; ++i) p[t.offset + i] *= spread;
+  }
+  return RoundBf16(p);
+}
 
 inline std::vector<float> Randn(size_t n, uint64_t seed, float scale = 1.f) {
   std::mt19937_64 rng(seed);

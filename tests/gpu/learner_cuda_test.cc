@@ -25,18 +25,6 @@ namespace {
 
 using namespace grpo::testing;
 
-nlohmann::json MoeJson() {
-  return {{"model_type", "qwen3_moe"},   {"vocab_size", 300},
-          {"hidden_size", 128},          {"intermediate_size", 160},
-          {"num_hidden_layers", 3},      {"num_attention_heads", 4},
-          {"num_key_value_heads", 2},    {"head_dim", 64},
-          {"num_experts", 16},           {"num_experts_per_tok", 4},
-          {"moe_intermediate_size", 48}, {"norm_topk_prob", true},
-          {"mlp_only_layers", {2}},      {"rms_norm_eps", 1e-6},
-          {"rope_theta", 10000.0},       {"max_position_embeddings", 256},
-          {"tie_word_embeddings", false}};
-}
-
 struct Sequences {
   std::vector<std::vector<int32_t>> prompts, completions;
   std::vector<std::vector<double>> old_lp;
@@ -82,17 +70,12 @@ Sequences MakeSequences(Model<float>& cpu) {
 
 TEST_CASE("learner step on cuda matches the CPU step (loss, gradients, updated weights used)",
           "[cuda][gpu][learner]") {
-  const ModelConfig c = MustParse(MoeJson());
+  const ModelConfig c = MustParse(MidQwen3MoeJson());
   auto cpu = Model<float>::Create(c);
   auto host = Model<float>::Create(c);
   REQUIRE(cpu.ok());
   REQUIRE(host.ok());
-  std::vector<float> w = RandomParams((*cpu)->layout(), 21);
-  for (const ParamTensor& t : (*cpu)->layout().tensors) {
-    if (t.is_norm) continue;
-    for (int64_t i = 0; i < t.numel; ++i) w[t.offset + i] *= 0.2f;
-  }
-  w = RoundBf16(w);
+  const std::vector<float> w = ScaledBf16Params((*cpu)->layout(), 21, 0.2f);
   std::copy(w.begin(), w.end(), (*cpu)->params());
   std::copy(w.begin(), w.end(), (*host)->params());
   Sequences data = MakeSequences(**cpu);

@@ -22,28 +22,6 @@ namespace {
 
 using namespace grpo::testing;
 
-nlohmann::json MoeJson() {
-  return {{"model_type", "qwen3_moe"},   {"vocab_size", 300},
-          {"hidden_size", 128},          {"intermediate_size", 160},
-          {"num_hidden_layers", 3},      {"num_attention_heads", 4},
-          {"num_key_value_heads", 2},    {"head_dim", 64},
-          {"num_experts", 16},           {"num_experts_per_tok", 4},
-          {"moe_intermediate_size", 48}, {"norm_topk_prob", true},
-          {"mlp_only_layers", {2}},      {"rms_norm_eps", 1e-6},
-          {"rope_theta", 10000.0},       {"max_position_embeddings", 256},
-          {"tie_word_embeddings", false}};
-}
-
-// Random weights at spread x `scale` (norms kept near 1), rounded to bf16.
-std::vector<float> Weights(const ParamLayout& layout, uint64_t seed, float scale) {
-  std::vector<float> p = RandomParams(layout, seed);
-  for (const ParamTensor& t : layout.tensors) {
-    if (t.is_norm) continue;
-    for (int64_t i = 0; i < t.numel; ++i) p[t.offset + i] *= scale;
-  }
-  return RoundBf16(p);
-}
-
 std::unique_ptr<Model<float>> CpuModel(const ModelConfig& c, const std::vector<float>& params) {
   auto m = Model<float>::Create(c);
   REQUIRE(m.ok());
@@ -83,8 +61,9 @@ void CheckAgainstCpu(Model<float>& cpu, const std::vector<RolloutPrompt>& prompt
 
 TEST_CASE("cuda pooled KV cache: slots at assigned rows, prefix copy, capacity",
           "[cuda][gpu][rollout]") {
-  const ModelConfig c = MustParse(MoeJson());
-  const std::vector<float> params = Weights(Model<float>::Create(c).value()->layout(), 3, 0.2f);
+  const ModelConfig c = MustParse(MidQwen3MoeJson());
+  const std::vector<float> params =
+      ScaledBf16Params(Model<float>::Create(c).value()->layout(), 3, 0.2f);
   auto gpu = CudaModel::Create(c);
   REQUIRE(gpu.ok());
   REQUIRE((*gpu)->SetParams(params).ok());
@@ -131,10 +110,10 @@ TEST_CASE("cuda pooled KV cache: slots at assigned rows, prefix copy, capacity",
 
 TEST_CASE("rollout engine on cuda: groups, logprobs, weight swap, deterministic refused",
           "[cuda][gpu][rollout]") {
-  const ModelConfig c = MustParse(MoeJson());
+  const ModelConfig c = MustParse(MidQwen3MoeJson());
   auto model = Model<float>::Create(c);
   REQUIRE(model.ok());
-  const std::vector<float> w0 = Weights((*model)->layout(), 11, 0.2f);
+  const std::vector<float> w0 = ScaledBf16Params((*model)->layout(), 11, 0.2f);
   std::copy(w0.begin(), w0.end(), (*model)->params());
   EngineOptions options;
   options.device = Device::kCuda;

@@ -51,6 +51,20 @@ inline nlohmann::json TinyQwen2Json() {
           {"max_position_embeddings", 64}, {"tie_word_embeddings", true}};
 }
 
+// A small Qwen3-MoE with the GPU kernels' shapes (head_dim 64, 16 experts top-4) and one dense
+// layer: the GPU tests' model (tests/gpu/).
+inline nlohmann::json MidQwen3MoeJson() {
+  return {{"model_type", "qwen3_moe"},   {"vocab_size", 300},
+          {"hidden_size", 128},          {"intermediate_size", 160},
+          {"num_hidden_layers", 3},      {"num_attention_heads", 4},
+          {"num_key_value_heads", 2},    {"head_dim", 64},
+          {"num_experts", 16},           {"num_experts_per_tok", 4},
+          {"moe_intermediate_size", 48}, {"norm_topk_prob", true},
+          {"mlp_only_layers", {2}},      {"rms_norm_eps", 1e-6},
+          {"rope_theta", 10000.0},       {"max_position_embeddings", 256},
+          {"tie_word_embeddings", false}};
+}
+
 inline ModelConfig MustParse(const nlohmann::json& j) {
   auto c = ParseModelConfig(j, "test config");
   if (!c.ok()) throw std::runtime_error(std::string(c.status().message()));
