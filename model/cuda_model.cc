@@ -733,6 +733,10 @@ absl::Status CudaModel::Sample(float, int64_t, float, absl::Span<const float>,
                                std::vector<int32_t>*) {
   return NoCuda();
 }
+absl::Status CudaModel::SampleWithLogprobs(float, absl::Span<const float>, std::vector<int32_t>*,
+                                           std::vector<float>*) {
+  return NoCuda();
+}
 
 #endif
 

@@ -90,6 +90,11 @@ class CudaModel {
   // top_k (0: off), top_p (1: off), u (one uniform in [0,1) per slot).
   absl::Status Sample(float temperature, int64_t top_k, float top_p, absl::Span<const float> u,
                       std::vector<int32_t>* tokens);
+  // The same without truncation (top_k 0, top_p 1), also returning each token's logprob under
+  // the distribution it was drawn from: log softmax(logits / temperature), or at temperature 1
+  // when temperature is 0 (greedy), as the rollout engine's host sampler reports it.
+  absl::Status SampleWithLogprobs(float temperature, absl::Span<const float> u,
+                                  std::vector<int32_t>* tokens, std::vector<float>* logprobs);
 
   // Bytes of weights (bf16) the model reads per decode step if every expert is used; for the
   // bandwidth roofline in benchmarks.

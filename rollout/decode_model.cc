@@ -91,9 +91,19 @@ class CudaDecodeModel final : public DecodeModel {
   absl::Status SetParams(const float* params) override {
     return model_->SetParams(absl::MakeConstSpan(params, model_->num_params()));
   }
+  bool samples_on_device() const override { return true; }
+  absl::Status SampleOnDevice(float temperature, absl::Span<const float> u,
+                              std::vector<SampledToken>* out) override {
+    RETURN_IF_ERROR(model_->SampleWithLogprobs(temperature, u, &tokens_, &logprobs_));
+    out->resize(tokens_.size());
+    for (size_t i = 0; i < tokens_.size(); ++i) (*out)[i] = {tokens_[i], logprobs_[i]};
+    return absl::OkStatus();
+  }
 
  private:
   std::unique_ptr<CudaModel> model_;
+  std::vector<int32_t> tokens_;  // SampleOnDevice's buffers
+  std::vector<float> logprobs_;
 };
 
 }  // namespace

@@ -1,13 +1,14 @@
 // What the rollout engine's loop needs from a model, on either device: a pooled KV cache whose
 // slots get rows from the engine's allocator, Extend (prefill and decode steps, mixed), forking a
 // prompt's KV to a group's other samples, and swapping in new weights. The engine samples on the
-// host from the logits Extend returns, so sampling, logprobs and stop conditions are one code
-// path whatever the device.
+// host from the logits Extend returns (or, on the GPU, untruncated rows where the logits are),
+// and stop conditions are one code path whatever the device.
 //
 //   - CPU (MakeCpuDecodeModel): Model<float> over KvCache<float>::Pooled, batch-invariant
 //     kernels on pre-packed weights: logprobs bitwise equal to the learner's deterministic
 //     forward, and completions independent of what else is batched.
-//   - CUDA (MakeCudaDecodeModel): CudaModel (bf16 weights and K/V, fp32 accumulation). Its
+//   - CUDA (MakeCudaDecodeModel): CudaModel (bf16 weights and K/V, fp32 accumulation); it
+//     samples untruncated rows on the device (samples_on_device), the rest on the host. Its
 //     cuBLAS GEMMs are not batch-invariant, so logprobs agree with the CPU learner to bf16
 //     precision and a seed's completion can depend on the batch in near-ties:
 //     batch_invariant() is false and the engine refuses `deterministic` requests.
@@ -20,6 +21,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "model/model.h"
+#include "rollout/sampling.h"
 
 namespace grpo {
 
@@ -47,6 +49,17 @@ class DecodeModel {
                               std::vector<int32_t>* routing) = 0;
   // New weights (num_params floats, the CPU model's flat layout). No sequence may be running.
   virtual absl::Status SetParams(const float* params) = 0;
+
+  // Whether SampleOnDevice works: the next tokens of the last Extend (called with null logits)
+  // drawn where the logits are.
+  virtual bool samples_on_device() const { return false; }
+  // Untruncated sampling (top_k 0, top_p 1) of every slot of the last Extend at `temperature`
+  // (0: greedy) with one uniform in [0, 1) per slot; logprobs as SampleFromLogits reports them
+  // (rollout/sampling.h). UNIMPLEMENTED unless samples_on_device().
+  virtual absl::Status SampleOnDevice(float temperature, absl::Span<const float> u,
+                                      std::vector<SampledToken>* out) {
+    return absl::UnimplementedError("this model samples on the host");
+  }
 };
 
 // Takes the loaded model.

@@ -415,14 +415,17 @@ void Engine::Loop() {
       g->request.reset();  // marks the group for removal
     }
   };
+  // The uniform that draws the next token of `s` (its own stream: rollout/sampling.h).
+  auto uniform = [&](const Sequence* s) {
+    const Group* g = s->group;
+    const int64_t step = static_cast<int64_t>(g->completions[s->sample_index].token_ids.size());
+    return SampleUniform(g->sampling->seed, g->prompt_id, s->sample_index, step);
+  };
   // Draws the next token of `s` from `logits` (V). Pure: runs in parallel over sequences.
   auto draw = [&](const Sequence* s, const float* logits) {
     thread_local std::vector<std::pair<float, int32_t>> scratch;
-    const Group* g = s->group;
-    const SamplingParams& sp = *g->sampling;
-    const int64_t step = static_cast<int64_t>(g->completions[s->sample_index].token_ids.size());
-    const double u = SampleUniform(sp.seed, g->prompt_id, s->sample_index, step);
-    return SampleFromLogits(logits, V, sp.temperature, sp.top_k, sp.top_p, u, &scratch);
+    const SamplingParams& sp = *s->group->sampling;
+    return SampleFromLogits(logits, V, sp.temperature, sp.top_k, sp.top_p, uniform(s), &scratch);
   };
   // Appends a drawn token and applies the stop conditions.
   auto accept = [&](Sequence* s, const SampledToken& t) -> int64_t {
@@ -624,18 +627,39 @@ void Engine::Loop() {
         feed[b] = absl::Span<const int32_t>(&s->last_token, 1);
         want_routing |= !s->routing.empty();
       }
-      absl::Status st =
-          model.Extend(slots, feed, w.logits.data(), want_routing ? &w.routing : nullptr);
-      if (!st.ok()) {
-        for (auto& s : w.running) fail_group(s->group, st);
-      } else {
+      // A model that samples on its device (the GPU) does so when every row draws untruncated
+      // (top_k 0, top_p 1: GRPO's usual setting) at one temperature: the (B, V) logits then
+      // never come to the host. Otherwise, and always on the CPU, the host samples.
+      bool on_device = model.samples_on_device();
+      float temperature = -1;
+      for (int64_t b = 0; b < B && on_device; ++b) {
+        const Sequence* s = w.running[b].get();
+        if (s->routing_pending) continue;
+        const SamplingParams& sp = *s->group->sampling;
+        on_device = sp.top_k == 0 && sp.top_p >= 1.f &&
+                    (temperature < 0 || sp.temperature == temperature);
+        temperature = sp.temperature;
+      }
+      absl::Status st = model.Extend(slots, feed, on_device ? nullptr : w.logits.data(),
+                                     want_routing ? &w.routing : nullptr);
+      std::vector<SampledToken> picks(B);
+      if (st.ok() && on_device) {
+        std::vector<float> u(B, 0.f);
+        for (int64_t b = 0; b < B; ++b) {
+          if (!w.running[b]->routing_pending) u[b] = static_cast<float>(uniform(w.running[b].get()));
+        }
+        st = model.SampleOnDevice(std::max(temperature, 0.f), u, &picks);
+      } else if (st.ok()) {
         // Sampling costs a few passes over V per row: spread the rows over the threads.
-        std::vector<SampledToken> picks(B);
 #pragma omp parallel for schedule(static) if (B > 1)
         for (int64_t b = 0; b < B; ++b) {
           if (!w.running[b]->routing_pending)
             picks[b] = draw(w.running[b].get(), w.logits.data() + b * V);
         }
+      }
+      if (!st.ok()) {
+        for (auto& s : w.running) fail_group(s->group, st);
+      } else {
         for (int64_t b = 0; b < B; ++b) {
           Sequence* s = w.running[b].get();
           if (!s->routing.empty()) {

@@ -4,7 +4,8 @@
 // Reference: Model<float> on the CPU with the same weights, rounded to bf16 and scaled x0.2 (a
 // trained model's spread, where the GPU's bf16 GEMM inputs and K/V give errors at the bf16 scale;
 // cuda_model_test.cc's "tight" tolerances, set from measured H200 runs). A wrong KV row, a fork
-// that copies the wrong slot or a stale weight swap gives O(1) logprob errors and fails.
+// that copies the wrong slot, a wrong logprob from the device sampler or a stale weight swap
+// gives O(1) logprob errors and fails.
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <cstdio>
@@ -108,8 +109,9 @@ TEST_CASE("cuda pooled KV cache: slots at assigned rows, prefix copy, capacity",
         absl::StatusCode::kResourceExhausted);
 }
 
-TEST_CASE("rollout engine on cuda: groups, logprobs, weight swap, deterministic refused",
-          "[cuda][gpu][rollout]") {
+TEST_CASE(
+    "rollout engine on cuda: groups, device and host sampling, weight swap, deterministic refused",
+    "[cuda][gpu][rollout]") {
   const ModelConfig c = MustParse(MidQwen3MoeJson());
   auto model = Model<float>::Create(c);
   REQUIRE(model.ok());
@@ -134,7 +136,19 @@ TEST_CASE("rollout engine on cuda: groups, logprobs, weight swap, deterministic 
   auto groups = (*engine)->GenerateAll(prompts, sp);
   REQUIRE(groups.ok());
   auto cpu = CpuModel(c, w0);
-  CheckAgainstCpu(*cpu, prompts, *groups, 0, 4, 10);
+  CheckAgainstCpu(*cpu, prompts, *groups, 0, 4, 10);  // sampled on the device (untruncated)
+  // top_k = V truncates nothing but sends the rows to the host sampler; temperature 0 is greedy
+  // on the device, reporting temperature-1 logprobs. Both must match the CPU forward too.
+  SamplingParams host_sp = sp;
+  host_sp.top_k = static_cast<int32_t>(c.vocab_size);
+  auto host_groups = (*engine)->GenerateAll(prompts, host_sp);
+  REQUIRE(host_groups.ok());
+  CheckAgainstCpu(*cpu, prompts, *host_groups, 0, 4, 10);
+  SamplingParams greedy = sp;
+  greedy.temperature = 0;
+  auto greedy_groups = (*engine)->GenerateAll(prompts, greedy);
+  REQUIRE(greedy_groups.ok());
+  CheckAgainstCpu(*cpu, prompts, *greedy_groups, 0, 4, 10);
 
   // deterministic needs batch-invariant kernels: refused, naming the way out.
   SamplingParams det = sp;
