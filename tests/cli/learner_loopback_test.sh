@@ -20,16 +20,7 @@ start() {
   last_pid=$!
   pids+=("$last_pid")
   disown "$last_pid"  # no "Killed" job notices when the test kills it
-  port=""
-  for _ in $(seq 1 300); do  # up to 30 s
-    # The background shell may not have created the file yet: no file, no port (yet).
-    port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]\+\)$/\1/p' "$work/$name.out" \
-      2>/dev/null || true)
-    [ -n "$port" ] && return 0
-    kill -0 "$last_pid" 2>/dev/null || fail "$name exited before listening: $(cat "$work/$name.err")"
-    sleep 0.1
-  done
-  fail "$name did not print 'listening on 127.0.0.1:PORT'"
+  port=$(listening_port "$last_pid" "$work/$name.out" "$work/$name.err" 30) || fail "$name"
 }
 
 cd "$src"
