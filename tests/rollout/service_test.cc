@@ -3,6 +3,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <catch2/catch.hpp>
+#include <random>
 #include <thread>
 
 #include "proto/rollout.grpc.pb.h"
@@ -48,6 +49,35 @@ TEST_CASE("CRC32C matches the standard check value", "[rollout][weights]") {
   CHECK(Crc32c(s, 9) == 0xE3069283u);
   CHECK(Crc32c(s + 4, 5, Crc32c(s, 4)) == 0xE3069283u);  // continued
   CHECK(Crc32c(s, 0) == 0u);
+}
+
+TEST_CASE("CRC32C's three-lane loop equals the bytewise definition at every size and alignment",
+          "[rollout][weights]") {
+  // The bytewise, table-free definition (reflected polynomial 0x82F63B78).
+  auto reference = [](const unsigned char* p, size_t n, uint32_t crc) {
+    uint32_t c = ~crc;
+    for (size_t i = 0; i < n; ++i) {
+      c ^= p[i];
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+    }
+    return ~c;
+  };
+  constexpr size_t kLane = 16384;  // rollout/weights.cc: lanes of 16 KiB, blocks of 48 KiB
+  std::vector<unsigned char> buf(6 * kLane + 64);
+  std::mt19937_64 rng(3);
+  for (auto& x : buf) x = static_cast<unsigned char>(rng());
+  for (const size_t n : {size_t{0}, size_t{1}, size_t{7}, size_t{8}, 3 * kLane - 1, 3 * kLane,
+                         3 * kLane + 1, 3 * kLane + 9, 6 * kLane, 6 * kLane + 13}) {
+    for (size_t off = 0; off < 8; ++off) {
+      for (const uint32_t init : {0u, 0x9E3779B9u}) {
+        INFO("size " << n << ", offset " << off << ", init " << init);
+        CHECK(Crc32c(buf.data() + off, n, init) == reference(buf.data() + off, n, init));
+      }
+    }
+  }
+  // Continuing across a block boundary equals one pass.
+  CHECK(Crc32c(buf.data() + 5000, 6 * kLane - 5000, Crc32c(buf.data(), 5000)) ==
+        Crc32c(buf.data(), 6 * kLane));
 }
 
 TEST_CASE("several clients generate over loopback at once", "[rollout][service]") {
