@@ -85,6 +85,7 @@ class AssembleOnly final : public grpo::rollout::RolloutService::Service {
                              grpc::ServerReader<grpo::rollout::WeightChunk>* reader,
                              grpo::rollout::UpdateWeightsResponse* response) override {
     grpo::WeightAssembler a(n_, fp_, version_);
+    a.Reuse(std::move(last_));  // as the server does with its engine's spare buffer
     grpo::rollout::WeightChunk chunk;
     while (reader->Read(&chunk)) {
       absl::Status s = a.Add(chunk);

@@ -42,7 +42,9 @@ absl::Status LocalRolloutWorker::PushWeights(const ParamLayout& layout,
     return absl::InvalidArgumentError(absl::StrCat(
         name_, ": pushed ", params.size(), " parameters, the model has ", engine_->num_params()));
   }
-  return engine_->StageWeights(version, std::vector<float>(params.begin(), params.end()));
+  std::vector<float> copy = engine_->TakeSpareParams();  // pages already mapped (engine.h)
+  copy.assign(params.begin(), params.end());
+  return engine_->StageWeights(version, std::move(copy));
 }
 
 absl::StatusOr<std::unique_ptr<RemoteRolloutWorker>> RemoteRolloutWorker::Connect(

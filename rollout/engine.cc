@@ -193,6 +193,11 @@ void Engine::Shutdown() {
   if (thread_.joinable()) thread_.join();
 }
 
+std::vector<float> Engine::TakeSpareParams() {
+  absl::MutexLock lock(&mu_);
+  return std::move(spare_params_);
+}
+
 uint64_t Engine::newest_version() const {
   absl::MutexLock lock(&mu_);
   return std::max(version_, staged_version_);
@@ -542,6 +547,8 @@ void Engine::Loop() {
       const absl::Status st = model.SetParams(swap_params.data());
       GRPO_CHECK_MSG(st.ok(), absl::StrCat("rollout engine: applying weight version ", w.version,
                                            ": ", st.message()));
+      absl::MutexLock lock(&mu_);
+      spare_params_ = std::move(swap_params);
     }
 
     int64_t new_tokens = 0;

@@ -143,6 +143,10 @@ class Engine {
   absl::Status StageWeights(uint64_t version, std::vector<float> params);
   // Newest version known (staged, else serving): the floor for the next update.
   uint64_t newest_version() const;
+  // The parameter buffer of the last applied update (empty if none, or taken already), for the
+  // next update to be received into (WeightAssembler::Reuse): the engine keeps one spare
+  // num_params floats in memory so that updates do not fault in fresh pages every time.
+  std::vector<float> TakeSpareParams();
 
   RolloutStatus GetStatus() const;
   void Shutdown();
@@ -177,6 +181,7 @@ class Engine {
   uint64_t version_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t staged_version_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<float> staged_params_ ABSL_GUARDED_BY(mu_);
+  std::vector<float> spare_params_ ABSL_GUARDED_BY(mu_);  // TakeSpareParams
   // Status figures, written by the engine thread.
   int64_t running_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t queued_sequences_ ABSL_GUARDED_BY(mu_) = 0;

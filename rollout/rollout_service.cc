@@ -59,6 +59,7 @@ grpc::Status RolloutServiceImpl::UpdateWeights(grpc::ServerContext* ctx,
                                                rollout::UpdateWeightsResponse* response) {
   WeightAssembler assembler(engine_->num_params(), engine_->layout_fingerprint(),
                             engine_->newest_version());
+  assembler.Reuse(engine_->TakeSpareParams());
   rollout::WeightChunk chunk;
   while (reader->Read(&chunk)) {
     absl::Status s = assembler.Add(chunk);

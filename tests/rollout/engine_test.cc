@@ -454,6 +454,10 @@ TEST_CASE("a weight update waits for running sequences, and every completion has
   RequireSameCompletion((*second)[0].completions[1],
                         ReferenceSample(*ref, prompts[0].token_ids, 0, 1, sp));
   CHECK(engine->GetStatus().weight_version == 2);
+  // The applied update's buffer is kept once for the next update to be received into.
+  const std::vector<float> spare = engine->TakeSpareParams();
+  CHECK(spare.size() == params.size());
+  CHECK(engine->TakeSpareParams().empty());
 }
 
 TEST_CASE("a KV budget smaller than the work makes groups wait, not fail",

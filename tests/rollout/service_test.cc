@@ -3,6 +3,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <catch2/catch.hpp>
+#include <cmath>
 #include <random>
 #include <thread>
 
@@ -376,6 +377,30 @@ TEST_CASE("WeightAssembler names what is wrong", "[rollout][weights]") {
     auto p = a.Finish(&v);
     REQUIRE(p.ok());
     CHECK(*p == half);
+  }
+  {
+    // Into a reused buffer (the engine's spare) of garbage, of the wrong size, in f32 and bf16:
+    // the result is the stream's, every element overwritten.
+    for (const size_t reuse_size : {params.size(), params.size() / 2, params.size() * 2}) {
+      for (const char* dtype : {"f32", "bf16"}) {
+        INFO("reused buffer of " << reuse_size << " floats, " << dtype);
+        std::vector<float> want = params;
+        if (std::string(dtype) == "bf16") {
+          std::vector<uint16_t> bits(params.size());
+          FloatsToBf16(params.data(), static_cast<int64_t>(params.size()), bits.data());
+          Bf16ToFloats(bits.data(), static_cast<int64_t>(params.size()), want.data());
+        }
+        WeightAssembler a(m->num_params(), fp, 2);
+        a.Reuse(std::vector<float>(reuse_size, std::nanf("")));
+        for (const auto& ch : MakeChunks(3, m->layout(), want, 1000, dtype)) {
+          REQUIRE(a.Add(ch).ok());
+        }
+        uint64_t v = 0;
+        auto p = a.Finish(&v);
+        REQUIRE(p.ok());
+        CHECK(*p == want);
+      }
+    }
   }
   {
     WeightAssembler a(m->num_params(), fp, 2);
