@@ -146,7 +146,7 @@ void WeightGroupMember::ReceiveBody(WeightManifest manifest, int root) {
   const WeightTarget target{engine_->num_params(), engine_->layout_fingerprint(),
                             engine_->newest_version()};
   ReceiveStats stats;
-  auto params = ReceiveWeights(comm, root, manifest, target, &stats);
+  auto params = ReceiveWeights(comm, root, manifest, target, &stats, engine_->TakeSpareParams());
   absl::Status s = params.status();
   if (s.ok()) s = engine_->StageWeights(manifest.version, std::move(*params));
   if (!s.ok()) {

@@ -127,10 +127,12 @@ struct ReceiveStats {
 //   of another version, index (out of order) or size;  DATA_LOSS  a bucket's CRC32C;
 //   the communicator's errors (DEADLINE_EXCEEDED, ABORTED): the update is lost, the group too.
 // The manifest must have passed ManifestFromProto's checks.
+// `reuse`: a buffer to receive into (WeightAssembler::Reuse explains why; contents overwritten).
 absl::StatusOr<std::vector<float>> ReceiveWeights(comm::Communicator* comm, int root,
                                                   const WeightManifest& manifest,
                                                   const WeightTarget& target,
-                                                  ReceiveStats* stats = nullptr);
+                                                  ReceiveStats* stats = nullptr,
+                                                  std::vector<float> reuse = {});
 
 // The 32-byte header broadcast before each bucket's payload (little-endian, as laid out).
 struct BucketHeader {
