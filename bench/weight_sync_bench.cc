@@ -4,10 +4,12 @@
 // fp32 bitwise, bf16 against round-to-nearest-even).
 //
 // CPU (always): baseline memcpy of the fp32 parameters; then
-//   direct-f32              a fresh copy per worker: the point-to-point path to in-process
-//                           workers (time per receiver);
+//   direct-f32              a copy per worker into its engine's spare buffer: the point-to-point
+//                           path to in-process workers (time per receiver);
 //   local-f32 / local-bf16  PackedWeights + BroadcastWeights over a LocalGroup to R in-process
 //                           receivers (rollout/weight_sync.h), checksums verified, bf16 widened;
+// Every receiver gets the previous repeat's buffer back, as a worker's engine hands its spare
+// (Engine::TakeSpareParams): the medians are of updates after the first.
 //   grpc-f32                RolloutClient::PushWeights over loopback gRPC into a WeightAssembler
 //                           (the CPU-worker path; one receiver).
 // GPU (CUDA builds where a device exists): baseline device-to-device copy bandwidth; then
@@ -166,14 +168,14 @@ int main(int argc, char** argv) {
   std::printf("CPU paths (%d in-process receivers for direct and local-*, 1 for grpc):\n",
               receivers);
   {
-    // What the point-to-point path does for in-process workers: one fresh copy per worker
-    // (LocalRolloutWorker::PushWeights -> Engine::StageWeights), no checksum.
+    // What the point-to-point path does for in-process workers: a copy per worker into its
+    // engine's spare buffer (LocalRolloutWorker::PushWeights -> Engine::StageWeights), no checksum.
     std::vector<double> times;
     int64_t wrong = 0;
+    std::vector<std::vector<float>> copies(receivers);
     for (int r = 0; r < repeats; ++r) {
-      std::vector<std::vector<float>> copies(receivers);
       const auto t0 = Clock::now();
-      for (int k = 0; k < receivers; ++k) copies[k] = std::vector<float>(params);
+      for (int k = 0; k < receivers; ++k) copies[k].assign(params.begin(), params.end());
       times.push_back(Since(t0));
       for (auto& c : copies) wrong += CountWrong(c, params, false);
     }
@@ -186,6 +188,7 @@ int main(int argc, char** argv) {
     std::vector<double> times;
     int64_t wrong = 0;
     double payload = 0;
+    std::vector<std::vector<float>> spare(receivers);
     for (int r = 0; r < repeats; ++r, ++version) {
       auto group = grpo::comm::LocalGroup::Create(receivers + 1);
       std::vector<std::unique_ptr<grpo::comm::Communicator>> comms;
@@ -197,8 +200,8 @@ int main(int argc, char** argv) {
       std::vector<std::thread> threads;
       for (int k = 0; k < receivers; ++k) {
         threads.emplace_back([&, k] {
-          got[k] =
-              grpo::ReceiveWeights(comms[k + 1].get(), 0, packed.manifest(), {n, fp, version - 1});
+          got[k] = grpo::ReceiveWeights(comms[k + 1].get(), 0, packed.manifest(),
+                                        {n, fp, version - 1}, nullptr, std::move(spare[k]));
         });
       }
       const absl::Status s = grpo::BroadcastWeights(comms[0].get(), packed);
@@ -209,7 +212,10 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "broadcast: %s\n", s.ToString().c_str());
         return 1;
       }
-      for (auto& g : got) wrong += g.ok() ? CountWrong(*g, params, bf16) : n;
+      for (int k = 0; k < receivers; ++k) {
+        wrong += got[k].ok() ? CountWrong(*got[k], params, bf16) : n;
+        if (got[k].ok()) spare[k] = std::move(*got[k]);
+      }
     }
     // Bytes per receiver as fp32 parameters delivered (what the engine gets).
     Row(bf16 ? "local-bf16" : "local-f32", f32_bytes, Median(times), memcpy_bps, wrong,
