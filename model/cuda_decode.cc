@@ -186,9 +186,11 @@ absl::Status CudaModel::Extend(absl::Span<const int64_t> slots,
   return absl::OkStatus();
 }
 
-absl::Status CudaModel::Sample(float temperature, int64_t top_k, float top_p,
-                               absl::Span<const float> u, std::vector<int32_t>* tokens) {
-  Impl& s = *impl_;
+absl::Status CudaModel::Impl::SampleLastExtend(float temperature, int64_t top_k, float top_p,
+                                               absl::Span<const float> u,
+                                               std::vector<int32_t>* tokens,
+                                               std::vector<float>* logprobs) {
+  Impl& s = *this;
   const int64_t B = s.last_B;
   if (B == 0) return absl::FailedPreconditionError("sample: call Extend first");
   if (static_cast<int64_t>(u.size()) != B) {
@@ -199,30 +201,6 @@ absl::Status CudaModel::Sample(float temperature, int64_t top_k, float top_p,
     return absl::InvalidArgumentError(
         "sample: need temperature >= 0 (finite), top_k >= 0, top_p in (0, 1]");
   }
-  RETURN_IF_ERROR(s.sample_buf.Reserve(8 * B));
-  float* du = s.sample_buf.as<float>();
-  int32_t* dt = reinterpret_cast<int32_t*>(du + B);
-  RETURN_IF_ERROR(cuda::CopyToDevice(du, u.data(), sizeof(float) * B));
-  TIMED("SampleTokens", cuda::SampleTokens(dt, s.dec_logits, du, B, s.config.vocab_size,
-                                           temperature, top_k, top_p));
-  tokens->resize(B);
-  TIMED("CopyToHost", cuda::CopyToHost(tokens->data(), dt, sizeof(int32_t) * B));
-  return absl::OkStatus();
-}
-
-absl::Status CudaModel::SampleWithLogprobs(float temperature, absl::Span<const float> u,
-                                           std::vector<int32_t>* tokens,
-                                           std::vector<float>* logprobs) {
-  Impl& s = *impl_;
-  const int64_t B = s.last_B;
-  if (B == 0) return absl::FailedPreconditionError("sample: call Extend first");
-  if (static_cast<int64_t>(u.size()) != B) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "sample: need one uniform per slot of the last Extend (", B, "), got ", u.size()));
-  }
-  if (!std::isfinite(temperature) || temperature < 0) {
-    return absl::InvalidArgumentError("sample: need temperature >= 0 (finite)");
-  }
   // u (B) floats, then tokens (B) int32, then logprobs (B) floats.
   RETURN_IF_ERROR(s.sample_buf.Reserve(12 * B));
   float* du = s.sample_buf.as<float>();
@@ -232,13 +210,26 @@ absl::Status CudaModel::SampleWithLogprobs(float temperature, absl::Span<const f
   for (float& x : uh) x = std::min(std::max(x, 0.f), 0x1.fffffep-1f);  // [0, 1) as floats
   RETURN_IF_ERROR(cuda::CopyToDevice(du, uh.data(), sizeof(float) * B));
   const int64_t V = s.config.vocab_size;
-  TIMED("SampleTokens", cuda::SampleTokens(dt, s.dec_logits, du, B, V, temperature, 0, 1.f));
+  TIMED("SampleTokens",
+        cuda::SampleTokens(dt, s.dec_logits, du, B, V, temperature, top_k, top_p));
+  tokens->resize(B);
+  RETURN_IF_ERROR(cuda::CopyToHost(tokens->data(), dt, sizeof(int32_t) * B));
+  if (logprobs == nullptr) return absl::OkStatus();
   TIMED("LogprobForward", cuda::LogprobForward(dlp, nullptr, nullptr, s.dec_logits, dt, B, V,
                                                temperature > 0 ? temperature : 1.f));
-  tokens->resize(B);
   logprobs->resize(B);
-  RETURN_IF_ERROR(cuda::CopyToHost(tokens->data(), dt, sizeof(int32_t) * B));
   return cuda::CopyToHost(logprobs->data(), dlp, sizeof(float) * B);
+}
+
+absl::Status CudaModel::Sample(float temperature, int64_t top_k, float top_p,
+                               absl::Span<const float> u, std::vector<int32_t>* tokens) {
+  return impl_->SampleLastExtend(temperature, top_k, top_p, u, tokens, nullptr);
+}
+
+absl::Status CudaModel::SampleWithLogprobs(float temperature, absl::Span<const float> u,
+                                           std::vector<int32_t>* tokens,
+                                           std::vector<float>* logprobs) {
+  return impl_->SampleLastExtend(temperature, 0, 1.f, u, tokens, logprobs);
 }
 
 }  // namespace grpo

@@ -180,6 +180,12 @@ struct CudaModel::Impl {
   absl::Status LayerBackward(int64_t l, CudaLayerActs& a, int64_t T,
                              const std::vector<cuda::AttnSeq>& seqs);
   absl::Status FfnBackward(int64_t l, CudaLayerActs& a, int64_t T);
+  // Sample and SampleWithLogprobs: tokens (and, when `logprobs` is set, which only untruncated
+  // sampling may ask, each token's logprob at the temperature, or at 1 for greedy) for the
+  // last Extend's slots.
+  absl::Status SampleLastExtend(float temperature, int64_t top_k, float top_p,
+                                absl::Span<const float> u, std::vector<int32_t>* tokens,
+                                std::vector<float>* logprobs);
 };
 
 }  // namespace grpo
