@@ -2,9 +2,16 @@
 
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "common/status.h"
 
 namespace grpo {
+
+absl::StatusOr<Device> ResolveConfigDevice(const std::string& value, const std::string& what) {
+  absl::StatusOr<Device> d = ResolveDevice(value);
+  if (d.ok()) return d;
+  return absl::Status(d.status().code(), absl::StrCat(what, ": ", d.status().message()));
+}
 
 DeviceModel::DeviceModel(Model<float>* host, Device device, std::unique_ptr<CudaModel> gpu)
     : host_(host), device_(device), gpu_(std::move(gpu)) {}

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
@@ -21,6 +22,10 @@
 #include "model/model.h"
 
 namespace grpo {
+
+// ResolveDevice (model/cuda_model.h) for a config value: errors start with `what`, e.g.
+// "config 'device'".
+absl::StatusOr<Device> ResolveConfigDevice(const std::string& value, const std::string& what);
 
 class DeviceModel {
  public:

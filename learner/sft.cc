@@ -259,13 +259,9 @@ absl::StatusOr<SftResult> RunSft(const SftConfig& config,
 
   AdamW optimizer(model->num_params(), config.optimizer);
   optimizer.BindWeights(model->params());
-  absl::StatusOr<Device> device = ResolveDevice(config.device);
-  if (!device.ok()) {
-    return absl::Status(device.status().code(),
-                        absl::StrCat("sft 'device': ", device.status().message()));
-  }
-  ASSIGN_OR_RETURN(std::unique_ptr<DeviceModel> dev, DeviceModel::Create(model.get(), *device));
-  GRPO_LOG(INFO, "sft forward/backward on %s", DeviceName(*device));
+  ASSIGN_OR_RETURN(const Device device, ResolveConfigDevice(config.device, "sft 'device'"));
+  ASSIGN_OR_RETURN(std::unique_ptr<DeviceModel> dev, DeviceModel::Create(model.get(), device));
+  GRPO_LOG(INFO, "sft forward/backward on %s", DeviceName(device));
   SplitMix64 rng(config.seed, 0x5f7a);
   SftResult result;
   int64_t tokens = 0;

@@ -108,16 +108,12 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LearnerConfig config,
 
   {
     // In-process engines (local workers, held-out evaluation) decode here.
-    absl::StatusOr<Device> device = ResolveDevice(c.rollout.local_device);
-    if (!device.ok()) {
-      return absl::Status(device.status().code(), absl::StrCat("config 'rollout.local_device': ",
-                                                               device.status().message()));
-    }
-    if (*device == Device::kCuda && c.rollout.deterministic) {
+    ASSIGN_OR_RETURN(t->local_device_,
+                     ResolveConfigDevice(c.rollout.local_device, "config 'rollout.local_device'"));
+    if (t->local_device_ == Device::kCuda && c.rollout.deterministic) {
       GRPO_LOG(INFO, "rollout.local_device auto: the engines stay on the CPU (deterministic)");
-      *device = Device::kCpu;
+      t->local_device_ = Device::kCpu;
     }
-    t->local_device_ = *device;
   }
   if (!t->options_.workers.empty()) {
     t->workers_ = std::move(t->options_.workers);
@@ -191,12 +187,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LearnerConfig config,
   ASSIGN_OR_RETURN(t->dp_, LocalDataParallel::Create(t->policy_.get(), t->optimizer_.get(),
                                                      c.data_parallel));
   {
-    absl::StatusOr<Device> resolved = ResolveDevice(c.device);
-    if (!resolved.ok()) {
-      return absl::Status(resolved.status().code(),
-                          absl::StrCat("config 'device': ", resolved.status().message()));
-    }
-    Device device = *resolved;
+    ASSIGN_OR_RETURN(Device device, ResolveConfigDevice(c.device, "config 'device'"));
     if (device == Device::kCuda && (c.rollout.deterministic || c.data_parallel.ranks > 1)) {
       GRPO_LOG(INFO, "device auto: the learner stays on the CPU (%s)",
                c.rollout.deterministic ? "rollout.deterministic" : "data_parallel.ranks > 1");
