@@ -13,8 +13,8 @@ absl::StatusOr<Device> ResolveConfigDevice(const std::string& value, const std::
   return absl::Status(d.status().code(), absl::StrCat(what, ": ", d.status().message()));
 }
 
-DeviceModel::DeviceModel(Model<float>* host, Device device, std::unique_ptr<CudaModel> gpu)
-    : host_(host), device_(device), gpu_(std::move(gpu)) {}
+DeviceModel::DeviceModel(Model<float>* host, std::unique_ptr<CudaModel> gpu)
+    : host_(host), gpu_(std::move(gpu)) {}
 
 DeviceModel::~DeviceModel() = default;
 
@@ -24,7 +24,7 @@ absl::StatusOr<std::unique_ptr<DeviceModel>> DeviceModel::Create(Model<float>* h
   if (device == Device::kCuda) {
     ASSIGN_OR_RETURN(gpu, CudaModel::Create(host->config()));
   }
-  return std::unique_ptr<DeviceModel>(new DeviceModel(host, device, std::move(gpu)));
+  return std::unique_ptr<DeviceModel>(new DeviceModel(host, std::move(gpu)));
 }
 
 absl::Status DeviceModel::Forward(const TokenBatch& batch, const ForwardOptions& options,

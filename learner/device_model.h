@@ -34,7 +34,7 @@ class DeviceModel {
   static absl::StatusOr<std::unique_ptr<DeviceModel>> Create(Model<float>* host, Device device);
   ~DeviceModel();
 
-  Device device() const { return device_; }
+  Device device() const { return gpu_ != nullptr ? Device::kCuda : Device::kCpu; }
   Model<float>& host() { return *host_; }
   const Model<float>& host() const { return *host_; }
 
@@ -51,11 +51,10 @@ class DeviceModel {
   absl::Status FetchGrads();
 
  private:
-  DeviceModel(Model<float>* host, Device device, std::unique_ptr<CudaModel> gpu);
+  DeviceModel(Model<float>* host, std::unique_ptr<CudaModel> gpu);
 
   Model<float>* host_;
-  Device device_;
-  std::unique_ptr<CudaModel> gpu_;
+  std::unique_ptr<CudaModel> gpu_;  // null on the CPU
   bool stale_ = true;
 };
 

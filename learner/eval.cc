@@ -238,8 +238,7 @@ absl::StatusOr<EvalResult> Evaluate(const Model<float>& model, const Tokenizer& 
   EngineOptions eo;
   // Enough KV rows for a full decode batch at the model's context, capped at the engine's default
   // pool: a tiny model then allocates kilobytes, not the default's 256 MiB.
-  const int64_t row_bytes =
-      2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * static_cast<int64_t>(sizeof(float));
+  const int64_t row_bytes = KvBytesPerToken(c, sizeof(float));
   const int64_t want = row_bytes * eo.max_batch * c.max_position_embeddings;
   if (want > 0 && want / eo.max_batch / c.max_position_embeddings == row_bytes) {  // no overflow
     eo.kv_budget_bytes = std::min(eo.kv_budget_bytes, want);

@@ -127,9 +127,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LearnerConfig config,
     // KV pool per in-process engine: room for its share of a step's sequences at full length
     // (so nothing queues), at least one whole group, at most the engine's default 256 MiB
     // unless one group needs more (beyond that, groups wait their turn).
-    const ModelConfig& mc = t->policy_->config();
-    const int64_t row_bytes = 2 * mc.num_hidden_layers * mc.num_key_value_heads * mc.head_dim *
-                              static_cast<int64_t>(sizeof(float));
+    const int64_t row_bytes = KvBytesPerToken(t->policy_->config(), sizeof(float));
     const int64_t seq_bytes = (c.rollout.max_prompt_tokens + c.rollout.max_new_tokens) * row_bytes;
     const int64_t group_bytes = c.rollout.group_size * seq_bytes;
     const int64_t share = (c.rollout.prompts_per_step + c.rollout.local_workers - 1) /

@@ -59,6 +59,12 @@ struct ForwardResult {
   Real aux_loss = 0;             // unscaled Switch loss (HF load_balancing_loss_func)
 };
 
+// Bytes one token's keys and values take over all layers at `element_bytes` per element (4 for
+// the CPU's KvCache<float>, 2 for the GPU's bf16 cache).
+inline int64_t KvBytesPerToken(const ModelConfig& c, int64_t element_bytes) {
+  return 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * element_bytes;
+}
+
 // Keys and values of many sequences for incremental decode. Per layer one arena of rows, each
 // (nkv, hd); slot s owns rows [offset(s), offset(s) + capacity(s)) of it and holds length(s) of
 // them. The plain constructor gives slot s the rows [s * max_len, (s + 1) * max_len); Pooled()

@@ -20,9 +20,7 @@ class CpuDecodeModel final : public DecodeModel {
 
   const char* device() const override { return "cpu"; }
   int64_t kv_bytes_per_token() const override {
-    const ModelConfig& c = model_->config();
-    return 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim *
-           static_cast<int64_t>(sizeof(float));
+    return KvBytesPerToken(model_->config(), sizeof(float));
   }
   bool batch_invariant() const override { return true; }
 
@@ -69,8 +67,7 @@ class CudaDecodeModel final : public DecodeModel {
 
   const char* device() const override { return "cuda"; }
   int64_t kv_bytes_per_token() const override {
-    const ModelConfig& c = model_->config();
-    return 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 2;  // bf16
+    return KvBytesPerToken(model_->config(), 2);  // bf16
   }
   bool batch_invariant() const override { return false; }
 

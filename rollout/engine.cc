@@ -3,7 +3,6 @@
 #include "rollout/engine.h"
 
 #include <algorithm>
-#include <cstring>
 #include <map>
 
 #include "absl/strings/str_cat.h"
