@@ -72,7 +72,7 @@ absl::Status Logprobs(const Flags& f) {
   ASSIGN_OR_RETURN(auto model, LoadModel(f.Get("model")));
   std::unique_ptr<CudaModel> gpu;  // --device cuda: the same weights on the GPU (bf16 GEMMs)
   if (device == Device::kCuda) {
-    ASSIGN_OR_RETURN(gpu, CudaModel::Create(model->config()));
+    ASSIGN_OR_RETURN(gpu, CudaModel::Create(model->config(), {.master_weights = false}));
     RETURN_IF_ERROR(gpu->SetParams(absl::MakeConstSpan(model->params(), model->num_params())));
   }
   GRPO_LOG(INFO, "logprobs on %s", DeviceName(device));

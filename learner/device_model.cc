@@ -22,7 +22,8 @@ absl::StatusOr<std::unique_ptr<DeviceModel>> DeviceModel::Create(Model<float>* h
                                                                  Device device) {
   std::unique_ptr<CudaModel> gpu;
   if (device == Device::kCuda) {
-    ASSIGN_OR_RETURN(gpu, CudaModel::Create(host->config()));
+    // AdamW and the fp32 weights stay on the host: the device needs the bf16 copy only.
+    ASSIGN_OR_RETURN(gpu, CudaModel::Create(host->config(), {.master_weights = false}));
   }
   return std::unique_ptr<DeviceModel>(new DeviceModel(host, std::move(gpu)));
 }

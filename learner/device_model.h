@@ -2,8 +2,9 @@
 //
 // The learner's weights always live in a host Model<float> (the optimizer's parameters, what
 // checkpoints save, what weight updates publish, what in-process rollout workers copy). On the
-// CPU, DeviceModel just forwards to it. On CUDA it holds a CudaModel computing with a copy of
-// those weights (bf16 GEMM inputs, fp32 accumulation and master; model/cuda_model.h):
+// CPU, DeviceModel just forwards to it. On CUDA it holds a CudaModel computing with a bf16 copy
+// of those weights (fp32 accumulation; no fp32 master on the device, since AdamW runs on the
+// host: 2 bytes per parameter plus 4 for the gradients; model/cuda_model.h):
 //   - Forward uploads the host weights first when they changed since the last upload (the
 //     caller says so with ParamsChanged(): after an optimizer step, a resume, a reference
 //     refresh);

@@ -164,7 +164,7 @@ absl::Status CudaModel::Extend(absl::Span<const int64_t> slots,
                     absl::StrCat("cuda extend, layer ", l)));
   }
   for (int64_t b = 0; b < B; ++b) s.cache_len[slots[b]] += offsets[b + 1] - offsets[b];
-  TIMED("RmsNormForward", cuda::RmsNormForward(nullptr, s.lnf, s.rstdf, s.x, s.P() + s.layout.norm,
+  TIMED("RmsNormForward", cuda::RmsNormForward(nullptr, s.lnf, s.rstdf, s.x, s.F32(s.layout.norm),
                                                T, H, c.rms_norm_eps));
   // Last new token of each slot: rows `last` of lnf, gathered into dx16 (B, H).
   TIMED("GatherRows", cuda::GatherRows(s.dx16, s.lnf, s.targets, B, H));

@@ -277,15 +277,15 @@ absl::Status CudaModel::Impl::LayerForward(int64_t l, CudaLayerActs& a, int64_t 
   if (a.x_in != nullptr)
     TIMED("CopyOnDevice", cuda::CopyOnDevice(a.x_in, x, sizeof(float) * T * d.H));
   TIMED("RmsNormForward",
-        cuda::RmsNormForward(nullptr, a.ln1, a.rstd1, x, P() + o.ln1, T, d.H, eps));
+        cuda::RmsNormForward(nullptr, a.ln1, a.rstd1, x, F32(o.ln1), T, d.H, eps));
   TIMED("GemmBf16", GemmBf16(false, true, T, d.qkvd, d.H, 1.f, a.ln1, d.H, P16() + o.q, d.H, 0.f,
                              a.qkv, d.qkvd));
   bf16_bits* kb = decode ? cache_k[l].as<bf16_bits>() : a.k;
   bf16_bits* vb = decode ? cache_v[l].as<bf16_bits>() : a.v;
   const bool qkn = config.qk_norm;
   TIMED("QkvForward",
-        cuda::QkvForward(a.q, kb, vb, a.rstd_q, a.rstd_k, a.qkv, o.qb >= 0 ? P() + o.qb : nullptr,
-                         qkn ? P() + o.q_norm : nullptr, qkn ? P() + o.k_norm : nullptr, pos,
+        cuda::QkvForward(a.q, kb, vb, a.rstd_q, a.rstd_k, a.qkv, o.qb >= 0 ? F32(o.qb) : nullptr,
+                         qkn ? F32(o.q_norm) : nullptr, qkn ? F32(o.k_norm) : nullptr, pos,
                          decode ? kv_row : nullptr, rope_cos.as<float>(), rope_sin.as<float>(),
                          {T, d.nh, d.nkv, d.hd}, eps));
   const float scale = 1.f / std::sqrt(static_cast<float>(d.hd));
@@ -293,12 +293,12 @@ absl::Status CudaModel::Impl::LayerForward(int64_t l, CudaLayerActs& a, int64_t 
         cuda::AttentionForward(a.attn, a.lse, a.q, kb, vb, seqs, d.nh, d.nkv, d.hd, scale));
   RETURN_IF_ERROR(
       GemmBf16(false, true, T, d.H, d.qd, 1.f, a.attn, d.qd, P16() + o.o, d.qd, 1.f, x, d.H));
-  if (o.ob >= 0) TIMED("AddRowBias", cuda::AddRowBias(x, P() + o.ob, T, d.H));
+  if (o.ob >= 0) TIMED("AddRowBias", cuda::AddRowBias(x, F32(o.ob), T, d.H));
   if (a.x_mid != nullptr) {
     TIMED("CopyOnDevice", cuda::CopyOnDevice(a.x_mid, x, sizeof(float) * T * d.H));
   }
   TIMED("RmsNormForward",
-        cuda::RmsNormForward(nullptr, a.ln2, a.rstd2, x, P() + o.ln2, T, d.H, eps));
+        cuda::RmsNormForward(nullptr, a.ln2, a.rstd2, x, F32(o.ln2), T, d.H, eps));
   RETURN_IF_ERROR(FfnForward(l, a, T, forced_l, count_acc != nullptr));
   if (o.moe) {
     if (routing_out != nullptr) {
@@ -385,8 +385,7 @@ absl::Status CudaModel::Impl::LayerBackward(int64_t l, CudaLayerActs& a, int64_t
   const LayerOffsets& o = layout.layers[l];
   float* Gr = G();
   RETURN_IF_ERROR(FfnBackward(l, a, T));
-  RETURN_IF_ERROR(
-      cuda::RmsNormBackward(dx, Gr + o.ln2, dln, a.x_mid, P() + o.ln2, a.rstd2, T, d.H));
+  RETURN_IF_ERROR(cuda::RmsNormBackward(dx, Gr + o.ln2, dln, a.x_mid, F32(o.ln2), a.rstd2, T, d.H));
   TIMED("CastToBf16", cuda::CastToBf16(dx16, dx, T * d.H));
   TIMED("GemmBf16", GemmBf16(false, false, T, d.qd, d.H, 1.f, dx16, d.H, P16() + o.o, d.qd, 0.f,
                              dattn_f, d.qd));
@@ -401,8 +400,8 @@ absl::Status CudaModel::Impl::LayerBackward(int64_t l, CudaLayerActs& a, int64_t
   TIMED(
       "QkvBackward",
       cuda::QkvBackward(dqkv, qkn ? Gr + o.q_norm : nullptr, qkn ? Gr + o.k_norm : nullptr, dq, dk,
-                        dv, a.qkv, o.qb >= 0 ? P() + o.qb : nullptr, qkn ? P() + o.q_norm : nullptr,
-                        qkn ? P() + o.k_norm : nullptr, a.rstd_q, a.rstd_k, pos,
+                        dv, a.qkv, o.qb >= 0 ? F32(o.qb) : nullptr, qkn ? F32(o.q_norm) : nullptr,
+                        qkn ? F32(o.k_norm) : nullptr, a.rstd_q, a.rstd_k, pos,
                         rope_cos.as<float>(), rope_sin.as<float>(), {T, d.nh, d.nkv, d.hd}));
   if (o.qb >= 0) TIMED("ColumnSumAdd", cuda::ColumnSumAdd(Gr + o.qb, dqkv, T, d.qkvd));
   TIMED("CastToBf16", cuda::CastToBf16(dqkv16, dqkv, T * d.qkvd));
@@ -411,14 +410,15 @@ absl::Status CudaModel::Impl::LayerBackward(int64_t l, CudaLayerActs& a, int64_t
   TIMED("GemmBf16",
         GemmBf16(true, false, d.qkvd, d.H, T, 1.f, dqkv16, d.qkvd, a.ln1, d.H, 1.f, Gr + o.q, d.H));
   TIMED("RmsNormBackward",
-        cuda::RmsNormBackward(dx, Gr + o.ln1, dln, a.x_in, P() + o.ln1, a.rstd1, T, d.H));
+        cuda::RmsNormBackward(dx, Gr + o.ln1, dln, a.x_in, F32(o.ln1), a.rstd1, T, d.H));
   return absl::OkStatus();
 }
 
 CudaModel::CudaModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 CudaModel::~CudaModel() = default;
 
-absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(const ModelConfig& config) {
+absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(const ModelConfig& config,
+                                                             CudaModelOptions options) {
   RETURN_IF_ERROR(config.Validate());
   if (config.HasSharedExpert()) {
     return absl::UnimplementedError(
@@ -432,7 +432,20 @@ absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(const ModelConfig& 
   impl->config = config;
   impl->layout = ParamLayout::Build(config);
   const int64_t n = impl->layout.total;
-  ASSIGN_OR_RETURN(impl->params, DeviceBuffer::Allocate(sizeof(float) * n));
+  impl->master = options.master_weights;
+  int64_t f32_values = n;
+  if (!impl->master) {
+    f32_values = 0;
+    for (const ParamTensor& t : impl->layout.tensors) {
+      if (!t.is_norm && !t.is_bias) continue;
+      impl->f32_index.push_back({t.offset, f32_values, t.numel});
+      f32_values += t.numel;
+    }
+    std::sort(impl->f32_index.begin(), impl->f32_index.end(),
+              [](const auto& a, const auto& b) { return a.flat < b.flat; });
+  }
+  ASSIGN_OR_RETURN(impl->params,
+                   DeviceBuffer::Allocate(sizeof(float) * std::max<int64_t>(f32_values, 1)));
   ASSIGN_OR_RETURN(impl->params16, DeviceBuffer::Allocate(sizeof(bf16_bits) * n));
   RETURN_IF_ERROR(cuda::Memset(impl->params.data(), 0, impl->params.size()));
   RETURN_IF_ERROR(cuda::Memset(impl->params16.data(), 0, impl->params16.size()));
@@ -449,6 +462,22 @@ const ModelConfig& CudaModel::config() const { return impl_->config; }
 const ParamLayout& CudaModel::layout() const { return impl_->layout; }
 int64_t CudaModel::num_params() const { return impl_->layout.total; }
 int64_t CudaModel::WeightBytesBf16() const { return 2 * impl_->layout.total; }
+int64_t CudaModel::WeightDeviceBytes() const {
+  return static_cast<int64_t>(impl_->params.size() + impl_->params16.size());
+}
+
+namespace {
+// SetParams without master weights casts through a staging buffer of at most this many floats
+// (64 MiB), so a model too big for fp32 on the device still loads.
+constexpr int64_t kStagingFloats = int64_t{16} << 20;
+
+absl::Status NoMaster(const char* what) {
+  return absl::FailedPreconditionError(
+      absl::StrCat("cuda model: ", what,
+                   " needs the fp32 master weights, and this model was created without "
+                   "them (CudaModelOptions::master_weights)"));
+}
+}  // namespace
 
 absl::Status CudaModel::SetParams(absl::Span<const float> host) {
   Impl& s = *impl_;
@@ -456,9 +485,27 @@ absl::Status CudaModel::SetParams(absl::Span<const float> host) {
     return absl::InvalidArgumentError(absl::StrCat("cuda model: SetParams got ", host.size(),
                                                    " values, the model has ", s.layout.total));
   }
-  RETURN_IF_ERROR(s.params.CopyFromHost(host.data(), sizeof(float) * host.size()));
-  TIMED("CastToBf16",
-        cuda::CastToBf16(s.params16.as<bf16_bits>(), s.params.as<float>(), s.layout.total));
+  if (s.master) {
+    RETURN_IF_ERROR(s.params.CopyFromHost(host.data(), sizeof(float) * host.size()));
+    TIMED("CastToBf16",
+          cuda::CastToBf16(s.params16.as<bf16_bits>(), s.params.as<float>(), s.layout.total));
+    return absl::OkStatus();
+  }
+  // The norms and biases in fp32, then every weight cast to bf16 chunk by chunk by the same
+  // kernel as above (so the bf16 values are bitwise the master path's). Each synchronous copy
+  // into the staging buffer waits for the cast that read it before (one default stream).
+  std::vector<float> small(s.params.size() / sizeof(float));
+  for (const auto& b : s.f32_index) {
+    std::copy_n(host.data() + b.flat, b.numel, small.data() + b.packed);
+  }
+  RETURN_IF_ERROR(s.params.CopyFromHost(small.data(), sizeof(float) * small.size()));
+  const int64_t chunk = std::min(s.layout.total, kStagingFloats);
+  RETURN_IF_ERROR(s.staging.Reserve(sizeof(float) * chunk));
+  for (int64_t i = 0; i < s.layout.total; i += chunk) {
+    const int64_t n = std::min(chunk, s.layout.total - i);
+    RETURN_IF_ERROR(s.staging.CopyFromHost(host.data() + i, sizeof(float) * n));
+    TIMED("CastToBf16", cuda::CastToBf16(s.params16.as<bf16_bits>() + i, s.staging.as<float>(), n));
+  }
   return absl::OkStatus();
 }
 
@@ -466,6 +513,7 @@ absl::Status CudaModel::GetParams(absl::Span<float> host) const {
   if (static_cast<int64_t>(host.size()) != impl_->layout.total) {
     return absl::InvalidArgumentError("cuda model: GetParams needs num_params() values");
   }
+  if (!impl_->master) return NoMaster("GetParams");
   return impl_->params.CopyToHost(host.data(), sizeof(float) * host.size());
 }
 
@@ -591,7 +639,7 @@ absl::Status CudaModel::Forward(const TokenBatch& batch, const ForwardOptions& o
     RETURN_IF_ERROR(cuda::CopyToDevice(s.aux_dprobs, dprobs.data(), sizeof(float) * d.E));
   }
   // Final norm and the vocabulary head, a chunk of rows at a time.
-  TIMED("RmsNormForward", cuda::RmsNormForward(nullptr, s.lnf, s.rstdf, s.x, s.P() + s.layout.norm,
+  TIMED("RmsNormForward", cuda::RmsNormForward(nullptr, s.lnf, s.rstdf, s.x, s.F32(s.layout.norm),
                                                T, d.H, c.rms_norm_eps));
   for (int64_t r0 = 0; r0 < T; r0 += s.chunk) {
     const int64_t rows = std::min(s.chunk, T - r0);
@@ -648,7 +696,7 @@ absl::Status CudaModel::Backward(absl::Span<const float> dlogprobs,
   RETURN_IF_ERROR(cuda::Memset(s.dx, 0, sizeof(float) * T * d.H));
   // s.x still holds the last layer's output (nothing wrote it after the forward's last layer).
   TIMED("RmsNormBackward", cuda::RmsNormBackward(s.dx, Gr + s.layout.norm, s.dln, s.x,
-                                                 s.P() + s.layout.norm, s.rstdf, T, d.H));
+                                                 s.F32(s.layout.norm), s.rstdf, T, d.H));
   const int64_t B = static_cast<int64_t>(s.offsets.size()) - 1;
   std::vector<cuda::AttnSeq> seqs(B);
   for (int64_t b = 0; b < B; ++b) {
@@ -665,6 +713,7 @@ absl::Status CudaModel::Backward(absl::Span<const float> dlogprobs,
 
 absl::Status CudaModel::AdamWStep(const CudaAdamW& opt, int64_t step) {
   Impl& s = *impl_;
+  if (!s.master) return NoMaster("AdamWStep");
   RETURN_IF_ERROR(s.EnsureGrads());
   const int64_t n = s.layout.total;
   if (s.adam_m.size() == 0) {
@@ -699,7 +748,8 @@ absl::Status NoCuda() {
 }  // namespace
 CudaModel::CudaModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 CudaModel::~CudaModel() = default;
-absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(const ModelConfig&) {
+absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(const ModelConfig&,
+                                                             CudaModelOptions) {
   return NoCuda();
 }
 // Unreachable: Create() never returns a model in this build.
@@ -707,6 +757,7 @@ const ModelConfig& CudaModel::config() const { std::abort(); }
 const ParamLayout& CudaModel::layout() const { std::abort(); }
 int64_t CudaModel::num_params() const { return 0; }
 int64_t CudaModel::WeightBytesBf16() const { return 0; }
+int64_t CudaModel::WeightDeviceBytes() const { return 0; }
 absl::Status CudaModel::SetParams(absl::Span<const float>) { return NoCuda(); }
 absl::Status CudaModel::GetParams(absl::Span<float>) const { return NoCuda(); }
 absl::Status CudaModel::GetGrads(absl::Span<float>) const { return NoCuda(); }

@@ -42,18 +42,32 @@ struct CudaAdamW {
   float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.0f;
 };
 
+struct CudaModelOptions {
+  // Keep an fp32 master copy of every weight on the device (4 bytes per parameter on top of the
+  // bf16 copy's 2): only AdamWStep and GetParams need it. Without it the device holds the bf16
+  // weights and, in fp32, just the norm weights and biases (which the kernels read in fp32), so
+  // a model for decode, logprobs, or a learner whose optimizer runs on the host takes 2 bytes
+  // per parameter. Forward, decode, Backward and the gradients are bitwise the same either way:
+  // both feed the same kernels the same bf16 and fp32 values.
+  bool master_weights = true;
+};
+
 class CudaModel {
  public:
   // Validates the config; parameters are zero until SetParams.
-  static absl::StatusOr<std::unique_ptr<CudaModel>> Create(const ModelConfig& config);
+  static absl::StatusOr<std::unique_ptr<CudaModel>> Create(const ModelConfig& config,
+                                                           CudaModelOptions options = {});
   ~CudaModel();
 
   const ModelConfig& config() const;
   const ParamLayout& layout() const;
   int64_t num_params() const;
 
-  // host (layout().total fp32 values, the CPU model's flat layout) -> device master + bf16 copy.
+  // host (layout().total fp32 values, the CPU model's flat layout) -> device master + bf16 copy
+  // (without master weights: the bf16 copy, cast on the device in bounded chunks, and the fp32
+  // norms and biases).
   absl::Status SetParams(absl::Span<const float> host);
+  // The fp32 master weights; FAILED_PRECONDITION for a model created without them.
   absl::Status GetParams(absl::Span<float> host) const;
   // Gradients (same layout); Backward() accumulates into them.
   absl::Status GetGrads(absl::Span<float> host) const;
@@ -65,6 +79,7 @@ class CudaModel {
   absl::Status Backward(absl::Span<const float> dlogprobs, absl::Span<const float> dentropy);
   // One fused AdamW step over all parameters with the current gradients (step counts from 1),
   // refreshing the bf16 weights. Moments are allocated (zeroed) on first use.
+  // FAILED_PRECONDITION for a model created without master weights.
   absl::Status AdamWStep(const CudaAdamW& opt, int64_t step);
 
   // KV cache on the device: num_slots sequences of up to max_len tokens (bf16 K/V per layer).
@@ -99,6 +114,9 @@ class CudaModel {
   // Bytes of weights (bf16) the model reads per decode step if every expert is used; for the
   // bandwidth roofline in benchmarks.
   int64_t WeightBytesBf16() const;
+  // Device bytes the weights take: the bf16 copy, plus the fp32 masters, or without them the
+  // fp32 norms and biases (not gradients, optimizer moments, activations or KV cache).
+  int64_t WeightDeviceBytes() const;
 
  private:
   struct Impl;

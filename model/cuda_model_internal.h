@@ -102,8 +102,16 @@ inline int64_t ExpertRowsCapacity(int64_t NK, int64_t E, int64_t K) {
 struct CudaModel::Impl {
   ModelConfig config;
   ParamLayout layout;
-  DeviceBuffer params;    // fp32 master (total)
+  // fp32: the master weights (total), or without them (CudaModelOptions::master_weights) only
+  // the norm weights and biases, packed in layout order as f32_index says.
+  DeviceBuffer params;
   DeviceBuffer params16;  // bf16 copy (total)
+  bool master = true;
+  struct F32Block {
+    int64_t flat, packed, numel;  // a norm or bias tensor: its flat offset, where it is in params
+  };
+  std::vector<F32Block> f32_index;  // by flat offset; empty with master weights
+  DeviceBuffer staging;             // SetParams without master weights: fp32 chunks to cast
   DeviceBuffer grads;     // fp32 (total), allocated on first use
   DeviceBuffer adam_m, adam_v;
   DeviceBuffer rope_cos, rope_sin;  // (rope_len, hd/2)
@@ -156,7 +164,18 @@ struct CudaModel::Impl {
   int64_t last_B = 0;           // slots of the last Extend
   DeviceBuffer sample_buf;      // u (B) floats then tokens (B) int32
 
-  const float* P() const { return params.as<float>(); }
+  // The fp32 values of the parameter at flat offset `off` (norm weights and biases: the only
+  // parameters the kernels read in fp32). Several tensors adjacent in the flat layout (the q/k/v
+  // biases) are adjacent here too, since the packed buffer keeps layout order.
+  const float* F32(int64_t off) const {
+    if (master) return params.as<float>() + off;
+    auto it = std::upper_bound(f32_index.begin(), f32_index.end(), off,
+                               [](int64_t o, const F32Block& b) { return o < b.flat; });
+    GRPO_CHECK_MSG(it != f32_index.begin() && off < (it - 1)->flat + (it - 1)->numel,
+                   "cuda model: an fp32 read of a parameter that is not a norm weight or bias");
+    --it;
+    return params.as<float>() + it->packed + (off - it->flat);
+  }
   const bf16_bits* P16() const { return params16.as<bf16_bits>(); }
   float* G() const { return grads.as<float>(); }
   absl::Status EnsureGrads();

@@ -111,7 +111,9 @@ std::unique_ptr<DecodeModel> MakeCpuDecodeModel(std::unique_ptr<Model<float>> mo
 
 absl::StatusOr<std::unique_ptr<DecodeModel>> MakeCudaDecodeModel(
     std::unique_ptr<Model<float>> model) {
-  ASSIGN_OR_RETURN(std::unique_ptr<CudaModel> gpu, CudaModel::Create(model->config()));
+  // Decode reads the bf16 weights only: no fp32 masters on the device (2 bytes per parameter).
+  ASSIGN_OR_RETURN(std::unique_ptr<CudaModel> gpu,
+                   CudaModel::Create(model->config(), {.master_weights = false}));
   RETURN_IF_ERROR(
       WithContext(gpu->SetParams(absl::MakeConstSpan(model->params(), model->num_params())),
                   "rollout engine: copying the weights to the GPU"));

@@ -212,6 +212,90 @@ TEST_CASE("cuda model rejects bad input with clear errors", "[cuda][gpu][model]"
   CHECK(*ResolveDevice("auto") == Device::kCuda);
 }
 
+// Without master weights the device holds the bf16 copy and the fp32 norms and biases only; the
+// kernels get the same values, so everything is bitwise the master model's. Weights are not
+// bf16-rounded here (RandomParams), so the device cast is exercised, and norms and biases are
+// random, so a misplaced fp32 block shows. The wide-vocabulary model (18M parameters) crosses
+// SetParams' 16M-float staging chunk.
+void CheckNoMaster(const char* name, const nlohmann::json& j) {
+  INFO(name);
+  const ModelConfig c = MustParse(j);
+  const ParamLayout layout = ParamLayout::Build(c);
+  const std::vector<float> params = RandomParams(layout, 21);
+  auto with = CudaModel::Create(c);
+  auto without = CudaModel::Create(c, {.master_weights = false});
+  REQUIRE(with.ok());
+  REQUIRE(without.ok());
+  CudaModel& a = **with;
+  CudaModel& b = **without;
+  REQUIRE(a.SetParams(params).ok());
+  REQUIRE(b.SetParams(params).ok());
+  int64_t f32 = 0;
+  for (const ParamTensor& t : layout.tensors) f32 += (t.is_norm || t.is_bias) ? t.numel : 0;
+  CHECK(a.WeightDeviceBytes() == 6 * layout.total);
+  CHECK(b.WeightDeviceBytes() == 2 * layout.total + 4 * f32);
+  std::printf("%s: weights on the device %.1f MB with masters, %.1f MB without\n", name,
+              a.WeightDeviceBytes() / 1e6, b.WeightDeviceBytes() / 1e6);
+
+  TokenBatch batch = MakeBatch(c.vocab_size, {17, 5, 30}, 22);
+  ForwardOptions opt;
+  opt.temperature = 0.8f;
+  opt.for_backward = true;
+  opt.record_routing = true;
+  opt.aux_loss_coef = c.num_experts > 0 ? 0.01 : 0.0;
+  ForwardResult<float> ra, rb;
+  REQUIRE(a.Forward(batch, opt, &ra).ok());
+  REQUIRE(b.Forward(batch, opt, &rb).ok());
+  CHECK(ra.logprobs == rb.logprobs);
+  CHECK(ra.entropy == rb.entropy);
+  CHECK(ra.routing == rb.routing);
+  CHECK(ra.aux_loss == rb.aux_loss);
+  const std::vector<float> dlp = Randn(batch.num_tokens(), 23);
+  const std::vector<float> dent = Randn(batch.num_tokens(), 24);
+  REQUIRE(a.ZeroGrads().ok());
+  REQUIRE(b.ZeroGrads().ok());
+  REQUIRE(a.Backward(dlp, dent).ok());
+  REQUIRE(b.Backward(dlp, dent).ok());
+  std::vector<float> ga(layout.total), gb(layout.total);
+  REQUIRE(a.GetGrads(absl::MakeSpan(ga)).ok());
+  REQUIRE(b.GetGrads(absl::MakeSpan(gb)).ok());
+  CHECK(ga == gb);
+
+  REQUIRE(a.InitCache(2, 32).ok());
+  REQUIRE(b.InitCache(2, 32).ok());
+  std::vector<int32_t> p0 = {3, 1, 4, 1, 5}, p1 = {2, 7};
+  const std::vector<int64_t> slots = {1, 0};
+  std::vector<absl::Span<const int32_t>> toks = {p0, p1};
+  std::vector<float> la(2 * c.vocab_size), lb(2 * c.vocab_size);
+  for (int step = 0; step < 4; ++step) {
+    REQUIRE(a.Extend(slots, toks, la.data()).ok());
+    REQUIRE(b.Extend(slots, toks, lb.data()).ok());
+    CHECK(la == lb);
+    std::vector<int32_t> next;
+    REQUIRE(a.Sample(0.f, 0, 1.f, {0.5f, 0.5f}, &next).ok());
+    p0 = {next[0]};
+    p1 = {next[1]};
+    toks = {p0, p1};
+  }
+
+  std::vector<float> back(layout.total);
+  CHECK(a.GetParams(absl::MakeSpan(back)).ok());
+  const absl::Status get = b.GetParams(absl::MakeSpan(back));
+  CHECK(get.code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(std::string(get.message()).find("master") != std::string::npos);
+  CHECK(b.AdamWStep({}, 1).code() == absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_CASE("cuda model without master weights computes bitwise the same in a third of the memory",
+          "[cuda][gpu][model]") {
+  CheckNoMaster("tiny llama (biases, nkv 1)", TinyLlamaJson());
+  CheckNoMaster("tiny qwen2 (qkv bias, tied)", TinyQwen2Json());
+  CheckNoMaster("mid qwen3_moe (q/k norms)", MidQwen3MoeJson());
+  nlohmann::json wide = MidQwen3MoeJson();
+  wide["vocab_size"] = 70000;
+  CheckNoMaster("mid qwen3_moe, 70000-token vocabulary", wide);
+}
+
 TEST_CASE("cuda AdamW step moves the weights the GPU model uses", "[cuda][gpu][model]") {
   Pair p = MakePair(TinyQwen3MoeJson(), 2, 1.f);
   TokenBatch batch = MakeBatch(p.gpu->config().vocab_size, {10, 12}, 3);
