@@ -316,11 +316,11 @@ absl::Status CheckDims(int64_t nh, int64_t nkv, int64_t hd) {
 }
 
 // Uploads the sequence table (skipped when it equals the last one uploaded: every layer of a
-// forward passes the same table); returns the grid for (seqs, heads, query groups). Like all
-// kernels/cuda scratch, this assumes one host thread drives the device.
+// forward passes the same table); returns the grid for (seqs, heads, query groups). Per host
+// thread, like the scratch it fills (common.cuh GetScratch).
 absl::Status Upload(absl::Span<const AttnSeq> seqs, int warps, AttnSeq** dev, unsigned* gz) {
-  static std::vector<AttnSeq> last;
-  static void* last_ptr = nullptr;
+  thread_local std::vector<AttnSeq> last;
+  thread_local void* last_ptr = nullptr;
   void* p = nullptr;
   RETURN_IF_ERROR(GetScratch(kScratchSeqs, sizeof(AttnSeq) * seqs.size(), &p));
   if (p != last_ptr || last.size() != seqs.size() ||

@@ -86,9 +86,12 @@ __device__ __forceinline__ __nv_bfloat16 FromF<__nv_bfloat16>(float x) {
 namespace grpo::cuda {
 
 // Per-purpose device scratch that grows on demand and is never shrunk (steady state: no
-// allocation per call). Safe because all work is on one stream in order: a later user of the same
-// slot is queued after every earlier reader. Slots: kScratchSeqs (attention sequence tables),
-// kScratchPartials (column-reduction partials), kScratchGemmPtrs (grouped GEMM pointer arrays).
+// allocation per call). One set per host thread and device: within a thread all work is on one
+// stream in order, so a later user of a slot is queued after every earlier reader; two threads
+// driving models on one GPU (several rollout engines in a process, data-parallel ranks) have
+// their own, since one could otherwise rewrite a table another's queued kernel has yet to read.
+// Slots: kScratchSeqs (attention sequence tables), kScratchPartials (column-reduction partials),
+// kScratchGemmPtrs (grouped GEMM pointer arrays).
 enum ScratchSlot {
   kScratchSeqs = 0,
   kScratchPartials = 1,

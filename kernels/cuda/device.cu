@@ -1,5 +1,6 @@
 // Device discovery, DeviceBuffer, copies, and the cuBLAS GEMM wrappers (see device.h).
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -41,6 +42,10 @@ bool OpTimingEnabled() {
 }
 
 namespace {
+std::mutex& OpTimesMutex() {
+  static std::mutex mu;
+  return mu;
+}
 std::map<std::string, std::pair<double, int64_t>>& OpTimes() {
   static std::map<std::string, std::pair<double, int64_t>> times;
   return times;
@@ -48,12 +53,14 @@ std::map<std::string, std::pair<double, int64_t>>& OpTimes() {
 }  // namespace
 
 void AddOpTime(const std::string& name, double seconds) {
+  std::lock_guard<std::mutex> lock(OpTimesMutex());
   auto& t = OpTimes()[name];
   t.first += seconds;
   t.second += 1;
 }
 
 std::string OpTimingReport() {
+  std::lock_guard<std::mutex> lock(OpTimesMutex());
   std::vector<std::pair<double, std::string>> rows;
   double total = 0;
   for (const auto& [name, t] : OpTimes()) {
@@ -213,17 +220,30 @@ absl::StatusOr<double> MeasureBf16GemmRate(int64_t n) {
 
 namespace {
 
-// One handle for the process, on the default stream; cuBLAS workspace is its own.
+// One handle per device for the process (a handle belongs to the device current when it was
+// made), on the default stream; cuBLAS workspace is its own. Host threads share it: cuBLAS allows
+// that as long as nobody reconfigures the handle, and nothing here does after creation. Never
+// destroyed (work may be queued on it until the process ends).
 absl::StatusOr<cublasHandle_t> Handle() {
-  static std::once_flag once;
-  static cublasHandle_t handle = nullptr;
-  static cublasStatus_t init = CUBLAS_STATUS_SUCCESS;
-  std::call_once(once, [] {
-    init = cublasCreate(&handle);
-    if (init == CUBLAS_STATUS_SUCCESS) cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH);
-  });
-  if (init != CUBLAS_STATUS_SUCCESS) return CublasStatus(init, "cublasCreate");
-  return handle;
+  int device = 0;
+  RETURN_IF_ERROR(CudaStatus(cudaGetDevice(&device), "cudaGetDevice"));
+  thread_local int cached_device = -1;
+  thread_local cublasHandle_t cached = nullptr;
+  if (device == cached_device) return cached;
+  static std::mutex mu;
+  static std::map<int, cublasHandle_t> handles;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = handles.find(device);
+  if (it == handles.end()) {
+    cublasHandle_t h = nullptr;
+    const cublasStatus_t init = cublasCreate(&h);
+    if (init != CUBLAS_STATUS_SUCCESS) return CublasStatus(init, "cublasCreate");
+    cublasSetMathMode(h, CUBLAS_DEFAULT_MATH);
+    it = handles.emplace(device, h).first;
+  }
+  cached_device = device;
+  cached = it->second;
+  return cached;
 }
 
 // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
@@ -287,7 +307,7 @@ absl::Status GroupedGemm(const std::vector<Problem>& ps, float alpha, float beta
     const char* e = std::getenv("GRPO_CUDA_GROUPED_GEMM");
     return e != nullptr && std::string(e) == "0";
   }();
-  static bool unsupported = false;
+  static std::atomic<bool> unsupported{false};  // host threads may share the discovery
   if (ps.empty()) return absl::OkStatus();
   if (!disabled && !unsupported) {
     auto h = Handle();

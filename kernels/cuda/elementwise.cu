@@ -1,6 +1,8 @@
 // Elementwise and small ops: casts, bias, column reductions, embedding, SwiGLU, AdamW, scratch.
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <vector>
 
 #include "common/status.h"
 #include "kernels/cuda/common.cuh"
@@ -10,9 +12,14 @@
 namespace grpo::cuda {
 
 absl::Status GetScratch(ScratchSlot slot, size_t bytes, void** ptr) {
-  static DeviceBuffer buffers[kNumScratch];
-  RETURN_IF_ERROR(buffers[slot].Reserve(bytes));
-  *ptr = buffers[slot].data();
+  // Per host thread and device (common.cuh): freed when the thread ends.
+  thread_local std::vector<std::array<DeviceBuffer, kNumScratch>> per_device;
+  int device = 0;
+  RETURN_IF_ERROR(CudaStatus(cudaGetDevice(&device), "cudaGetDevice"));
+  if (device >= static_cast<int>(per_device.size())) per_device.resize(device + 1);
+  DeviceBuffer& b = per_device[device][slot];
+  RETURN_IF_ERROR(b.Reserve(bytes));
+  *ptr = b.data();
   return absl::OkStatus();
 }
 

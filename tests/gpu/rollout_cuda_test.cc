@@ -10,8 +10,10 @@
 #include <catch2/catch.hpp>
 #include <cstdio>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "common/status.h"
 #include "model/cuda_model.h"
 #include "model/model.h"
 #include "rollout/engine.h"
@@ -107,6 +109,80 @@ TEST_CASE("cuda pooled KV cache: slots at assigned rows, prefix copy, capacity",
   // An unassigned slot has no room.
   CHECK((*gpu)->Extend({2}, {absl::MakeConstSpan(a)}, nullptr).code() ==
         absl::StatusCode::kResourceExhausted);
+}
+
+// Several rollout engines in one process (rollout.local_workers > 1 on cuda) drive one GPU from
+// their own threads. The kernels' scratch (attention sequence tables, grouped-GEMM pointer arrays)
+// is per host thread: shared, one thread could rewrite a table that the other's queued kernel has
+// yet to read. Two models with different weights, slots and lengths decode at the same time and
+// must give the logits each gives alone. Sequence tables differ between the two (2 slots of
+// growing lengths against 1), so a shared table would be read with the wrong rows.
+struct DecodeRun {
+  std::unique_ptr<CudaModel> gpu;
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<std::vector<float>> logits;  // per step, (slots, V)
+
+  // Returns the first error instead of asserting: Catch2 assertions are not thread-safe.
+  absl::Status Run(int steps) {
+    const int64_t n = static_cast<int64_t>(prompts.size());
+    for (int64_t s = 0; s < n; ++s) gpu->ResetSlot(s);
+    logits.clear();
+    std::vector<int64_t> slots(n);
+    for (int64_t s = 0; s < n; ++s) slots[s] = s;
+    std::vector<std::vector<int32_t>> feeds = prompts;
+    const int64_t V = gpu->config().vocab_size;
+    for (int step = 0; step < steps; ++step) {
+      std::vector<absl::Span<const int32_t>> spans(feeds.begin(), feeds.end());
+      std::vector<float> out(n * V);
+      RETURN_IF_ERROR(gpu->Extend(slots, spans, out.data()));
+      for (int64_t s = 0; s < n; ++s) {
+        feeds[s] = {static_cast<int32_t>((step * 31 + s * 7 + 5) % V)};
+      }
+      logits.push_back(std::move(out));
+    }
+    return absl::OkStatus();
+  }
+};
+
+TEST_CASE("two cuda models decoding from two threads at once give what each gives alone",
+          "[cuda][gpu][rollout]") {
+  const ModelConfig c = MustParse(MidQwen3MoeJson());
+  const ParamLayout layout = ParamLayout::Build(c);
+  DecodeRun runs[2];
+  for (int i = 0; i < 2; ++i) {
+    auto gpu = CudaModel::Create(c, {.master_weights = false});
+    REQUIRE(gpu.ok());
+    runs[i].gpu = std::move(*gpu);
+    REQUIRE(runs[i].gpu->SetParams(ScaledBf16Params(layout, 40 + i, 0.5f)).ok());
+  }
+  runs[0].prompts = {{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}, {250, 3}};
+  runs[1].prompts = {{7, 7, 100, 42, 9}};
+  const int kSteps = 40;
+  REQUIRE(runs[0].gpu->InitCache(2, 64).ok());
+  REQUIRE(runs[1].gpu->InitCache(1, 64).ok());
+  std::vector<std::vector<float>> alone[2];
+  for (int i = 0; i < 2; ++i) {
+    REQUIRE(runs[i].Run(kSteps).ok());
+    alone[i] = runs[i].logits;
+  }
+  for (int round = 0; round < 3; ++round) {
+    absl::Status other_status;
+    std::thread other([&] { other_status = runs[1].Run(kSteps); });
+    const absl::Status status = runs[0].Run(kSteps);
+    other.join();
+    INFO(status.ToString() << " / " << other_status.ToString());
+    REQUIRE(status.ok());
+    REQUIRE(other_status.ok());
+    for (int i = 0; i < 2; ++i) {
+      double worst = 0;
+      for (int step = 0; step < kSteps; ++step) {
+        worst = std::max(worst, NormErr("concurrent decode logits", runs[i].logits[step],
+                                        alone[i][step]));
+      }
+      INFO("model " << i << ", round " << round);
+      CHECK(worst < 1e-6);
+    }
+  }
 }
 
 TEST_CASE(
