@@ -284,10 +284,6 @@ absl::Status LearnerConfig::Validate() const {
         "'rollout.deterministic' needs 'rollout.local_device' cpu: the GPU engine's kernels are "
         "not batch-invariant");
   }
-  if (device == "cuda" && data_parallel.ranks > 1) {
-    return absl::InvalidArgumentError(
-        "'data_parallel.ranks' > 1 needs 'device' cpu: GPU ranks over NCCL are not built yet");
-  }
   RETURN_IF_ERROR(WithContext(data.Validate(), "data"));
   RETURN_IF_ERROR(WithContext(chat_template.Validate(), "chat_template"));
   const auto& ro = rollout;

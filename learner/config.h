@@ -74,9 +74,9 @@ struct LearnerConfig {
   uint64_t seed = 0;       // every random stream of the run derives from (seed, step, ...)
   int64_t total_steps = 1;
   // Where the policy's and the reference's forward and backward run: "cpu", "cuda" or "auto"
-  // (cuda when a GPU is present, unless rollout.deterministic or data_parallel.ranks > 1 need
-  // the CPU). The weights and the optimizer stay in host memory either way
-  // (learner/device_model.h).
+  // (cuda when a GPU is present, unless rollout.deterministic needs the CPU). The weights and
+  // the optimizer stay in host memory either way (learner/device_model.h); with
+  // data_parallel.ranks > 1 each rank computes on a GPU (rank r on GPU r modulo the GPUs).
   std::string device = "cpu";
   DatasetConfig data;
   ChatTemplateConfig chat_template;

@@ -244,8 +244,8 @@ DataParallelStep::DataParallelStep(Model<float>* policy, AdamW* optimizer, comm:
   GRPO_CHECK(policy != nullptr && optimizer != nullptr);
   GRPO_CHECK(optimizer->num_params() == policy->num_params());
   if (comm_ != nullptr) {
-    // Model<float> keeps its gradients in host memory; device ranks pair a device model with a
-    // device communicator (not built yet).
+    // The gradients are reduced in host memory (Model<float>'s; a device model's are fetched
+    // there first).
     GRPO_CHECK_MSG(comm_->memory() == comm::MemorySpace::kHost,
                    "DataParallelStep: the CPU model needs a host-memory communicator");
     reducer_ = std::make_unique<GradientReducer>(comm_, policy->num_params(), config.bucket_elems(),
@@ -254,9 +254,11 @@ DataParallelStep::DataParallelStep(Model<float>* policy, AdamW* optimizer, comm:
 }
 
 void DataParallelStep::set_device_model(DeviceModel* device) {
-  GRPO_CHECK_MSG(device == nullptr || (comm_ == nullptr && &device->host() == policy_),
-                 "DataParallelStep: a device model needs the single-learner step on its policy");
-  device_ = device;
+  GRPO_CHECK_MSG(device == nullptr || &device->host() == policy_,
+                 "DataParallelStep: a device model must compute for this step's policy");
+  // A CPU DeviceModel computes with the policy itself: the plain path (whose backward reports
+  // gradient blocks to the reducer as they finish).
+  device_ = device != nullptr && device->device() == Device::kCuda ? device : nullptr;
 }
 
 DataParallelStats DataParallelStep::stats() const {
@@ -289,7 +291,10 @@ absl::StatusOr<MiniBatchResult> DataParallelStep::Run(absl::Span<const TrainSequ
   }
 
   if (device_ != nullptr) {
-    RETURN_IF_ERROR(WithContext(device_->ZeroGrads(), context));
+    if (absl::Status zs = device_->ZeroGrads(); !zs.ok()) {
+      if (comm_ != nullptr) comm_->Abort();  // release the other ranks now, not at their deadline
+      return WithContext(zs, context);
+    }
   } else {
     policy_->ZeroGrads();
   }
@@ -420,11 +425,19 @@ absl::StatusOr<MiniBatchResult> DataParallelStep::Run(absl::Span<const TrainSequ
     result.trained_tokens += static_cast<double>(batch.num_tokens());
   }
   if (reducer_ != nullptr) {
-    if (seqs.empty()) reducer_->MarkAllReady();  // this rank's zero gradients join the sums
+    if (device_ != nullptr) {
+      // The device's gradients come to the host whole and join the reduction at once: the device
+      // backward does not report blocks as they finish, so no overlap with it (yet).
+      if (absl::Status fs = device_->FetchGrads(); !fs.ok()) return fail(fs);
+      reducer_->MarkAllReady();
+    } else if (seqs.empty()) {
+      reducer_->MarkAllReady();  // this rank's zero gradients join the sums
+    }
     RETURN_IF_ERROR(reducer_->Finish());
     RETURN_IF_ERROR(ReduceResult(&result, context));
+  } else if (device_ != nullptr) {
+    RETURN_IF_ERROR(WithContext(device_->FetchGrads(), context));
   }
-  if (device_ != nullptr) RETURN_IF_ERROR(WithContext(device_->FetchGrads(), context));
   result.opt = optimizer_->Step(policy_->params(), policy_->grads(), o.lr);
   if (device_ != nullptr) device_->ParamsChanged();
   if (comm_ != nullptr && config_.check_replicas) {

@@ -203,9 +203,10 @@ class DataParallelStep {
   DataParallelStats stats() const;
 
   // Forward and backward on `device` (learner/device_model.h; its host() must be this step's
-  // policy) instead of the policy itself: how the single learner trains on a GPU. Gradients come
-  // to the host for the optimizer, and the updated weights go up before the next forward. Only
-  // without a communicator (GPU ranks need device gradients and NCCL: not built); null = the CPU.
+  // policy) instead of the policy itself: how a learner trains on a GPU. Gradients come to the
+  // host after the last micro-batch, are all-reduced there with the other ranks' (host-memory
+  // communicator; not overlapped with the backward), and the updated weights go up before the
+  // next forward. null = the CPU.
   void set_device_model(DeviceModel* device);
 
   // Tests and tracing: called on the training thread after each grad-ready block of the last

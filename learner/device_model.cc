@@ -19,11 +19,12 @@ DeviceModel::DeviceModel(Model<float>* host, std::unique_ptr<CudaModel> gpu)
 DeviceModel::~DeviceModel() = default;
 
 absl::StatusOr<std::unique_ptr<DeviceModel>> DeviceModel::Create(Model<float>* host,
-                                                                 Device device) {
+                                                                 Device device, int cuda_device) {
   std::unique_ptr<CudaModel> gpu;
   if (device == Device::kCuda) {
     // AdamW and the fp32 weights stay on the host: the device needs the bf16 copy only.
-    ASSIGN_OR_RETURN(gpu, CudaModel::Create(host->config(), {.master_weights = false}));
+    ASSIGN_OR_RETURN(gpu, CudaModel::Create(host->config(),
+                                            {.master_weights = false, .device = cuda_device}));
   }
   return std::unique_ptr<DeviceModel>(new DeviceModel(host, std::move(gpu)));
 }

@@ -30,9 +30,11 @@ absl::StatusOr<Device> ResolveConfigDevice(const std::string& value, const std::
 
 class DeviceModel {
  public:
-  // `host` outlives this. kCuda: UNAVAILABLE when this build or machine has no CUDA, and
-  // UNIMPLEMENTED for what CudaModel does not support (e.g. a shared expert).
-  static absl::StatusOr<std::unique_ptr<DeviceModel>> Create(Model<float>* host, Device device);
+  // `host` outlives this. kCuda: on GPU `cuda_device` (data-parallel rank r uses r modulo the
+  // GPUs present); UNAVAILABLE when this build or machine has no CUDA, and UNIMPLEMENTED for what
+  // CudaModel does not support (e.g. a shared expert).
+  static absl::StatusOr<std::unique_ptr<DeviceModel>> Create(Model<float>* host, Device device,
+                                                             int cuda_device = 0);
   ~DeviceModel();
 
   Device device() const { return gpu_ != nullptr ? Device::kCuda : Device::kCpu; }

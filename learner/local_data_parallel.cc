@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "common/status.h"
 
 namespace grpo {
@@ -68,11 +69,18 @@ absl::StatusOr<MiniBatchResult> LocalDataParallel::Run(const ShardFn& shard,
 }
 
 absl::Status LocalDataParallel::set_device_model(DeviceModel* device) {
-  if (device != nullptr && world_size() > 1) {
-    return absl::FailedPreconditionError(
-        "data_parallel.ranks > 1 runs CPU ranks as threads; GPU ranks (NCCL) are not built yet");
+  for (auto& step : steps_) step->set_device_model(nullptr);
+  devices_.clear();
+  if (device != nullptr && device->device() == Device::kCuda) {
+    const int gpus = std::max(1, CudaDeviceCount());
+    for (int r = 1; r < world_size(); ++r) {
+      auto m = DeviceModel::Create(models_[r - 1].get(), Device::kCuda, r % gpus);
+      if (!m.ok()) return WithContext(m.status(), absl::StrCat("data-parallel rank ", r));
+      devices_.push_back(std::move(*m));
+    }
+    for (int r = 1; r < world_size(); ++r) steps_[r]->set_device_model(devices_[r - 1].get());
   }
-  steps_[0]->set_device_model(device);
+  steps_[0]->set_device_model(device);  // a CPU DeviceModel leaves rank 0 on the plain path
   return absl::OkStatus();
 }
 

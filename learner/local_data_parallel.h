@@ -1,12 +1,15 @@
 // Data-parallel ranks as threads of this process over a LocalGroup (comm/local_communicator.h):
-// what `grpo learner` runs when data_parallel.ranks > 1 on the CPU. Rank 0 is the caller's model
+// what `grpo learner` runs when data_parallel.ranks > 1. Rank 0 is the caller's model
 // and optimizer (the trainer's policy: it alone publishes weights, writes metrics and
 // checkpoints); ranks 1..R-1 are replicas made from them at creation, kept identical by the
 // all-reduced gradients (learner/data_parallel.h).
 //
 // On the CPU this is a correctness path, not a speed-up: the GEMMs already use every core, so R
-// ranks share the same cores. It is how the data-parallel logic runs and is tested without GPUs;
-// GPU ranks (one process per GPU, an NCCL communicator) use DataParallelStep directly.
+// ranks share the same cores. It is how the data-parallel logic runs and is tested without GPUs.
+// With a GPU (set_device_model) each rank's forward and backward run on a GPU of its own (rank r
+// on GPU r modulo the GPUs present): one process driving the machine's GPUs, gradients reduced in
+// host memory after each rank's backward. Not built: one process per GPU with an NCCL
+// communicator and device-side reduction overlapped with the backward.
 #pragma once
 
 #include <functional>
@@ -36,8 +39,10 @@ class LocalDataParallel {
   using ShardFn = std::function<absl::Span<const TrainSequence>(int rank)>;
   absl::StatusOr<MiniBatchResult> Run(const ShardFn& shard, const MiniBatchOptions& options);
 
-  // With one rank: its forward and backward run on `device` (DataParallelStep::set_device_model).
-  // More ranks on a device are not built: FAILED_PRECONDITION.
+  // Rank 0's forward and backward run on `device` (DataParallelStep::set_device_model); when that
+  // is a GPU, every other rank gets a DeviceModel of its own over its replica, on GPU r modulo
+  // the GPUs present (so on one GPU the ranks share it, each thread with its own scratch).
+  // Gradients are fetched to the host and all-reduced there. null: all ranks on the CPU.
   absl::Status set_device_model(DeviceModel* device);
 
   // Rank 0's cumulative communication figures.
@@ -54,6 +59,7 @@ class LocalDataParallel {
   std::vector<std::unique_ptr<Model<float>>> models_;       // ranks 1..R-1
   std::vector<std::unique_ptr<AdamW>> optimizers_;          // ranks 1..R-1
   std::vector<std::unique_ptr<DataParallelStep>> steps_;    // (R)
+  std::vector<std::unique_ptr<DeviceModel>> devices_;       // ranks 1..R-1 on a GPU, else empty
 };
 
 }  // namespace grpo

@@ -186,9 +186,8 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LearnerConfig config,
                                                      c.data_parallel));
   {
     ASSIGN_OR_RETURN(Device device, ResolveConfigDevice(c.device, "config 'device'"));
-    if (device == Device::kCuda && (c.rollout.deterministic || c.data_parallel.ranks > 1)) {
-      GRPO_LOG(INFO, "device auto: the learner stays on the CPU (%s)",
-               c.rollout.deterministic ? "rollout.deterministic" : "data_parallel.ranks > 1");
+    if (device == Device::kCuda && c.rollout.deterministic) {
+      GRPO_LOG(INFO, "device auto: the learner stays on the CPU (rollout.deterministic)");
       device = Device::kCpu;
     }
     ASSIGN_OR_RETURN(t->policy_dev_, DeviceModel::Create(t->policy_.get(), device));

@@ -15,6 +15,7 @@
 namespace grpo {
 
 absl::Status CudaModel::InitPooledCache(int64_t num_slots, int64_t pool_rows) {
+  RETURN_IF_ERROR(impl_->Activate());
   Impl& s = *impl_;
   if (num_slots <= 0 || pool_rows <= 0) {
     return absl::InvalidArgumentError("cuda cache: need num_slots > 0 and pool_rows > 0");
@@ -39,6 +40,7 @@ absl::Status CudaModel::InitPooledCache(int64_t num_slots, int64_t pool_rows) {
 }
 
 absl::Status CudaModel::InitCache(int64_t num_slots, int64_t max_len) {
+  RETURN_IF_ERROR(impl_->Activate());
   if (num_slots <= 0 || max_len <= 0) {
     return absl::InvalidArgumentError("cuda cache: need num_slots > 0 and max_len > 0");
   }
@@ -50,6 +52,7 @@ absl::Status CudaModel::InitCache(int64_t num_slots, int64_t max_len) {
 }
 
 absl::Status CudaModel::AssignSlot(int64_t slot, int64_t row_offset, int64_t capacity) {
+  RETURN_IF_ERROR(impl_->Activate());
   Impl& s = *impl_;
   if (slot < 0 || slot >= s.cache_slots) {
     return absl::InvalidArgumentError(absl::StrCat("cuda cache: slot ", slot, " out of [0, ",
@@ -67,6 +70,7 @@ absl::Status CudaModel::AssignSlot(int64_t slot, int64_t row_offset, int64_t cap
 }
 
 absl::Status CudaModel::CopyPrefix(int64_t src, int64_t dst, int64_t n) {
+  RETURN_IF_ERROR(impl_->Activate());
   Impl& s = *impl_;
   if (src < 0 || src >= s.cache_slots || dst < 0 || dst >= s.cache_slots || src == dst) {
     return absl::InvalidArgumentError(
@@ -99,6 +103,7 @@ void CudaModel::ResetSlot(int64_t slot) { impl_->cache_len.at(slot) = 0; }
 absl::Status CudaModel::Extend(absl::Span<const int64_t> slots,
                                absl::Span<const absl::Span<const int32_t>> new_tokens,
                                float* logits, std::vector<int32_t>* routing) {
+  RETURN_IF_ERROR(impl_->Activate());
   Impl& s = *impl_;
   const ModelConfig& c = s.config;
   s.valid = false;  // Extend reuses the scratch buffers
@@ -223,12 +228,14 @@ absl::Status CudaModel::Impl::SampleLastExtend(float temperature, int64_t top_k,
 
 absl::Status CudaModel::Sample(float temperature, int64_t top_k, float top_p,
                                absl::Span<const float> u, std::vector<int32_t>* tokens) {
+  RETURN_IF_ERROR(impl_->Activate());
   return impl_->SampleLastExtend(temperature, top_k, top_p, u, tokens, nullptr);
 }
 
 absl::Status CudaModel::SampleWithLogprobs(float temperature, absl::Span<const float> u,
                                            std::vector<int32_t>* tokens,
                                            std::vector<float>* logprobs) {
+  RETURN_IF_ERROR(impl_->Activate());
   return impl_->SampleLastExtend(temperature, 0, 1.f, u, tokens, logprobs);
 }
 

@@ -23,6 +23,7 @@ const char* DeviceName(Device d) { return d == Device::kCuda ? "cuda" : "cpu"; }
 #ifdef GRPO_HAVE_CUDA
 
 bool CudaAvailable() { return cuda::DeviceCount() > 0; }
+int CudaDeviceCount() { return cuda::DeviceCount(); }
 
 absl::StatusOr<Device> ResolveDevice(const std::string& flag) {
   if (flag == "cpu") return Device::kCpu;
@@ -415,7 +416,8 @@ absl::Status CudaModel::Impl::LayerBackward(int64_t l, CudaLayerActs& a, int64_t
 }
 
 CudaModel::CudaModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-CudaModel::~CudaModel() = default;
+// The buffers are freed with their device current.
+CudaModel::~CudaModel() { (void)impl_->Activate(); }
 
 absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(const ModelConfig& config,
                                                              CudaModelOptions options) {
@@ -428,7 +430,14 @@ absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(const ModelConfig& 
     return absl::UnavailableError(
         absl::StrCat("cuda model: ", cuda::DeviceDescription(0), "; use --device cpu"));
   }
+  const int devices = cuda::DeviceCount();
+  if (options.device < 0 || options.device >= devices) {
+    return absl::InvalidArgumentError(absl::StrCat("cuda model: device ", options.device,
+                                                   " does not exist (", devices, " present)"));
+  }
   auto impl = std::make_unique<Impl>();
+  impl->device = options.device;
+  RETURN_IF_ERROR(impl->Activate());
   impl->config = config;
   impl->layout = ParamLayout::Build(config);
   const int64_t n = impl->layout.total;
@@ -480,6 +489,7 @@ absl::Status NoMaster(const char* what) {
 }  // namespace
 
 absl::Status CudaModel::SetParams(absl::Span<const float> host) {
+  RETURN_IF_ERROR(impl_->Activate());
   Impl& s = *impl_;
   if (static_cast<int64_t>(host.size()) != s.layout.total) {
     return absl::InvalidArgumentError(absl::StrCat("cuda model: SetParams got ", host.size(),
@@ -510,6 +520,7 @@ absl::Status CudaModel::SetParams(absl::Span<const float> host) {
 }
 
 absl::Status CudaModel::GetParams(absl::Span<float> host) const {
+  RETURN_IF_ERROR(impl_->Activate());
   if (static_cast<int64_t>(host.size()) != impl_->layout.total) {
     return absl::InvalidArgumentError("cuda model: GetParams needs num_params() values");
   }
@@ -518,6 +529,7 @@ absl::Status CudaModel::GetParams(absl::Span<float> host) const {
 }
 
 absl::Status CudaModel::GetGrads(absl::Span<float> host) const {
+  RETURN_IF_ERROR(impl_->Activate());
   if (static_cast<int64_t>(host.size()) != impl_->layout.total) {
     return absl::InvalidArgumentError("cuda model: GetGrads needs num_params() values");
   }
@@ -526,6 +538,7 @@ absl::Status CudaModel::GetGrads(absl::Span<float> host) const {
 }
 
 absl::Status CudaModel::ZeroGrads() {
+  RETURN_IF_ERROR(impl_->Activate());
   RETURN_IF_ERROR(impl_->EnsureGrads());
   TIMED("Memset", cuda::Memset(impl_->grads.data(), 0, impl_->grads.size()));
   return absl::OkStatus();
@@ -533,6 +546,7 @@ absl::Status CudaModel::ZeroGrads() {
 
 absl::Status CudaModel::Forward(const TokenBatch& batch, const ForwardOptions& opt,
                                 ForwardResult<float>* result) {
+  RETURN_IF_ERROR(impl_->Activate());
   Impl& s = *impl_;
   const ModelConfig& c = s.config;
   s.valid = false;
@@ -659,6 +673,7 @@ absl::Status CudaModel::Forward(const TokenBatch& batch, const ForwardOptions& o
 
 absl::Status CudaModel::Backward(absl::Span<const float> dlogprobs,
                                  absl::Span<const float> dentropy) {
+  RETURN_IF_ERROR(impl_->Activate());
   Impl& s = *impl_;
   if (!s.valid) {
     return absl::FailedPreconditionError(
@@ -712,6 +727,7 @@ absl::Status CudaModel::Backward(absl::Span<const float> dlogprobs,
 }
 
 absl::Status CudaModel::AdamWStep(const CudaAdamW& opt, int64_t step) {
+  RETURN_IF_ERROR(impl_->Activate());
   Impl& s = *impl_;
   if (!s.master) return NoMaster("AdamWStep");
   RETURN_IF_ERROR(s.EnsureGrads());
@@ -732,6 +748,7 @@ absl::Status CudaModel::AdamWStep(const CudaAdamW& opt, int64_t step) {
 
 struct CudaModel::Impl {};
 bool CudaAvailable() { return false; }
+int CudaDeviceCount() { return 0; }
 absl::StatusOr<Device> ResolveDevice(const std::string& flag) {
   if (flag == "cpu" || flag == "auto") return Device::kCpu;
   if (flag == "cuda") {

@@ -33,6 +33,8 @@ enum class Device { kCpu, kCuda };
 
 // True when this build has the CUDA backend and a CUDA device is present.
 bool CudaAvailable();
+// CUDA devices present (0 without CUDA in this build or on this machine).
+int CudaDeviceCount();
 // "auto" (CUDA when available, else CPU), "cpu" or "cuda" (an error naming the reason when no
 // device can be used). Anything else is InvalidArgument naming the accepted values.
 absl::StatusOr<Device> ResolveDevice(const std::string& flag);
@@ -50,6 +52,9 @@ struct CudaModelOptions {
   // per parameter. Forward, decode, Backward and the gradients are bitwise the same either way:
   // both feed the same kernels the same bf16 and fp32 values.
   bool master_weights = true;
+  // The GPU it lives on (< CudaDeviceCount()). Every call makes it the calling thread's current
+  // device first, so models on several GPUs can be driven from one thread or from many.
+  int device = 0;
 };
 
 class CudaModel {

@@ -100,6 +100,7 @@ inline int64_t ExpertRowsCapacity(int64_t NK, int64_t E, int64_t K) {
 }
 
 struct CudaModel::Impl {
+  int device = 0;  // every public entry makes it current first (Activate)
   ModelConfig config;
   ParamLayout layout;
   // fp32: the master weights (total), or without them (CudaModelOptions::master_weights) only
@@ -178,6 +179,7 @@ struct CudaModel::Impl {
   }
   const bf16_bits* P16() const { return params16.as<bf16_bits>(); }
   float* G() const { return grads.as<float>(); }
+  absl::Status Activate() const { return cuda::SetDevice(device); }
   absl::Status EnsureGrads();
   absl::Status EnsureRope(int64_t max_pos);
   // Assigns layer buffer pointers for T tokens from `arena`.

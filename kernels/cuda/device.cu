@@ -23,6 +23,8 @@ int DeviceCount() {
   return n;
 }
 
+absl::Status SetDevice(int index) { return CudaStatus(cudaSetDevice(index), "cudaSetDevice"); }
+
 std::string DeviceDescription(int index) {
   cudaDeviceProp prop{};
   cudaError_t err = cudaGetDeviceProperties(&prop, index);

@@ -18,6 +18,8 @@ namespace grpo::cuda {
 
 // Number of usable CUDA devices; 0 when there is no driver or no GPU (never an error).
 int DeviceCount();
+// Makes device `index` current for the calling thread (cudaSetDevice).
+absl::Status SetDevice(int index);
 
 // "NVIDIA H200 (sm_90, 139 GiB)" for device `index`, or why none is usable.
 std::string DeviceDescription(int index);

@@ -6,15 +6,19 @@
 // per-tensor gradient errors of at most 4e-2 (median 1.5e-2) on the H200. Two optimizer steps at a
 // large learning rate: the second step's loss depends on the first step's update reaching the
 // GPU (a missing upload leaves the GPU at ratio 1 and fails), and its gradients are the sum of two
-// micro-batches (a missing accumulation or download fails).
+// micro-batches (a missing accumulation or download fails). Also: two data-parallel GPU ranks
+// (threads of this process) against one GPU learner.
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <cstring>
 #include <cstdio>
 #include <random>
 #include <vector>
 
 #include "learner/data_parallel.h"
 #include "learner/device_model.h"
+#include "learner/local_data_parallel.h"
 #include "learner/optimizer.h"
 #include "model/model.h"
 #include "tests/gpu/gpu_test_util.h"
@@ -119,6 +123,75 @@ TEST_CASE("learner step on cuda matches the CPU step (loss, gradients, updated w
               std::abs(loss_gpu[1] - loss_cpu[1]));
   CHECK(moved > 1e-3);
   CHECK(std::abs(loss_gpu[1] - loss_cpu[1]) < 0.1 * moved);
+}
+
+// data_parallel.ranks = 2 with "device": "cuda": two rank threads, each with its own CudaModel
+// (on a one-GPU machine both on GPU 0), gradients fetched and all-reduced in host memory. Each
+// rank's micro-batch is the one-rank learner's micro-batch on the same weights, so the summed
+// gradients, the loss and the update equal one cuda learner on the whole batch up to fp32
+// summation order, and the replicas stay bitwise equal.
+TEST_CASE("2 data-parallel ranks on cuda make the update of 1 cuda learner",
+          "[cuda][gpu][learner]") {
+  const ModelConfig c = MustParse(MidQwen3MoeJson());
+  auto one = Model<float>::Create(c);
+  auto two = Model<float>::Create(c);
+  REQUIRE(one.ok());
+  REQUIRE(two.ok());
+  const std::vector<float> w = ScaledBf16Params((*one)->layout(), 31, 0.2f);
+  std::copy(w.begin(), w.end(), (*one)->params());
+  std::copy(w.begin(), w.end(), (*two)->params());
+  Sequences data = MakeSequences(**one);
+
+  OptimizerConfig oc;
+  oc.lr = 2e-2;
+  oc.weight_decay = 0;
+  oc.max_grad_norm = 0;
+  AdamW opt_one((*one)->num_params(), oc), opt_two((*two)->num_params(), oc);
+  DataParallelConfig dc;
+  DataParallelStep step_one(one->get(), &opt_one, nullptr, dc);
+  auto dev_one = DeviceModel::Create(one->get(), Device::kCuda);
+  REQUIRE(dev_one.ok());
+  step_one.set_device_model(dev_one->get());
+  dc.ranks = 2;
+  dc.timeout_s = 60;
+  auto dp = LocalDataParallel::Create(two->get(), &opt_two, dc);
+  REQUIRE(dp.ok());
+  auto dev_two = DeviceModel::Create(two->get(), Device::kCuda);
+  REQUIRE(dev_two.ok());
+  const absl::Status set = (*dp)->set_device_model(dev_two->get());
+  INFO(set.ToString());
+  REQUIRE(set.ok());
+
+  MiniBatchOptions mo;
+  mo.micro_batch_seqs = 2;
+  mo.lr = oc.lr;
+  const absl::Span<const TrainSequence> all(data.seqs);
+  for (int k = 0; k < 3; ++k) {
+    mo.opt_step = k + 1;
+    auto r1 = step_one.Run(all, mo);
+    auto r2 = (*dp)->Run([&](int rank) { return all.subspan(2 * rank, 2); }, mo);
+    INFO(r1.status().ToString() << " / " << r2.status().ToString());
+    REQUIRE(r1.ok());
+    REQUIRE(r2.ok());
+    std::printf("dp step %d: loss 1 rank %.7f, 2 ranks %.7f; grad norm %.7f / %.7f\n", k + 1,
+                r1->loss, r2->loss, r1->opt.grad_norm, r2->opt.grad_norm);
+    CHECK(std::abs(r2->loss - r1->loss) <= 1e-5 * std::abs(r1->loss) + 1e-7);
+    CHECK(std::abs(r2->opt.grad_norm - r1->opt.grad_norm) <= 1e-4 * r1->opt.grad_norm);
+    // max |difference| against how far the parameters moved (AdamW turns rounding-level
+    // gradient differences into rounding-level update differences; the CPU twin of this check,
+    // tests/learner/data_parallel_test.cc, holds 1e-4).
+    double diff = 0, moved = 0;
+    for (int64_t i = 0; i < (*one)->num_params(); ++i) {
+      diff = std::max(diff, std::abs(double{(*two)->params()[i]} - (*one)->params()[i]));
+      moved = std::max(moved, std::abs(double{(*one)->params()[i]} - w[i]));
+    }
+    std::printf("  parameters: max difference %.3g, max move %.3g\n", diff, moved);
+    CHECK(moved > 1e-3);
+    CHECK(diff <= 1e-3 * moved);
+    const Model<float>& replica = (*dp)->model(1);
+    CHECK(std::memcmp(replica.params(), (*two)->params(), sizeof(float) * replica.num_params()) ==
+          0);
+  }
 }
 
 }  // namespace

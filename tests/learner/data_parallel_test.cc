@@ -13,6 +13,7 @@
 
 #include "absl/synchronization/notification.h"
 #include "comm/local_communicator.h"
+#include "learner/device_model.h"
 #include "model/config.h"
 #include "model/params.h"
 
@@ -153,8 +154,11 @@ struct RankOutcome {
 // `steps` optimizer steps over the same mini-batch. world == 0: one plain learner (no
 // communicator) on the whole batch; otherwise `world` ranks as threads of a LocalGroup, rank r
 // on AssignGroups(r). Every rank starts from the same initial model.
+// cpu_device_models: every rank's step also gets a CPU DeviceModel (what a learner with
+// "device": "cpu" could pass), which must change nothing.
 std::vector<RankOutcome> Train(int world, const Batch& batch, const MiniBatchOptions& opts,
-                               int steps, DataParallelConfig dp = {}) {
+                               int steps, DataParallelConfig dp = {},
+                               bool cpu_device_models = false) {
   const int ranks = std::max(world, 1);
   std::vector<RankOutcome> out(ranks);
   std::shared_ptr<LocalGroup> group = world > 0 ? LocalGroup::Create(world) : nullptr;
@@ -170,6 +174,11 @@ std::vector<RankOutcome> Train(int world, const Batch& batch, const MiniBatchOpt
   dp.timeout_s = 20;  // a broken step fails the test instead of hanging it
   auto body = [&](int r) {
     DataParallelStep step(models[r].get(), optimizers[r].get(), comms[r].get(), dp);
+    std::unique_ptr<DeviceModel> device;
+    if (cpu_device_models) {
+      device = DeviceModel::Create(models[r].get(), Device::kCpu).value();
+      step.set_device_model(device.get());
+    }
     const GroupRange range =
         world > 0 ? AssignGroups(batch.num_groups, r, world) : GroupRange{0, batch.num_groups};
     for (int s = 0; s < steps; ++s) {
@@ -352,6 +361,21 @@ TEST_CASE("2 and 3 ranks on a split mini-batch make the update of 1 learner on a
       dp.bucket_mb = 1000 * 4.0 / (1 << 20);  // 1000 elements: several buckets
       RequireSameUpdate(Train(world, batch, o, 4, dp), ref);
     }
+  }
+}
+
+TEST_CASE("a CPU DeviceModel on the ranks leaves the data-parallel step bitwise unchanged",
+          "[learner][dp]") {
+  auto model = TinyModel();
+  const Batch batch = MakeBatch(*model, 4, 3, 13);
+  const MiniBatchOptions o = Options(LossAggregation::kTokenMean, /*micro=*/3, /*aux=*/0.01);
+  const auto plain = Train(2, batch, o, 2);
+  const auto with = Train(2, batch, o, 2, {}, /*cpu_device_models=*/true);
+  for (int r = 0; r < 2; ++r) {
+    REQUIRE(plain[r].status.ok());
+    REQUIRE(with[r].status.ok());
+    REQUIRE(with[r].params == plain[r].params);
+    REQUIRE(with[r].results[1].loss == plain[r].results[1].loss);
   }
 }
 
