@@ -17,8 +17,8 @@
 //               NCCL on the learner and the workers; a worker that cannot join, or a group that
 //               fails, falls back to grpc for that update).
 //   ipc         CUDA IPC on one shared GPU (comm/cuda_ipc.h). Refused at start-up for now: the
-//               rollout engine of this build runs on the CPU, so there is no device buffer to
-//               share into.
+//               handles exist, but no engine receives through them yet (a GPU engine takes its
+//               weights from the host, by grpc or collective).
 //   auto        grpc. The CPU engines make fp32 point to point as fast as a broadcast (one copy
 //               per worker, measured in bench/weight_sync_bench.cc), and it is the only path that
 //               works across mismatched hardware.
