@@ -72,22 +72,41 @@ Sequences MakeSequences(Model<float>& cpu) {
   return s;
 }
 
+// Two models with the same bf16-valued weights (seed), sequences scored by the first, and the
+// optimizer settings of both tests: a large step, no weight decay, raw gradients (no clipping).
+struct Twins {
+  std::unique_ptr<Model<float>> a, b;
+  std::vector<float> w;
+  Sequences data;
+  OptimizerConfig oc;
+};
+
+Twins MakeTwins(uint64_t seed) {
+  const ModelConfig c = MustParse(MidQwen3MoeJson());
+  Twins t;
+  auto a = Model<float>::Create(c);
+  auto b = Model<float>::Create(c);
+  REQUIRE(a.ok());
+  REQUIRE(b.ok());
+  t.a = std::move(*a);
+  t.b = std::move(*b);
+  t.w = ScaledBf16Params(t.a->layout(), seed, 0.2f);
+  std::copy(t.w.begin(), t.w.end(), t.a->params());
+  std::copy(t.w.begin(), t.w.end(), t.b->params());
+  t.data = MakeSequences(*t.a);
+  t.oc.lr = 2e-2;
+  t.oc.weight_decay = 0;
+  t.oc.max_grad_norm = 0;
+  return t;
+}
+
 TEST_CASE("learner step on cuda matches the CPU step (loss, gradients, updated weights used)",
           "[cuda][gpu][learner]") {
-  const ModelConfig c = MustParse(MidQwen3MoeJson());
-  auto cpu = Model<float>::Create(c);
-  auto host = Model<float>::Create(c);
-  REQUIRE(cpu.ok());
-  REQUIRE(host.ok());
-  const std::vector<float> w = ScaledBf16Params((*cpu)->layout(), 21, 0.2f);
-  std::copy(w.begin(), w.end(), (*cpu)->params());
-  std::copy(w.begin(), w.end(), (*host)->params());
-  Sequences data = MakeSequences(**cpu);
-
-  OptimizerConfig oc;
-  oc.lr = 2e-2;
-  oc.weight_decay = 0;
-  oc.max_grad_norm = 0;  // compare raw gradients
+  Twins t = MakeTwins(21);
+  auto* cpu = &t.a;
+  auto* host = &t.b;
+  Sequences& data = t.data;
+  const OptimizerConfig& oc = t.oc;
   AdamW opt_cpu((*cpu)->num_params(), oc), opt_gpu((*host)->num_params(), oc);
   DataParallelConfig dc;
   DataParallelStep step_cpu(cpu->get(), &opt_cpu, nullptr, dc);
@@ -132,20 +151,12 @@ TEST_CASE("learner step on cuda matches the CPU step (loss, gradients, updated w
 // summation order, and the replicas stay bitwise equal.
 TEST_CASE("2 data-parallel ranks on cuda make the update of 1 cuda learner",
           "[cuda][gpu][learner]") {
-  const ModelConfig c = MustParse(MidQwen3MoeJson());
-  auto one = Model<float>::Create(c);
-  auto two = Model<float>::Create(c);
-  REQUIRE(one.ok());
-  REQUIRE(two.ok());
-  const std::vector<float> w = ScaledBf16Params((*one)->layout(), 31, 0.2f);
-  std::copy(w.begin(), w.end(), (*one)->params());
-  std::copy(w.begin(), w.end(), (*two)->params());
-  Sequences data = MakeSequences(**one);
-
-  OptimizerConfig oc;
-  oc.lr = 2e-2;
-  oc.weight_decay = 0;
-  oc.max_grad_norm = 0;
+  Twins t = MakeTwins(31);
+  auto* one = &t.a;
+  auto* two = &t.b;
+  const std::vector<float>& w = t.w;
+  Sequences& data = t.data;
+  const OptimizerConfig& oc = t.oc;
   AdamW opt_one((*one)->num_params(), oc), opt_two((*two)->num_params(), oc);
   DataParallelConfig dc;
   DataParallelStep step_one(one->get(), &opt_one, nullptr, dc);
