@@ -279,6 +279,12 @@ absl::Status LearnerConfig::Validate() const {
   RETURN_IF_ERROR(Range(rollout.local_device == "cpu" || rollout.local_device == "cuda" ||
                             rollout.local_device == "auto",
                         "rollout.local_device", "must be one of cpu, cuda, auto"));
+  if (weight_sync.transport == "ipc" && (device != "cuda" || rollout.local_device != "cuda")) {
+    return absl::InvalidArgumentError(
+        "'weight_sync.transport' \"ipc\" copies the learner's GPU weights into its in-process "
+        "engines: it needs 'device' \"cuda\" and 'rollout.local_device' \"cuda\" (remote "
+        "workers get grpc)");
+  }
   if (rollout.local_device == "cuda" && rollout.deterministic) {
     return absl::InvalidArgumentError(
         "'rollout.deterministic' needs 'rollout.local_device' cpu: the GPU engine's kernels are "

@@ -41,6 +41,19 @@ absl::Status DeviceModel::Forward(const TokenBatch& batch, const ForwardOptions&
   return gpu_->Forward(batch, options, result);
 }
 
+absl::StatusOr<const CudaModel*> DeviceModel::DeviceWeights() {
+  if (gpu_ == nullptr) {
+    return absl::FailedPreconditionError("the learner's model is on the CPU: no device weights");
+  }
+  if (stale_) {
+    RETURN_IF_ERROR(WithContext(
+        gpu_->SetParams(absl::MakeConstSpan(std::as_const(*host_).params(), host_->num_params())),
+        "copying the weights to the GPU"));
+    stale_ = false;
+  }
+  return gpu_.get();
+}
+
 absl::Status DeviceModel::ZeroGrads() {
   if (gpu_ == nullptr) {
     host_->ZeroGrads();

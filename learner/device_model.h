@@ -43,6 +43,11 @@ class DeviceModel {
 
   // host().params() changed: the next Forward uploads them (CUDA; no-op on the CPU).
   void ParamsChanged() { stale_ = true; }
+  // The GPU copy of host().params(), uploaded first if stale: the source of a colocated rollout
+  // engine's device-to-device weight update (weight_sync.transport "ipc"). It stays valid and
+  // unchanged until this model's next upload (after the next optimizer step). FAILED_PRECONDITION
+  // on the CPU.
+  absl::StatusOr<const CudaModel*> DeviceWeights();
 
   // Model<float>'s contracts (model.h).
   absl::Status Forward(const TokenBatch& batch, const ForwardOptions& options,

@@ -47,6 +47,12 @@ absl::Status LocalRolloutWorker::PushWeights(const ParamLayout& layout,
   return engine_->StageWeights(version, std::move(copy));
 }
 
+absl::Status LocalRolloutWorker::PushDeviceWeights(const CudaModel& src, uint64_t version,
+                                                   absl::Time deadline) {
+  RETURN_IF_ERROR(WithContext(engine_->StageDeviceWeights(version, &src), name_));
+  return WithContext(engine_->WaitApplied(version, deadline), name_);
+}
+
 absl::StatusOr<std::unique_ptr<RemoteRolloutWorker>> RemoteRolloutWorker::Connect(
     const std::string& address, absl::Duration timeout) {
   ASSIGN_OR_RETURN(std::unique_ptr<RolloutClient> client, RolloutClient::Connect(address));

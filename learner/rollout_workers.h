@@ -56,6 +56,10 @@ class LocalRolloutWorker : public RolloutWorker {
                         std::vector<GroupResult>* out) override;
   absl::Status PushWeights(const ParamLayout& layout, absl::Span<const float> params,
                            uint64_t version) override;
+  // weight_sync.transport "ipc": the engine (on cuda) copies `src`'s weights device to device
+  // (CudaModel::CopyWeightsFrom); returns once it serves them, so `src` may change afterwards.
+  // FAILED_PRECONDITION for an engine on the CPU.
+  absl::Status PushDeviceWeights(const CudaModel& src, uint64_t version, absl::Time deadline);
   // A staged fp32 copy.
   int64_t last_push_bytes() const override { return engine_->num_params() * 4; }
   absl::StatusOr<uint64_t> NewestVersion() override { return engine_->newest_version(); }

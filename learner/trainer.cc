@@ -150,6 +150,14 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LearnerConfig config,
     wo.config = c.weight_sync;
     wo.deterministic = c.rollout.deterministic;
     wo.timeout_s = c.rollout.timeout_s;
+    if (c.weight_sync.transport == "ipc") {
+      // Read at each Publish, after the optimizer step (policy_dev_ is made further down).
+      Trainer* tp = t.get();
+      wo.device_weights = [tp]() -> absl::StatusOr<const CudaModel*> {
+        if (tp->policy_dev_ == nullptr) return absl::FailedPreconditionError("no learner model");
+        return tp->policy_dev_->DeviceWeights();
+      };
+    }
     ASSIGN_OR_RETURN(t->publisher_, WeightPublisher::Create(std::move(wo)));
   }
   t->optimizer_ = std::make_unique<AdamW>(t->policy_->num_params(), c.optimizer);

@@ -37,11 +37,11 @@ double SecondsSince(std::chrono::steady_clock::time_point t0) {
 absl::StatusOr<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(
     WeightPublisherOptions options) {
   RETURN_IF_ERROR(options.config.Validate());
-  if (options.config.transport == "ipc") {
-    return absl::UnimplementedError(
-        "'weight_sync.transport' is \"ipc\", which is not built yet: comm/cuda_ipc.h has the "
-        "handles, but the rollout engine (on the CPU, or on the GPU with --device cuda) has no "
-        "IPC receiver to share weights into; use \"auto\", \"grpc\" or \"collective\"");
+  if (options.config.transport == "ipc" && !options.device_weights) {
+    return absl::FailedPreconditionError(
+        "'weight_sync.transport' is \"ipc\", which copies the learner's GPU weights to its "
+        "in-process engines: it needs 'device' cuda and 'rollout.local_device' cuda; use "
+        "\"auto\", \"grpc\" or \"collective\" otherwise");
   }
   if (!options.remote_factory) options.remote_factory = NcclCommunicatorFactory();
   return std::unique_ptr<WeightPublisher>(new WeightPublisher(std::move(options)));
@@ -49,6 +49,7 @@ absl::StatusOr<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(
 
 WeightPublisher::WeightPublisher(WeightPublisherOptions options) : options_(std::move(options)) {
   collective_ = options_.config.transport == "collective";
+  ipc_ = options_.config.transport == "ipc";
 }
 
 WeightPublisher::~WeightPublisher() {
@@ -56,6 +57,7 @@ WeightPublisher::~WeightPublisher() {
 }
 
 std::string WeightPublisher::description() const {
+  if (ipc_) return "ipc (device to device into in-process engines), grpc for the rest";
   if (!collective_) return "grpc";
   return remote_disabled_ ? "collective(local), grpc for remote workers"
                           : absl::StrCat("collective(local, ", options_.remote_backend, ")");
@@ -229,10 +231,13 @@ absl::Status WeightPublisher::Publish(absl::Span<RolloutWorker* const> workers,
                                       std::map<std::string, double>* metrics) {
   const auto t0 = std::chrono::steady_clock::now();
   alive->resize(workers.size(), true);
-  std::vector<size_t> local_members, remote_members, p2p;
+  std::vector<size_t> local_members, remote_members, p2p, ipc;
   for (size_t w = 0; w < workers.size(); ++w) {
     if (!(*alive)[w]) continue;
-    if (collective_ && dynamic_cast<LocalRolloutWorker*>(workers[w]) != nullptr) {
+    auto* local = dynamic_cast<LocalRolloutWorker*>(workers[w]);
+    if (ipc_ && local != nullptr && local->engine()->device() == Device::kCuda) {
+      ipc.push_back(w);
+    } else if (collective_ && dynamic_cast<LocalRolloutWorker*>(workers[w]) != nullptr) {
       local_members.push_back(w);
     } else if (collective_ && !remote_disabled_ &&
                dynamic_cast<RemoteRolloutWorker*>(workers[w]) != nullptr) {
@@ -263,6 +268,27 @@ absl::Status WeightPublisher::Publish(absl::Span<RolloutWorker* const> workers,
   };
   run_collective(local_members, false);
   run_collective(remote_members, true);
+  int64_t ipc_ok = 0;
+  if (!ipc.empty()) {
+    // The learner's GPU copy, device to device into each engine; a failure goes point to point.
+    absl::StatusOr<const CudaModel*> src = options_.device_weights();
+    const absl::Time deadline = absl::Now() + absl::Seconds(options_.timeout_s);
+    for (size_t w : ipc) {
+      absl::Status s = src.status();
+      if (src.ok()) {
+        s = static_cast<LocalRolloutWorker*>(workers[w])->PushDeviceWeights(**src, version,
+                                                                            deadline);
+      }
+      if (s.ok()) {
+        ++ipc_ok;
+        bytes += static_cast<double>((*src)->WeightDeviceBytes());
+      } else {
+        GRPO_LOG(WARNING, "device-to-device weight update of %s failed (%s); pushing point to "
+                 "point", workers[w]->name(), s.ToString());
+        p2p.push_back(w);
+      }
+    }
+  }
   int64_t p2p_ok = 0;
   for (size_t w : p2p) {
     const absl::Status s = workers[w]->PushWeights(layout, params, version);
@@ -285,6 +311,7 @@ absl::Status WeightPublisher::Publish(absl::Span<RolloutWorker* const> workers,
   (*metrics)["weight_sync/collective_workers"] = static_cast<double>(collective_ok);
   (*metrics)["weight_sync/p2p_workers"] = static_cast<double>(p2p_ok);
   (*metrics)["weight_sync/bucket_count"] = static_cast<double>(num_buckets);
+  if (ipc_) (*metrics)["weight_sync/ipc_workers"] = static_cast<double>(ipc_ok);
   return absl::OkStatus();
 }
 

@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -45,12 +46,15 @@ struct WeightPublisherOptions {
   std::string remote_backend = "nccl";
   CommunicatorFactory remote_factory;  // empty = NcclCommunicatorFactory()
   int cuda_device = 0;                 // the learner's GPU for its rank (workers use their 0)
+  // transport "ipc": the learner's GPU copy of the weights being published (DeviceModel::
+  // DeviceWeights), which in-process engines on cuda copy device to device. Required for "ipc".
+  std::function<absl::StatusOr<const CudaModel*>()> device_weights;
 };
 
 class WeightPublisher {
  public:
-  // INVALID_ARGUMENT / UNIMPLEMENTED for a transport this build or setup cannot serve ("ipc"),
-  // naming weight_sync.transport.
+  // FAILED_PRECONDITION for "ipc" without options.device_weights (a learner on the CPU), naming
+  // weight_sync.transport.
   static absl::StatusOr<std::unique_ptr<WeightPublisher>> Create(WeightPublisherOptions options);
   ~WeightPublisher();
 
@@ -58,7 +62,8 @@ class WeightPublisher {
   // dead (and logs) a worker that no path could update. Adds to *metrics:
   //   weight_sync/seconds, weight_sync/bytes (payload bytes delivered, all workers),
   //   weight_sync/gb_per_s (bytes / seconds / 1e9), weight_sync/collective_workers,
-  //   weight_sync/p2p_workers, weight_sync/bucket_count.
+  //   weight_sync/p2p_workers, weight_sync/bucket_count, and with "ipc" weight_sync/ipc_workers
+  //   (in-process engines on cuda updated device to device; the rest go point to point).
   // UNAVAILABLE when no worker is left alive.
   absl::Status Publish(absl::Span<RolloutWorker* const> workers, std::vector<bool>* alive,
                        const ParamLayout& layout, absl::Span<const float> params, uint64_t version,
@@ -83,6 +88,7 @@ class WeightPublisher {
 
   WeightPublisherOptions options_;
   bool collective_ = false;
+  bool ipc_ = false;
   std::unique_ptr<LocalGroupState> local_;
   std::unique_ptr<RemoteGroupState> remote_;
   bool remote_disabled_ = false;  // NCCL unavailable here: remote workers stay point to point

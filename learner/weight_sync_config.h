@@ -16,9 +16,12 @@
 //               remote workers over NCCL (they join a group handed out over gRPC; needs CUDA and
 //               NCCL on the learner and the workers; a worker that cannot join, or a group that
 //               fails, falls back to grpc for that update).
-//   ipc         CUDA IPC on one shared GPU (comm/cuda_ipc.h). Refused at start-up for now: the
-//               handles exist, but no engine receives through them yet (a GPU engine takes its
-//               weights from the host, by grpc or collective).
+//   ipc         the learner and its in-process engines on one GPU ("device" and
+//               "rollout.local_device" both "cuda", else a config error): after each update the
+//               engines copy the learner's bf16 GPU weights device to device
+//               (CudaModel::CopyWeightsFrom), no host round trip; Publish returns once they serve
+//               them. Remote workers, and an engine whose copy fails, get grpc. Not built: CUDA
+//               IPC handles (comm/cuda_ipc.h) for rollout servers in other processes.
 //   auto        grpc. The CPU engines make fp32 point to point as fast as a broadcast (one copy
 //               per worker, measured in bench/weight_sync_bench.cc), and it is the only path that
 //               works across mismatched hardware.

@@ -528,6 +528,27 @@ absl::Status CudaModel::GetParams(absl::Span<float> host) const {
   return impl_->params.CopyToHost(host.data(), sizeof(float) * host.size());
 }
 
+absl::Status CudaModel::CopyWeightsFrom(const CudaModel& src_model) {
+  RETURN_IF_ERROR(impl_->Activate());
+  Impl& s = *impl_;
+  const Impl& src = *src_model.impl_;
+  if (src.layout.total != s.layout.total || src.layout.tensors.size() != s.layout.tensors.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("cuda model: CopyWeightsFrom a model of ",
+                                                   src.layout.total, " parameters into one of ",
+                                                   s.layout.total));
+  }
+  if (s.master && !src.master) return NoMaster("CopyWeightsFrom into a model with them");
+  RETURN_IF_ERROR(cuda::CopyOnDevice(s.params16.data(), src.params16.data(), s.params16.size()));
+  if (s.master || !src.master) {  // the same fp32 arrangement on both sides
+    return cuda::CopyOnDevice(s.params.data(), src.params.data(), s.params.size());
+  }
+  for (const auto& b : s.f32_index) {  // the norms and biases out of src's master copy
+    RETURN_IF_ERROR(cuda::CopyOnDevice(s.params.as<float>() + b.packed, src.F32(b.flat),
+                                       sizeof(float) * b.numel));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CudaModel::GetGrads(absl::Span<float> host) const {
   RETURN_IF_ERROR(impl_->Activate());
   if (static_cast<int64_t>(host.size()) != impl_->layout.total) {
@@ -778,6 +799,7 @@ int64_t CudaModel::WeightDeviceBytes() const { return 0; }
 absl::Status CudaModel::SetParams(absl::Span<const float>) { return NoCuda(); }
 absl::Status CudaModel::GetParams(absl::Span<float>) const { return NoCuda(); }
 absl::Status CudaModel::GetGrads(absl::Span<float>) const { return NoCuda(); }
+absl::Status CudaModel::CopyWeightsFrom(const CudaModel&) { return NoCuda(); }
 absl::Status CudaModel::ZeroGrads() { return NoCuda(); }
 absl::Status CudaModel::Forward(const TokenBatch&, const ForwardOptions&, ForwardResult<float>*) {
   return NoCuda();

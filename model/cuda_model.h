@@ -74,6 +74,11 @@ class CudaModel {
   absl::Status SetParams(absl::Span<const float> host);
   // The fp32 master weights; FAILED_PRECONDITION for a model created without them.
   absl::Status GetParams(absl::Span<float> host) const;
+  // This model's weights := src's, device to device (the same config; either may lack master
+  // weights, but a model with them needs a source with them: FAILED_PRECONDITION). Both on one
+  // GPU, or on two with peer access. What a colocated rollout engine takes from the learner's
+  // device copy instead of a host upload. Bitwise: the bf16 copy and the fp32 values move as is.
+  absl::Status CopyWeightsFrom(const CudaModel& src);
   // Gradients (same layout); Backward() accumulates into them.
   absl::Status GetGrads(absl::Span<float> host) const;
   absl::Status ZeroGrads();

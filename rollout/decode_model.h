@@ -20,6 +20,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "model/cuda_model.h"
 #include "model/model.h"
 #include "rollout/sampling.h"
 
@@ -49,6 +50,11 @@ class DecodeModel {
                               std::vector<int32_t>* routing) = 0;
   // New weights (num_params floats, the CPU model's flat layout). No sequence may be running.
   virtual absl::Status SetParams(const float* params) = 0;
+  // New weights copied device to device from `src` (a colocated learner's GPU copy; the same
+  // config). No sequence may be running. UNIMPLEMENTED on the CPU.
+  virtual absl::Status SetParamsFrom(const CudaModel& src) {
+    return absl::UnimplementedError("a CPU rollout engine takes its weights from the host");
+  }
 
   // Whether SampleOnDevice works: the next tokens of the last Extend (called with null logits)
   // drawn where the logits are.

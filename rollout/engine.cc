@@ -148,6 +148,7 @@ Engine::Engine(std::unique_ptr<DecodeModel> model, std::unique_ptr<Tokenizer> to
   work_->logits.resize(options_.max_batch * config_.vocab_size);
   work_->version = options_.initial_version;
   version_ = options_.initial_version;
+  applied_version_ = options_.initial_version;
 }
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<Model<float>> model,
@@ -216,6 +217,44 @@ absl::Status Engine::StageWeights(uint64_t version, std::vector<float> params) {
   }
   staged_version_ = version;
   staged_params_ = std::move(params);
+  staged_device_ = nullptr;
+  return absl::OkStatus();
+}
+
+absl::Status Engine::WaitApplied(uint64_t version, absl::Time deadline) {
+  absl::MutexLock lock(&mu_);
+  auto done = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return applied_version_ >= version || stopping_;
+  };
+  if (!mu_.AwaitWithDeadline(absl::Condition(&done), deadline)) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        "rollout engine: weight version ", version, " not applied by the deadline (serving ",
+        applied_version_, "; running sequences finish first)"));
+  }
+  if (applied_version_ < version) return absl::UnavailableError("rollout engine is shutting down");
+  return absl::OkStatus();
+}
+
+absl::Status Engine::StageDeviceWeights(uint64_t version, const CudaModel* src) {
+  if (src == nullptr || src->num_params() != num_params_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("stage device weights: the source model has ",
+                     src == nullptr ? 0 : src->num_params(), " params, this one ", num_params_));
+  }
+  if (options_.device != Device::kCuda) {
+    return absl::FailedPreconditionError(
+        "stage device weights: this rollout engine runs on the CPU; weights come from the host");
+  }
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return absl::UnavailableError("rollout engine is shutting down");
+  const uint64_t newest = std::max(version_, staged_version_);
+  if (version <= newest) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("weight version ", version, " is not newer than ", newest));
+  }
+  staged_version_ = version;
+  staged_params_.clear();
+  staged_device_ = src;
   return absl::OkStatus();
 }
 
@@ -479,6 +518,7 @@ void Engine::Loop() {
   while (true) {
     std::vector<std::unique_ptr<Group>> admitted;
     std::vector<float> swap_params;  // a weight update to apply before this iteration's work
+    const CudaModel* swap_device = nullptr;  // or its device source
     {
       absl::MutexLock lock(&mu_);
       auto has_work = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -490,6 +530,8 @@ void Engine::Loop() {
         // The parameters leave the staging area here and reach the model below, outside the
         // lock (the CPU re-pack or the GPU upload takes a while), before anything is computed.
         swap_params.swap(staged_params_);
+        swap_device = staged_device_;
+        staged_device_ = nullptr;
         version_ = staged_version_;
         w.version = version_;
         staged_version_ = 0;
@@ -539,7 +581,14 @@ void Engine::Loop() {
       }
     }
 
-    if (!swap_params.empty()) {
+    if (swap_device != nullptr) {
+      // As below: only a device fault can fail the copy.
+      const absl::Status st = model.SetParamsFrom(*swap_device);
+      GRPO_CHECK_MSG(st.ok(), absl::StrCat("rollout engine: copying weight version ", w.version,
+                                           " from the learner's GPU: ", st.message()));
+    }
+    const bool swapped_host = !swap_params.empty();
+    if (swapped_host) {
       // Only a device fault can fail this (the CPU copy cannot); the model then holds no usable
       // weights and the GPU context is gone, so the process ends (its learner re-issues this
       // worker's groups elsewhere) rather than serve anything wrong.
@@ -548,6 +597,10 @@ void Engine::Loop() {
                                            ": ", st.message()));
       absl::MutexLock lock(&mu_);
       spare_params_ = std::move(swap_params);
+    }
+    if (swap_device != nullptr || swapped_host) {
+      absl::MutexLock lock(&mu_);
+      applied_version_ = w.version;
     }
 
     int64_t new_tokens = 0;

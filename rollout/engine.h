@@ -141,6 +141,14 @@ class Engine {
   // serving and any staged version (FAILED_PRECONDITION otherwise). Returns at once; the swap
   // happens when running sequences have finished.
   absl::Status StageWeights(uint64_t version, std::vector<float> params);
+  // The same with the weights of `src`, copied device to device at the swap (an engine on cuda
+  // colocated with a learner on the same GPU: weight_sync.transport "ipc"). The caller keeps
+  // `src` alive and unchanged until the swap: until the next Generate returns, or
+  // newest_version() no longer reports this version as staged. FAILED_PRECONDITION on the CPU.
+  absl::Status StageDeviceWeights(uint64_t version, const CudaModel* src);
+  // Waits until weights of `version` or newer are in the model (the swap applied, not just
+  // staged): after it, a StageDeviceWeights source may change. DEADLINE_EXCEEDED otherwise.
+  absl::Status WaitApplied(uint64_t version, absl::Time deadline);
   // Newest version known (staged, else serving): the floor for the next update.
   uint64_t newest_version() const;
   // The parameter buffer of the last applied update (empty if none, or taken already), for the
@@ -180,7 +188,9 @@ class Engine {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t version_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t staged_version_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t applied_version_ ABSL_GUARDED_BY(mu_) = 0;  // WaitApplied
   std::vector<float> staged_params_ ABSL_GUARDED_BY(mu_);
+  const CudaModel* staged_device_ ABSL_GUARDED_BY(mu_) = nullptr;  // instead of staged_params_
   std::vector<float> spare_params_ ABSL_GUARDED_BY(mu_);  // TakeSpareParams
   // Status figures, written by the engine thread.
   int64_t running_ ABSL_GUARDED_BY(mu_) = 0;

@@ -243,6 +243,27 @@ TEST_CASE(
   auto cpu1 = CpuModel(c, w1);
   CheckAgainstCpu(*cpu1, prompts, *after, 1, 4, 10);
   CHECK((*engine)->GetStatus().weight_version == 1);
+
+  // weight_sync.transport "ipc": version 2 copied device to device from a learner-like
+  // CudaModel (no fp32 masters, like DeviceModel's). The engine must then generate what the CPU
+  // model with those weights gives, and keep doing so after the source changes (the copy is the
+  // engine's own once WaitApplied returns).
+  std::vector<float> w2 = w0;
+  for (float& x : w2) x *= 1.25f;
+  w2 = RoundBf16(w2);
+  auto source = CudaModel::Create(c, {.master_weights = false});
+  REQUIRE(source.ok());
+  REQUIRE((*source)->SetParams(w2).ok());
+  CHECK((*engine)->StageDeviceWeights(1, source->get()).code() ==
+        absl::StatusCode::kFailedPrecondition);  // not newer than the serving version
+  REQUIRE((*engine)->StageDeviceWeights(2, source->get()).ok());
+  REQUIRE((*engine)->WaitApplied(2, absl::Now() + absl::Seconds(60)).ok());
+  REQUIRE((*source)->SetParams(w0).ok());  // the learner's next upload: must not reach the engine
+  auto via_device = (*engine)->GenerateAll(prompts, sp);
+  REQUIRE(via_device.ok());
+  auto cpu2 = CpuModel(c, w2);
+  CheckAgainstCpu(*cpu2, prompts, *via_device, 2, 4, 10);
+  CHECK((*engine)->GetStatus().weight_version == 2);
 }
 
 }  // namespace

@@ -117,6 +117,13 @@ TEST_CASE("config: device is cpu, cuda or auto, and cuda refuses what only the C
   j["rollout"] = {{"deterministic", true}};
   CHECK(Contains(Error(j), "'rollout.deterministic' needs 'device' cpu"));
   j = Minimal();
+  j["weight_sync"] = {{"transport", "ipc"}};  // the learner's GPU weights into cuda engines
+  CHECK(Contains(Error(j), "'weight_sync.transport' \"ipc\""));
+  CHECK(Contains(Error(j), "'rollout.local_device' \"cuda\""));
+  j["device"] = "cuda";
+  j["rollout"] = {{"local_device", "cuda"}};
+  CHECK(ParseLearnerConfig(j, "run.json").ok());
+  j = Minimal();
   j["device"] = "cuda";
   j["data_parallel"] = {{"ranks", 2}};  // GPU ranks: threads of this process, a GPU each
   CHECK(ParseLearnerConfig(j, "run.json").ok());

@@ -106,12 +106,44 @@ TEST_CASE("weight_sync config: unknown values are one error naming the key",
     CHECK(std::string(r.status().message()).find(says) != std::string::npos);
     CHECK(std::string(r.status().message()).find("run.json") != std::string::npos);
   }
-  // "ipc" is a known transport that this build cannot serve: refused at start-up by name.
+  // "ipc" without the learner's GPU weights (a learner on the CPU): refused at start-up by name.
   WeightPublisherOptions o;
   o.config.transport = "ipc";
   auto p = WeightPublisher::Create(o);
   REQUIRE_FALSE(p.ok());
+  CHECK(p.status().code() == absl::StatusCode::kFailedPrecondition);
   CHECK(std::string(p.status().message()).find("weight_sync.transport") != std::string::npos);
+}
+
+// "ipc" moves weights device to device into in-process engines on cuda only; any other worker (a
+// CPU engine here, as a remote one would be) gets the point-to-point push and the new version.
+// The device path itself is tests/gpu/rollout_cuda_test.cc's.
+TEST_CASE("ipc publish: workers not on cuda go point to point", "[learner][weight_sync]") {
+  const ModelConfig c = testing::MustParse(testing::TinyQwen3MoeJson());
+  auto learner = testing::MakeModel<float>(c, 45);
+  auto w0 = MakeLocalWorker(*learner, "local0");
+  std::vector<RolloutWorker*> workers = {w0.get()};
+  std::vector<bool> alive;
+  WeightPublisherOptions o;
+  o.config.transport = "ipc";
+  int asked = 0;
+  o.device_weights = [&]() -> absl::StatusOr<const CudaModel*> {
+    ++asked;
+    return absl::FailedPreconditionError("not asked for without a cuda engine");
+  };
+  auto pub = WeightPublisher::Create(o);
+  REQUIRE(pub.ok());
+  CHECK((*pub)->description().find("ipc") == 0);
+  Perturb(learner.get(), 0.05f);
+  std::map<std::string, double> m;
+  REQUIRE((*pub)
+              ->Publish(workers, &alive, learner->layout(),
+                        absl::MakeConstSpan(learner->params(), learner->num_params()), 1, &m)
+              .ok());
+  CHECK(asked == 0);
+  CHECK(m.at("weight_sync/ipc_workers") == 0);
+  CHECK(m.at("weight_sync/p2p_workers") == 1);
+  CheckServes(w0.get(), *learner, Prompts(c.vocab_size), 1);
 }
 
 TEST_CASE("collective publish to in-process workers: new version, learner's logprobs",

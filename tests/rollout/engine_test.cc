@@ -423,6 +423,25 @@ TEST_CASE("returned routing replays the learner's forward exactly", "[rollout][e
   }
 }
 
+TEST_CASE("WaitApplied returns once a staged update is in the model, and checks device sources",
+          "[rollout][engine][weights]") {
+  const ModelConfig c = TinyMoe();
+  EngineOptions opt;
+  opt.initial_version = 3;
+  auto engine = MakeEngine(c, 11, opt);
+  REQUIRE(engine->WaitApplied(3, absl::Now()).ok());  // the initial weights count as applied
+  const absl::Status late = engine->WaitApplied(4, absl::Now() + absl::Milliseconds(50));
+  CHECK(late.code() == absl::StatusCode::kDeadlineExceeded);
+  auto new_model = MakeModel<float>(c, 12);
+  std::vector<float> params(new_model->params(), new_model->params() + new_model->num_params());
+  REQUIRE(engine->StageWeights(4, params).ok());
+  REQUIRE(engine->WaitApplied(4, absl::Now() + absl::Seconds(30)).ok());
+  CHECK(engine->GetStatus().weight_version == 4);
+  // Device-to-device updates need an engine on cuda (and a source model).
+  CHECK(engine->StageDeviceWeights(5, nullptr).code() == absl::StatusCode::kInvalidArgument);
+  CHECK(engine->newest_version() == 4);
+}
+
 TEST_CASE("a weight update waits for running sequences, and every completion has one version",
           "[rollout][engine][weights]") {
   const ModelConfig c = TinyMoe();
