@@ -203,18 +203,23 @@ uint64_t Engine::newest_version() const {
   return std::max(version_, staged_version_);
 }
 
-absl::Status Engine::StageWeights(uint64_t version, std::vector<float> params) {
-  if (static_cast<int64_t>(params.size()) != num_params_) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("stage weights: ", params.size(), " params, the model has ", num_params_));
-  }
-  absl::MutexLock lock(&mu_);
+absl::Status Engine::CheckStageable(uint64_t version) const {
   if (stopping_) return absl::UnavailableError("rollout engine is shutting down");
   const uint64_t newest = std::max(version_, staged_version_);
   if (version <= newest) {
     return absl::FailedPreconditionError(
         absl::StrCat("weight version ", version, " is not newer than ", newest));
   }
+  return absl::OkStatus();
+}
+
+absl::Status Engine::StageWeights(uint64_t version, std::vector<float> params) {
+  if (static_cast<int64_t>(params.size()) != num_params_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("stage weights: ", params.size(), " params, the model has ", num_params_));
+  }
+  absl::MutexLock lock(&mu_);
+  RETURN_IF_ERROR(CheckStageable(version));
   staged_version_ = version;
   staged_params_ = std::move(params);
   staged_device_ = nullptr;
@@ -246,12 +251,7 @@ absl::Status Engine::StageDeviceWeights(uint64_t version, const CudaModel* src) 
         "stage device weights: this rollout engine runs on the CPU; weights come from the host");
   }
   absl::MutexLock lock(&mu_);
-  if (stopping_) return absl::UnavailableError("rollout engine is shutting down");
-  const uint64_t newest = std::max(version_, staged_version_);
-  if (version <= newest) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("weight version ", version, " is not newer than ", newest));
-  }
+  RETURN_IF_ERROR(CheckStageable(version));
   staged_version_ = version;
   staged_params_.clear();
   staged_device_ = src;

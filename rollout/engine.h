@@ -189,6 +189,9 @@ class Engine {
   uint64_t version_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t staged_version_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t applied_version_ ABSL_GUARDED_BY(mu_) = 0;  // WaitApplied
+  // StageWeights / StageDeviceWeights: UNAVAILABLE while stopping, FAILED_PRECONDITION unless
+  // `version` is newer than the serving and any staged one.
+  absl::Status CheckStageable(uint64_t version) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::vector<float> staged_params_ ABSL_GUARDED_BY(mu_);
   const CudaModel* staged_device_ ABSL_GUARDED_BY(mu_) = nullptr;  // instead of staged_params_
   std::vector<float> spare_params_ ABSL_GUARDED_BY(mu_);  // TakeSpareParams
