@@ -237,7 +237,7 @@ absl::Status WeightPublisher::Publish(absl::Span<RolloutWorker* const> workers,
     auto* local = dynamic_cast<LocalRolloutWorker*>(workers[w]);
     if (ipc_ && local != nullptr && local->engine()->device() == Device::kCuda) {
       ipc.push_back(w);
-    } else if (collective_ && dynamic_cast<LocalRolloutWorker*>(workers[w]) != nullptr) {
+    } else if (collective_ && local != nullptr) {
       local_members.push_back(w);
     } else if (collective_ && !remote_disabled_ &&
                dynamic_cast<RemoteRolloutWorker*>(workers[w]) != nullptr) {
