@@ -32,12 +32,7 @@ absl::StatusOr<std::unique_ptr<DeviceModel>> DeviceModel::Create(Model<float>* h
 absl::Status DeviceModel::Forward(const TokenBatch& batch, const ForwardOptions& options,
                                   ForwardResult<float>* result) {
   if (gpu_ == nullptr) return host_->Forward(batch, options, result);
-  if (stale_) {
-    RETURN_IF_ERROR(WithContext(
-        gpu_->SetParams(absl::MakeConstSpan(std::as_const(*host_).params(), host_->num_params())),
-        "copying the weights to the GPU"));
-    stale_ = false;
-  }
+  RETURN_IF_ERROR(UploadIfStale());
   return gpu_->Forward(batch, options, result);
 }
 
@@ -45,13 +40,17 @@ absl::StatusOr<const CudaModel*> DeviceModel::DeviceWeights() {
   if (gpu_ == nullptr) {
     return absl::FailedPreconditionError("the learner's model is on the CPU: no device weights");
   }
-  if (stale_) {
-    RETURN_IF_ERROR(WithContext(
-        gpu_->SetParams(absl::MakeConstSpan(std::as_const(*host_).params(), host_->num_params())),
-        "copying the weights to the GPU"));
-    stale_ = false;
-  }
+  RETURN_IF_ERROR(UploadIfStale());
   return gpu_.get();
+}
+
+absl::Status DeviceModel::UploadIfStale() {
+  if (!stale_) return absl::OkStatus();
+  RETURN_IF_ERROR(WithContext(
+      gpu_->SetParams(absl::MakeConstSpan(std::as_const(*host_).params(), host_->num_params())),
+      "copying the weights to the GPU"));
+  stale_ = false;
+  return absl::OkStatus();
 }
 
 absl::Status DeviceModel::ZeroGrads() {

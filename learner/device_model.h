@@ -60,6 +60,8 @@ class DeviceModel {
 
  private:
   DeviceModel(Model<float>* host, std::unique_ptr<CudaModel> gpu);
+  // CUDA: host().params() to the device if they changed since the last upload.
+  absl::Status UploadIfStale();
 
   Model<float>* host_;
   std::unique_ptr<CudaModel> gpu_;  // null on the CPU

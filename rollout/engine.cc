@@ -581,25 +581,16 @@ void Engine::Loop() {
       }
     }
 
-    if (swap_device != nullptr) {
-      // As below: only a device fault can fail the copy.
-      const absl::Status st = model.SetParamsFrom(*swap_device);
-      GRPO_CHECK_MSG(st.ok(), absl::StrCat("rollout engine: copying weight version ", w.version,
-                                           " from the learner's GPU: ", st.message()));
-    }
-    const bool swapped_host = !swap_params.empty();
-    if (swapped_host) {
+    if (swap_device != nullptr || !swap_params.empty()) {
       // Only a device fault can fail this (the CPU copy cannot); the model then holds no usable
       // weights and the GPU context is gone, so the process ends (its learner re-issues this
       // worker's groups elsewhere) rather than serve anything wrong.
-      const absl::Status st = model.SetParams(swap_params.data());
+      const absl::Status st = swap_device != nullptr ? model.SetParamsFrom(*swap_device)
+                                                     : model.SetParams(swap_params.data());
       GRPO_CHECK_MSG(st.ok(), absl::StrCat("rollout engine: applying weight version ", w.version,
                                            ": ", st.message()));
       absl::MutexLock lock(&mu_);
-      spare_params_ = std::move(swap_params);
-    }
-    if (swap_device != nullptr || swapped_host) {
-      absl::MutexLock lock(&mu_);
+      if (!swap_params.empty()) spare_params_ = std::move(swap_params);
       applied_version_ = w.version;
     }
 
