@@ -149,7 +149,9 @@ KvCache<Real>::KvCache(const ModelConfig& c, int64_t num_slots, int64_t max_len)
       row_(c.num_key_value_heads * c.head_dim),
       length_(num_slots, 0),
       offset_(num_slots),
-      capacity_(num_slots, max_len) {
+      capacity_(num_slots, max_len),
+      shared_offset_(num_slots, 0),
+      shared_len_(num_slots, 0) {
   for (int64_t s = 0; s < num_slots; ++s) offset_[s] = s * max_len;
   k_.resize(c.num_hidden_layers);
   v_.resize(c.num_hidden_layers);
@@ -167,6 +169,8 @@ KvCache<Real> KvCache<Real>::Pooled(const ModelConfig& c, int64_t num_slots, int
   cache.length_.assign(num_slots, 0);
   cache.offset_.assign(num_slots, 0);
   cache.capacity_.assign(num_slots, 0);
+  cache.shared_offset_.assign(num_slots, 0);
+  cache.shared_len_.assign(num_slots, 0);
   cache.k_.resize(c.num_hidden_layers);
   cache.v_.resize(c.num_hidden_layers);
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
@@ -183,15 +187,26 @@ void KvCache<Real>::Assign(int64_t slot, int64_t row_offset, int64_t capacity) {
   offset_[slot] = row_offset;
   capacity_[slot] = capacity;
   length_[slot] = 0;
+  shared_len_[slot] = 0;
 }
 
 template <typename Real>
 void KvCache<Real>::CopyPrefix(int64_t src, int64_t dst, int64_t n) {
-  GRPO_CHECK(n <= length_[src] && n <= capacity_[dst]);
+  GRPO_CHECK(n <= length_[src] && shared_len_[src] == 0 && n <= capacity_[dst]);
   for (int64_t l = 0; l < num_layers(); ++l) {
     std::memcpy(k(l, dst), k(l, src), sizeof(Real) * n * row_);
     std::memcpy(v(l, dst), v(l, src), sizeof(Real) * n * row_);
   }
+  length_[dst] = n;
+  shared_len_[dst] = 0;
+}
+
+template <typename Real>
+void KvCache<Real>::SharePrefix(int64_t src, int64_t dst, int64_t n) {
+  GRPO_CHECK(src != dst && n >= 0 && n <= length_[src] && shared_len_[src] == 0);
+  GRPO_CHECK(length_[dst] == 0);
+  shared_offset_[dst] = offset_[src];
+  shared_len_[dst] = n;
   length_[dst] = n;
 }
 
@@ -334,7 +349,7 @@ void Model<Real>::LayerForward(int64_t l, LayerActs& a, Real* x, int64_t T, cons
     }
     for (int64_t t = t0; cache != nullptr && t < t0 + n; ++t) {
       const int64_t b = token_seq[t], slot = slots[b];
-      const int64_t at = cache->length(slot) + (t - offsets[b]);
+      const int64_t at = cache->length(slot) - cache->shared_len(slot) + (t - offsets[b]);
       std::copy_n(a.k.data() + t * kvd, kvd, cache->k(l, slot) + at * kvd);
       std::copy_n(a.v.data() + t * kvd, kvd, cache->v(l, slot) + at * kvd);
     }
@@ -347,7 +362,14 @@ void Model<Real>::LayerForward(int64_t l, LayerActs& a, Real* x, int64_t T, cons
       seqs[b] = {begin, len, a.k.data() + begin * kvd, a.v.data() + begin * kvd, len};
     } else {
       const int64_t slot = slots[b];
-      seqs[b] = {begin, len, cache->k(l, slot), cache->v(l, slot), cache->length(slot) + len};
+      seqs[b] = {begin,
+                 len,
+                 cache->k(l, slot),
+                 cache->v(l, slot),
+                 cache->length(slot) + len,
+                 cache->shared_k(l, slot),
+                 cache->shared_v(l, slot),
+                 cache->shared_len(slot)};
     }
   }
   Resize(a.attn, T * qd);

@@ -66,9 +66,14 @@ inline int64_t KvBytesPerToken(const ModelConfig& c, int64_t element_bytes) {
 }
 
 // Keys and values of many sequences for incremental decode. Per layer one arena of rows, each
-// (nkv, hd); slot s owns rows [offset(s), offset(s) + capacity(s)) of it and holds length(s) of
-// them. The plain constructor gives slot s the rows [s * max_len, (s + 1) * max_len); Pooled()
-// makes an arena of pool_rows rows where an allocator (rollout/) places slots with Assign().
+// (nkv, hd); slot s owns rows [offset(s), offset(s) + own capacity) of it. The plain constructor
+// gives slot s the rows [s * max_len, (s + 1) * max_len); Pooled() makes an arena of pool_rows
+// rows where an allocator (rollout/) places slots with Assign().
+//
+// A slot may start with a shared prefix (SharePrefix: a group's samples read their prompt's rows
+// where the prompt was prefilled, without copies): its positions [0, shared_len) are then rows of
+// another slot's range, and positions [shared_len, length) its own rows from offset(s). The
+// caller keeps the source's rows unchanged and allocated while any slot shares them.
 template <typename Real>
 class KvCache {
  public:
@@ -78,24 +83,44 @@ class KvCache {
   int64_t num_layers() const { return static_cast<int64_t>(k_.size()); }
   int64_t row_width() const { return row_; }
   int64_t num_slots() const { return static_cast<int64_t>(length_.size()); }
-  int64_t max_len() const { return max_len_; }  // largest capacity a slot can have
+  int64_t max_len() const { return max_len_; }  // largest own capacity a slot can have
+  // Positions held, the shared prefix included.
   int64_t length(int64_t slot) const { return length_[slot]; }
-  int64_t capacity(int64_t slot) const { return capacity_[slot]; }
-  void Reset(int64_t slot) { length_[slot] = 0; }
-  // Gives `slot` the arena rows [row_offset, row_offset + capacity) and length 0. The caller
-  // keeps slots' row ranges disjoint.
+  // Positions the slot can hold: its shared prefix and its own rows.
+  int64_t capacity(int64_t slot) const { return shared_len_[slot] + capacity_[slot]; }
+  int64_t shared_len(int64_t slot) const { return shared_len_[slot]; }
+  // Empties the slot (and drops its shared prefix).
+  void Reset(int64_t slot) {
+    length_[slot] = 0;
+    shared_len_[slot] = 0;
+  }
+  // Gives `slot` the arena rows [row_offset, row_offset + capacity), no shared prefix and length
+  // 0. The caller keeps slots' own row ranges disjoint.
   void Assign(int64_t slot, int64_t row_offset, int64_t capacity);
-  // Copies the first n rows of src (every layer) to dst and sets length(dst) = n: group forking.
+  // Copies the first n rows of src (every layer; src has no shared prefix) to dst and sets
+  // length(dst) = n: group forking with copies.
   void CopyPrefix(int64_t src, int64_t dst, int64_t n);
+  // dst (empty) reads the first n positions of src (which has no shared prefix) where they are:
+  // shared_len(dst) = length(dst) = n, and dst's own rows hold its positions from n on.
+  void SharePrefix(int64_t src, int64_t dst, int64_t n);
+  // The slot's own rows: position shared_len(slot) + i is row i.
   Real* k(int64_t layer, int64_t slot) { return k_[layer].data() + offset_[slot] * row_; }
   Real* v(int64_t layer, int64_t slot) { return v_[layer].data() + offset_[slot] * row_; }
+  // The shared prefix's rows (position i is row i), or null without one.
+  const Real* shared_k(int64_t layer, int64_t slot) const {
+    return shared_len_[slot] > 0 ? k_[layer].data() + shared_offset_[slot] * row_ : nullptr;
+  }
+  const Real* shared_v(int64_t layer, int64_t slot) const {
+    return shared_len_[slot] > 0 ? v_[layer].data() + shared_offset_[slot] * row_ : nullptr;
+  }
   void Advance(int64_t slot, int64_t n) { length_[slot] += n; }
 
  private:
   KvCache() = default;
   int64_t max_len_ = 0;
   int64_t row_ = 0;  // nkv * hd
-  std::vector<int64_t> length_, offset_, capacity_;  // (num_slots) each
+  std::vector<int64_t> length_, offset_, capacity_;  // (num_slots) each; capacity_: own rows
+  std::vector<int64_t> shared_offset_, shared_len_;  // (num_slots) each
   std::vector<HugePageVector<Real>> k_, v_;  // per layer (arena rows, nkv, hd)
 };
 

@@ -36,6 +36,11 @@ class CpuDecodeModel final : public DecodeModel {
     cache_->CopyPrefix(src, dst, n);
     return absl::OkStatus();
   }
+  bool shares_prefix() const override { return true; }
+  absl::Status SharePrefix(int64_t src, int64_t dst, int64_t n) override {
+    cache_->SharePrefix(src, dst, n);
+    return absl::OkStatus();
+  }
   absl::Status Extend(absl::Span<const int64_t> slots,
                       absl::Span<const absl::Span<const int32_t>> feeds, float* logits,
                       std::vector<int32_t>* routing) override {

@@ -6,7 +6,8 @@
 //
 //   - CPU (MakeCpuDecodeModel): Model<float> over KvCache<float>::Pooled, batch-invariant
 //     kernels on pre-packed weights: logprobs bitwise equal to the learner's deterministic
-//     forward, and completions independent of what else is batched.
+//     forward, and completions independent of what else is batched. A group's samples read
+//     their prompt's K/V in place (SharePrefix).
 //   - CUDA (MakeCudaDecodeModel): CudaModel (bf16 weights and K/V, fp32 accumulation); it
 //     samples untruncated rows on the device (samples_on_device), the rest on the host. Its
 //     cuBLAS GEMMs are not batch-invariant, so logprobs agree with the CPU learner to bf16
@@ -41,8 +42,17 @@ class DecodeModel {
   virtual absl::Status InitPool(int64_t num_slots, int64_t pool_rows) = 0;
   // Slot `slot` (empty) may fill rows [row_offset, row_offset + capacity) of the pool.
   virtual absl::Status Assign(int64_t slot, int64_t row_offset, int64_t capacity) = 0;
-  // Slot dst (assigned, empty) starts with the first n tokens of slot src.
+  // Slot dst (assigned, empty) starts with the first n tokens of slot src, copied into dst's rows.
   virtual absl::Status CopyPrefix(int64_t src, int64_t dst, int64_t n) = 0;
+  // Whether SharePrefix works: forks then read the prompt's rows in place, and a fork's own rows
+  // need hold only its completion.
+  virtual bool shares_prefix() const { return false; }
+  // Slot dst (assigned, empty) starts with the first n tokens of slot src, read from src's rows
+  // (which the caller keeps allocated and unchanged until dst is done); dst's own rows hold
+  // positions n onward. UNIMPLEMENTED unless shares_prefix().
+  virtual absl::Status SharePrefix(int64_t src, int64_t dst, int64_t n) {
+    return absl::UnimplementedError("this model copies prompt prefixes");
+  }
   // Model<float>::Extend's contract: logits (slots.size(), V) at temperature 1 for each slot's
   // last new token; routing (num_moe_layers, T, K) when non-null.
   virtual absl::Status Extend(absl::Span<const int64_t> slots,

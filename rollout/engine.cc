@@ -68,6 +68,12 @@ struct Engine::Group {
   int64_t num_finished = 0;
   std::vector<std::vector<int32_t>> prompt_routing;  // per MoE layer (P, K)
   std::vector<Sequence*> seqs;                       // (G) while running; owned by Work::running
+  // Shared prompt (DecodeModel::SharePrefix): samples 1.. read the prompt from sample 0's rows,
+  // so those rows stay allocated until every sample is released: `holders` counts the samples
+  // not yet released, and sample 0's rows wait in held_* once it is released before the others.
+  bool shared_prompt = false;
+  int64_t holders = 0;
+  int64_t held_offset = 0, held_rows = 0;
 };
 
 struct Engine::Sequence {
@@ -81,6 +87,17 @@ struct Engine::Sequence {
   bool routing_pending = false;
   std::vector<std::vector<int32_t>> routing;  // per MoE layer (completion tokens, K)
 };
+
+// KV rows one sample of a group takes: sample 0 holds the prompt and its completion; with a
+// shared prompt the others hold only their completions.
+int64_t SampleRows(int64_t prompt, int64_t max_new, int64_t sample, bool shared_prompt) {
+  return sample == 0 || !shared_prompt ? prompt + max_new : max_new;
+}
+
+// KV rows a whole group takes.
+int64_t GroupRows(int64_t prompt, int64_t max_new, int64_t group_size, bool shared_prompt) {
+  return shared_prompt ? prompt + group_size * max_new : group_size * (prompt + max_new);
+}
 
 // First-fit allocator of contiguous row ranges in the KV arena.
 class RowAllocator {
@@ -142,6 +159,7 @@ Engine::Engine(std::unique_ptr<DecodeModel> model, std::unique_ptr<Tokenizer> to
                uint64_t fingerprint, int64_t pool_rows)
     : options_(options), config_(config), num_params_(num_params), fingerprint_(fingerprint) {
   kv_row_bytes_ = model->kv_bytes_per_token();
+  shares_prefix_ = model->shares_prefix();
   max_context_ = std::min<int64_t>(config_.max_position_embeddings, pool_rows);
   work_ =
       std::make_unique<Work>(std::move(model), std::move(tokenizer), options_.max_batch, pool_rows);
@@ -335,12 +353,16 @@ absl::StatusOr<std::shared_ptr<RolloutRequest>> Engine::Submit(std::vector<Rollo
           "prompts[", i, "]: ", p.size(), " tokens + max_new_tokens ", sampling.max_new_tokens,
           " exceed the model's context of ", config_.max_position_embeddings, " tokens"));
     }
-    if (need * sampling.group_size > pool_rows) {
+    const int64_t group_rows = GroupRows(static_cast<int64_t>(p.size()),
+                                         sampling.max_new_tokens, sampling.group_size,
+                                         shares_prefix_ && sampling.group_size > 1);
+    if (group_rows > pool_rows) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "prompts[", i, "]: a group of ", sampling.group_size, " x (", p.size(),
-          " prompt tokens + ", sampling.max_new_tokens, " new) needs ",
-          need * sampling.group_size * kv_row_bytes_, " bytes of KV cache; the server's budget is ",
-          pool_rows * kv_row_bytes_, " bytes (--kv-budget-mb)"));
+          "prompts[", i, "]: a group of ", sampling.group_size, " samples (", p.size(),
+          " prompt tokens", shares_prefix_ ? ", shared," : "", " + ", sampling.max_new_tokens,
+          " new each) needs ", group_rows * kv_row_bytes_,
+          " bytes of KV cache; the server's budget is ", pool_rows * kv_row_bytes_,
+          " bytes (--kv-budget-mb)"));
     }
   }
   auto shared_sampling = std::make_shared<const SamplingParams>(sampling);
@@ -425,6 +447,26 @@ void Engine::Loop() {
   const int64_t V = config_.vocab_size, K = config_.num_experts_per_tok;
   const int64_t num_moe = config_.NumMoeLayers();
 
+  // Frees a sequence's slot and rows (a shared prompt's rows once no sample reads them).
+  auto release = [&](Sequence* s) {
+    Group* g = s->group;
+    if (!g->shared_prompt) {
+      w.rows.Free(s->kv_offset, s->kv_rows);
+    } else {
+      if (s->sample_index == 0) {
+        g->held_offset = s->kv_offset;
+        g->held_rows = s->kv_rows;
+      } else {
+        w.rows.Free(s->kv_offset, s->kv_rows);
+      }
+      if (--g->holders == 0) {
+        w.rows.Free(g->held_offset, g->held_rows);
+        g->held_rows = 0;
+      }
+    }
+    w.free_slots.push_back(s->slot);
+    s->slot = -1;
+  };
   // Ends a sequence: frees its slot and rows, fills its completion, delivers a finished group.
   auto finish = [&](Sequence* s, FinishReason reason) {
     Group* g = s->group;
@@ -446,9 +488,7 @@ void Engine::Loop() {
                                     s->routing[m].end());
       }
     }
-    w.rows.Free(s->kv_offset, s->kv_rows);
-    w.free_slots.push_back(s->slot);
-    s->slot = -1;
+    release(s);
     if (++g->num_finished == static_cast<int64_t>(g->completions.size())) {
       GroupResult r;
       r.prompt_id = g->prompt_id;
@@ -546,18 +586,23 @@ void Engine::Loop() {
           continue;
         }
         const int64_t G = g->sampling->group_size;
-        const int64_t need = static_cast<int64_t>(g->prompt.size()) + g->sampling->max_new_tokens;
+        const int64_t P = static_cast<int64_t>(g->prompt.size());
+        const bool shared = shares_prefix_ && G > 1;
         if (static_cast<int64_t>(w.free_slots.size()) < G) break;
         std::vector<int64_t> offsets;
         for (int64_t i = 0; i < G; ++i) {
-          const int64_t off = w.rows.Alloc(need);
+          const int64_t off = w.rows.Alloc(SampleRows(P, g->sampling->max_new_tokens, i, shared));
           if (off < 0) break;
           offsets.push_back(off);
         }
         if (static_cast<int64_t>(offsets.size()) < G) {
-          for (int64_t off : offsets) w.rows.Free(off, need);
+          for (size_t i = 0; i < offsets.size(); ++i) {
+            w.rows.Free(offsets[i], SampleRows(P, g->sampling->max_new_tokens, i, shared));
+          }
           break;  // arrival order: later groups wait too (no starvation of large groups)
         }
+        g->shared_prompt = shared;
+        g->holders = shared ? G : 0;
         g->version = w.version;
         g->completions.resize(G);
         for (int64_t i = 0; i < G; ++i) {
@@ -567,7 +612,7 @@ void Engine::Loop() {
           s->slot = w.free_slots.back();
           w.free_slots.pop_back();
           s->kv_offset = offsets[i];
-          s->kv_rows = need;
+          s->kv_rows = SampleRows(P, g->sampling->max_new_tokens, i, shared);
           s->routing.resize(g->sampling->return_routing ? num_moe : 0);
           // Cannot fail: slot and rows come from this engine's own allocators.
           GRPO_CHECK(model.Assign(s->slot, s->kv_offset, s->kv_rows).ok());
@@ -635,7 +680,8 @@ void Engine::Loop() {
         }
         absl::Status fork;
         for (size_t i = 1; i < g->seqs.size() && fork.ok(); ++i) {
-          fork = model.CopyPrefix(g->seqs[0]->slot, g->seqs[i]->slot, P);
+          fork = g->shared_prompt ? model.SharePrefix(g->seqs[0]->slot, g->seqs[i]->slot, P)
+                                  : model.CopyPrefix(g->seqs[0]->slot, g->seqs[i]->slot, P);
         }
         if (!fork.ok()) {
           fail_group(g, fork);
@@ -648,9 +694,7 @@ void Engine::Loop() {
     // Cancelled or failed requests: drop their sequences (no delivery).
     for (auto& s : w.running) {
       if (s->slot >= 0 && s->group->request != nullptr && s->group->request->cancelled_) {
-        w.rows.Free(s->kv_offset, s->kv_rows);
-        w.free_slots.push_back(s->slot);
-        s->slot = -1;
+        release(s.get());
         s->group->request.reset();
       }
     }
@@ -658,9 +702,7 @@ void Engine::Loop() {
     for (auto& s : w.running) {
       if (s->slot >= 0 && s->group->request == nullptr) {
         // The other samples of a group dropped above (a delivered group has none running).
-        w.rows.Free(s->kv_offset, s->kv_rows);
-        w.free_slots.push_back(s->slot);
-        s->slot = -1;
+        release(s.get());
       }
     }
     drop_finished();
@@ -732,6 +774,7 @@ void Engine::Loop() {
     running_ = static_cast<int64_t>(w.running.size());
     int64_t used = 0;
     for (auto& s : w.running) used += s->kv_rows;
+    for (auto& g : w.groups) used += g->held_rows;  // a shared prompt its sample 0 left
     kv_bytes_used_ = used * kv_row_bytes_;
     total_tokens_ += new_tokens;
     const absl::Time now = absl::Now();

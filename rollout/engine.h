@@ -181,6 +181,7 @@ class Engine {
   const uint64_t fingerprint_;
   int64_t max_context_ = 0;
   int64_t kv_row_bytes_ = 0;  // one token's K and V over all layers
+  bool shares_prefix_ = false;  // a group's samples read the prompt's rows (DecodeModel)
   std::unique_ptr<Work> work_;
 
   mutable absl::Mutex mu_;

@@ -36,15 +36,21 @@ void RopeBackward(Real* dx, const int32_t* pos, const Real* cos, const Real* sin
 
 // ---- Causal GQA attention over packed sequences. ---------------------------------------------
 // One entry per sequence. Queries q_begin..q_begin+q_len-1 of the packed q/out buffers belong to
-// it; its keys/values are rows 0..kv_len-1 of k/v (each row nkv*hd wide). Query i sits at
+// it; its keys/values are the kv_len positions 0..kv_len-1 (each row nkv*hd wide). Query i sits at
 // absolute position kv_len - q_len + i and sees keys 0..that position (causal, prefix cache ok).
+// Positions [0, kv_shared) are rows 0.. of k_shared/v_shared (a prompt prefix that several
+// sequences read in place: the rollout engine's group samples); positions [kv_shared, kv_len)
+// are rows 0.. of k/v. Where the rows live does not change a bit of the result.
 template <typename Real>
 struct AttnSeq {
   int64_t q_begin;
   int64_t q_len;
-  const Real* k;  // (kv_len, nkv, hd)
-  const Real* v;  // (kv_len, nkv, hd)
+  const Real* k;  // (kv_len - kv_shared, nkv, hd)
+  const Real* v;  // (kv_len - kv_shared, nkv, hd)
   int64_t kv_len;
+  const Real* k_shared = nullptr;  // (kv_shared, nkv, hd)
+  const Real* v_shared = nullptr;  // (kv_shared, nkv, hd)
+  int64_t kv_shared = 0;           // forward only; AttentionBackward takes 0
 };
 // out (T, nh, hd), lse (T, nh) logsumexp of the scaled scores (saved for backward; may be null),
 // q (T, nh, hd). scale = 1/sqrt(hd) normally. Scores and softmax in Real precision.

@@ -48,19 +48,51 @@ struct FwdTask {
 
 // The next task's K and V rows, to pull into L2 while this task computes (decode: every task reads
 // its sequence's K/V once, from memory, and computes little; without this the two alternate).
-// Two byte ranges, taken in order, 64 bytes per prefetch.
+// Up to four byte ranges (K then V, each a shared prefix and the sequence's own rows), taken in
+// order, 64 bytes per prefetch.
 struct LinePrefetch {
-  const char* k = nullptr;
-  const char* v = nullptr;
-  int64_t bytes = 0;  // of each
-  int64_t done = 0;   // lines issued, over both ranges
-  int64_t lines() const { return 2 * ((bytes + 63) / 64); }
+  struct Range {
+    const char* p = nullptr;
+    int64_t lines = 0;
+  };
+  Range ranges[4];
+  int num_ranges = 0;
+  int64_t total = 0;  // lines over all ranges
+  int64_t done = 0;   // lines issued
+  int cur = 0;        // the range the next line is in, and the lines issued of it
+  int64_t cur_done = 0;
+  void Add(const void* p, int64_t bytes) {
+    if (bytes <= 0) return;
+    GRPO_CHECK(num_ranges < 4);
+    ranges[num_ranges++] = {static_cast<const char*>(p), (bytes + 63) / 64};
+    total += (bytes + 63) / 64;
+  }
+  int64_t lines() const { return total; }
   void Issue(int64_t n) {
-    const int64_t per = (bytes + 63) / 64;
-    for (const int64_t end = std::min(done + n, 2 * per); done < end; ++done) {
-      const char* base = done < per ? k : v;
-      __builtin_prefetch(base + 64 * (done < per ? done : done - per), 0, 2);
+    for (const int64_t end = std::min(done + n, total); done < end; ++done, ++cur_done) {
+      while (cur_done == ranges[cur].lines) {
+        ++cur;
+        cur_done = 0;
+      }
+      __builtin_prefetch(ranges[cur].p + 64 * cur_done, 0, 2);
     }
+  }
+};
+
+// One kv head's K (or V) rows of a sequence (AttnSeq): positions [0, n_shared) at `shared`, the
+// rest at `own`, both at stride ld.
+template <typename Real>
+struct KvRows {
+  const Real* own;
+  const Real* shared;
+  int64_t n_shared;
+  int64_t ld;
+  const Real* row(int64_t j) const {
+    return j < n_shared ? shared + j * ld : own + (j - n_shared) * ld;
+  }
+  // The same rows, `off` values into each (another head's columns).
+  KvRows Shift(int64_t off) const {
+    return {own + off, shared != nullptr ? shared + off : nullptr, n_shared, ld};
   }
 };
 
@@ -182,8 +214,8 @@ struct GroupRows {
 // one transpose tree yields kLanes scores. S rows r0.. (stride lds >= nk rounded up to kKeys);
 // keys past nk read zero_row (hd zeros) and land in S's padding.
 template <typename Real, int kRows>
-void GroupScores(Real* S, int64_t lds, const GroupRows<const Real>& q, int64_t r0, const Real* k,
-                 int64_t ldk, int64_t nk, int64_t hd, Real scale, const Real* zero_row,
+void GroupScores(Real* S, int64_t lds, const GroupRows<const Real>& q, int64_t r0,
+                 const KvRows<Real>& k, int64_t nk, int64_t hd, Real scale, const Real* zero_row,
                  LinePrefetch* pf = nullptr, int64_t pf_lines = 0) {
   using V = typename Simd<Real>::V;
   constexpr int kL = Simd<Real>::kLanes;
@@ -216,12 +248,12 @@ void GroupScores(Real* S, int64_t lds, const GroupRows<const Real>& q, int64_t r
   int64_t j = 0;
   for (; j + kKeys <= nk; j += kKeys) {  // full steps: no per-key bounds test
     if (pf_step > 0) pf->Issue(pf_step);
-    for (int jj = 0; jj < kKeys; ++jj) kp[jj] = k + (j + jj) * ldk;
+    for (int jj = 0; jj < kKeys; ++jj) kp[jj] = k.row(j + jj);
     step(kp, j);
   }
   if (pf_step > 0) pf->Issue(pf_step);
   if (j < nk) {
-    for (int jj = 0; jj < kKeys; ++jj) kp[jj] = j + jj < nk ? k + (j + jj) * ldk : zero_row;
+    for (int jj = 0; jj < kKeys; ++jj) kp[jj] = j + jj < nk ? k.row(j + jj) : zero_row;
     step(kp, j);
   }
 }
@@ -250,11 +282,11 @@ Real GroupSoftmaxRow(Real* row, int64_t nk, int64_t lds, Real* max) {
 }
 
 // Rows r0..r0+kRows-1 of out, columns [c0, c0 + kCols * kLanes): (+)= their P rows (stride lds)
-// over keys [j0, j1) times V (rows at stride ldk). Starts from zero when j0 == 0, else continues
-// the chain from out.
+// over keys [j0, j1) times V. Starts from zero when j0 == 0, else continues the chain from out.
+// One chain in key order whichever rows the keys are in.
 template <typename Real, int kRows, int kCols>
 void GroupPVTile(const GroupRows<Real>& out, int64_t r0, int64_t c0, const Real* P, int64_t lds,
-                 const Real* v, int64_t ldk, int64_t j0, int64_t j1) {
+                 const KvRows<Real>& v, int64_t j0, int64_t j1) {
   using V = typename Simd<Real>::V;
   constexpr int kL = Simd<Real>::kLanes;
   Real* op[kRows];
@@ -269,28 +301,35 @@ void GroupPVTile(const GroupRows<Real>& out, int64_t r0, int64_t c0, const Real*
       for (int c = 0; c < kCols; ++c) LoadV(&acc[r][c], op[r] + c * kL);
     }
   }
-  for (int64_t j = j0; j < j1; ++j) {
-    V x[kCols];
-    for (int c = 0; c < kCols; ++c) LoadV(&x[c], v + j * ldk + c0 + c * kL);
-    for (int r = 0; r < kRows; ++r) {
-      const Real p = pp[r][j];
-      for (int c = 0; c < kCols; ++c) acc[r][c] += p * x[c];
+  // Keys [ja, jb), key ja's row at `base`.
+  const auto keys = [&](const Real* base, int64_t ja, int64_t jb) {
+    for (int64_t j = ja; j < jb; ++j) {
+      const Real* row = base + (j - ja) * v.ld + c0;
+      V x[kCols];
+      for (int c = 0; c < kCols; ++c) LoadV(&x[c], row + c * kL);
+      for (int r = 0; r < kRows; ++r) {
+        const Real p = pp[r][j];
+        for (int c = 0; c < kCols; ++c) acc[r][c] += p * x[c];
+      }
     }
-  }
+  };
+  const int64_t split = std::clamp(v.n_shared, j0, j1);
+  if (j0 < split) keys(v.shared + j0 * v.ld, j0, split);
+  if (split < j1) keys(v.own + (split - v.n_shared) * v.ld, split, j1);
   for (int r = 0; r < kRows; ++r) {
     for (int c = 0; c < kCols; ++c) std::memcpy(op[r] + c * kL, &acc[r][c], sizeof(V));
   }
 }
 
 template <typename Real, int kRows>
-void GroupPV(const GroupRows<Real>& out, int64_t r0, const Real* P, int64_t lds, const Real* v,
-             int64_t ldk, int64_t j0, int64_t j1, int64_t hd) {
+void GroupPV(const GroupRows<Real>& out, int64_t r0, const Real* P, int64_t lds,
+             const KvRows<Real>& v, int64_t j0, int64_t j1, int64_t hd) {
   constexpr int kL = Simd<Real>::kLanes;
   int64_t c0 = 0;
   for (; c0 + 4 * kL <= hd; c0 += 4 * kL) {
-    GroupPVTile<Real, kRows, 4>(out, r0, c0, P, lds, v, ldk, j0, j1);
+    GroupPVTile<Real, kRows, 4>(out, r0, c0, P, lds, v, j0, j1);
   }
-  for (; c0 < hd; c0 += kL) GroupPVTile<Real, kRows, 1>(out, r0, c0, P, lds, v, ldk, j0, j1);
+  for (; c0 < hd; c0 += kL) GroupPVTile<Real, kRows, 1>(out, r0, c0, P, lds, v, j0, j1);
 }
 
 // The largest of 8, 4, 2, 1 (at most kMax) not above n.
@@ -310,15 +349,15 @@ int64_t GroupScratch(int64_t n, int64_t g, int64_t max_kv, int64_t hd) {
 }
 
 // A chunk of n tokens (see above), kv heads [h0, h1). out/q: the chunk's first token's (nh, hd)
-// rows, tokens at stride ld_token = nh * hd; lse likewise at stride nh (may be null); k/v
-// (.., ldk): the sequence's rows from key 0, all heads. scratch: GroupScratch(n, g, nk0 + n - 1,
-// hd) values.
+// rows, tokens at stride ld_token = nh * hd; lse likewise at stride nh (may be null); k/v: the
+// sequence's rows from key 0, all heads. scratch: GroupScratch(n, g, nk0 + n - 1, hd) values.
 template <typename Real>
-void GroupAttention(Real* out, Real* lse, const Real* q, const Real* k, const Real* v,
-                    int64_t ldk, int64_t nk0, int64_t n, int64_t h0, int64_t h1, int64_t g,
-                    int64_t hd, Real scale, Real* scratch, LinePrefetch* next = nullptr) {
+void GroupAttention(Real* out, Real* lse, const Real* q, const KvRows<Real>& k,
+                    const KvRows<Real>& v, int64_t nk0, int64_t n, int64_t h0, int64_t h1,
+                    int64_t g, int64_t hd, Real scale, Real* scratch,
+                    LinePrefetch* next = nullptr) {
   constexpr int kL = Simd<Real>::kLanes;
-  const int64_t nh = ldk / hd * g, ld_token = nh * hd;
+  const int64_t nh = k.ld / hd * g, ld_token = nh * hd;
   const int64_t rows = n * g, nk_max = nk0 + n - 1;
   const int64_t lds = (nk_max + kL - 1) / kL * kL;
   Real* S = scratch;            // (rows, lds) scores, then unnormalized probabilities
@@ -327,8 +366,8 @@ void GroupAttention(Real* out, Real* lse, const Real* q, const Real* k, const Re
   std::fill(zero_row, zero_row + hd, Real(0));
   const bool vec = hd % kL == 0;
   for (int64_t kvh = h0; kvh < h1; ++kvh) {
-    const Real* kh = k + kvh * hd;  // (nk_max, hd) at stride ldk
-    const Real* vh = v + kvh * hd;
+    const KvRows<Real> kh = k.Shift(kvh * hd);  // (nk_max, hd)
+    const KvRows<Real> vh = v.Shift(kvh * hd);
     const GroupRows<const Real> qr{q + kvh * g * hd, ld_token, g, hd};
     const GroupRows<Real> orow{out + kvh * g * hd, ld_token, g, hd};
     if (vec) {
@@ -342,22 +381,25 @@ void GroupAttention(Real* out, Real* lse, const Real* q, const Real* k, const Re
             pf != nullptr ? (pf->lines() * (kvh - h0 + 1) + (h1 - h0) - 1) / (h1 - h0) - pf->done
                           : 0;
         if (nr == 8) {
-          GroupScores<Real, 8>(S, lds, qr, r0, kh, ldk, nk, hd, scale, zero_row, pf, pf_lines);
+          GroupScores<Real, 8>(S, lds, qr, r0, kh, nk, hd, scale, zero_row, pf, pf_lines);
         } else if (nr == 4) {
-          GroupScores<Real, 4>(S, lds, qr, r0, kh, ldk, nk, hd, scale, zero_row, pf, pf_lines);
+          GroupScores<Real, 4>(S, lds, qr, r0, kh, nk, hd, scale, zero_row, pf, pf_lines);
         } else if (nr == 2) {
-          GroupScores<Real, 2>(S, lds, qr, r0, kh, ldk, nk, hd, scale, zero_row, pf, pf_lines);
+          GroupScores<Real, 2>(S, lds, qr, r0, kh, nk, hd, scale, zero_row, pf, pf_lines);
         } else {
-          GroupScores<Real, 1>(S, lds, qr, r0, kh, ldk, nk, hd, scale, zero_row, pf, pf_lines);
+          GroupScores<Real, 1>(S, lds, qr, r0, kh, nk, hd, scale, zero_row, pf, pf_lines);
         }
         r0 += nr;
       }
     } else {  // any hd: plain loops, one sequential sum per score
+      // Explicit fma: whether `d += a * b` is contracted is the compiler's choice per copy of the
+      // loop, and a shared prefix must not change a bit.
       for (int64_t r = 0; r < rows; ++r) {
         const Real* qv = qr.row(r);
         for (int64_t j = 0; j < nk0 + r / g; ++j) {
+          const Real* kr = kh.row(j);
           Real d = 0;
-          for (int64_t c = 0; c < hd; ++c) d += qv[c] * kh[j * ldk + c];
+          for (int64_t c = 0; c < hd; ++c) d = std::fma(qv[c], kr[c], d);
           S[r * lds + j] = scale * d;
         }
       }
@@ -374,15 +416,15 @@ void GroupAttention(Real* out, Real* lse, const Real* q, const Real* k, const Re
         // Keys all the block's rows see together, then each row's own remainder.
         const int64_t shared = nk0 + r0 / g;
         if (nr == 4) {
-          GroupPV<Real, 4>(orow, r0, S, lds, vh, ldk, 0, shared, hd);
+          GroupPV<Real, 4>(orow, r0, S, lds, vh, 0, shared, hd);
         } else if (nr == 2) {
-          GroupPV<Real, 2>(orow, r0, S, lds, vh, ldk, 0, shared, hd);
+          GroupPV<Real, 2>(orow, r0, S, lds, vh, 0, shared, hd);
         } else {
-          GroupPV<Real, 1>(orow, r0, S, lds, vh, ldk, 0, shared, hd);
+          GroupPV<Real, 1>(orow, r0, S, lds, vh, 0, shared, hd);
         }
         for (int64_t r = r0; r < r0 + nr; ++r) {
           const int64_t own = nk0 + r / g;
-          if (own > shared) GroupPV<Real, 1>(orow, r, S, lds, vh, ldk, shared, own, hd);
+          if (own > shared) GroupPV<Real, 1>(orow, r, S, lds, vh, shared, own, hd);
         }
         r0 += nr;
       }
@@ -391,7 +433,9 @@ void GroupAttention(Real* out, Real* lse, const Real* q, const Real* k, const Re
         Real* o = orow.row(r);
         for (int64_t c = 0; c < hd; ++c) {
           Real acc = 0;
-          for (int64_t j = 0; j < nk0 + r / g; ++j) acc += S[r * lds + j] * vh[j * ldk + c];
+          for (int64_t j = 0; j < nk0 + r / g; ++j) {
+            acc = std::fma(S[r * lds + j], vh.row(j)[c], acc);
+          }
           o[c] = acc;
         }
       }
@@ -422,9 +466,12 @@ void AttentionForward(Real* out, Real* lse, const Real* q, const AttnSeq<Real>* 
   for (int64_t s = 0; s < num_seqs; ++s) {
     const AttnSeq<Real>& sq = seqs[s];
     GRPO_CHECK(sq.q_len >= 0 && sq.q_len <= sq.kv_len);
+    GRPO_CHECK(sq.kv_shared >= 0 && sq.kv_shared <= sq.kv_len - sq.q_len);
     if (sq.q_len == 0) continue;
     max_kv = std::max(max_kv, sq.kv_len);
-    if (sq.q_len < group_mode_max_q) group_chunks += (sq.q_len + kGroupChunk - 1) / kGroupChunk;
+    if (sq.q_len < group_mode_max_q || sq.kv_shared > 0) {
+      group_chunks += (sq.q_len + kGroupChunk - 1) / kGroupChunk;
+    }
   }
   // A group task takes a chunk's kv heads [head, head_end): all of them unless there are too few
   // chunks to keep the threads busy, then one each. Either way each head's result is the same.
@@ -435,7 +482,8 @@ void AttentionForward(Real* out, Real* lse, const Real* q, const AttnSeq<Real>* 
     const AttnSeq<Real>& sq = seqs[s];
     if (sq.q_len == 0) continue;
     const int64_t off = sq.kv_len - sq.q_len;
-    if (sq.q_len < group_mode_max_q) {
+    // Row mode's GEMMs take contiguous K/V: a shared prefix goes to group mode.
+    if (sq.q_len < group_mode_max_q || sq.kv_shared > 0) {
       for (int64_t i0 = 0; i0 < sq.q_len; i0 += kGroupChunk) {
         const int64_t i1 = std::min(sq.q_len, i0 + kGroupChunk);
         for (int64_t h = 0; h < nkv; h += heads_per_task) {
@@ -478,8 +526,9 @@ void AttentionForward(Real* out, Real* lse, const Real* q, const AttnSeq<Real>* 
     if (task.group) {
       const int64_t tok = sq.q_begin + task.i0;  // the chunk's first token: keys 0..its position
       GroupAttention(out + tok * nh * hd, lse != nullptr ? lse + tok * nh : nullptr,
-                     q + tok * nh * hd, sq.k, sq.v, ldk, off + task.i0 + 1, task.i1 - task.i0,
-                     task.head, task.head_end, g, hd, scale, S, next);
+                     q + tok * nh * hd, KvRows<Real>{sq.k, sq.k_shared, sq.kv_shared, ldk},
+                     KvRows<Real>{sq.v, sq.v_shared, sq.kv_shared, ldk}, off + task.i0 + 1,
+                     task.i1 - task.i0, task.head, task.head_end, g, hd, scale, S, next);
       return;
     }
     // Row mode: rows i0..i1-1 of query head `head`, (nr, hd) at stride ldq; row r at position
@@ -508,17 +557,23 @@ void AttentionForward(Real* out, Real* lse, const Real* q, const AttnSeq<Real>* 
 #pragma omp barrier
     for (int64_t ti, tn; (ti = runs.Next(&tn)) >= 0;) {
       // The thread's next task's keys [0, off + i1), less those this task reads when it is the
-      // same sequence's next chunk (the learner's forward).
+      // same sequence's next chunk (the learner's forward), and less a shared prefix this task
+      // reads too (the next sample of the same group: it is in cache).
       LinePrefetch next;
       if (tn >= 0) {
         const FwdTask& t = task_list[tn];
         const AttnSeq<Real>& sq = seqs[t.seq];
-        const int64_t off = sq.kv_len - sq.q_len;
+        const AttnSeq<Real>& now = seqs[task_list[ti].seq];
+        const int64_t off = sq.kv_len - sq.q_len, end = off + t.i1;
         const int64_t from = t.seq == task_list[ti].seq ? off + task_list[ti].i1 : 0;
-        const int64_t row_bytes = ldk * static_cast<int64_t>(sizeof(Real));
-        next.k = reinterpret_cast<const char*>(sq.k + from * ldk);
-        next.v = reinterpret_cast<const char*>(sq.v + from * ldk);
-        next.bytes = std::max<int64_t>(0, off + t.i1 - from) * row_bytes;
+        const int64_t ns = sq.kv_shared, row_bytes = ldk * static_cast<int64_t>(sizeof(Real));
+        const bool shared_cached = ns > 0 && now.k_shared == sq.k_shared;
+        const int64_t s_end = shared_cached ? from : std::min(end, ns);
+        const int64_t own_from = std::max(from, ns);
+        if (s_end > from) next.Add(sq.k_shared + from * ldk, (s_end - from) * row_bytes);
+        next.Add(sq.k + (own_from - ns) * ldk, (end - own_from) * row_bytes);
+        if (s_end > from) next.Add(sq.v_shared + from * ldk, (s_end - from) * row_bytes);
+        next.Add(sq.v + (own_from - ns) * ldk, (end - own_from) * row_bytes);
       }
       run(ti, tn >= 0 ? &next : nullptr);
     }
@@ -541,7 +596,8 @@ void AttentionBackward(Real* dq, Real* dk_base, Real* dv_base, const Real* dout,
   std::vector<BwdTask> tasks;
   int64_t max_len = 0;
   for (int64_t s = 0; s < num_seqs; ++s) {
-    GRPO_CHECK_MSG(seqs[s].q_len == seqs[s].kv_len, "attention backward needs q_len == kv_len");
+    GRPO_CHECK_MSG(seqs[s].q_len == seqs[s].kv_len && seqs[s].kv_shared == 0,
+                   "attention backward needs q_len == kv_len and no shared prefix");
     const int64_t L = seqs[s].q_len;
     if (L == 0) continue;
     max_len = std::max(max_len, L);

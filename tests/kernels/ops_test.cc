@@ -404,6 +404,112 @@ TEST_CASE("Attention group mode matches the reference for odd key counts, head d
   }
 }
 
+TEST_CASE("Attention over a shared prefix held elsewhere is bitwise the contiguous result",
+          "[ops]") {
+  // The rollout engine's group samples read their prompt's K/V rows where the prompt was
+  // prefilled (AttnSeq::k_shared) and their own rows after it. Each sequence here is computed
+  // from one contiguous copy of its K/V and from a split copy (prefix and rest in two other
+  // buffers, so no pointer is shared): the outputs and lse must be the same bits. Shared
+  // lengths 0, 1, inside and at the ends of key blocks, up to every key before the queries; query
+  // chunks of 1, 3 and 8 tokens; g 1..4 and hd 12 (plain loops) and 16/64 (vector kernels); in
+  // and out of batch-invariant mode, float and a few double.
+  std::mt19937_64 rng(29);
+  std::uniform_real_distribution<double> U(-2.0, 2.0);
+  const int64_t nkv = 2;
+  for (const int64_t g : {1, 2, 3, 4}) {
+    for (const int64_t hd : {12, 16, 64}) {
+      const int64_t nh = g * nkv, kvd = nkv * hd, qrow = nh * hd;
+      struct Case {
+        int64_t kv_len, q_len, shared;
+      };
+      std::vector<Case> cases;
+      for (const int64_t L : {2, 9, 17, 40, 100}) {
+        for (const int64_t nq : {1, 3, 8}) {
+          if (nq >= L) continue;
+          for (const int64_t ns : {int64_t{1}, int64_t{7}, int64_t{16}, L - nq}) {
+            if (ns <= L - nq) cases.push_back({L, nq, ns});
+          }
+        }
+      }
+      std::vector<float> q, k, v, ks, vs, ko, vo;
+      std::vector<AttnSeq<float>> whole, split;
+      int64_t q_rows = 0;
+      std::vector<int64_t> kv_at, sh_at, own_at;
+      for (const Case& c : cases) {
+        kv_at.push_back(static_cast<int64_t>(k.size()));
+        sh_at.push_back(static_cast<int64_t>(ks.size()));
+        own_at.push_back(static_cast<int64_t>(ko.size()));
+        for (int64_t i = 0; i < c.q_len * qrow; ++i) q.push_back(static_cast<float>(U(rng)));
+        for (int64_t i = 0; i < c.kv_len * kvd; ++i) {
+          k.push_back(static_cast<float>(U(rng)));
+          v.push_back(static_cast<float>(U(rng)));
+          (i < c.shared * kvd ? ks : ko).push_back(k.back());
+          (i < c.shared * kvd ? vs : vo).push_back(v.back());
+        }
+      }
+      for (size_t i = 0; i < cases.size(); ++i) {
+        const Case& c = cases[i];
+        whole.push_back({q_rows, c.q_len, k.data() + kv_at[i], v.data() + kv_at[i], c.kv_len});
+        split.push_back({q_rows, c.q_len, ko.data() + own_at[i], vo.data() + own_at[i], c.kv_len,
+                         ks.data() + sh_at[i], vs.data() + sh_at[i], c.shared});
+        q_rows += c.q_len;
+      }
+      const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
+      // The reference: contiguous rows in batch-invariant mode, where every token takes group
+      // mode. A shared prefix takes group mode in either mode (outside it, a contiguous 8-token
+      // chunk would take row mode's GEMMs: other roundings).
+      std::vector<float> out_w(q.size(), -7.f), lse_w(q_rows * nh, -7.f);
+      {
+        BatchInvariantScope on(true);
+        AttentionForward(out_w.data(), lse_w.data(), q.data(), whole.data(),
+                         static_cast<int64_t>(whole.size()), nh, nkv, hd, scale);
+      }
+      for (const bool invariant : {false, true}) {
+        BatchInvariantScope mode(invariant);
+        std::vector<float> out_s(q.size(), -8.f), lse_s(q_rows * nh, -8.f);
+        AttentionForward(out_s.data(), lse_s.data(), q.data(), split.data(),
+                         static_cast<int64_t>(split.size()), nh, nkv, hd, scale);
+        INFO("g " << g << " hd " << hd << " batch-invariant " << invariant);
+        CHECK(std::count_if(out_w.begin(), out_w.end(), [](float x) { return x == -7.f; }) == 0);
+        // The case of the first differing output row, for the message.
+        const auto first_bad = [&](const std::vector<float>& a, const std::vector<float>& b,
+                                   int64_t row) {
+          const auto it = std::mismatch(a.begin(), a.end(), b.begin()).first;
+          if (it == a.end()) return std::string("none");
+          int64_t tok = (it - a.begin()) / row;
+          for (const Case& c : cases) {
+            if (tok < c.q_len) {
+              return "kv_len " + std::to_string(c.kv_len) + " q_len " + std::to_string(c.q_len) +
+                     " shared " + std::to_string(c.shared) + " token " + std::to_string(tok);
+            }
+            tok -= c.q_len;
+          }
+          return std::string("?");
+        };
+        CHECK(first_bad(out_s, out_w, qrow) == "none");
+        CHECK(first_bad(lse_s, lse_w, nh) == "none");
+      }
+    }
+  }
+  // Double, one case: the same kernels at 8 lanes.
+  std::vector<double> q(3 * 4 * 16), k(30 * 2 * 16), v(k.size());
+  for (double& x : q) x = U(rng);
+  for (size_t i = 0; i < k.size(); ++i) {
+    k[i] = U(rng);
+    v[i] = U(rng);
+  }
+  const int64_t ns = 13, kvd = 2 * 16;
+  std::vector<double> ks(k.begin(), k.begin() + ns * kvd), vs(v.begin(), v.begin() + ns * kvd);
+  std::vector<double> ko(k.begin() + ns * kvd, k.end()), vo(v.begin() + ns * kvd, v.end());
+  const AttnSeq<double> whole{0, 3, k.data(), v.data(), 30};
+  const AttnSeq<double> split{0, 3, ko.data(), vo.data(), 30, ks.data(), vs.data(), ns};
+  Vec out_w(q.size()), out_s(q.size()), lse_w(3 * 4), lse_s(3 * 4);
+  AttentionForward(out_w.data(), lse_w.data(), q.data(), &whole, 1, 4, 2, 16, 0.25);
+  AttentionForward(out_s.data(), lse_s.data(), q.data(), &split, 1, 4, 2, 16, 0.25);
+  CHECK(out_s == out_w);
+  CHECK(lse_s == lse_w);
+}
+
 TEST_CASE("Attention backward matches finite differences, and float matches double", "[ops]") {
   std::mt19937_64 rng(5);
   // Packed sequences of different lengths, one longer than a 64-query block; GQA 4:2.

@@ -490,7 +490,7 @@ TEST_CASE("a KV budget smaller than the work makes groups wait, not fail",
   std::vector<RolloutPrompt> prompts;
   for (int i = 0; i < 6; ++i)
     prompts.push_back({static_cast<uint64_t>(i), RandomTokens(10, c.vocab_size, i)});
-  // Each group needs 2 x 18 = 36 rows: one group at a time.
+  // Each group needs 10 prompt rows, shared by its samples, + 2 x 8: one group at a time.
   auto groups = engine->GenerateAll(prompts, sp);
   REQUIRE(groups.ok());
   auto unlimited = MakeEngine(c, 11);
@@ -509,6 +509,54 @@ TEST_CASE("a KV budget smaller than the work makes groups wait, not fail",
   auto too_big = engine->Submit({{0, RandomTokens(30, c.vocab_size, 1)}}, sp);
   REQUIRE(too_big.status().code() == absl::StatusCode::kInvalidArgument);
   CHECK(std::string(too_big.status().message()).find("kv-budget") != std::string::npos);
+}
+
+TEST_CASE("a group's samples read their prompt's KV rows in place until the last of them is done",
+          "[rollout][engine][kv]") {
+  // G 4, 24 prompt tokens, up to 10 new: 24 + 4 x 10 = 64 rows with the prompt shared, 136 with
+  // a copy per sample. The budget, 108 rows, refuses the copies outright and leaves 44 rows beside
+  // a running group: a second group (64) starts only once the first has freed 20 more. Were
+  // sample 0's rows (34) freed when it finishes while its siblings still read the prompt from
+  // them, the next group would be prefilled over that prompt, and the siblings' remaining tokens
+  // and logprobs would change; each is compared bitwise with sampling it alone.
+  const ModelConfig c = TinyMoe();
+  const int64_t row_bytes = KvBytesPerToken(c, sizeof(float));
+  EngineOptions opt;
+  opt.kv_budget_bytes = row_bytes * 108;
+  auto engine = MakeEngine(c, 13, opt);
+  auto ref = MakeModel<float>(c, 13);
+  SamplingParams sp = Sampling(4, 10, 21);
+  sp.temperature = 1.5f;
+  for (int32_t t = 0; t < c.vocab_size; t += 6) sp.stop_token_ids.push_back(t);  // varied lengths
+  std::vector<RolloutPrompt> prompts;
+  for (int i = 0; i < 8; ++i) {
+    prompts.push_back({static_cast<uint64_t>(100 + i), RandomTokens(24, c.vocab_size, 70 + i)});
+  }
+  auto groups = engine->GenerateAll(prompts, sp);
+  REQUIRE(groups.ok());
+  int leader_first = 0;  // groups whose sample 0 finished while another sample was longer
+  for (size_t p = 0; p < prompts.size(); ++p) {
+    const auto& comps = (*groups)[p].completions;
+    REQUIRE(comps.size() == 4);
+    size_t longest_other = 0;
+    for (int32_t i = 0; i < 4; ++i) {
+      INFO("prompt " << p << " sample " << i);
+      const RolloutPrompt& pr = prompts[p];
+      RequireSameCompletion(comps[i], ReferenceSample(*ref, pr.token_ids, pr.prompt_id, i, sp));
+      if (i > 0) longest_other = std::max(longest_other, comps[i].token_ids.size());
+    }
+    if (comps[0].token_ids.size() < longest_other) ++leader_first;
+  }
+  CHECK(leader_first >= 2);  // the case above happened, more than once
+  CHECK(engine->GetStatus().kv_bytes_used == 0);
+  // The copy-per-sample size would not have been accepted at all; one row more than the shared
+  // size is refused.
+  SamplingParams big = sp;
+  big.max_new_tokens = 22;  // 24 + 4 x 22 = 112 rows
+  auto too_big = engine->Submit({{0, RandomTokens(24, c.vocab_size, 1)}}, big);
+  REQUIRE(too_big.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(std::string(too_big.status().message()).find(std::to_string(112 * row_bytes)) !=
+        std::string::npos);
 }
 
 TEST_CASE("cancelling a request frees its sequences", "[rollout][engine]") {
