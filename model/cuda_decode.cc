@@ -36,6 +36,8 @@ absl::Status CudaModel::InitPooledCache(int64_t num_slots, int64_t pool_rows) {
   s.cache_len.assign(num_slots, 0);
   s.cache_offset.assign(num_slots, 0);
   s.cache_capacity.assign(num_slots, 0);
+  s.cache_shared_offset.assign(num_slots, 0);
+  s.cache_shared_len.assign(num_slots, 0);
   return absl::OkStatus();
 }
 
@@ -66,6 +68,7 @@ absl::Status CudaModel::AssignSlot(int64_t slot, int64_t row_offset, int64_t cap
   s.cache_len[slot] = 0;
   s.cache_offset[slot] = row_offset;
   s.cache_capacity[slot] = capacity;
+  s.cache_shared_len[slot] = 0;
   return absl::OkStatus();
 }
 
@@ -76,10 +79,12 @@ absl::Status CudaModel::CopyPrefix(int64_t src, int64_t dst, int64_t n) {
     return absl::InvalidArgumentError(
         absl::StrCat("cuda cache: copy prefix from slot ", src, " to slot ", dst));
   }
-  if (n < 0 || n > s.cache_len[src] || n > s.cache_capacity[dst]) {
+  if (n < 0 || n > s.cache_len[src] || n > s.cache_capacity[dst] ||
+      s.cache_shared_len[src] != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "cuda cache: copy prefix of ", n, " tokens; slot ", src, " holds ", s.cache_len[src],
-        ", slot ", dst, " has room for ", s.cache_capacity[dst]));
+        " (", s.cache_shared_len[src], " shared), slot ", dst, " has room for ",
+        s.cache_capacity[dst]));
   }
   const ModelConfig& c = s.config;
   const int64_t row = c.num_key_value_heads * c.head_dim;
@@ -94,11 +99,32 @@ absl::Status CudaModel::CopyPrefix(int64_t src, int64_t dst, int64_t n) {
     }
   }
   s.cache_len[dst] = n;
+  s.cache_shared_len[dst] = 0;
+  return absl::OkStatus();
+}
+
+absl::Status CudaModel::SharePrefix(int64_t src, int64_t dst, int64_t n) {
+  Impl& s = *impl_;
+  if (src < 0 || src >= s.cache_slots || dst < 0 || dst >= s.cache_slots || src == dst) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cuda cache: share prefix of slot ", src, " with slot ", dst));
+  }
+  if (n < 0 || n > s.cache_len[src] || s.cache_shared_len[src] != 0 || s.cache_len[dst] != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cuda cache: share prefix of ", n, " tokens; slot ", src, " holds ", s.cache_len[src],
+        " (", s.cache_shared_len[src], " shared), slot ", dst, " holds ", s.cache_len[dst]));
+  }
+  s.cache_shared_offset[dst] = s.cache_offset[src];
+  s.cache_shared_len[dst] = n;
+  s.cache_len[dst] = n;
   return absl::OkStatus();
 }
 
 int64_t CudaModel::cache_length(int64_t slot) const { return impl_->cache_len.at(slot); }
-void CudaModel::ResetSlot(int64_t slot) { impl_->cache_len.at(slot) = 0; }
+void CudaModel::ResetSlot(int64_t slot) {
+  impl_->cache_len.at(slot) = 0;
+  impl_->cache_shared_len.at(slot) = 0;
+}
 
 absl::Status CudaModel::Extend(absl::Span<const int64_t> slots,
                                absl::Span<const absl::Span<const int32_t>> new_tokens,
@@ -128,13 +154,14 @@ absl::Status CudaModel::Extend(absl::Span<const int64_t> slots,
       }
     }
     const int64_t n = static_cast<int64_t>(new_tokens[b].size()), past = s.cache_len[slot];
+    const int64_t shared = s.cache_shared_len[slot];  // positions read from another slot's rows
     if (n == 0) {
       return absl::InvalidArgumentError(absl::StrCat("extend: slot ", slot, " has no new tokens"));
     }
-    if (past + n > s.cache_capacity[slot] || past + n > c.max_position_embeddings) {
+    if (past + n > shared + s.cache_capacity[slot] || past + n > c.max_position_embeddings) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "extend: slot ", slot, " would hold ", past + n, " tokens; the slot holds ",
-          s.cache_capacity[slot], " and the model ", c.max_position_embeddings));
+          shared + s.cache_capacity[slot], " and the model ", c.max_position_embeddings));
     }
     for (size_t i = 0; i < new_tokens[b].size(); ++i) {
       const int32_t t = new_tokens[b][i];
@@ -144,11 +171,12 @@ absl::Status CudaModel::Extend(absl::Span<const int64_t> slots,
                                                        " is outside the vocabulary [0, ", V, ")"));
       }
     }
-    seqs.push_back({offsets.back(), n, s.cache_offset[slot], past + n});
+    seqs.push_back(
+        {offsets.back(), n, s.cache_offset[slot], past + n, s.cache_shared_offset[slot], shared});
     tokens.insert(tokens.end(), new_tokens[b].begin(), new_tokens[b].end());
     for (int64_t i = 0; i < n; ++i) {
       pos.push_back(static_cast<int32_t>(past + i));
-      kv_row.push_back(s.cache_offset[slot] + past + i);
+      kv_row.push_back(s.cache_offset[slot] + past - shared + i);  // the slot's own rows
     }
     offsets.push_back(static_cast<int64_t>(tokens.size()));
     last.push_back(static_cast<int32_t>(offsets.back() - 1));

@@ -812,6 +812,7 @@ absl::Status CudaModel::InitCache(int64_t, int64_t) { return NoCuda(); }
 absl::Status CudaModel::InitPooledCache(int64_t, int64_t) { return NoCuda(); }
 absl::Status CudaModel::AssignSlot(int64_t, int64_t, int64_t) { return NoCuda(); }
 absl::Status CudaModel::CopyPrefix(int64_t, int64_t, int64_t) { return NoCuda(); }
+absl::Status CudaModel::SharePrefix(int64_t, int64_t, int64_t) { return NoCuda(); }
 int64_t CudaModel::cache_length(int64_t) const { return 0; }
 void CudaModel::ResetSlot(int64_t) {}
 absl::Status CudaModel::Extend(absl::Span<const int64_t>,

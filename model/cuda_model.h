@@ -103,6 +103,10 @@ class CudaModel {
   // The first n cached tokens of slot src become slot dst's (a group's prompt, prefilled once,
   // forked to its other samples): a device-to-device copy of their K/V rows in every layer.
   absl::Status CopyPrefix(int64_t src, int64_t dst, int64_t n);
+  // The same without a copy: slot dst (assigned, empty) reads src's first n rows in place
+  // (src has no shared prefix itself; the caller keeps its rows allocated and unchanged until
+  // dst is done), and dst's own rows hold its positions from n on, so its capacity grows by n.
+  absl::Status SharePrefix(int64_t src, int64_t dst, int64_t n);
   int64_t cache_length(int64_t slot) const;
   void ResetSlot(int64_t slot);
   // As Model<float>::Extend: new tokens for some slots (prefill or decode, mixed), keys/values

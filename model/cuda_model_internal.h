@@ -157,7 +157,8 @@ struct CudaModel::Impl {
   // Decode.
   int64_t cache_slots = 0, cache_rows = 0;
   // Per slot: tokens cached, first pool row, rows it may fill.
-  std::vector<int64_t> cache_len, cache_offset, cache_capacity;
+  std::vector<int64_t> cache_len, cache_offset, cache_capacity;  // capacity: own rows
+  std::vector<int64_t> cache_shared_offset, cache_shared_len;    // SharePrefix's prompt rows
   std::vector<DeviceBuffer> cache_k, cache_v;  // per layer (cache_rows, nkv, hd) bf16
   DeviceArena decode_arena;
   float* dec_logits = nullptr;  // (B, V)

@@ -85,6 +85,10 @@ class CudaDecodeModel final : public DecodeModel {
   absl::Status CopyPrefix(int64_t src, int64_t dst, int64_t n) override {
     return model_->CopyPrefix(src, dst, n);
   }
+  bool shares_prefix() const override { return true; }
+  absl::Status SharePrefix(int64_t src, int64_t dst, int64_t n) override {
+    return model_->SharePrefix(src, dst, n);
+  }
   absl::Status Extend(absl::Span<const int64_t> slots,
                       absl::Span<const absl::Span<const int32_t>> feeds, float* logits,
                       std::vector<int32_t>* routing) override {

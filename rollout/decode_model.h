@@ -6,13 +6,13 @@
 //
 //   - CPU (MakeCpuDecodeModel): Model<float> over KvCache<float>::Pooled, batch-invariant
 //     kernels on pre-packed weights: logprobs bitwise equal to the learner's deterministic
-//     forward, and completions independent of what else is batched. A group's samples read
-//     their prompt's K/V in place (SharePrefix).
+//     forward, and completions independent of what else is batched.
 //   - CUDA (MakeCudaDecodeModel): CudaModel (bf16 weights and K/V, fp32 accumulation); it
 //     samples untruncated rows on the device (samples_on_device), the rest on the host. Its
 //     cuBLAS GEMMs are not batch-invariant, so logprobs agree with the CPU learner to bf16
 //     precision and a seed's completion can depend on the batch in near-ties:
 //     batch_invariant() is false and the engine refuses `deterministic` requests.
+//   Both: a group's samples read their prompt's K/V rows in place (SharePrefix).
 #pragma once
 
 #include <cstdint>

@@ -34,6 +34,28 @@ __device__ __forceinline__ float DotF32Bf16(const float* a, const __nv_bfloat16*
   return s;
 }
 
+// The k/v row of key position j of sequence sq (AttnSeq: a shared prefix, then its own rows).
+__device__ __forceinline__ int64_t KeyRow(const AttnSeq& sq, int64_t j) {
+  return j < sq.kv_shared ? sq.shared_begin + j : sq.kv_begin + (j - sq.kv_shared);
+}
+
+// The block cooperatively copies the rows of key positions [j0, j0 + kChunk) of sequence sq from
+// a (rows, stride) bf16 matrix, at column offset col, into shared rows of Hdp(hd) elements;
+// positions at or past j_end read as zero.
+__device__ __forceinline__ void StageKeys(__nv_bfloat16* dst, const __nv_bfloat16* src,
+                                          const AttnSeq& sq, int64_t j0, int64_t j_end,
+                                          int64_t stride, int64_t col, int64_t hd) {
+  const int64_t half = hd / 2, hdp = Hdp(hd);
+  for (int64_t idx = threadIdx.x; idx < kChunk * half; idx += blockDim.x) {
+    const int64_t r = idx / half, c = idx % half;
+    __nv_bfloat162 v = __float2bfloat162_rn(0.f);
+    if (j0 + r < j_end) {
+      v = reinterpret_cast<const __nv_bfloat162*>(src + KeyRow(sq, j0 + r) * stride + col)[c];
+    }
+    reinterpret_cast<__nv_bfloat162*>(dst + r * hdp)[c] = v;
+  }
+}
+
 // The block cooperatively copies rows [r0, r0 + kChunk) of a (rows, stride) bf16 matrix, at
 // column offset col, into shared rows of Hdp(hd) elements; rows at or past r_end read as zero.
 __device__ __forceinline__ void StageBf16(__nv_bfloat16* dst, const __nv_bfloat16* src, int64_t r0,
@@ -80,8 +102,8 @@ __global__ void attention_forward_kernel(__nv_bfloat16* out, float* lse, const f
     for (int r = 0; r < kMaxPer; ++r) acc[r] = 0.f;
     for (int64_t kb = 0; kb < nmax; kb += kChunk) {
       __syncthreads();  // the previous chunk is consumed (and qs written)
-      StageBf16(ks, k, sq.kv_begin + kb, sq.kv_begin + nmax, kvd, g * hd, hd);
-      StageBf16(vs, v, sq.kv_begin + kb, sq.kv_begin + nmax, kvd, g * hd, hd);
+      StageKeys(ks, k, sq, kb, nmax, kvd, g * hd, hd);
+      StageKeys(vs, v, sq, kb, nmax, kvd, g * hd, hd);
       __syncthreads();
       if (kb >= nkeys) continue;  // warp-uniform
       const int64_t j = kb + lane;
@@ -344,7 +366,14 @@ absl::Status AttentionForward(bf16_bits* out, float* lse, const float* q, const 
   if (seqs.empty()) return absl::OkStatus();
   RETURN_IF_ERROR(CheckDims(nh, nkv, hd));
   int64_t max_q = 0;
-  for (const AttnSeq& sq : seqs) max_q = std::max(max_q, sq.q_len);
+  for (const AttnSeq& sq : seqs) {
+    max_q = std::max(max_q, sq.q_len);
+    if (sq.kv_shared < 0 || sq.kv_shared > sq.kv_len - sq.q_len) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("AttentionForward: a shared prefix of ", sq.kv_shared,
+                       " keys in a sequence of ", sq.kv_len, " keys and ", sq.q_len, " queries"));
+    }
+  }
   const int warps = max_q >= 16 ? 4 : 1;  // decode: one query per sequence, one warp per block
   AttnSeq* dev = nullptr;
   unsigned gz = 1;
@@ -366,8 +395,9 @@ absl::Status AttentionBackward(float* dq, float* dk, float* dv, float* delta, co
   if (seqs.empty() || T == 0) return absl::OkStatus();
   RETURN_IF_ERROR(CheckDims(nh, nkv, hd));
   for (const AttnSeq& sq : seqs) {
-    if (sq.q_len != sq.kv_len || sq.q_begin != sq.kv_begin) {
-      return absl::InvalidArgumentError("AttentionBackward: training only (q_len == kv_len)");
+    if (sq.q_len != sq.kv_len || sq.q_begin != sq.kv_begin || sq.kv_shared != 0) {
+      return absl::InvalidArgumentError(
+          "AttentionBackward: training only (q_len == kv_len, no shared prefix)");
     }
   }
   // With GRPO_CUDA_TIMING=1 each of the three kernels is timed on its own (synchronized).

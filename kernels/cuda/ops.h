@@ -65,11 +65,14 @@ absl::Status QkvBackward(float* dqkv, float* dq_norm, float* dk_norm, float* dq,
                          const int32_t* pos, const float* cos, const float* sin, QkvDims d);
 
 // ---- Causal GQA attention (flash-style: never materializes scores). -----------------------------
-// Sequence s: its queries are rows q_begin..q_begin+q_len-1 of q/out; its keys/values are rows
-// kv_begin..kv_begin+kv_len-1 of k/v; query i sits at position kv_len - q_len + i and sees keys
-// 0..that position. Covers training (q_len == kv_len), prefill and decode over a KV cache.
+// Sequence s: its queries are rows q_begin..q_begin+q_len-1 of q/out; its keys/values are the
+// positions 0..kv_len-1, query i sits at position kv_len - q_len + i and sees keys 0..that
+// position. Positions [0, kv_shared) are rows shared_begin.. of k/v (a prompt several sequences
+// read in place: a rollout group's samples), positions [kv_shared, kv_len) rows kv_begin.. of
+// k/v. Covers training (q_len == kv_len, no shared rows), prefill and decode over a KV cache.
 struct AttnSeq {
   int64_t q_begin, q_len, kv_begin, kv_len;
+  int64_t shared_begin = 0, kv_shared = 0;
 };
 // out (T, nh, hd) bf16, lse (T, nh) fp32 (may be null), q (T, nh, hd) fp32, k/v rows (nkv*hd)
 // bf16. seqs is a HOST span, uploaded when it differs from the last one (every layer of a forward

@@ -296,6 +296,38 @@ TEST_CASE("cuda attention forward matches the CPU (training, prefix cache, decod
                 .ok());
     CheckClose("attn decode" + tag, FromBf16(Download<bf16_bits>(o1, qd)),
                std::vector<float>(ref.begin() + 69 * qd, ref.begin() + 70 * qd), 1e-5, kBf16);
+    // A shared prefix read in place (a rollout group's sample): the last 5 queries of sequence 3
+    // (128 keys at rows s3..) with keys [0, 40) at s3.. and [40, 128) in a copy appended after
+    // the T packed rows. Bitwise the contiguous result: only where the rows are read changes.
+    const int64_t s3 = T - 128;
+    std::vector<float> k3 = k, v3 = v;
+    k3.insert(k3.end(), k.begin() + (s3 + 40) * kvd, k.begin() + T * kvd);
+    v3.insert(v3.end(), v.begin() + (s3 + 40) * kvd, v.begin() + T * kvd);
+    auto dk3 = Upload(ToBf16(k3)), dv3 = Upload(ToBf16(v3));
+    auto dq3 = Upload(std::vector<float>(q.begin() + (T - 5) * qd, q.begin() + T * qd));
+    auto whole = Zeros<bf16_bits>(5 * qd), split = Zeros<bf16_bits>(5 * qd);
+    auto lw = Zeros<float>(5 * c.nh), ls = Zeros<float>(5 * c.nh);
+    const std::vector<cuda::AttnSeq> w3 = {{0, 5, s3, 128}};
+    const std::vector<cuda::AttnSeq> p3 = {{0, 5, T, 128, s3, 40}};
+    REQUIRE(cuda::AttentionForward(whole.as<bf16_bits>(), lw.as<float>(), dq3.as<float>(),
+                                   dk3.as<bf16_bits>(), dv3.as<bf16_bits>(), w3, c.nh, c.nkv, hd,
+                                   scale)
+                .ok());
+    REQUIRE(cuda::AttentionForward(split.as<bf16_bits>(), ls.as<float>(), dq3.as<float>(),
+                                   dk3.as<bf16_bits>(), dv3.as<bf16_bits>(), p3, c.nh, c.nkv, hd,
+                                   scale)
+                .ok());
+    CHECK(Download<bf16_bits>(split, 5 * qd) == Download<bf16_bits>(whole, 5 * qd));
+    CHECK(Download<float>(ls, 5 * c.nh) == Download<float>(lw, 5 * c.nh));
+    CheckClose("attn shared prefix" + tag, FromBf16(Download<bf16_bits>(split, 5 * qd)),
+               std::vector<float>(ref.begin() + (T - 5) * qd, ref.begin() + T * qd), 1e-5,
+               kBf16);
+    // A shared prefix longer than the keys before the queries is refused.
+    const std::vector<cuda::AttnSeq> bad = {{0, 5, T, 128, s3, 124}};
+    CHECK(cuda::AttentionForward(split.as<bf16_bits>(), nullptr, dq3.as<float>(),
+                                 dk3.as<bf16_bits>(), dv3.as<bf16_bits>(), bad, c.nh, c.nkv, hd,
+                                 scale)
+              .code() == absl::StatusCode::kInvalidArgument);
   }
 }
 

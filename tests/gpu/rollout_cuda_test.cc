@@ -111,6 +111,62 @@ TEST_CASE("cuda pooled KV cache: slots at assigned rows, prefix copy, capacity",
         absl::StatusCode::kResourceExhausted);
 }
 
+TEST_CASE("cuda pooled KV cache: a prompt shared in place decodes as its copy does",
+          "[cuda][gpu][rollout]") {
+  const ModelConfig c = MustParse(MidQwen3MoeJson());
+  const std::vector<float> params =
+      ScaledBf16Params(Model<float>::Create(c).value()->layout(), 4, 0.2f);
+  auto gpu = CudaModel::Create(c);
+  REQUIRE(gpu.ok());
+  REQUIRE((*gpu)->SetParams(params).ok());
+  auto cpu = CpuModel(c, params);
+  const int64_t V = c.vocab_size;
+  // Slot 0 prefills the prompt; slot 1 gets a copy, slot 2 reads it in place and owns 10 rows.
+  REQUIRE((*gpu)->InitPooledCache(3, 100).ok());
+  REQUIRE((*gpu)->AssignSlot(0, 60, 30).ok());
+  REQUIRE((*gpu)->AssignSlot(1, 5, 30).ok());
+  REQUIRE((*gpu)->AssignSlot(2, 40, 10).ok());
+  const std::vector<int32_t> prompt = {4, 77, 12, 250, 9, 31};
+  std::vector<float> got(3 * V), ref(V);
+  REQUIRE((*gpu)->Extend({0}, {absl::MakeConstSpan(prompt)}, got.data()).ok());
+  CHECK((*gpu)->SharePrefix(0, 2, 7).code() == absl::StatusCode::kInvalidArgument);
+  CHECK((*gpu)->SharePrefix(0, 0, 6).code() == absl::StatusCode::kInvalidArgument);
+  REQUIRE((*gpu)->CopyPrefix(0, 1, 6).ok());
+  REQUIRE((*gpu)->SharePrefix(0, 2, 6).ok());
+  CHECK((*gpu)->cache_length(2) == 6);
+  CHECK((*gpu)->SharePrefix(0, 2, 6).code() == absl::StatusCode::kInvalidArgument);  // not empty
+  CHECK((*gpu)->SharePrefix(2, 1, 3).code() == absl::StatusCode::kInvalidArgument);  // src shares
+  CHECK((*gpu)->CopyPrefix(2, 1, 3).code() == absl::StatusCode::kInvalidArgument);
+  // Slots 1 and 2 get the same tokens (slot 0 others, writing its own rows after the prompt):
+  // their logits must agree, and match the CPU model's on prompt + tokens.
+  KvCache<float> cache(c, 1, 30);
+  cpu->set_batch_invariant(true);
+  REQUIRE(cpu->Extend(&cache, {0}, {absl::MakeConstSpan(prompt)}, ref.data()).ok());
+  std::vector<int32_t> a = {100}, b = {200};
+  double worst_pair = 0, worst_cpu = 0;
+  for (int step = 0; step < 4; ++step) {
+    std::vector<absl::Span<const int32_t>> feeds = {a, b, b};
+    REQUIRE((*gpu)->Extend({0, 1, 2}, feeds, got.data()).ok());
+    REQUIRE(cpu->Extend(&cache, {0}, {absl::MakeConstSpan(b)}, ref.data()).ok());
+    const std::vector<float> copy(got.begin() + V, got.begin() + 2 * V);
+    const std::vector<float> shared(got.begin() + 2 * V, got.end());
+    const std::string s = " step " + std::to_string(step);
+    worst_pair = std::max(worst_pair, NormErr("shared vs copied prompt" + s, shared, copy));
+    worst_cpu = std::max(worst_cpu, NormErr("shared prompt vs cpu" + s, shared, ref));
+    a = {static_cast<int32_t>((a[0] + 7) % V)};
+    b = {static_cast<int32_t>((b[0] + 11) % V)};
+  }
+  CHECK(worst_pair < 1e-6);
+  CHECK(worst_cpu < 1e-2);
+  // Capacity: 6 shared + 10 own; slot 2 holds 10, so 7 more are refused and 6 fit.
+  const std::vector<int32_t> seven(7, 3), six(6, 3);
+  CHECK((*gpu)->Extend({2}, {absl::MakeConstSpan(seven)}, nullptr).code() ==
+        absl::StatusCode::kResourceExhausted);
+  CHECK((*gpu)->cache_length(2) == 10);
+  REQUIRE((*gpu)->Extend({2}, {absl::MakeConstSpan(six)}, nullptr).ok());
+  CHECK((*gpu)->cache_length(2) == 16);
+}
+
 // Several rollout engines in one process (rollout.local_workers > 1 on cuda) drive one GPU from
 // their own threads. The kernels' scratch (attention sequence tables, grouped-GEMM pointer arrays)
 // is per host thread: shared, one thread could rewrite a table that the other's queued kernel has
