@@ -4,14 +4,15 @@
 // owns the model and loops:
 //   1. apply a staged weight update once no sequence is running (see below);
 //   2. admit waiting groups in arrival order while the decode batch has room (max_batch) and the
-//      KV pool can reserve prompt + max_new_tokens rows for each of the G samples (a group that
-//      does not fit waits; it never fails);
-//   3. prefill the admitted groups' prompts (each once, several per model call), copy each
-//      prompt's KV rows to its group's other G-1 samples, and sample every sample's first token
-//      from the shared logits;
+//      KV pool can reserve the group's rows: prompt + max_new_tokens for sample 0, max_new_tokens
+//      for each other sample (a group that does not fit waits; it never fails);
+//   3. prefill the admitted groups' prompts (each once, several per model call) into sample 0's
+//      rows, let the group's other G-1 samples read those rows in place (SharePrefix), and sample
+//      every sample's first token from the shared logits;
 //   4. one decode step for every running sequence together (Model::Extend), sample, check stop
-//      conditions; finished sequences release their KV rows, and a group is delivered as soon as
-//      its last sample finishes.
+//      conditions; finished sequences release their KV rows (sample 0's once no sample of its
+//      group reads the prompt any more), and a group is delivered as soon as its last sample
+//      finishes.
 //
 // Reproducibility: every sample draws from its own random stream keyed by (seed, prompt_id,
 // sample index), one uniform per token, and prefill and decode run with batch-invariant kernels
