@@ -532,11 +532,22 @@ TEST_CASE("a group's samples read their prompt's KV rows in place until the last
   for (int i = 0; i < 8; ++i) {
     prompts.push_back({static_cast<uint64_t>(100 + i), RandomTokens(24, c.vocab_size, 70 + i)});
   }
-  auto groups = engine->GenerateAll(prompts, sp);
-  REQUIRE(groups.ok());
+  // Rows that never came back would leave later groups waiting: a deadline, not a hang.
+  const auto generate = [&](const std::vector<RolloutPrompt>& ps, const SamplingParams& s) {
+    std::vector<GroupResult> out(ps.size());
+    auto r = engine->Submit(ps, s);
+    REQUIRE(r.ok());
+    GroupResult g;
+    for (size_t n = 0; n < ps.size(); ++n) {
+      REQUIRE((*r)->Next(&g, absl::Seconds(30)) == RolloutRequest::Wait::kGroup);
+      out[g.prompt_index] = std::move(g);
+    }
+    return out;
+  };
+  const std::vector<GroupResult> groups = generate(prompts, sp);
   int leader_first = 0;  // groups whose sample 0 finished while another sample was longer
   for (size_t p = 0; p < prompts.size(); ++p) {
-    const auto& comps = (*groups)[p].completions;
+    const auto& comps = groups[p].completions;
     REQUIRE(comps.size() == 4);
     size_t longest_other = 0;
     for (int32_t i = 0; i < 4; ++i) {
@@ -548,7 +559,28 @@ TEST_CASE("a group's samples read their prompt's KV rows in place until the last
     if (comps[0].token_ids.size() < longest_other) ++leader_first;
   }
   CHECK(leader_first >= 2);  // the case above happened, more than once
-  CHECK(engine->GetStatus().kv_bytes_used == 0);
+  // The engine publishes its counters at the end of the iteration that delivered the last group.
+  const auto kv_used_settles_at_zero = [&] {
+    for (int i = 0; i < 200 && engine->GetStatus().kv_bytes_used != 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return engine->GetStatus().kv_bytes_used == 0;
+  };
+  CHECK(kv_used_settles_at_zero());
+
+  // A request cancelled after its first group, with others part-way through: every row must come
+  // back, which a group needing the whole pool (24 + 4 x 21 = 108 rows) then shows by running.
+  auto cancelled = engine->Submit(prompts, sp);
+  REQUIRE(cancelled.ok());
+  GroupResult first;
+  REQUIRE((*cancelled)->Next(&first, absl::Seconds(30)) == RolloutRequest::Wait::kGroup);
+  engine->Cancel(*cancelled);
+  while ((*cancelled)->Next(&first, absl::Seconds(30)) == RolloutRequest::Wait::kGroup) {
+  }
+  SamplingParams whole = sp;
+  whole.max_new_tokens = 21;
+  CHECK(generate({{5, RandomTokens(24, c.vocab_size, 2)}}, whole)[0].completions.size() == 4);
+  CHECK(kv_used_settles_at_zero());
   // The copy-per-sample size would not have been accepted at all; one row more than the shared
   // size is refused.
   SamplingParams big = sp;
