@@ -62,39 +62,55 @@ void CheckAgainstCpu(Model<float>& cpu, const std::vector<RolloutPrompt>& prompt
   CHECK(NormErr("rollout logprobs vs cpu forward", got, ref) < 5e-3);
 }
 
+// The mid MoE on the GPU (a pooled cache of 3 slots over 100 rows; slots 0 and 1 hold 30 rows
+// each, out of order in the pool: rows 60.. and 5..) and on the CPU, with the same weights.
+struct CacheTwins {
+  ModelConfig c;
+  std::unique_ptr<CudaModel> gpu;
+  std::unique_ptr<Model<float>> cpu;
+};
+CacheTwins MakeCacheTwins(uint64_t seed) {
+  CacheTwins t;
+  t.c = MustParse(MidQwen3MoeJson());
+  const std::vector<float> params =
+      ScaledBf16Params(Model<float>::Create(t.c).value()->layout(), seed, 0.2f);
+  auto gpu = CudaModel::Create(t.c);
+  REQUIRE(gpu.ok());
+  t.gpu = std::move(*gpu);
+  REQUIRE(t.gpu->SetParams(params).ok());
+  t.cpu = CpuModel(t.c, params);
+  REQUIRE(t.gpu->InitPooledCache(3, 100).ok());
+  REQUIRE(t.gpu->AssignSlot(0, 60, 30).ok());
+  REQUIRE(t.gpu->AssignSlot(1, 5, 30).ok());
+  return t;
+}
+
 TEST_CASE("cuda pooled KV cache: slots at assigned rows, prefix copy, capacity",
           "[cuda][gpu][rollout]") {
-  const ModelConfig c = MustParse(MidQwen3MoeJson());
-  const std::vector<float> params =
-      ScaledBf16Params(Model<float>::Create(c).value()->layout(), 3, 0.2f);
-  auto gpu = CudaModel::Create(c);
-  REQUIRE(gpu.ok());
-  REQUIRE((*gpu)->SetParams(params).ok());
-  auto cpu = CpuModel(c, params);
+  CacheTwins t = MakeCacheTwins(3);
+  const ModelConfig& c = t.c;
+  CudaModel* gpu = t.gpu.get();
+  auto& cpu = t.cpu;
   const int64_t V = c.vocab_size;
-  // Slots out of order in the pool, not at slot * max_len.
-  REQUIRE((*gpu)->InitPooledCache(3, 100).ok());
-  REQUIRE((*gpu)->AssignSlot(0, 60, 30).ok());
-  REQUIRE((*gpu)->AssignSlot(1, 5, 30).ok());
-  CHECK((*gpu)->AssignSlot(2, 90, 20).code() == absl::StatusCode::kInvalidArgument);
-  CHECK((*gpu)->AssignSlot(3, 0, 1).code() == absl::StatusCode::kInvalidArgument);
+  CHECK(gpu->AssignSlot(2, 90, 20).code() == absl::StatusCode::kInvalidArgument);
+  CHECK(gpu->AssignSlot(3, 0, 1).code() == absl::StatusCode::kInvalidArgument);
   KvCache<float> cache(c, 2, 30);
   const std::vector<int32_t> prompt = {4, 77, 12, 250, 9, 31};
   std::vector<float> got(2 * V), ref(2 * V);
-  REQUIRE((*gpu)->Extend({0}, {absl::MakeConstSpan(prompt)}, got.data()).ok());
+  REQUIRE(gpu->Extend({0}, {absl::MakeConstSpan(prompt)}, got.data()).ok());
   cpu->set_batch_invariant(true);
   REQUIRE(cpu->Extend(&cache, {0}, {absl::MakeConstSpan(prompt)}, ref.data()).ok());
   // Fork: slot 1 starts with slot 0's prompt; CopyPrefix beyond what slot 0 holds is refused.
-  CHECK((*gpu)->CopyPrefix(0, 1, 7).code() == absl::StatusCode::kInvalidArgument);
-  REQUIRE((*gpu)->CopyPrefix(0, 1, 6).ok());
+  CHECK(gpu->CopyPrefix(0, 1, 7).code() == absl::StatusCode::kInvalidArgument);
+  REQUIRE(gpu->CopyPrefix(0, 1, 6).ok());
   cache.CopyPrefix(0, 1, 6);
-  CHECK((*gpu)->cache_length(1) == 6);
+  CHECK(gpu->cache_length(1) == 6);
   // Both slots continue with different tokens; each must see the prompt's K/V.
   std::vector<int32_t> a = {100}, b = {200};
   double worst = 0;
   for (int step = 0; step < 4; ++step) {
     std::vector<absl::Span<const int32_t>> feeds = {a, b};
-    REQUIRE((*gpu)->Extend({0, 1}, feeds, got.data()).ok());
+    REQUIRE(gpu->Extend({0, 1}, feeds, got.data()).ok());
     REQUIRE(cpu->Extend(&cache, {0, 1}, feeds, ref.data()).ok());
     worst = std::max(worst, NormErr("pooled decode logits step " + std::to_string(step), got, ref));
     a = {static_cast<int32_t>((a[0] + 7) % V)};
@@ -103,40 +119,34 @@ TEST_CASE("cuda pooled KV cache: slots at assigned rows, prefix copy, capacity",
   CHECK(worst < 1e-2);
   // Capacity: slot 1 holds 10 of 30 tokens; 21 more are refused, nothing is written.
   const std::vector<int32_t> many(21, 3);
-  CHECK((*gpu)->Extend({1}, {absl::MakeConstSpan(many)}, nullptr).code() ==
+  CHECK(gpu->Extend({1}, {absl::MakeConstSpan(many)}, nullptr).code() ==
         absl::StatusCode::kResourceExhausted);
-  CHECK((*gpu)->cache_length(1) == 10);
+  CHECK(gpu->cache_length(1) == 10);
   // An unassigned slot has no room.
-  CHECK((*gpu)->Extend({2}, {absl::MakeConstSpan(a)}, nullptr).code() ==
+  CHECK(gpu->Extend({2}, {absl::MakeConstSpan(a)}, nullptr).code() ==
         absl::StatusCode::kResourceExhausted);
 }
 
 TEST_CASE("cuda pooled KV cache: a prompt shared in place decodes as its copy does",
           "[cuda][gpu][rollout]") {
-  const ModelConfig c = MustParse(MidQwen3MoeJson());
-  const std::vector<float> params =
-      ScaledBf16Params(Model<float>::Create(c).value()->layout(), 4, 0.2f);
-  auto gpu = CudaModel::Create(c);
-  REQUIRE(gpu.ok());
-  REQUIRE((*gpu)->SetParams(params).ok());
-  auto cpu = CpuModel(c, params);
+  CacheTwins t = MakeCacheTwins(4);
+  const ModelConfig& c = t.c;
+  CudaModel* gpu = t.gpu.get();
+  auto& cpu = t.cpu;
   const int64_t V = c.vocab_size;
   // Slot 0 prefills the prompt; slot 1 gets a copy, slot 2 reads it in place and owns 10 rows.
-  REQUIRE((*gpu)->InitPooledCache(3, 100).ok());
-  REQUIRE((*gpu)->AssignSlot(0, 60, 30).ok());
-  REQUIRE((*gpu)->AssignSlot(1, 5, 30).ok());
-  REQUIRE((*gpu)->AssignSlot(2, 40, 10).ok());
+  REQUIRE(gpu->AssignSlot(2, 40, 10).ok());
   const std::vector<int32_t> prompt = {4, 77, 12, 250, 9, 31};
   std::vector<float> got(3 * V), ref(V);
-  REQUIRE((*gpu)->Extend({0}, {absl::MakeConstSpan(prompt)}, got.data()).ok());
-  CHECK((*gpu)->SharePrefix(0, 2, 7).code() == absl::StatusCode::kInvalidArgument);
-  CHECK((*gpu)->SharePrefix(0, 0, 6).code() == absl::StatusCode::kInvalidArgument);
-  REQUIRE((*gpu)->CopyPrefix(0, 1, 6).ok());
-  REQUIRE((*gpu)->SharePrefix(0, 2, 6).ok());
-  CHECK((*gpu)->cache_length(2) == 6);
-  CHECK((*gpu)->SharePrefix(0, 2, 6).code() == absl::StatusCode::kInvalidArgument);  // not empty
-  CHECK((*gpu)->SharePrefix(2, 1, 3).code() == absl::StatusCode::kInvalidArgument);  // src shares
-  CHECK((*gpu)->CopyPrefix(2, 1, 3).code() == absl::StatusCode::kInvalidArgument);
+  REQUIRE(gpu->Extend({0}, {absl::MakeConstSpan(prompt)}, got.data()).ok());
+  CHECK(gpu->SharePrefix(0, 2, 7).code() == absl::StatusCode::kInvalidArgument);
+  CHECK(gpu->SharePrefix(0, 0, 6).code() == absl::StatusCode::kInvalidArgument);
+  REQUIRE(gpu->CopyPrefix(0, 1, 6).ok());
+  REQUIRE(gpu->SharePrefix(0, 2, 6).ok());
+  CHECK(gpu->cache_length(2) == 6);
+  CHECK(gpu->SharePrefix(0, 2, 6).code() == absl::StatusCode::kInvalidArgument);  // not empty
+  CHECK(gpu->SharePrefix(2, 1, 3).code() == absl::StatusCode::kInvalidArgument);  // src shares
+  CHECK(gpu->CopyPrefix(2, 1, 3).code() == absl::StatusCode::kInvalidArgument);
   // Slots 1 and 2 get the same tokens (slot 0 others, writing its own rows after the prompt):
   // their logits must agree, and match the CPU model's on prompt + tokens.
   KvCache<float> cache(c, 1, 30);
@@ -146,7 +156,7 @@ TEST_CASE("cuda pooled KV cache: a prompt shared in place decodes as its copy do
   double worst_pair = 0, worst_cpu = 0;
   for (int step = 0; step < 4; ++step) {
     std::vector<absl::Span<const int32_t>> feeds = {a, b, b};
-    REQUIRE((*gpu)->Extend({0, 1, 2}, feeds, got.data()).ok());
+    REQUIRE(gpu->Extend({0, 1, 2}, feeds, got.data()).ok());
     REQUIRE(cpu->Extend(&cache, {0}, {absl::MakeConstSpan(b)}, ref.data()).ok());
     const std::vector<float> copy(got.begin() + V, got.begin() + 2 * V);
     const std::vector<float> shared(got.begin() + 2 * V, got.end());
@@ -160,11 +170,11 @@ TEST_CASE("cuda pooled KV cache: a prompt shared in place decodes as its copy do
   CHECK(worst_cpu < 1e-2);
   // Capacity: 6 shared + 10 own; slot 2 holds 10, so 7 more are refused and 6 fit.
   const std::vector<int32_t> seven(7, 3), six(6, 3);
-  CHECK((*gpu)->Extend({2}, {absl::MakeConstSpan(seven)}, nullptr).code() ==
+  CHECK(gpu->Extend({2}, {absl::MakeConstSpan(seven)}, nullptr).code() ==
         absl::StatusCode::kResourceExhausted);
-  CHECK((*gpu)->cache_length(2) == 10);
-  REQUIRE((*gpu)->Extend({2}, {absl::MakeConstSpan(six)}, nullptr).ok());
-  CHECK((*gpu)->cache_length(2) == 16);
+  CHECK(gpu->cache_length(2) == 10);
+  REQUIRE(gpu->Extend({2}, {absl::MakeConstSpan(six)}, nullptr).ok());
+  CHECK(gpu->cache_length(2) == 16);
 }
 
 // Several rollout engines in one process (rollout.local_workers > 1 on cuda) drive one GPU from
