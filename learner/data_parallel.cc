@@ -261,8 +261,30 @@ void DataParallelStep::set_device_model(DeviceModel* device) {
   device_ = device != nullptr && device->device() == Device::kCuda ? device : nullptr;
 }
 
+void DataParallelStep::set_device_comm(comm::Communicator* device_comm) {
+  GRPO_CHECK_MSG(device_comm == nullptr || (comm_ != nullptr &&
+                                            device_comm->memory() == comm::MemorySpace::kDevice &&
+                                            device_comm->world_size() == comm_->world_size() &&
+                                            device_comm->rank() == comm_->rank()),
+                 "DataParallelStep: a device communicator must span the host one's ranks");
+  device_comm_ = device_comm;
+  device_reducer_.reset();
+  if (device_comm != nullptr) {
+    device_reducer_ = std::make_unique<GradientReducer>(device_comm, policy_->num_params(),
+                                                        config_.bucket_elems(), timeout_);
+  }
+}
+
 DataParallelStats DataParallelStep::stats() const {
-  return reducer_ == nullptr ? DataParallelStats{} : reducer_->stats();
+  DataParallelStats s = reducer_ == nullptr ? DataParallelStats{} : reducer_->stats();
+  if (device_reducer_ != nullptr) {
+    const DataParallelStats d = device_reducer_->stats();
+    s.allreduce_s += d.allreduce_s;
+    s.allreduce_wait_s += d.allreduce_wait_s;
+    s.bytes_reduced += d.bytes_reduced;
+    s.buckets_reduced += d.buckets_reduced;
+  }
+  return s;
 }
 
 absl::StatusOr<MiniBatchResult> DataParallelStep::Run(absl::Span<const TrainSequence> seqs,
@@ -290,21 +312,36 @@ absl::StatusOr<MiniBatchResult> DataParallelStep::Run(absl::Span<const TrainSequ
     return result;
   }
 
+  // The gradients are summed over the ranks by `grad_reducer`: in host memory (reducer_), or on
+  // the device (device_reducer_, over the device model's gradient buffer).
+  const bool on_device = reduces_on_device();
+  GradientReducer* grad_reducer = on_device ? device_reducer_.get() : reducer_.get();
+  float* grad_buffer = policy_->grads();
+  const auto abort_all = [&] {
+    if (comm_ != nullptr) comm_->Abort();  // release the other ranks now, not at their deadline
+    if (device_comm_ != nullptr) device_comm_->Abort();
+  };
   if (device_ != nullptr) {
-    if (absl::Status zs = device_->ZeroGrads(); !zs.ok()) {
-      if (comm_ != nullptr) comm_->Abort();  // release the other ranks now, not at their deadline
+    absl::Status zs = device_->ZeroGrads();
+    if (zs.ok() && on_device) {
+      absl::StatusOr<float*> g = device_->DeviceGrads();
+      if (g.ok()) grad_buffer = *g;
+      zs = g.status();
+    }
+    if (!zs.ok()) {
+      abort_all();
       return WithContext(zs, context);
     }
   } else {
     policy_->ZeroGrads();
   }
-  if (reducer_ != nullptr) reducer_->Begin(policy_->grads(), context);
-  // From here on an error of this rank must release the others: abort the communicator.
+  if (grad_reducer != nullptr) grad_reducer->Begin(grad_buffer, context);
+  // From here on an error of this rank must release the others: abort the communicators.
   auto fail = [&](const absl::Status& s) {
-    if (reducer_ != nullptr) {
-      comm_->Abort();
-      reducer_->Cancel();
-      reducer_->Finish().IgnoreError();
+    if (grad_reducer != nullptr) {
+      abort_all();
+      grad_reducer->Cancel();
+      grad_reducer->Finish().IgnoreError();
     }
     policy_->set_grad_ready_callback(nullptr);
     return WithContext(s, context);
@@ -412,7 +449,7 @@ absl::StatusOr<MiniBatchResult> DataParallelStep::Run(absl::Span<const TrainSequ
     // The last micro-batch's backward finishes the gradients block by block: hand each block to
     // the reducer as it completes so its buckets are reduced while the backward goes on.
     const bool final_micro = last == seqs.size();
-    if (final_micro && reducer_ != nullptr) {
+    if (final_micro && reducer_ != nullptr && device_ == nullptr) {
       policy_->set_grad_ready_callback([this](int64_t first_offset, int64_t count) {
         reducer_->MarkReady(first_offset, count);
         if (observer_) observer_(first_offset, count);
@@ -425,15 +462,29 @@ absl::StatusOr<MiniBatchResult> DataParallelStep::Run(absl::Span<const TrainSequ
     result.trained_tokens += static_cast<double>(batch.num_tokens());
   }
   if (reducer_ != nullptr) {
-    if (device_ != nullptr) {
-      // The device's gradients come to the host whole and join the reduction at once: the device
-      // backward does not report blocks as they finish, so no overlap with it (yet).
-      if (absl::Status fs = device_->FetchGrads(); !fs.ok()) return fail(fs);
-      reducer_->MarkAllReady();
-    } else if (seqs.empty()) {
-      reducer_->MarkAllReady();  // this rank's zero gradients join the sums
+    if (on_device) {
+      // Summed on the device, bucket by bucket (the device backward does not report blocks as
+      // they finish, so after it), then down to the host already reduced.
+      device_reducer_->MarkAllReady();
+      if (absl::Status ds = device_reducer_->Finish(); !ds.ok()) {
+        abort_all();  // the host collectives below would otherwise wait for their deadline
+        return ds;
+      }
+      if (absl::Status fs = device_->FetchGrads(); !fs.ok()) {
+        abort_all();
+        return WithContext(fs, context);
+      }
+    } else {
+      if (device_ != nullptr) {
+        // The device's gradients come to the host whole and join the reduction at once: the
+        // device backward does not report blocks as they finish, so no overlap with it (yet).
+        if (absl::Status fs = device_->FetchGrads(); !fs.ok()) return fail(fs);
+        reducer_->MarkAllReady();
+      } else if (seqs.empty()) {
+        reducer_->MarkAllReady();  // this rank's zero gradients join the sums
+      }
+      RETURN_IF_ERROR(reducer_->Finish());
     }
-    RETURN_IF_ERROR(reducer_->Finish());
     RETURN_IF_ERROR(ReduceResult(&result, context));
   } else if (device_ != nullptr) {
     RETURN_IF_ERROR(WithContext(device_->FetchGrads(), context));

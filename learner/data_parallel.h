@@ -13,14 +13,15 @@
 //      and AdamW give identical parameters everywhere (checked by VerifyReplicas);
 //   4. the loss statistics (for metrics) are all-reduced too.
 //
-// The logic sees only the Communicator interface. This step drives the CPU Model<float>, so it
-// takes a host-memory communicator: LocalGroup (ranks are threads of one process; on the CPU this
-// is for correctness and tests, not speed: the GEMMs already use every core). GPU ranks (one
-// process per GPU, NCCL over device gradients) need the CUDA model to offer the same grad-ready
-// hook, and the small collectives here (counts, statistics, replica hashes: host vectors) a
-// device staging buffer; GradientReducer only passes pointers. A rank that fails mid-step
-// aborts the communicator so the others stop with ABORTED; a rank that stalls makes the others'
-// collectives time out with DEADLINE_EXCEEDED. Nothing hangs.
+// The logic sees only the Communicator interface. The step takes a host-memory communicator:
+// LocalGroup (ranks are threads of one process; on the CPU this is for correctness and tests, not
+// speed: the GEMMs already use every core). A rank on a GPU (set_device_model) may also get a
+// device-memory communicator (set_device_comm: NCCL, a GPU per rank) over which its gradients are
+// summed on the device after the backward (step 2 without the overlap: the CUDA model does not
+// report finished blocks), the small collectives (counts, statistics, replica hashes: host
+// vectors) staying on the host one; GradientReducer only passes pointers. A rank that fails
+// mid-step aborts the communicators so the others stop with ABORTED; a rank that stalls makes
+// the others' collectives time out with DEADLINE_EXCEEDED. Nothing hangs.
 //
 // Not here: where the groups come from, advantages and old/reference logprobs (the caller, e.g.
 // learner/trainer.h, computes them for the whole batch), weight publishing and checkpoints (rank
@@ -208,6 +209,13 @@ class DataParallelStep {
   // communicator; not overlapped with the backward), and the updated weights go up before the
   // next forward. null = the CPU.
   void set_device_model(DeviceModel* device);
+  // A device-memory communicator over the same ranks (NCCL, one GPU per rank): with a GPU device
+  // model the gradients are then all-reduced on the device, in buckets, after the backward, and
+  // come to the host already summed; the host communicator keeps the small collectives
+  // (normalizers, statistics, replica checks). An error in either aborts both. null: the host.
+  void set_device_comm(comm::Communicator* device_comm);
+  // Whether the next Run reduces the gradients on the device (a GPU model and a device comm).
+  bool reduces_on_device() const { return device_ != nullptr && device_reducer_ != nullptr; }
 
   // Tests and tracing: called on the training thread after each grad-ready block of the last
   // micro-batch has been handed to the reducer.
@@ -225,6 +233,8 @@ class DataParallelStep {
   DataParallelConfig config_;
   absl::Duration timeout_;
   std::unique_ptr<GradientReducer> reducer_;
+  comm::Communicator* device_comm_ = nullptr;         // set_device_comm
+  std::unique_ptr<GradientReducer> device_reducer_;  // over device_comm_
   std::function<void(int64_t, int64_t)> observer_;
 };
 

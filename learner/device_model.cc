@@ -72,4 +72,11 @@ absl::Status DeviceModel::FetchGrads() {
   return gpu_->GetGrads(absl::MakeSpan(host_->grads(), host_->num_params()));
 }
 
+absl::StatusOr<float*> DeviceModel::DeviceGrads() {
+  if (gpu_ == nullptr) {
+    return absl::FailedPreconditionError("a CPU model's gradients are in host memory");
+  }
+  return gpu_->GradsOnDevice();
+}
+
 }  // namespace grpo

@@ -57,6 +57,9 @@ class DeviceModel {
   // host().grads() = the gradients accumulated since ZeroGrads() (a download on CUDA; the CPU
   // model accumulates there already).
   absl::Status FetchGrads();
+  // CUDA: the device buffer Backward accumulates into (num_params floats), for an all-reduce on
+  // the device before FetchGrads. FAILED_PRECONDITION on the CPU.
+  absl::StatusOr<float*> DeviceGrads();
 
  private:
   DeviceModel(Model<float>* host, std::unique_ptr<CudaModel> gpu);

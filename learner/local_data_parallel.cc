@@ -5,6 +5,8 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "comm/nccl_communicator.h"
+#include "common/log.h"
 #include "common/status.h"
 
 namespace grpo {
@@ -14,6 +16,7 @@ absl::StatusOr<std::unique_ptr<LocalDataParallel>> LocalDataParallel::Create(
   RETURN_IF_ERROR(config.Validate("data_parallel"));
   std::unique_ptr<LocalDataParallel> dp(new LocalDataParallel());
   dp->rank0_ = rank0;
+  dp->timeout_ = absl::Seconds(config.timeout_s);
   const int world = static_cast<int>(config.ranks);
   if (world == 1) {
     dp->steps_.push_back(std::make_unique<DataParallelStep>(rank0, optimizer0, nullptr, config));
@@ -69,7 +72,11 @@ absl::StatusOr<MiniBatchResult> LocalDataParallel::Run(const ShardFn& shard,
 }
 
 absl::Status LocalDataParallel::set_device_model(DeviceModel* device) {
-  for (auto& step : steps_) step->set_device_model(nullptr);
+  for (auto& step : steps_) {
+    step->set_device_model(nullptr);
+    if (world_size() > 1) step->set_device_comm(nullptr);
+  }
+  device_comms_.clear();
   devices_.clear();
   if (device != nullptr && device->device() == Device::kCuda) {
     const int gpus = std::max(1, CudaDeviceCount());
@@ -81,7 +88,47 @@ absl::Status LocalDataParallel::set_device_model(DeviceModel* device) {
     for (int r = 1; r < world_size(); ++r) steps_[r]->set_device_model(devices_[r - 1].get());
   }
   steps_[0]->set_device_model(device);  // a CPU DeviceModel leaves rank 0 on the plain path
+  if (!devices_.empty()) {
+    const int gpus = CudaDeviceCount();
+    if (gpus < world_size() || !comm::NcclUsable()) {
+      GRPO_LOG(INFO, "data parallel: %d ranks on %d GPU(s)%s: gradients reduced in host memory",
+               world_size(), gpus, comm::NcclUsable() ? "" : ", no NCCL");
+    } else if (absl::Status st = ConnectDeviceComms(); !st.ok()) {
+      GRPO_LOG(WARNING, "data parallel: NCCL between the %d GPU ranks failed (%s); gradients are "
+               "reduced in host memory instead", world_size(), std::string(st.message()));
+    } else {
+      GRPO_LOG(INFO, "data parallel: %d ranks on GPUs 0..%d, gradients all-reduced over NCCL",
+               world_size(), world_size() - 1);
+    }
+  }
   return absl::OkStatus();
+}
+
+absl::Status LocalDataParallel::ConnectDeviceComms() {
+  const int world = world_size();
+  ASSIGN_OR_RETURN(const comm::NcclUniqueId id, comm::NewNcclUniqueId());
+  // Every rank joins at once, each from a thread of its own (a join returns when all have).
+  std::vector<absl::StatusOr<std::unique_ptr<comm::Communicator>>> made;
+  for (int r = 0; r < world; ++r) made.emplace_back(absl::UnknownError("not run"));
+  std::vector<std::thread> threads;
+  for (int r = 0; r < world; ++r) {
+    threads.emplace_back(
+        [&, r] { made[r] = comm::NcclCommunicator::Create(id, r, world, r, timeout_); });
+  }
+  for (std::thread& t : threads) t.join();
+  std::vector<std::unique_ptr<comm::Communicator>> comms;
+  for (int r = 0; r < world; ++r) {
+    if (!made[r].ok()) return WithContext(made[r].status(), absl::StrCat("rank ", r));
+    comms.push_back(std::move(*made[r]));
+  }
+  device_comms_ = std::move(comms);
+  for (int r = 0; r < world; ++r) steps_[r]->set_device_comm(device_comms_[r].get());
+  return absl::OkStatus();
+}
+
+std::string LocalDataParallel::gradient_transport() const {
+  if (world_size() == 1) return "none";
+  return steps_[0]->reduces_on_device() ? "nccl" : "host";
 }
 
 }  // namespace grpo

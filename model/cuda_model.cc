@@ -565,6 +565,12 @@ absl::Status CudaModel::ZeroGrads() {
   return absl::OkStatus();
 }
 
+absl::StatusOr<float*> CudaModel::GradsOnDevice() {
+  RETURN_IF_ERROR(impl_->Activate());
+  RETURN_IF_ERROR(impl_->EnsureGrads());
+  return impl_->G();
+}
+
 absl::Status CudaModel::Forward(const TokenBatch& batch, const ForwardOptions& opt,
                                 ForwardResult<float>* result) {
   RETURN_IF_ERROR(impl_->Activate());
@@ -801,6 +807,7 @@ absl::Status CudaModel::GetParams(absl::Span<float>) const { return NoCuda(); }
 absl::Status CudaModel::GetGrads(absl::Span<float>) const { return NoCuda(); }
 absl::Status CudaModel::CopyWeightsFrom(const CudaModel&) { return NoCuda(); }
 absl::Status CudaModel::ZeroGrads() { return NoCuda(); }
+absl::StatusOr<float*> CudaModel::GradsOnDevice() { return NoCuda(); }
 absl::Status CudaModel::Forward(const TokenBatch&, const ForwardOptions&, ForwardResult<float>*) {
   return NoCuda();
 }

@@ -82,6 +82,10 @@ class CudaModel {
   // Gradients (same layout); Backward() accumulates into them.
   absl::Status GetGrads(absl::Span<float> host) const;
   absl::Status ZeroGrads();
+  // The gradients' device buffer (num_params() fp32, allocated here if need be), for collectives
+  // over them (data-parallel ranks' NCCL all-reduce). Valid while this model lives; Backward()
+  // work queued before the caller's collective is ordered before it (legacy default stream).
+  absl::StatusOr<float*> GradsOnDevice();
 
   // As Model<float>::Forward / Backward (same errors, same result layout).
   absl::Status Forward(const TokenBatch& batch, const ForwardOptions& options,

@@ -16,6 +16,7 @@
 #include <random>
 #include <vector>
 
+#include "comm/nccl_communicator.h"
 #include "learner/data_parallel.h"
 #include "learner/device_model.h"
 #include "learner/local_data_parallel.h"
@@ -172,6 +173,17 @@ TEST_CASE("2 data-parallel ranks on cuda make the update of 1 cuda learner",
   const absl::Status set = (*dp)->set_device_model(dev_two->get());
   INFO(set.ToString());
   REQUIRE(set.ok());
+  // With a GPU per rank the gradients are summed over NCCL on the devices, else in host memory:
+  // the comparison below checks whichever path this machine takes.
+  const std::string transport = (*dp)->gradient_transport();
+  std::printf("2 cuda ranks on %d GPU(s): gradients summed over %s\n", CudaDeviceCount(),
+              transport.c_str());
+  if (CudaDeviceCount() >= 2 && comm::NcclUsable()) {
+    CHECK(transport == "nccl");
+  } else {
+    CHECK(transport == "host");
+    WARN("fewer than 2 GPUs (or no NCCL): the NCCL gradient path is not exercised here");
+  }
 
   MiniBatchOptions mo;
   mo.micro_batch_seqs = 2;

@@ -14,6 +14,7 @@
 #include "absl/synchronization/notification.h"
 #include "comm/local_communicator.h"
 #include "learner/device_model.h"
+#include "learner/local_data_parallel.h"
 #include "model/config.h"
 #include "model/params.h"
 
@@ -377,6 +378,26 @@ TEST_CASE("a CPU DeviceModel on the ranks leaves the data-parallel step bitwise 
     REQUIRE(with[r].params == plain[r].params);
     REQUIRE(with[r].results[1].loss == plain[r].results[1].loss);
   }
+}
+
+TEST_CASE("LocalDataParallel sums gradients in host memory without GPUs; one rank sums nothing",
+          "[learner][dp]") {
+  // The NCCL path needs a GPU per rank (tests/gpu/learner_cuda_test.cc); on the CPU, even with
+  // (CPU) device models set, the ranks reduce over their LocalGroup.
+  auto model = TinyModel();
+  AdamW opt(model->num_params(), Adam());
+  DataParallelConfig dc;
+  auto one = LocalDataParallel::Create(model.get(), &opt, dc);
+  REQUIRE(one.ok());
+  CHECK((*one)->gradient_transport() == "none");
+  dc.ranks = 2;
+  auto two = LocalDataParallel::Create(model.get(), &opt, dc);
+  REQUIRE(two.ok());
+  CHECK((*two)->gradient_transport() == "host");
+  auto device = DeviceModel::Create(model.get(), Device::kCpu);
+  REQUIRE(device.ok());
+  REQUIRE((*two)->set_device_model(device->get()).ok());
+  CHECK((*two)->gradient_transport() == "host");
 }
 
 TEST_CASE("a rank with no group joins every collective and the result is unchanged",
