@@ -380,7 +380,7 @@ TEST_CASE("a CPU DeviceModel on the ranks leaves the data-parallel step bitwise 
   }
 }
 
-TEST_CASE("LocalDataParallel sums gradients in host memory without GPUs; one rank sums nothing",
+TEST_CASE("LocalDataParallel sums gradients in host memory without GPUs and one rank sums nothing",
           "[learner][dp]") {
   // The NCCL path needs a GPU per rank (tests/gpu/learner_cuda_test.cc); on the CPU, even with
   // (CPU) device models set, the ranks reduce over their LocalGroup.
