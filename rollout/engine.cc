@@ -353,13 +353,13 @@ absl::StatusOr<std::shared_ptr<RolloutRequest>> Engine::Submit(std::vector<Rollo
           "prompts[", i, "]: ", p.size(), " tokens + max_new_tokens ", sampling.max_new_tokens,
           " exceed the model's context of ", config_.max_position_embeddings, " tokens"));
     }
+    const bool shared = shares_prefix_ && sampling.group_size > 1;
     const int64_t group_rows = GroupRows(static_cast<int64_t>(p.size()),
-                                         sampling.max_new_tokens, sampling.group_size,
-                                         shares_prefix_ && sampling.group_size > 1);
+                                         sampling.max_new_tokens, sampling.group_size, shared);
     if (group_rows > pool_rows) {
       return absl::InvalidArgumentError(absl::StrCat(
           "prompts[", i, "]: a group of ", sampling.group_size, " samples (", p.size(),
-          " prompt tokens", shares_prefix_ ? ", shared," : "", " + ", sampling.max_new_tokens,
+          " prompt tokens", shared ? ", shared," : "", " + ", sampling.max_new_tokens,
           " new each) needs ", group_rows * kv_row_bytes_,
           " bytes of KV cache; the server's budget is ", pool_rows * kv_row_bytes_,
           " bytes (--kv-budget-mb)"));
@@ -589,16 +589,15 @@ void Engine::Loop() {
         const int64_t P = static_cast<int64_t>(g->prompt.size());
         const bool shared = shares_prefix_ && G > 1;
         if (static_cast<int64_t>(w.free_slots.size()) < G) break;
-        std::vector<int64_t> offsets;
+        std::vector<int64_t> rows(G), offsets;
         for (int64_t i = 0; i < G; ++i) {
-          const int64_t off = w.rows.Alloc(SampleRows(P, g->sampling->max_new_tokens, i, shared));
+          rows[i] = SampleRows(P, g->sampling->max_new_tokens, i, shared);
+          const int64_t off = w.rows.Alloc(rows[i]);
           if (off < 0) break;
           offsets.push_back(off);
         }
         if (static_cast<int64_t>(offsets.size()) < G) {
-          for (size_t i = 0; i < offsets.size(); ++i) {
-            w.rows.Free(offsets[i], SampleRows(P, g->sampling->max_new_tokens, i, shared));
-          }
+          for (size_t i = 0; i < offsets.size(); ++i) w.rows.Free(offsets[i], rows[i]);
           break;  // arrival order: later groups wait too (no starvation of large groups)
         }
         g->shared_prompt = shared;
@@ -612,7 +611,7 @@ void Engine::Loop() {
           s->slot = w.free_slots.back();
           w.free_slots.pop_back();
           s->kv_offset = offsets[i];
-          s->kv_rows = SampleRows(P, g->sampling->max_new_tokens, i, shared);
+          s->kv_rows = rows[i];
           s->routing.resize(g->sampling->return_routing ? num_moe : 0);
           // Cannot fail: slot and rows come from this engine's own allocators.
           GRPO_CHECK(model.Assign(s->slot, s->kv_offset, s->kv_rows).ok());
