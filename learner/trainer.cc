@@ -124,12 +124,13 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LearnerConfig config,
       t->workers_.push_back(std::move(w));
     }
   } else {
-    // KV pool per in-process engine: room for its share of a step's sequences at full length
-    // (so nothing queues), at least one whole group, at most the engine's default 256 MiB
-    // unless one group needs more (beyond that, groups wait their turn).
+    // KV pool per in-process engine: room for its share of a step's groups at full length (so
+    // nothing queues), at least one whole group, at most the engine's default 256 MiB unless one
+    // group needs more (beyond that, groups wait their turn). A group's samples share its
+    // prompt's rows (rollout/engine.h): prompt + G x max_new rows.
     const int64_t row_bytes = KvBytesPerToken(t->policy_->config(), sizeof(float));
-    const int64_t seq_bytes = (c.rollout.max_prompt_tokens + c.rollout.max_new_tokens) * row_bytes;
-    const int64_t group_bytes = c.rollout.group_size * seq_bytes;
+    const int64_t group_bytes =
+        (c.rollout.max_prompt_tokens + c.rollout.group_size * c.rollout.max_new_tokens) * row_bytes;
     const int64_t share = (c.rollout.prompts_per_step + c.rollout.local_workers - 1) /
                           c.rollout.local_workers * group_bytes;
     const int64_t budget = std::max(group_bytes, std::min(share, int64_t{256} << 20));
