@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "comm/nccl_communicator.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "learner/grpo.h"
@@ -115,9 +116,20 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LearnerConfig config,
       t->local_device_ = Device::kCpu;
     }
   }
+  // The learner's device: decided here because the weight transport depends on it.
+  ASSIGN_OR_RETURN(Device learner_device, ResolveConfigDevice(c.device, "config 'device'"));
+  if (learner_device == Device::kCuda && c.rollout.deterministic) {
+    GRPO_LOG(INFO, "device auto: the learner stays on the CPU (rollout.deterministic)");
+    learner_device = Device::kCpu;
+  }
+  WeightSyncSetup sync_setup;
+  sync_setup.learner_cuda = learner_device == Device::kCuda;
+  sync_setup.engines_cuda = t->local_device_ == Device::kCuda;
+  sync_setup.nccl_usable = comm::NcclUsable();
   if (!t->options_.workers.empty()) {
     t->workers_ = std::move(t->options_.workers);
   } else if (!c.rollout.workers.empty()) {
+    sync_setup.remote_workers = true;
     for (const std::string& address : c.rollout.workers) {
       ASSIGN_OR_RETURN(auto w,
                        RemoteRolloutWorker::Connect(address, absl::Seconds(c.rollout.timeout_s)));
@@ -134,6 +146,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LearnerConfig config,
     const int64_t share = (c.rollout.prompts_per_step + c.rollout.local_workers - 1) /
                           c.rollout.local_workers * group_bytes;
     const int64_t budget = std::max(group_bytes, std::min(share, int64_t{256} << 20));
+    sync_setup.in_process_engines = true;
     for (int64_t i = 0; i < c.rollout.local_workers; ++i) {
       ASSIGN_OR_RETURN(auto w, LocalRolloutWorker::Create(*t->policy_, absl::StrCat("local", i),
                                                           budget, t->local_device_));
@@ -149,9 +162,13 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LearnerConfig config,
   {
     WeightPublisherOptions wo;
     wo.config = c.weight_sync;
+    std::string why;
+    wo.config.transport = ResolveWeightTransport(c.weight_sync, sync_setup, &why);
+    GRPO_LOG(INFO, "weight_sync.transport %s: %s (%s)", c.weight_sync.transport,
+             wo.config.transport, why);
     wo.deterministic = c.rollout.deterministic;
     wo.timeout_s = c.rollout.timeout_s;
-    if (c.weight_sync.transport == "ipc") {
+    if (wo.config.transport == "ipc") {
       // Read at each Publish, after the optimizer step (policy_dev_ is made further down).
       Trainer* tp = t.get();
       wo.device_weights = [tp]() -> absl::StatusOr<const CudaModel*> {
@@ -194,11 +211,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LearnerConfig config,
   ASSIGN_OR_RETURN(t->dp_, LocalDataParallel::Create(t->policy_.get(), t->optimizer_.get(),
                                                      c.data_parallel));
   {
-    ASSIGN_OR_RETURN(Device device, ResolveConfigDevice(c.device, "config 'device'"));
-    if (device == Device::kCuda && c.rollout.deterministic) {
-      GRPO_LOG(INFO, "device auto: the learner stays on the CPU (rollout.deterministic)");
-      device = Device::kCpu;
-    }
+    const Device device = learner_device;
     ASSIGN_OR_RETURN(t->policy_dev_, DeviceModel::Create(t->policy_.get(), device));
     if (t->reference_ != nullptr) {
       ASSIGN_OR_RETURN(t->reference_dev_, DeviceModel::Create(t->reference_.get(), device));

@@ -19,6 +19,35 @@ WeightSyncConfig ReadWeightSyncConfig(ConfigReader& r, const std::string& prefix
   return c;
 }
 
+std::string ResolveWeightTransport(const WeightSyncConfig& config, const WeightSyncSetup& setup,
+                                   std::string* why) {
+  std::string unused;
+  std::string& reason = why != nullptr ? *why : unused;
+  if (config.transport != "auto") {
+    reason = "set in the config";
+    return config.transport;
+  }
+  if (setup.learner_cuda && setup.in_process_engines && setup.engines_cuda) {
+    reason = "the learner and its in-process engines are on the GPU: device-to-device copies";
+    return "ipc";
+  }
+  if (setup.learner_cuda && setup.remote_workers && setup.nccl_usable) {
+    reason = "the learner is on the GPU with remote workers: NCCL broadcast, grpc for any worker "
+             "that cannot join";
+    return "collective";
+  }
+  if (!setup.learner_cuda) {
+    reason = "the learner is on the CPU";
+  } else if (setup.in_process_engines) {
+    reason = "the in-process engines are on the CPU";
+  } else if (setup.remote_workers) {
+    reason = "NCCL is not usable on the learner";
+  } else {
+    reason = "workers given by the caller";
+  }
+  return "grpc";
+}
+
 absl::Status WeightSyncConfig::Validate() const {
   if (transport != "auto" && transport != "grpc" && transport != "collective" &&
       transport != "ipc") {

@@ -22,9 +22,14 @@
 //               (CudaModel::CopyWeightsFrom), no host round trip; Publish returns once they serve
 //               them. Remote workers, and an engine whose copy fails, get grpc. Not built: CUDA
 //               IPC handles (comm/cuda_ipc.h) for rollout servers in other processes.
-//   auto        grpc. The CPU engines make fp32 point to point as fast as a broadcast (one copy
-//               per worker, measured in bench/weight_sync_bench.cc), and it is the only path that
-//               works across mismatched hardware.
+//   auto        picked at start-up from where things compute (ResolveWeightTransport below),
+//               logged once:
+//                 ipc         the learner and its in-process engines both on cuda;
+//                 collective  the learner on cuda with remote workers, NCCL usable here (workers
+//                             that cannot join get grpc, see above);
+//                 grpc        everything else: the CPU engines make fp32 point to point as fast as
+//                             a broadcast (one copy per worker, bench/weight_sync_bench.cc), and it
+//                             is the only path across mismatched hardware.
 // dtype (collective):
 //   fp32  bitwise the learner's parameters: rollout logprobs stay equal to the learner's.
 //   bf16  half the bytes, round to nearest even; CPU receivers widen it back to fp32.
@@ -49,6 +54,21 @@ struct WeightSyncConfig {
   absl::Status Validate() const;
   int64_t bucket_bytes() const { return static_cast<int64_t>(bucket_mb * 1024 * 1024); }
 };
+
+// Where a run computes, as far as the transport cares.
+struct WeightSyncSetup {
+  bool learner_cuda = false;        // the learner's model is on a GPU (resolved 'device')
+  bool in_process_engines = false;  // the trainer made its own engines (no rollout.workers)
+  bool engines_cuda = false;        // those engines decode on a GPU (resolved 'rollout.local_device')
+  bool remote_workers = false;      // rollout.workers lists servers in other processes
+  bool nccl_usable = false;         // comm::NcclUsable() on the learner
+};
+
+// The transport a run uses: config.transport unless it is "auto", which becomes ipc, collective
+// or grpc by the rules above. *why (may be null) gets a phrase for the log, e.g. "the learner and
+// its in-process engines share the GPU".
+std::string ResolveWeightTransport(const WeightSyncConfig& config, const WeightSyncSetup& setup,
+                                   std::string* why);
 
 // The section's defaults, for DefaultLearnerConfigJson().
 nlohmann::json DefaultWeightSyncConfigJson();

@@ -115,6 +115,40 @@ TEST_CASE("weight_sync config: unknown values are one error naming the key",
   CHECK(std::string(p.status().message()).find("weight_sync.transport") != std::string::npos);
 }
 
+// "auto" picks a transport from where the run computes; anything else is taken as written.
+TEST_CASE("weight_sync transport auto: ipc on one GPU, NCCL to remote GPUs, grpc otherwise",
+          "[learner][weight_sync]") {
+  WeightSyncConfig c;
+  auto pick = [&](bool learner_cuda, bool in_process, bool engines_cuda, bool remote,
+                  bool nccl) {
+    WeightSyncSetup s;
+    s.learner_cuda = learner_cuda;
+    s.in_process_engines = in_process;
+    s.engines_cuda = engines_cuda;
+    s.remote_workers = remote;
+    s.nccl_usable = nccl;
+    std::string why;
+    std::string t = ResolveWeightTransport(c, s, &why);
+    CHECK_FALSE(why.empty());
+    return t;
+  };
+  REQUIRE(c.transport == "auto");  // the default
+  CHECK(pick(true, true, true, false, true) == "ipc");
+  CHECK(pick(true, true, true, false, false) == "ipc");  // in-process needs no NCCL
+  CHECK(pick(true, true, false, false, true) == "grpc");  // CPU engines
+  CHECK(pick(false, true, true, false, true) == "grpc");  // CPU learner
+  CHECK(pick(true, false, false, true, true) == "collective");
+  CHECK(pick(true, false, false, true, false) == "grpc");   // no NCCL on the learner
+  CHECK(pick(false, false, false, true, true) == "grpc");   // CPU learner, remote workers
+  CHECK(pick(true, false, false, false, true) == "grpc");   // workers handed in by the caller
+  CHECK(pick(false, false, false, false, false) == "grpc");
+  for (const char* t : {"grpc", "collective", "ipc"}) {
+    c.transport = t;
+    CHECK(pick(false, false, false, false, false) == t);
+    CHECK(pick(true, true, true, false, true) == t);
+  }
+}
+
 // "ipc" moves weights device to device into in-process engines on cuda only; any other worker (a
 // CPU engine here, as a remote one would be) gets the point-to-point push and the new version.
 // The device path itself is tests/gpu/rollout_cuda_test.cc's.
