@@ -31,7 +31,8 @@ absl::StatusOr<NcclUniqueId> NewNcclUniqueId() {
 }
 
 absl::StatusOr<std::unique_ptr<Communicator>> NcclCommunicator::Create(const NcclUniqueId&, int,
-                                                                       int, int, absl::Duration) {
+                                                                       int, int, absl::Duration,
+                                                                       NcclStreamOrder) {
   return absl::UnavailableError(
       "NCCL communicator: this build has no NCCL (needs CUDA and libnccl at build time); use the "
       "gRPC weight transport");
@@ -218,7 +219,8 @@ absl::StatusOr<NcclUniqueId> NewNcclUniqueId() {
 absl::StatusOr<std::unique_ptr<Communicator>> NcclCommunicator::Create(const NcclUniqueId& id,
                                                                        int rank, int world_size,
                                                                        int cuda_device,
-                                                                       absl::Duration timeout) {
+                                                                       absl::Duration timeout,
+                                                                       NcclStreamOrder order) {
   if (world_size < 1 || rank < 0 || rank >= world_size) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "NCCL communicator: rank %d is not in [0, world_size %d)", rank, world_size));
@@ -235,9 +237,12 @@ absl::StatusOr<std::unique_ptr<Communicator>> NcclCommunicator::Create(const Ncc
   cudaError_t e = cudaSetDevice(cuda_device);
   if (e != cudaSuccess) return absl::UnavailableError(CudaError("cudaSetDevice", e));
   cudaStream_t stream;
-  // A blocking stream: it waits for work queued earlier on the legacy default stream (the
-  // staging copies of rollout/weight_sync.cc), so a broadcast never reads a half-copied bucket.
-  e = cudaStreamCreate(&stream);
+  // kAfterDefaultStream: a blocking stream, which waits for work queued earlier on the legacy
+  // default stream (the staging copies of rollout/weight_sync.cc), so a broadcast never reads a
+  // half-copied bucket. kIndependent: the caller orders the collectives with events.
+  e = order == NcclStreamOrder::kIndependent
+          ? cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking)
+          : cudaStreamCreate(&stream);
   if (e != cudaSuccess) return absl::UnavailableError(CudaError("cudaStreamCreate", e));
   ncclUniqueId raw;
   std::memcpy(&raw, id.bytes.data(), sizeof(raw));

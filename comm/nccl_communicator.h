@@ -37,6 +37,19 @@ bool NcclAvailable();
 // its peers waiting for the join's deadline.
 bool NcclUsable();
 
+// How a communicator's collectives are ordered against the legacy default stream, where the
+// kernels (kernels/cuda) queue their work.
+enum class NcclStreamOrder {
+  // A blocking stream: a collective waits for work queued before it on the default stream, and
+  // default-stream work queued after it waits for the collective. Safe without events (the
+  // weight broadcast's staging copies), but it serializes with compute.
+  kAfterDefaultStream,
+  // A non-blocking stream: collectives run beside default-stream work; the caller orders them
+  // (the data-parallel gradient all-reduce waits on each block's cuda::StreamMark), so they
+  // overlap the rest of the backward.
+  kIndependent,
+};
+
 class NcclCommunicator {
  public:
   // Joins the communicator `id` as `rank` of `world_size` on CUDA device `cuda_device`. Every
@@ -44,9 +57,9 @@ class NcclCommunicator {
   // size; it returns once all have joined, or DEADLINE_EXCEEDED after `timeout` (the half-made
   // communicator is aborted). INVALID_ARGUMENT for a bad rank, world size or device;
   // UNAVAILABLE without CUDA/NCCL.
-  static absl::StatusOr<std::unique_ptr<Communicator>> Create(const NcclUniqueId& id, int rank,
-                                                              int world_size, int cuda_device,
-                                                              absl::Duration timeout);
+  static absl::StatusOr<std::unique_ptr<Communicator>> Create(
+      const NcclUniqueId& id, int rank, int world_size, int cuda_device, absl::Duration timeout,
+      NcclStreamOrder order = NcclStreamOrder::kAfterDefaultStream);
 };
 
 }  // namespace grpo::comm

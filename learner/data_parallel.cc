@@ -80,6 +80,7 @@ GradientReducer::GradientReducer(comm::Communicator* comm, int64_t num_params, i
       buckets_(PlanGradBuckets(num_params, bucket_elems)) {
   GRPO_CHECK(comm != nullptr && num_params >= 1);
   ready_.assign(buckets_.size(), 0);
+  fences_.assign(buckets_.size(), nullptr);
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -97,13 +98,14 @@ void GradientReducer::Begin(float* grads, std::string context) {
   grads_ = grads;
   context_ = std::move(context);
   std::fill(ready_.begin(), ready_.end(), 0);
+  std::fill(fences_.begin(), fences_.end(), nullptr);
   next_ = 0;
   cancelled_ = false;
   status_ = absl::OkStatus();
   active_ = true;
 }
 
-void GradientReducer::MarkReady(int64_t first, int64_t count) {
+void GradientReducer::MarkReady(int64_t first, int64_t count, Fence fence) {
   GRPO_CHECK(first >= 0 && count >= 0 && first + count <= num_params_);
   if (count == 0) return;
   const int64_t n = buckets_[0].count;  // every bucket but the last (lowest) has n elements
@@ -118,6 +120,7 @@ void GradientReducer::MarkReady(int64_t first, int64_t count) {
     const int64_t overlap = std::min(last, b.first + b.count) - std::max(first, b.first);
     ready_[k] += overlap;
     GRPO_CHECK_MSG(ready_[k] <= b.count, "GradientReducer: a gradient block was marked twice");
+    fences_[k] = fence;  // the latest block's fence covers the earlier ones (queue order)
   }
 }
 
@@ -163,9 +166,19 @@ void GradientReducer::Loop() {
     const size_t k = next_;
     const GradBucket b = buckets_[k];
     float* data = grads_ + b.first;
+    Fence fence = std::move(fences_[k]);
+    fences_[k] = nullptr;
     mu_.Unlock();
+    absl::Status s;
+    if (fence) {
+      const auto tf = std::chrono::steady_clock::now();
+      s = WithContext(fence(timeout_), "waiting for the backward to compute the bucket");
+      const double df = SecondsSince(tf);
+      absl::MutexLock lock(&mu_);
+      stats_.fence_wait_s += df;
+    }
     const auto t0 = std::chrono::steady_clock::now();
-    absl::Status s = comm_->AllReduceSum(data, b.count, timeout_);
+    if (s.ok()) s = comm_->AllReduceSum(data, b.count, timeout_);
     const double dt = SecondsSince(t0);
     mu_.Lock();
     stats_.allreduce_s += dt;
@@ -262,10 +275,10 @@ void DataParallelStep::set_device_model(DeviceModel* device) {
 }
 
 void DataParallelStep::set_device_comm(comm::Communicator* device_comm) {
-  GRPO_CHECK_MSG(device_comm == nullptr || (comm_ != nullptr &&
-                                            device_comm->memory() == comm::MemorySpace::kDevice &&
-                                            device_comm->world_size() == comm_->world_size() &&
-                                            device_comm->rank() == comm_->rank()),
+  GRPO_CHECK_MSG(device_comm == nullptr ||
+                     (comm_ != nullptr && device_comm->memory() == comm::MemorySpace::kDevice &&
+                      device_comm->world_size() == comm_->world_size() &&
+                      device_comm->rank() == comm_->rank()),
                  "DataParallelStep: a device communicator must span the host one's ranks");
   device_comm_ = device_comm;
   device_reducer_.reset();
@@ -281,6 +294,7 @@ DataParallelStats DataParallelStep::stats() const {
     const DataParallelStats d = device_reducer_->stats();
     s.allreduce_s += d.allreduce_s;
     s.allreduce_wait_s += d.allreduce_wait_s;
+    s.fence_wait_s += d.fence_wait_s;
     s.bytes_reduced += d.bytes_reduced;
     s.buckets_reduced += d.buckets_reduced;
   }
@@ -344,6 +358,7 @@ absl::StatusOr<MiniBatchResult> DataParallelStep::Run(absl::Span<const TrainSequ
       grad_reducer->Finish().IgnoreError();
     }
     policy_->set_grad_ready_callback(nullptr);
+    if (device_ != nullptr) device_->set_grad_ready_callback(nullptr);
     return WithContext(s, context);
   };
   const bool replay = o.routing_replay && policy_->config().NumMoeLayers() > 0;
@@ -455,17 +470,29 @@ absl::StatusOr<MiniBatchResult> DataParallelStep::Run(absl::Span<const TrainSequ
         if (observer_) observer_(first_offset, count);
       });
     }
+    if (final_micro && on_device) {
+      // The same on the GPU: each block comes once its kernels are queued, with a fence the
+      // communication thread waits on before the bucket's all-reduce (on an NCCL stream that
+      // runs beside the backward's).
+      device_->set_grad_ready_callback(
+          [this](int64_t first_offset, int64_t count, CudaModel::GradFence ready) {
+            device_reducer_->MarkReady(first_offset, count, std::move(ready));
+            if (observer_) observer_(first_offset, count);
+          });
+    }
     absl::Status bs =
         device_ != nullptr ? device_->Backward(dlp, dent) : policy_->Backward(dlp, dent);
     policy_->set_grad_ready_callback(nullptr);
+    if (device_ != nullptr) device_->set_grad_ready_callback(nullptr);
     if (!bs.ok()) return fail(bs);
     result.trained_tokens += static_cast<double>(batch.num_tokens());
   }
   if (reducer_ != nullptr) {
     if (on_device) {
-      // Summed on the device, bucket by bucket (the device backward does not report blocks as
-      // they finish, so after it), then down to the host already reduced.
-      device_reducer_->MarkAllReady();
+      // Summed on the device, bucket by bucket, overlapped with the last backward (its blocks
+      // were marked as they were queued), then down to the host already reduced. A rank with no
+      // sequences contributes its zeroed gradients.
+      if (seqs.empty()) device_reducer_->MarkAllReady();
       if (absl::Status ds = device_reducer_->Finish(); !ds.ok()) {
         abort_all();  // the host collectives below would otherwise wait for their deadline
         return ds;

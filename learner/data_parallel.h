@@ -17,9 +17,11 @@
 // LocalGroup (ranks are threads of one process; on the CPU this is for correctness and tests, not
 // speed: the GEMMs already use every core). A rank on a GPU (set_device_model) may also get a
 // device-memory communicator (set_device_comm: NCCL, a GPU per rank) over which its gradients are
-// summed on the device after the backward (step 2 without the overlap: the CUDA model does not
-// report finished blocks), the small collectives (counts, statistics, replica hashes: host
-// vectors) staying on the host one; GradientReducer only passes pointers. A rank that fails
+// summed on the device, step 2 included: the CUDA backward reports each block once its kernels
+// are queued, with a fence the communication thread waits on before the bucket's all-reduce,
+// which runs on an NCCL stream of its own beside the rest of the backward. The small collectives
+// (counts, statistics, replica hashes: host vectors) stay on the host one; GradientReducer only
+// passes pointers. A rank that fails
 // mid-step aborts the communicators so the others stop with ABORTED; a rank that stalls makes
 // the others' collectives time out with DEADLINE_EXCEEDED. Nothing hangs.
 //
@@ -82,6 +84,8 @@ std::vector<GradBucket> PlanGradBuckets(int64_t num_params, int64_t bucket_elems
 struct DataParallelStats {
   double allreduce_s = 0;       // seconds inside gradient all-reduces (overlapped or not)
   double allreduce_wait_s = 0;  // seconds the training thread waited for them after its backward
+  double fence_wait_s = 0;      // seconds the communication thread waited for a GPU backward to
+                                // compute a bucket it had queued (GradientReducer fences)
   double bytes_reduced = 0;     // gradient bytes this rank all-reduced
   int64_t buckets_reduced = 0;
 };
@@ -96,8 +100,17 @@ struct DataParallelStats {
 //
 // Every element must be marked ready exactly once per Begin() (a block marked twice is a bug:
 // CHECK). Not thread-safe between Begin/Finish callers; MarkReady may come from any one thread.
+//
+// A block may come with a fence: the gradients were queued for computation, not yet computed (a
+// GPU backward marks each block once its kernels are queued). Before a bucket's all-reduce the
+// communication thread waits on the fence of the block that completed the bucket, the last to
+// arrive (blocks are queued in the order they are marked, so that fence covers the bucket's
+// earlier blocks too). A fence returns an error or DEADLINE_EXCEEDED after `timeout`; the round
+// then fails with it.
 class GradientReducer {
  public:
+  using Fence = std::function<absl::Status(absl::Duration timeout)>;
+
   // comm outlives the reducer; num_params >= 1, bucket_elems >= 1.
   GradientReducer(comm::Communicator* comm, int64_t num_params, int64_t bucket_elems,
                   absl::Duration timeout);
@@ -110,7 +123,7 @@ class GradientReducer {
   // Starts a round over grads (num_params floats, kept alive until Finish). `context` prefixes
   // errors ("data-parallel rank 1/2, optimizer step 7").
   void Begin(float* grads, std::string context);
-  void MarkReady(int64_t first, int64_t count);
+  void MarkReady(int64_t first, int64_t count, Fence fence = nullptr);
   void MarkAllReady() { MarkReady(0, num_params_); }
   // This rank gives up the round (an error of its own): the thread stops waiting for blocks.
   // Call Communicator::Abort() first if a collective may be in flight, then Finish().
@@ -134,6 +147,7 @@ class GradientReducer {
   float* grads_ ABSL_GUARDED_BY(mu_) = nullptr;
   std::string context_ ABSL_GUARDED_BY(mu_);
   std::vector<int64_t> ready_ ABSL_GUARDED_BY(mu_);  // (buckets) elements marked ready
+  std::vector<Fence> fences_ ABSL_GUARDED_BY(mu_);   // (buckets) the latest block's fence
   size_t next_ ABSL_GUARDED_BY(mu_) = 0;             // next bucket to reduce
   bool active_ ABSL_GUARDED_BY(mu_) = false;         // a round is in progress
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
@@ -204,14 +218,16 @@ class DataParallelStep {
   DataParallelStats stats() const;
 
   // Forward and backward on `device` (learner/device_model.h; its host() must be this step's
-  // policy) instead of the policy itself: how a learner trains on a GPU. Gradients come to the
-  // host after the last micro-batch, are all-reduced there with the other ranks' (host-memory
-  // communicator; not overlapped with the backward), and the updated weights go up before the
-  // next forward. null = the CPU.
+  // policy) instead of the policy itself: how a learner trains on a GPU. Without a device
+  // communicator the gradients come to the host after the last micro-batch and are all-reduced
+  // there with the other ranks' (host-memory communicator; not overlapped with the backward);
+  // with one, see set_device_comm. The updated weights go up before the next forward. null = the
+  // CPU.
   void set_device_model(DeviceModel* device);
-  // A device-memory communicator over the same ranks (NCCL, one GPU per rank): with a GPU device
-  // model the gradients are then all-reduced on the device, in buckets, after the backward, and
-  // come to the host already summed; the host communicator keeps the small collectives
+  // A device-memory communicator over the same ranks (NCCL, one GPU per rank, its stream
+  // comm::NcclStreamOrder::kIndependent for the overlap): with a GPU device model the gradients
+  // are then all-reduced on the device, in buckets, overlapped with the last micro-batch's
+  // backward, and come to the host already summed; the host communicator keeps the small collectives
   // (normalizers, statistics, replica checks). An error in either aborts both. null: the host.
   void set_device_comm(comm::Communicator* device_comm);
   // Whether the next Run reduces the gradients on the device (a GPU model and a device comm).
@@ -233,7 +249,7 @@ class DataParallelStep {
   DataParallelConfig config_;
   absl::Duration timeout_;
   std::unique_ptr<GradientReducer> reducer_;
-  comm::Communicator* device_comm_ = nullptr;         // set_device_comm
+  comm::Communicator* device_comm_ = nullptr;        // set_device_comm
   std::unique_ptr<GradientReducer> device_reducer_;  // over device_comm_
   std::function<void(int64_t, int64_t)> observer_;
 };

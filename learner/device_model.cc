@@ -18,13 +18,13 @@ DeviceModel::DeviceModel(Model<float>* host, std::unique_ptr<CudaModel> gpu)
 
 DeviceModel::~DeviceModel() = default;
 
-absl::StatusOr<std::unique_ptr<DeviceModel>> DeviceModel::Create(Model<float>* host,
-                                                                 Device device, int cuda_device) {
+absl::StatusOr<std::unique_ptr<DeviceModel>> DeviceModel::Create(Model<float>* host, Device device,
+                                                                 int cuda_device) {
   std::unique_ptr<CudaModel> gpu;
   if (device == Device::kCuda) {
     // AdamW and the fp32 weights stay on the host: the device needs the bf16 copy only.
-    ASSIGN_OR_RETURN(gpu, CudaModel::Create(host->config(),
-                                            {.master_weights = false, .device = cuda_device}));
+    ASSIGN_OR_RETURN(
+        gpu, CudaModel::Create(host->config(), {.master_weights = false, .device = cuda_device}));
   }
   return std::unique_ptr<DeviceModel>(new DeviceModel(host, std::move(gpu)));
 }
@@ -77,6 +77,10 @@ absl::StatusOr<float*> DeviceModel::DeviceGrads() {
     return absl::FailedPreconditionError("a CPU model's gradients are in host memory");
   }
   return gpu_->GradsOnDevice();
+}
+
+void DeviceModel::set_grad_ready_callback(CudaModel::GradReadyCallback callback) {
+  if (gpu_ != nullptr) gpu_->set_grad_ready_callback(std::move(callback));
 }
 
 }  // namespace grpo

@@ -60,6 +60,10 @@ class DeviceModel {
   // CUDA: the device buffer Backward accumulates into (num_params floats), for an all-reduce on
   // the device before FetchGrads. FAILED_PRECONDITION on the CPU.
   absl::StatusOr<float*> DeviceGrads();
+  // CUDA: Backward reports gradient blocks with a fence each as their kernels are queued
+  // (CudaModel::set_grad_ready_callback), for an all-reduce overlapped with the rest of the
+  // backward. The CPU: ignored (the host model has its own, Model::set_grad_ready_callback).
+  void set_grad_ready_callback(CudaModel::GradReadyCallback callback);
 
  private:
   DeviceModel(Model<float>* host, std::unique_ptr<CudaModel> gpu);

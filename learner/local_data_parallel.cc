@@ -94,8 +94,10 @@ absl::Status LocalDataParallel::set_device_model(DeviceModel* device) {
       GRPO_LOG(INFO, "data parallel: %d ranks on %d GPU(s)%s: gradients reduced in host memory",
                world_size(), gpus, comm::NcclUsable() ? "" : ", no NCCL");
     } else if (absl::Status st = ConnectDeviceComms(); !st.ok()) {
-      GRPO_LOG(WARNING, "data parallel: NCCL between the %d GPU ranks failed (%s); gradients are "
-               "reduced in host memory instead", world_size(), std::string(st.message()));
+      GRPO_LOG(WARNING,
+               "data parallel: NCCL between the %d GPU ranks failed (%s); gradients are "
+               "reduced in host memory instead",
+               world_size(), std::string(st.message()));
     } else {
       GRPO_LOG(INFO, "data parallel: %d ranks on GPUs 0..%d, gradients all-reduced over NCCL",
                world_size(), world_size() - 1);
@@ -112,8 +114,10 @@ absl::Status LocalDataParallel::ConnectDeviceComms() {
   for (int r = 0; r < world; ++r) made.emplace_back(absl::UnknownError("not run"));
   std::vector<std::thread> threads;
   for (int r = 0; r < world; ++r) {
-    threads.emplace_back(
-        [&, r] { made[r] = comm::NcclCommunicator::Create(id, r, world, r, timeout_); });
+    threads.emplace_back([&, r] {
+      made[r] = comm::NcclCommunicator::Create(id, r, world, r, timeout_,
+                                               comm::NcclStreamOrder::kIndependent);
+    });
   }
   for (std::thread& t : threads) t.join();
   std::vector<std::unique_ptr<comm::Communicator>> comms;

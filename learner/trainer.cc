@@ -1,8 +1,6 @@
 // The GRPO training loop (see trainer.h).
 #include "learner/trainer.h"
 
-#include "learner/eval.h"
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -15,6 +13,7 @@
 #include "comm/nccl_communicator.h"
 #include "common/log.h"
 #include "common/status.h"
+#include "learner/eval.h"
 #include "learner/grpo.h"
 #include "learner/random.h"
 #include "model/checkpoint.h"
@@ -208,8 +207,8 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(LearnerConfig config,
     RoundToBf16InPlace(t->reference_->params(), t->reference_->num_params());
   }
   // After the resume: the replicas copy the policy and optimizer state as they are now.
-  ASSIGN_OR_RETURN(t->dp_, LocalDataParallel::Create(t->policy_.get(), t->optimizer_.get(),
-                                                     c.data_parallel));
+  ASSIGN_OR_RETURN(
+      t->dp_, LocalDataParallel::Create(t->policy_.get(), t->optimizer_.get(), c.data_parallel));
   {
     const Device device = learner_device;
     ASSIGN_OR_RETURN(t->policy_dev_, DeviceModel::Create(t->policy_.get(), device));
@@ -301,11 +300,11 @@ absl::Status Trainer::CollectGroups(std::vector<Group>* groups, std::map<std::st
     for (auto& w : workers_) ws.push_back(w.get());
     // No worker generates on old weights: one that joined late or missed an update is brought
     // to the current version first (learner/weight_sync.h).
-    RETURN_IF_ERROR(EnsureCurrentWeights(ws, &alive_, policy_->layout(),
-                                         absl::MakeConstSpan(policy_->params(),
-                                                             policy_->num_params()),
-                                         static_cast<uint64_t>(weight_version_))
-                        .status());
+    RETURN_IF_ERROR(
+        EnsureCurrentWeights(ws, &alive_, policy_->layout(),
+                             absl::MakeConstSpan(policy_->params(), policy_->num_params()),
+                             static_cast<uint64_t>(weight_version_))
+            .status());
     DispatchStats ds;
     ASSIGN_OR_RETURN(std::vector<GroupResult> results, DispatchGroups(ws, &alive_, reqs, sp, &ds));
     rollout_s += Seconds(t0);
@@ -610,6 +609,7 @@ absl::Status Trainer::TrainOnGroups(std::vector<Group>& groups, std::map<std::st
     (*m)["data_parallel/allreduce_s"] = dp_now.allreduce_s - dp_before.allreduce_s;
     (*m)["data_parallel/allreduce_wait_s"] = dp_now.allreduce_wait_s - dp_before.allreduce_wait_s;
     (*m)["data_parallel/bytes"] = dp_now.bytes_reduced - dp_before.bytes_reduced;
+    (*m)["data_parallel/fence_wait_s"] = dp_now.fence_wait_s - dp_before.fence_wait_s;
   }
   (*m)["train/tokens_per_s"] = train_s > 0 ? trained_tokens / train_s : 0;
   (*m)["advantage/mean"] =

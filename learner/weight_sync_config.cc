@@ -32,8 +32,9 @@ std::string ResolveWeightTransport(const WeightSyncConfig& config, const WeightS
     return "ipc";
   }
   if (setup.learner_cuda && setup.remote_workers && setup.nccl_usable) {
-    reason = "the learner is on the GPU with remote workers: NCCL broadcast, grpc for any worker "
-             "that cannot join";
+    reason =
+        "the learner is on the GPU with remote workers: NCCL broadcast, grpc for any worker "
+        "that cannot join";
     return "collective";
   }
   if (!setup.learner_cuda) {

@@ -59,7 +59,7 @@ struct WeightSyncConfig {
 struct WeightSyncSetup {
   bool learner_cuda = false;        // the learner's model is on a GPU (resolved 'device')
   bool in_process_engines = false;  // the trainer made its own engines (no rollout.workers)
-  bool engines_cuda = false;        // those engines decode on a GPU (resolved 'rollout.local_device')
+  bool engines_cuda = false;        // those engines decode on a GPU ('rollout.local_device')
   bool remote_workers = false;      // rollout.workers lists servers in other processes
   bool nccl_usable = false;         // comm::NcclUsable() on the learner
 };

@@ -568,7 +568,19 @@ absl::Status CudaModel::ZeroGrads() {
 absl::StatusOr<float*> CudaModel::GradsOnDevice() {
   RETURN_IF_ERROR(impl_->Activate());
   RETURN_IF_ERROR(impl_->EnsureGrads());
+  RETURN_IF_ERROR(cuda::Synchronize());
   return impl_->G();
+}
+
+absl::Status CudaModel::Impl::ReportGrads(int64_t first, int64_t count) {
+  if (!grad_ready) return absl::OkStatus();
+  ASSIGN_OR_RETURN(std::shared_ptr<cuda::StreamMark> mark, cuda::StreamMark::Record());
+  grad_ready(first, count, [mark](absl::Duration timeout) { return mark->Wait(timeout); });
+  return absl::OkStatus();
+}
+
+void CudaModel::set_grad_ready_callback(GradReadyCallback callback) {
+  impl_->grad_ready = std::move(callback);
 }
 
 absl::Status CudaModel::Forward(const TokenBatch& batch, const ForwardOptions& opt,
@@ -739,6 +751,10 @@ absl::Status CudaModel::Backward(absl::Span<const float> dlogprobs,
   // s.x still holds the last layer's output (nothing wrote it after the forward's last layer).
   TIMED("RmsNormBackward", cuda::RmsNormBackward(s.dx, Gr + s.layout.norm, s.dln, s.x,
                                                  s.F32(s.layout.norm), s.rstdf, T, d.H));
+  // Grad-ready blocks, as Model<float>::Backward reports them: [embed][layer 0]..[layer L-1]
+  // [norm][lm_head unless tied]; layer l's block starts at its input_layernorm.
+  const bool tied = s.layout.lm_head == s.layout.embed;
+  RETURN_IF_ERROR(s.ReportGrads(s.layout.norm, tied ? d.H : s.layout.total - s.layout.norm));
   const int64_t B = static_cast<int64_t>(s.offsets.size()) - 1;
   std::vector<cuda::AttnSeq> seqs(B);
   for (int64_t b = 0; b < B; ++b) {
@@ -748,8 +764,11 @@ absl::Status CudaModel::Backward(absl::Span<const float> dlogprobs,
   for (int64_t l = c.num_hidden_layers - 1; l >= 0; --l) {
     RETURN_IF_ERROR(WithContext(s.LayerBackward(l, s.layers[l], T, seqs),
                                 absl::StrCat("cuda backward, layer ", l)));
+    const int64_t end = l + 1 < c.num_hidden_layers ? s.layout.layers[l + 1].ln1 : s.layout.norm;
+    RETURN_IF_ERROR(s.ReportGrads(s.layout.layers[l].ln1, end - s.layout.layers[l].ln1));
   }
   TIMED("EmbeddingBackward", cuda::EmbeddingBackward(Gr + s.layout.embed, s.tokens, s.dx, T, d.H));
+  RETURN_IF_ERROR(s.ReportGrads(s.layout.embed, d.V * d.H));
   return cuda::Synchronize();
 }
 
@@ -792,8 +811,7 @@ absl::Status NoCuda() {
 }  // namespace
 CudaModel::CudaModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 CudaModel::~CudaModel() = default;
-absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(const ModelConfig&,
-                                                             CudaModelOptions) {
+absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(const ModelConfig&, CudaModelOptions) {
   return NoCuda();
 }
 // Unreachable: Create() never returns a model in this build.
@@ -808,6 +826,7 @@ absl::Status CudaModel::GetGrads(absl::Span<float>) const { return NoCuda(); }
 absl::Status CudaModel::CopyWeightsFrom(const CudaModel&) { return NoCuda(); }
 absl::Status CudaModel::ZeroGrads() { return NoCuda(); }
 absl::StatusOr<float*> CudaModel::GradsOnDevice() { return NoCuda(); }
+void CudaModel::set_grad_ready_callback(GradReadyCallback) {}
 absl::Status CudaModel::Forward(const TokenBatch&, const ForwardOptions&, ForwardResult<float>*) {
   return NoCuda();
 }

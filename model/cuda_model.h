@@ -16,12 +16,14 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "model/config.h"
 #include "model/model.h"
@@ -83,9 +85,21 @@ class CudaModel {
   absl::Status GetGrads(absl::Span<float> host) const;
   absl::Status ZeroGrads();
   // The gradients' device buffer (num_params() fp32, allocated here if need be), for collectives
-  // over them (data-parallel ranks' NCCL all-reduce). Valid while this model lives; Backward()
-  // work queued before the caller's collective is ordered before it (legacy default stream).
+  // over them (data-parallel ranks' NCCL all-reduce). Valid while this model lives. Returns once
+  // the work queued so far (a ZeroGrads) has run, so a collective on any stream may use it;
+  // during a Backward, see set_grad_ready_callback.
   absl::StatusOr<float*> GradsOnDevice();
+
+  // Backward() reports each block of the gradients once the kernels that finish it are queued:
+  // the blocks and order of Model::set_grad_ready_callback (model/model.h), each with a fence
+  // that returns OK once those kernels have run (an error, or DEADLINE_EXCEEDED after its
+  // timeout, otherwise). A data-parallel rank hands them to a GradientReducer whose NCCL
+  // all-reduces run on a stream of their own (comm::NcclStreamOrder::kIndependent) beside the
+  // rest of the backward (learner/data_parallel.h). The callback runs on the calling thread; a
+  // fence may be called from any thread, many times, after Backward returned. Empty: off.
+  using GradFence = std::function<absl::Status(absl::Duration timeout)>;
+  using GradReadyCallback = std::function<void(int64_t first, int64_t count, GradFence ready)>;
+  void set_grad_ready_callback(GradReadyCallback callback);
 
   // As Model<float>::Forward / Backward (same errors, same result layout).
   absl::Status Forward(const TokenBatch& batch, const ForwardOptions& options,

@@ -113,7 +113,7 @@ struct CudaModel::Impl {
   };
   std::vector<F32Block> f32_index;  // by flat offset; empty with master weights
   DeviceBuffer staging;             // SetParams without master weights: fp32 chunks to cast
-  DeviceBuffer grads;     // fp32 (total), allocated on first use
+  DeviceBuffer grads;               // fp32 (total), allocated on first use
   DeviceBuffer adam_m, adam_v;
   DeviceBuffer rope_cos, rope_sin;  // (rope_len, hd/2)
   int64_t rope_len = 0;
@@ -182,6 +182,10 @@ struct CudaModel::Impl {
   float* G() const { return grads.as<float>(); }
   absl::Status Activate() const { return cuda::SetDevice(device); }
   absl::Status EnsureGrads();
+  // Backward's grad-ready report of [first, first + count) (CudaModel::set_grad_ready_callback):
+  // a StreamMark after the kernels queued so far, handed to grad_ready. No-op without a callback.
+  absl::Status ReportGrads(int64_t first, int64_t count);
+  CudaModel::GradReadyCallback grad_ready;
   absl::Status EnsureRope(int64_t max_pos);
   // Assigns layer buffer pointers for T tokens from `arena`.
   void PlanLayer(DeviceArena& arena, CudaLayerActs& a, int64_t T, bool training);

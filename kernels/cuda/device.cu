@@ -79,6 +79,46 @@ std::string OpTimingReport() {
 
 absl::Status Synchronize() { return CudaStatus(cudaDeviceSynchronize(), "cudaDeviceSynchronize"); }
 
+absl::StatusOr<std::shared_ptr<StreamMark>> StreamMark::Record() {
+  int device = 0;
+  RETURN_IF_ERROR(CudaStatus(cudaGetDevice(&device), "cudaGetDevice"));
+  cudaEvent_t event = nullptr;
+  RETURN_IF_ERROR(CudaStatus(cudaEventCreateWithFlags(&event, cudaEventDisableTiming),
+                             "cudaEventCreateWithFlags"));
+  std::shared_ptr<StreamMark> mark(new StreamMark(event, device));
+  RETURN_IF_ERROR(CudaStatus(cudaEventRecord(event, 0), "cudaEventRecord"));
+  return mark;
+}
+
+StreamMark::~StreamMark() {
+  // The event belongs to device_'s context; destroying it there is always valid (and a pending
+  // event is released once it completes).
+  int current = 0;
+  const bool restore = cudaGetDevice(&current) == cudaSuccess && current != device_;
+  if (restore) cudaSetDevice(device_);
+  cudaEventDestroy(static_cast<cudaEvent_t>(event_));
+  if (restore) cudaSetDevice(current);
+}
+
+absl::Status StreamMark::Wait(absl::Duration timeout) const {
+  // cudaEventQuery may be called with any device current.
+  const absl::Time deadline = absl::Now() + timeout;
+  while (true) {
+    const cudaError_t q = cudaEventQuery(static_cast<cudaEvent_t>(event_));
+    if (q == cudaSuccess) return absl::OkStatus();
+    if (q != cudaErrorNotReady) {
+      cudaGetLastError();
+      return absl::InternalError(absl::StrCat("cudaEventQuery: ", cudaGetErrorString(q),
+                                              " (a kernel queued before the mark failed)"));
+    }
+    if (absl::Now() >= deadline) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "device work queued before the mark did not finish within ", absl::FormatDuration(timeout)));
+    }
+    absl::SleepFor(absl::Microseconds(20));
+  }
+}
+
 absl::StatusOr<DeviceBuffer> DeviceBuffer::Allocate(size_t bytes) {
   DeviceBuffer b;
   if (bytes == 0) return b;

@@ -9,10 +9,12 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 
 namespace grpo::cuda {
 
@@ -26,6 +28,25 @@ std::string DeviceDescription(int index);
 
 // Waits for all queued work; returns the first asynchronous error, if any.
 absl::Status Synchronize();
+
+// A point in the current device's legacy default stream: Record() marks "everything queued so
+// far", and Wait() returns once all of it has run. Wait() may be called from any thread, any
+// number of times; it polls (no blocking driver call), so a stuck kernel costs a
+// DEADLINE_EXCEEDED after `timeout`, not a hang. What a GPU backward hands a gradient all-reduce
+// running on another stream (model/cuda_model.h set_grad_ready_callback).
+class StreamMark {
+ public:
+  static absl::StatusOr<std::shared_ptr<StreamMark>> Record();
+  ~StreamMark();
+  StreamMark(const StreamMark&) = delete;
+  StreamMark& operator=(const StreamMark&) = delete;
+  absl::Status Wait(absl::Duration timeout) const;
+
+ private:
+  StreamMark(void* event, int device) : event_(event), device_(device) {}
+  void* event_;  // cudaEvent_t
+  int device_;
+};
 
 // Seconds per call of `fn` (which queues device work) averaged over `iters` calls after one
 // warm-up call, timed with CUDA events on the default stream.

@@ -11,11 +11,12 @@
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
-#include <cstring>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <vector>
 
+#include "comm/local_communicator.h"
 #include "comm/nccl_communicator.h"
 #include "learner/data_parallel.h"
 #include "learner/device_model.h"
@@ -215,6 +216,85 @@ TEST_CASE("2 data-parallel ranks on cuda make the update of 1 cuda learner",
     CHECK(std::memcmp(replica.params(), (*two)->params(), sizeof(float) * replica.num_params()) ==
           0);
   }
+}
+
+// The device gradient reduction on one GPU: a rank over a 1-rank NCCL communicator on its own
+// stream (NcclStreamOrder::kIndependent) gets each gradient block from the CUDA backward with a
+// fence and all-reduces its buckets while the backward goes on. A sum over one rank changes
+// nothing, so the update must be bitwise the plain GPU step's; a bucket reduced before the
+// kernels writing it had run would change it. The blocks must be the CPU model's.
+TEST_CASE("a 1-rank NCCL gradient reduction overlapped with the cuda backward changes nothing",
+          "[cuda][gpu][learner]") {
+  if (!comm::NcclUsable()) {
+    WARN("no NCCL in this build: the device gradient reduction is not exercised");
+    return;
+  }
+  Twins t = MakeTwins(41);
+  const OptimizerConfig& oc = t.oc;
+  AdamW opt_a(t.a->num_params(), oc), opt_b(t.b->num_params(), oc);
+  DataParallelConfig dc;
+  dc.timeout_s = 60;
+  dc.bucket_mb = 0.25;  // several buckets, some straddling layer blocks
+  DataParallelStep plain(t.a.get(), &opt_a, nullptr, dc);
+  auto dev_a = DeviceModel::Create(t.a.get(), Device::kCuda);
+  REQUIRE(dev_a.ok());
+  plain.set_device_model(dev_a->get());
+
+  auto group = comm::LocalGroup::Create(1);
+  auto host_comm = group->Rank(0);
+  auto id = comm::NewNcclUniqueId();
+  REQUIRE(id.ok());
+  auto nccl = comm::NcclCommunicator::Create(*id, 0, 1, 0, absl::Seconds(60),
+                                             comm::NcclStreamOrder::kIndependent);
+  INFO(nccl.status().ToString());
+  REQUIRE(nccl.ok());
+  DataParallelStep reduced(t.b.get(), &opt_b, host_comm.get(), dc);
+  auto dev_b = DeviceModel::Create(t.b.get(), Device::kCuda);
+  REQUIRE(dev_b.ok());
+  reduced.set_device_model(dev_b->get());
+  reduced.set_device_comm(nccl->get());
+  REQUIRE(reduced.reduces_on_device());
+  std::vector<std::pair<int64_t, int64_t>> blocks;
+  reduced.set_grad_ready_observer([&](int64_t f, int64_t n) { blocks.emplace_back(f, n); });
+
+  // The CPU model's blocks for the same config.
+  std::vector<std::pair<int64_t, int64_t>> cpu_blocks;
+  {
+    auto m = Model<float>::Create(t.a->config());
+    REQUIRE(m.ok());
+    std::copy(t.w.begin(), t.w.end(), (*m)->params());
+    TokenBatch b;
+    b.Add({1, 2, 3, 4});
+    ForwardOptions fo;
+    fo.for_backward = true;
+    ForwardResult<float> r;
+    REQUIRE((*m)->Forward(b, fo, &r).ok());
+    (*m)->ZeroGrads();
+    (*m)->set_grad_ready_callback([&](int64_t f, int64_t n) { cpu_blocks.emplace_back(f, n); });
+    REQUIRE((*m)->Backward(std::vector<float>(4, 1.0f), {}).ok());
+  }
+
+  MiniBatchOptions mo;
+  mo.micro_batch_seqs = 2;
+  mo.lr = oc.lr;
+  const absl::Span<const TrainSequence> all(t.data.seqs);
+  for (int k = 0; k < 2; ++k) {
+    mo.opt_step = k + 1;
+    blocks.clear();
+    auto r1 = plain.Run(all, mo);
+    auto r2 = reduced.Run(all, mo);
+    INFO(r1.status().ToString() << " / " << r2.status().ToString());
+    REQUIRE(r1.ok());
+    REQUIRE(r2.ok());
+    CHECK(blocks == cpu_blocks);
+    CHECK(r2->opt.grad_norm == r1->opt.grad_norm);
+    CHECK(std::memcmp(t.a->params(), t.b->params(), sizeof(float) * t.a->num_params()) == 0);
+  }
+  const DataParallelStats st = reduced.stats();
+  std::printf("1-rank NCCL reduction: %lld buckets, %.3f s in all-reduces, %.3f s on fences\n",
+              static_cast<long long>(st.buckets_reduced), st.allreduce_s, st.fence_wait_s);
+  CHECK(st.buckets_reduced ==
+        2 * static_cast<int64_t>(PlanGradBuckets(t.a->num_params(), dc.bucket_elems()).size()));
 }
 
 }  // namespace

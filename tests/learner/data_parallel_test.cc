@@ -514,6 +514,74 @@ TEST_CASE("GradientReducer all-reduces a bucket before the rest of the gradient 
   }
 }
 
+// A GPU backward marks a block once its kernels are queued, with a fence; the reducer must not
+// all-reduce the bucket before the fence says the values are there.
+TEST_CASE("GradientReducer waits on a block's fence before reducing its bucket", "[learner][dp]") {
+  constexpr int64_t kN = 10, kBucket = 4;  // buckets [6,10), [2,6), [0,2)
+  auto group = LocalGroup::Create(2);
+  std::vector<std::unique_ptr<RecordingComm>> comms;
+  for (int r = 0; r < 2; ++r) comms.push_back(std::make_unique<RecordingComm>(group->Rank(r)));
+  // [5, 10) is still "being computed" when marked: it holds garbage until the fence opens.
+  std::vector<std::vector<float>> grads(2, std::vector<float>(kN, 1e6f));
+  for (int r = 0; r < 2; ++r)
+    for (int64_t i = 0; i < 5; ++i) grads[r][i] = static_cast<float>(i + 100 * r);
+  std::vector<absl::Status> st(2);
+  std::vector<bool> early(2, true), late(2, false);
+  std::vector<std::atomic<int>> calls_a(2), calls_b(2);
+  absl::Notification computed[2];
+  auto body = [&](int r) {
+    GradientReducer reducer(comms[r].get(), kN, kBucket, absl::Seconds(20));
+    reducer.Begin(grads[r].data(), "test");
+    reducer.MarkReady(5, 5, [&, r](absl::Duration timeout) {
+      ++calls_a[r];
+      return computed[r].WaitForNotificationWithTimeout(timeout)
+                 ? absl::OkStatus()
+                 : absl::DeadlineExceededError("fence a");
+    });
+    // Bucket 0 is complete but its fence is closed: no all-reduce yet.
+    early[r] = comms[r]->AwaitCompleted(4, 1, absl::Milliseconds(300));
+    for (int64_t i = 5; i < kN; ++i) grads[r][i] = static_cast<float>(i + 100 * r);
+    computed[r].Notify();
+    late[r] = comms[r]->AwaitCompleted(4, 1, absl::Seconds(10));
+    // The last block of buckets 1 and 2: its fence covers bucket 1's earlier part too.
+    reducer.MarkReady(0, 5, [&, r](absl::Duration) {
+      ++calls_b[r];
+      return absl::OkStatus();
+    });
+    st[r] = reducer.Finish();
+  };
+  std::thread t1(body, 1);
+  body(0);
+  t1.join();
+  for (int r = 0; r < 2; ++r) {
+    REQUIRE(st[r].ok());
+    CHECK_FALSE(early[r]);
+    CHECK(late[r]);
+    CHECK(calls_a[r].load() == 1);
+    CHECK(calls_b[r].load() == 2);
+    REQUIRE(comms[r]->sizes() == std::vector<int64_t>{4, 4, 2});
+    for (int64_t i = 0; i < kN; ++i) REQUIRE(grads[r][i] == static_cast<float>(2 * i + 100));
+  }
+  // A fence that fails (a kernel error, a stuck device) fails the round with its error.
+  auto solo = LocalGroup::Create(1);
+  auto c = solo->Rank(0);
+  GradientReducer reducer(c.get(), kN, kBucket, absl::Seconds(20));
+  std::vector<float> g(kN, 1.0f);
+  reducer.Begin(g.data(), "rank 0 step 3");
+  reducer.MarkReady(0, kN,
+                    [](absl::Duration) { return absl::InternalError("an illegal address"); });
+  const absl::Status s = reducer.Finish();
+  REQUIRE_FALSE(s.ok());
+  CHECK(s.code() == absl::StatusCode::kInternal);
+  CHECK_THAT(std::string(s.message()), Catch::Contains("an illegal address") &&
+                                           Catch::Contains("rank 0 step 3") &&
+                                           Catch::Contains("waiting for the backward"));
+  // The reducer takes a new round after a failed one.
+  reducer.Begin(g.data(), "rank 0 step 4");
+  reducer.MarkAllReady();
+  CHECK(reducer.Finish().ok());
+}
+
 TEST_CASE("the step's gradient all-reduce overlaps the model's backward", "[learner][dp]") {
   auto model0 = TinyModel();
   const Batch batch = MakeBatch(*model0, 2, 2, 14);

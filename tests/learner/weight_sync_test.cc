@@ -119,8 +119,7 @@ TEST_CASE("weight_sync config: unknown values are one error naming the key",
 TEST_CASE("weight_sync transport auto: ipc on one GPU, NCCL to remote GPUs, grpc otherwise",
           "[learner][weight_sync]") {
   WeightSyncConfig c;
-  auto pick = [&](bool learner_cuda, bool in_process, bool engines_cuda, bool remote,
-                  bool nccl) {
+  auto pick = [&](bool learner_cuda, bool in_process, bool engines_cuda, bool remote, bool nccl) {
     WeightSyncSetup s;
     s.learner_cuda = learner_cuda;
     s.in_process_engines = in_process;
@@ -134,13 +133,13 @@ TEST_CASE("weight_sync transport auto: ipc on one GPU, NCCL to remote GPUs, grpc
   };
   REQUIRE(c.transport == "auto");  // the default
   CHECK(pick(true, true, true, false, true) == "ipc");
-  CHECK(pick(true, true, true, false, false) == "ipc");  // in-process needs no NCCL
+  CHECK(pick(true, true, true, false, false) == "ipc");   // in-process needs no NCCL
   CHECK(pick(true, true, false, false, true) == "grpc");  // CPU engines
   CHECK(pick(false, true, true, false, true) == "grpc");  // CPU learner
   CHECK(pick(true, false, false, true, true) == "collective");
-  CHECK(pick(true, false, false, true, false) == "grpc");   // no NCCL on the learner
-  CHECK(pick(false, false, false, true, true) == "grpc");   // CPU learner, remote workers
-  CHECK(pick(true, false, false, false, true) == "grpc");   // workers handed in by the caller
+  CHECK(pick(true, false, false, true, false) == "grpc");  // no NCCL on the learner
+  CHECK(pick(false, false, false, true, true) == "grpc");  // CPU learner, remote workers
+  CHECK(pick(true, false, false, false, true) == "grpc");  // workers handed in by the caller
   CHECK(pick(false, false, false, false, false) == "grpc");
   for (const char* t : {"grpc", "collective", "ipc"}) {
     c.transport = t;
