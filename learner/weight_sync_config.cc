@@ -31,18 +31,15 @@ std::string ResolveWeightTransport(const WeightSyncConfig& config, const WeightS
     reason = "the learner and its in-process engines are on the GPU: device-to-device copies";
     return "ipc";
   }
-  if (setup.learner_cuda && setup.remote_workers && setup.nccl_usable) {
-    reason =
-        "the learner is on the GPU with remote workers: NCCL broadcast, grpc for any worker "
-        "that cannot join";
-    return "collective";
-  }
   if (!setup.learner_cuda) {
     reason = "the learner is on the CPU";
   } else if (setup.in_process_engines) {
     reason = "the in-process engines are on the CPU";
   } else if (setup.remote_workers) {
-    reason = "NCCL is not usable on the learner";
+    // NCCL takes one rank per GPU, and a rollout server on this machine may well share the
+    // learner's GPU, which the learner cannot tell: "collective" is the user's call.
+    reason = setup.nccl_usable ? "remote workers: set \"collective\" when each has a GPU of its own"
+                               : "remote workers, and no NCCL here";
   } else {
     reason = "workers given by the caller";
   }

@@ -23,13 +23,13 @@
 //               them. Remote workers, and an engine whose copy fails, get grpc. Not built: CUDA
 //               IPC handles (comm/cuda_ipc.h) for rollout servers in other processes.
 //   auto        picked at start-up from where things compute (ResolveWeightTransport below),
-//               logged once:
-//                 ipc         the learner and its in-process engines both on cuda;
-//                 collective  the learner on cuda with remote workers, NCCL usable here (workers
-//                             that cannot join get grpc, see above);
-//                 grpc        everything else: the CPU engines make fp32 point to point as fast as
-//                             a broadcast (one copy per worker, bench/weight_sync_bench.cc), and it
-//                             is the only path across mismatched hardware.
+//               logged once: ipc when the learner and its in-process engines are both on cuda;
+//               grpc otherwise. The CPU engines make fp32 point to point as fast as a broadcast
+//               (one copy per worker, bench/weight_sync_bench.cc), and grpc is the only path
+//               across mismatched hardware. Never collective: NCCL takes one rank per GPU, and a
+//               rollout server on the learner's machine may share its GPU (grpo train's
+//               services do), which the learner cannot tell; set "collective" when every remote
+//               worker has a GPU of its own.
 // dtype (collective):
 //   fp32  bitwise the learner's parameters: rollout logprobs stay equal to the learner's.
 //   bf16  half the bytes, round to nearest even; CPU receivers widen it back to fp32.
@@ -64,8 +64,8 @@ struct WeightSyncSetup {
   bool nccl_usable = false;         // comm::NcclUsable() on the learner
 };
 
-// The transport a run uses: config.transport unless it is "auto", which becomes ipc, collective
-// or grpc by the rules above. *why (may be null) gets a phrase for the log, e.g. "the learner and
+// The transport a run uses: config.transport unless it is "auto", which becomes ipc or grpc by
+// the rules above. *why (may be null) gets a phrase for the log, e.g. "the learner and
 // its in-process engines share the GPU".
 std::string ResolveWeightTransport(const WeightSyncConfig& config, const WeightSyncSetup& setup,
                                    std::string* why);

@@ -116,7 +116,7 @@ TEST_CASE("weight_sync config: unknown values are one error naming the key",
 }
 
 // "auto" picks a transport from where the run computes; anything else is taken as written.
-TEST_CASE("weight_sync transport auto: ipc on one GPU, NCCL to remote GPUs, grpc otherwise",
+TEST_CASE("weight_sync transport auto: ipc for in-process engines on the GPU, grpc otherwise",
           "[learner][weight_sync]") {
   WeightSyncConfig c;
   auto pick = [&](bool learner_cuda, bool in_process, bool engines_cuda, bool remote, bool nccl) {
@@ -136,7 +136,8 @@ TEST_CASE("weight_sync transport auto: ipc on one GPU, NCCL to remote GPUs, grpc
   CHECK(pick(true, true, true, false, false) == "ipc");   // in-process needs no NCCL
   CHECK(pick(true, true, false, false, true) == "grpc");  // CPU engines
   CHECK(pick(false, true, true, false, true) == "grpc");  // CPU learner
-  CHECK(pick(true, false, false, true, true) == "collective");
+  // Remote workers may share the learner's GPU (NCCL refuses that): never collective by itself.
+  CHECK(pick(true, false, false, true, true) == "grpc");
   CHECK(pick(true, false, false, true, false) == "grpc");  // no NCCL on the learner
   CHECK(pick(false, false, false, true, true) == "grpc");  // CPU learner, remote workers
   CHECK(pick(true, false, false, false, true) == "grpc");  // workers handed in by the caller
