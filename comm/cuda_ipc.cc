@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
 
 #include "absl/strings/str_format.h"
@@ -47,13 +48,27 @@ IpcBuffer& IpcBuffer::operator=(IpcBuffer&& o) noexcept {
 
 IpcBuffer::~IpcBuffer() { Close(); }
 
+std::string MachineId() {
+  std::string id;
+  if (std::FILE* f = std::fopen("/proc/sys/kernel/random/boot_id", "r")) {
+    char buf[128] = {};
+    if (std::fgets(buf, sizeof(buf), f) != nullptr) id = buf;
+    std::fclose(f);
+  }
+  while (!id.empty() && (id.back() == '\n' || id.back() == ' ')) id.pop_back();
+  if (!id.empty()) return "boot:" + id;
+  char host[256] = {};
+  if (gethostname(host, sizeof(host) - 1) == 0) return std::string("host:") + host;
+  return "unknown";
+}
+
 #ifndef GRPO_HAVE_CUDA
 
 bool CudaIpcAvailable() { return false; }
 absl::StatusOr<std::string> ExportDeviceBuffer(const void*, size_t) {
   return absl::UnavailableError("CUDA IPC: this build has no CUDA");
 }
-absl::StatusOr<IpcBuffer> IpcBuffer::Import(const std::string&) {
+absl::StatusOr<IpcBuffer> IpcBuffer::Import(const std::string&, int) {
   return absl::UnavailableError("CUDA IPC: this build has no CUDA");
 }
 void IpcBuffer::Close() {}
@@ -93,7 +108,7 @@ absl::StatusOr<std::string> ExportDeviceBuffer(const void* device_ptr, size_t by
   return std::string(reinterpret_cast<const char*>(&w), sizeof(w));
 }
 
-absl::StatusOr<IpcBuffer> IpcBuffer::Import(const std::string& handle) {
+absl::StatusOr<IpcBuffer> IpcBuffer::Import(const std::string& handle, int device) {
   WireHandle w;
   if (handle.size() != sizeof(w)) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -105,7 +120,7 @@ absl::StatusOr<IpcBuffer> IpcBuffer::Import(const std::string& handle) {
   }
   IpcBuffer b;
   b.bytes_ = static_cast<size_t>(w.bytes);
-  b.device_ = w.device;
+  b.device_ = device >= 0 ? device : w.device;
   if (w.pid == static_cast<uint64_t>(getpid())) {
     // cudaIpcOpenMemHandle refuses handles of its own process; the pointer is valid here as is.
     b.ptr_ = reinterpret_cast<void*>(w.ptr);
@@ -114,12 +129,13 @@ absl::StatusOr<IpcBuffer> IpcBuffer::Import(const std::string& handle) {
   }
   cudaIpcMemHandle_t h;
   std::memcpy(&h, w.ipc, sizeof(h));
-  cudaError_t e = cudaSetDevice(w.device);
+  cudaError_t e = cudaSetDevice(b.device_);
   if (e == cudaSuccess) e = cudaIpcOpenMemHandle(&b.ptr_, h, cudaIpcMemLazyEnablePeerAccess);
   if (e != cudaSuccess) {
     cudaGetLastError();
+    b.ptr_ = nullptr;
     return absl::UnavailableError(
-        absl::StrFormat("cudaIpcOpenMemHandle (device %d, owner pid %d): %s", w.device, w.pid,
+        absl::StrFormat("cudaIpcOpenMemHandle (device %d, owner pid %d): %s", b.device_, w.pid,
                         cudaGetErrorString(e)));
   }
   b.opened_ = true;

@@ -33,7 +33,9 @@ class IpcBuffer {
  public:
   // INVALID_ARGUMENT for a handle that is not one of ExportDeviceBuffer's (size, magic);
   // UNAVAILABLE when the driver refuses it (another GPU without peer access, the owner gone).
-  static absl::StatusOr<IpcBuffer> Import(const std::string& handle);
+  // `device`: the GPU (this process's numbering) to map it on; -1 = the owner's device number,
+  // right when both processes see the same GPUs.
+  static absl::StatusOr<IpcBuffer> Import(const std::string& handle, int device = -1);
   IpcBuffer() = default;
   IpcBuffer(IpcBuffer&& other) noexcept;
   IpcBuffer& operator=(IpcBuffer&& other) noexcept;
@@ -60,6 +62,10 @@ absl::Status CopyDeviceToDevice(void* dst, const void* src, size_t bytes);
 
 // True when this build has CUDA (the calls above can work where a GPU exists).
 bool CudaIpcAvailable();
+
+// This machine's identity for this boot (Linux: /proc/sys/kernel/random/boot_id, else the host
+// name): a handle is only worth opening where MachineId() equals its exporter's.
+std::string MachineId();
 
 // cudaSetDevice for the calling thread: a thread that stages buffers for a device communicator
 // must allocate them on the communicator's device. UNAVAILABLE without CUDA.

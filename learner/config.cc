@@ -279,11 +279,11 @@ absl::Status LearnerConfig::Validate() const {
   RETURN_IF_ERROR(Range(rollout.local_device == "cpu" || rollout.local_device == "cuda" ||
                             rollout.local_device == "auto",
                         "rollout.local_device", "must be one of cpu, cuda, auto"));
-  if (weight_sync.transport == "ipc" && (device != "cuda" || rollout.local_device != "cuda")) {
+  if (weight_sync.transport == "ipc" && device != "cuda") {
     return absl::InvalidArgumentError(
-        "'weight_sync.transport' \"ipc\" copies the learner's GPU weights into its in-process "
-        "engines: it needs 'device' \"cuda\" and 'rollout.local_device' \"cuda\" (remote "
-        "workers get grpc)");
+        "'weight_sync.transport' \"ipc\" copies the learner's GPU weights device to device (into "
+        "in-process engines on cuda and rollout servers on this machine's GPUs): it needs "
+        "'device' \"cuda\"");
   }
   if (rollout.local_device == "cuda" && rollout.deterministic) {
     return absl::InvalidArgumentError(
@@ -337,8 +337,8 @@ absl::Status LearnerConfig::Validate() const {
   RETURN_IF_ERROR(Range(eval.every >= 0, "eval.every", "must be >= 0"));
   RETURN_IF_ERROR(Range(eval.every == 0 || !eval.path.empty(), "eval.every",
                         "needs eval.path (a held-out dataset)"));
-  RETURN_IF_ERROR(Range(eval.samples >= 1 && eval.samples <= 1024, "eval.samples",
-                        "must be in [1, 1024]"));
+  RETURN_IF_ERROR(
+      Range(eval.samples >= 1 && eval.samples <= 1024, "eval.samples", "must be in [1, 1024]"));
   RETURN_IF_ERROR(Range(eval.temperature >= 0 && eval.temperature <= 10, "eval.temperature",
                         "must be in [0, 10]"));
   RETURN_IF_ERROR(Range(eval.max_new_tokens >= 0, "eval.max_new_tokens", "must be >= 0"));

@@ -8,8 +8,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "comm/cuda_ipc.h"
 #include "common/log.h"
 #include "common/status.h"
+#include "rollout/weights.h"
 
 namespace grpo {
 
@@ -50,7 +52,33 @@ absl::Status LocalRolloutWorker::PushWeights(const ParamLayout& layout,
 absl::Status LocalRolloutWorker::PushDeviceWeights(const CudaModel& src, uint64_t version,
                                                    absl::Time deadline) {
   RETURN_IF_ERROR(WithContext(engine_->StageDeviceWeights(version, &src), name_));
-  return WithContext(engine_->WaitApplied(version, deadline), name_);
+  const absl::Status applied = engine_->WaitApplied(version, deadline);
+  // `src` changes after this returns (the next optimizer step): on a failed wait the engine must
+  // not copy it later, half updated, under this version.
+  engine_->WithdrawDeviceWeights(version);
+  return WithContext(applied, name_);
+}
+
+absl::Status RemoteRolloutWorker::PushDeviceWeights(const CudaModel& src, uint64_t version,
+                                                    absl::Time deadline) {
+  const CudaModel::WeightBuffers buffers = src.weight_buffers();
+  rollout::IpcWeightUpdate request;
+  ASSIGN_OR_RETURN(std::string bf16, comm::ExportDeviceBuffer(buffers.bf16, buffers.bf16_bytes));
+  ASSIGN_OR_RETURN(std::string f32, comm::ExportDeviceBuffer(buffers.f32, buffers.f32_bytes));
+  request.set_version(version);
+  request.set_num_params(static_cast<uint64_t>(src.num_params()));
+  request.set_layout_fingerprint(LayoutFingerprint(src.layout()));
+  request.set_bf16_handle(std::move(bf16));
+  request.set_f32_handle(std::move(f32));
+  request.set_master(buffers.master);
+  request.set_machine_id(comm::MachineId());
+  // The server gives up a little before the call's deadline, so that it has withdrawn the update
+  // (and stopped reading the handles) by the time this call fails.
+  request.set_timeout_s(std::max(1.0, absl::ToDoubleSeconds(deadline - absl::Now()) - 1.0));
+  ASSIGN_OR_RETURN(rollout::UpdateWeightsResponse response,
+                   client_->UpdateWeightsIpc(request, deadline));
+  last_push_bytes_ = static_cast<int64_t>(response.bytes_received());
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::unique_ptr<RemoteRolloutWorker>> RemoteRolloutWorker::Connect(

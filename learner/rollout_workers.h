@@ -48,9 +48,10 @@ class LocalRolloutWorker : public RolloutWorker {
  public:
   // `model` holds the initial weights (served as version 0); the engine's KV pool gets
   // `kv_budget_bytes` (sized at start-up) on `device`.
-  static absl::StatusOr<std::unique_ptr<LocalRolloutWorker>> Create(
-      const Model<float>& model, std::string name, int64_t kv_budget_bytes,
-      Device device = Device::kCpu);
+  static absl::StatusOr<std::unique_ptr<LocalRolloutWorker>> Create(const Model<float>& model,
+                                                                    std::string name,
+                                                                    int64_t kv_budget_bytes,
+                                                                    Device device = Device::kCpu);
   std::string name() const override { return name_; }
   absl::Status Generate(absl::Span<const RolloutPrompt> prompts, const SamplingParams& sampling,
                         std::vector<GroupResult>* out) override;
@@ -83,6 +84,11 @@ class RemoteRolloutWorker : public RolloutWorker {
                         std::vector<GroupResult>* out) override;
   absl::Status PushWeights(const ParamLayout& layout, absl::Span<const float> params,
                            uint64_t version) override;
+  // weight_sync.transport "ipc" to a server on this machine with its engine on a GPU:
+  // `src`'s device weights by CUDA IPC handle (RolloutService UpdateWeightsIpc); returns once the
+  // server serves them, so `src` may change afterwards. FAILED_PRECONDITION when the server cannot
+  // take them this way (engine on the CPU, another machine): push over PushWeights instead.
+  absl::Status PushDeviceWeights(const CudaModel& src, uint64_t version, absl::Time deadline);
   // The UpdateWeights payload: bf16 when every weight is a bf16 value (RolloutClient).
   int64_t last_push_bytes() const override { return last_push_bytes_; }
   absl::StatusOr<uint64_t> NewestVersion() override;

@@ -32,6 +32,14 @@ double SecondsSince(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// A server that cannot take device weights by handle at all, as opposed to one update failing:
+// its engine is on the CPU or it is on another machine (FAILED_PRECONDITION), it predates
+// UpdateWeightsIpc (UNIMPLEMENTED), or CUDA refused the handles (UNAVAILABLE).
+bool IpcRefusal(const absl::Status& s) {
+  return s.code() == absl::StatusCode::kFailedPrecondition ||
+         s.code() == absl::StatusCode::kUnimplemented || s.code() == absl::StatusCode::kUnavailable;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(
@@ -39,9 +47,8 @@ absl::StatusOr<std::unique_ptr<WeightPublisher>> WeightPublisher::Create(
   RETURN_IF_ERROR(options.config.Validate());
   if (options.config.transport == "ipc" && !options.device_weights) {
     return absl::FailedPreconditionError(
-        "'weight_sync.transport' is \"ipc\", which copies the learner's GPU weights to its "
-        "in-process engines: it needs 'device' cuda and 'rollout.local_device' cuda; use "
-        "\"auto\", \"grpc\" or \"collective\" otherwise");
+        "'weight_sync.transport' is \"ipc\", which copies the learner's GPU weights device to "
+        "device: it needs 'device' cuda; use \"auto\", \"grpc\" or \"collective\" otherwise");
   }
   if (!options.remote_factory) options.remote_factory = NcclCommunicatorFactory();
   return std::unique_ptr<WeightPublisher>(new WeightPublisher(std::move(options)));
@@ -57,7 +64,9 @@ WeightPublisher::~WeightPublisher() {
 }
 
 std::string WeightPublisher::description() const {
-  if (ipc_) return "ipc (device to device into in-process engines), grpc for the rest";
+  if (ipc_) {
+    return "ipc (device to device into engines on this machine's GPU), grpc for the rest";
+  }
   if (!collective_) return "grpc";
   return remote_disabled_ ? "collective(local), grpc for remote workers"
                           : absl::StrCat("collective(local, ", options_.remote_backend, ")");
@@ -235,12 +244,14 @@ absl::Status WeightPublisher::Publish(absl::Span<RolloutWorker* const> workers,
   for (size_t w = 0; w < workers.size(); ++w) {
     if (!(*alive)[w]) continue;
     auto* local = dynamic_cast<LocalRolloutWorker*>(workers[w]);
+    auto* remote = dynamic_cast<RemoteRolloutWorker*>(workers[w]);
     if (ipc_ && local != nullptr && local->engine()->device() == Device::kCuda) {
+      ipc.push_back(w);
+    } else if (ipc_ && remote != nullptr && !ipc_refused_.contains(remote->name())) {
       ipc.push_back(w);
     } else if (collective_ && local != nullptr) {
       local_members.push_back(w);
-    } else if (collective_ && !remote_disabled_ &&
-               dynamic_cast<RemoteRolloutWorker*>(workers[w]) != nullptr) {
+    } else if (collective_ && !remote_disabled_ && remote != nullptr) {
       remote_members.push_back(w);
     } else {
       p2p.push_back(w);
@@ -270,21 +281,34 @@ absl::Status WeightPublisher::Publish(absl::Span<RolloutWorker* const> workers,
   run_collective(remote_members, true);
   int64_t ipc_ok = 0;
   if (!ipc.empty()) {
-    // The learner's GPU copy, device to device into each engine; a failure goes point to point.
+    // The learner's GPU copy, device to device into each engine (in this process, or a server's
+    // on this machine through CUDA IPC handles); a failure goes point to point.
     absl::StatusOr<const CudaModel*> src = options_.device_weights();
     const absl::Time deadline = absl::Now() + absl::Seconds(options_.timeout_s);
     for (size_t w : ipc) {
       absl::Status s = src.status();
-      if (src.ok()) {
-        s = static_cast<LocalRolloutWorker*>(workers[w])->PushDeviceWeights(**src, version,
-                                                                            deadline);
+      auto* remote = dynamic_cast<RemoteRolloutWorker*>(workers[w]);
+      if (src.ok() && remote != nullptr) {
+        s = remote->PushDeviceWeights(**src, version, deadline);
+      } else if (src.ok()) {
+        s = static_cast<LocalRolloutWorker*>(workers[w])
+                ->PushDeviceWeights(**src, version, deadline);
       }
       if (s.ok()) {
         ++ipc_ok;
         bytes += static_cast<double>((*src)->WeightDeviceBytes());
+      } else if (remote != nullptr && src.ok() && IpcRefusal(s)) {
+        // This server cannot take handles (engine on the CPU, another machine, no CUDA, an older
+        // server): it stays point to point from now on, said once.
+        GRPO_LOG(INFO, "weight_sync ipc: %s takes its weights over grpc (%s)", remote->name(),
+                 s.ToString());
+        ipc_refused_.insert(remote->name());
+        p2p.push_back(w);
       } else {
-        GRPO_LOG(WARNING, "device-to-device weight update of %s failed (%s); pushing point to "
-                 "point", workers[w]->name(), s.ToString());
+        GRPO_LOG(WARNING,
+                 "device-to-device weight update of %s failed (%s); pushing point to "
+                 "point",
+                 workers[w]->name(), s.ToString());
         p2p.push_back(w);
       }
     }

@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "comm/communicator.h"
@@ -92,6 +93,8 @@ class WeightPublisher {
   std::unique_ptr<LocalGroupState> local_;
   std::unique_ptr<RemoteGroupState> remote_;
   bool remote_disabled_ = false;  // NCCL unavailable here: remote workers stay point to point
+  // ipc: remote workers (by name) that cannot take device weights by handle: point to point.
+  absl::flat_hash_set<std::string> ipc_refused_;
 };
 
 // Brings every live worker whose NewestVersion() differs from `version` up to date with a

@@ -31,15 +31,19 @@ std::string ResolveWeightTransport(const WeightSyncConfig& config, const WeightS
     reason = "the learner and its in-process engines are on the GPU: device-to-device copies";
     return "ipc";
   }
+  if (setup.learner_cuda && setup.remote_workers) {
+    // NCCL takes one rank per GPU, and a rollout server on this machine may well share the
+    // learner's GPU (grpo train's does), so never collective by itself. A server on this machine
+    // with its engine on a GPU takes CUDA IPC handles; any other refuses once and stays on grpc.
+    reason =
+        "the learner is on the GPU: CUDA IPC handles to rollout servers on this machine's GPUs, "
+        "grpc to the others";
+    return "ipc";
+  }
   if (!setup.learner_cuda) {
     reason = "the learner is on the CPU";
   } else if (setup.in_process_engines) {
     reason = "the in-process engines are on the CPU";
-  } else if (setup.remote_workers) {
-    // NCCL takes one rank per GPU, and a rollout server on this machine may well share the
-    // learner's GPU, which the learner cannot tell: "collective" is the user's call.
-    reason = setup.nccl_usable ? "remote workers: set \"collective\" when each has a GPU of its own"
-                               : "remote workers, and no NCCL here";
   } else {
     reason = "workers given by the caller";
   }

@@ -16,20 +16,20 @@
 //               remote workers over NCCL (they join a group handed out over gRPC; needs CUDA and
 //               NCCL on the learner and the workers; a worker that cannot join, or a group that
 //               fails, falls back to grpc for that update).
-//   ipc         the learner and its in-process engines on one GPU ("device" and
-//               "rollout.local_device" both "cuda", else a config error): after each update the
-//               engines copy the learner's bf16 GPU weights device to device
-//               (CudaModel::CopyWeightsFrom), no host round trip; Publish returns once they serve
-//               them. Remote workers, and an engine whose copy fails, get grpc. Not built: CUDA
-//               IPC handles (comm/cuda_ipc.h) for rollout servers in other processes.
+//   ipc         the learner on a GPU ("device" "cuda", else a config error) copies its bf16 GPU
+//               weights device to device, no host round trip, into in-process engines on cuda
+//               (CudaModel::CopyWeightsFrom) and into rollout servers on this machine whose engine
+//               is on a GPU (CUDA IPC handles, RolloutService UpdateWeightsIpc); Publish returns
+//               once they serve them. Any other worker, and a copy that fails, gets grpc (a server
+//               that cannot take handles says so once and stays on grpc).
 //   auto        picked at start-up from where things compute (ResolveWeightTransport below),
-//               logged once: ipc when the learner and its in-process engines are both on cuda;
-//               grpc otherwise. The CPU engines make fp32 point to point as fast as a broadcast
-//               (one copy per worker, bench/weight_sync_bench.cc), and grpc is the only path
-//               across mismatched hardware. Never collective: NCCL takes one rank per GPU, and a
-//               rollout server on the learner's machine may share its GPU (grpo train's
-//               services do), which the learner cannot tell; set "collective" when every remote
-//               worker has a GPU of its own.
+//               logged once: ipc when the learner is on cuda and its in-process engines are too,
+//               or it has remote workers; grpc otherwise. The CPU engines make fp32 point to
+//               point as fast as a broadcast (one copy per worker, bench/weight_sync_bench.cc),
+//               and grpc is the only path across mismatched hardware. Never collective: NCCL
+//               takes one rank per GPU, and a rollout server on the learner's machine may share
+//               its GPU (grpo train's services do), which the learner cannot tell; set
+//               "collective" when every remote worker has a GPU of its own.
 // dtype (collective):
 //   fp32  bitwise the learner's parameters: rollout logprobs stay equal to the learner's.
 //   bf16  half the bytes, round to nearest even; CPU receivers widen it back to fp32.

@@ -20,6 +20,25 @@ namespace grpo {
 
 const char* DeviceName(Device d) { return d == Device::kCuda ? "cuda" : "cpu"; }
 
+absl::Status CudaModel::CheckWeightBuffers(const ParamLayout& layout, const WeightBuffers& src) {
+  // The fp32 buffer holds every parameter with master weights, else the norms and biases.
+  size_t f32_values = 0;
+  for (const ParamTensor& t : layout.tensors) {
+    if (t.is_norm || t.is_bias) f32_values += static_cast<size_t>(t.numel);
+  }
+  if (src.master) f32_values = static_cast<size_t>(layout.total);
+  const size_t want_bf16 = 2 * static_cast<size_t>(layout.total);
+  const size_t want_f32 = sizeof(float) * std::max<size_t>(f32_values, 1);
+  if (src.bf16 == nullptr || src.f32 == nullptr || src.bf16_bytes != want_bf16 ||
+      src.f32_bytes != want_f32) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "device weights of ", src.bf16_bytes, " bf16 + ", src.f32_bytes, " fp32 bytes (",
+        src.master ? "with" : "without", " master weights); this model needs ", want_bf16, " + ",
+        want_f32, " (another model config?)"));
+  }
+  return absl::OkStatus();
+}
+
 #ifdef GRPO_HAVE_CUDA
 
 bool CudaAvailable() { return cuda::DeviceCount() > 0; }
@@ -529,21 +548,33 @@ absl::Status CudaModel::GetParams(absl::Span<float> host) const {
 }
 
 absl::Status CudaModel::CopyWeightsFrom(const CudaModel& src_model) {
-  RETURN_IF_ERROR(impl_->Activate());
-  Impl& s = *impl_;
   const Impl& src = *src_model.impl_;
-  if (src.layout.total != s.layout.total || src.layout.tensors.size() != s.layout.tensors.size()) {
+  if (src.layout.total != impl_->layout.total ||
+      src.layout.tensors.size() != impl_->layout.tensors.size()) {
     return absl::InvalidArgumentError(absl::StrCat("cuda model: CopyWeightsFrom a model of ",
                                                    src.layout.total, " parameters into one of ",
-                                                   s.layout.total));
+                                                   impl_->layout.total));
   }
+  return CopyWeightsFrom(src_model.weight_buffers());
+}
+
+CudaModel::WeightBuffers CudaModel::weight_buffers() const {
+  return {impl_->params16.data(), impl_->params16.size(), impl_->params.data(),
+          impl_->params.size(), impl_->master};
+}
+
+absl::Status CudaModel::CopyWeightsFrom(const WeightBuffers& src) {
+  RETURN_IF_ERROR(impl_->Activate());
+  Impl& s = *impl_;
+  RETURN_IF_ERROR(WithContext(CheckWeightBuffers(s.layout, src), "cuda model: CopyWeightsFrom"));
   if (s.master && !src.master) return NoMaster("CopyWeightsFrom into a model with them");
-  RETURN_IF_ERROR(cuda::CopyOnDevice(s.params16.data(), src.params16.data(), s.params16.size()));
+  RETURN_IF_ERROR(cuda::CopyOnDevice(s.params16.data(), src.bf16, s.params16.size()));
   if (s.master || !src.master) {  // the same fp32 arrangement on both sides
-    return cuda::CopyOnDevice(s.params.data(), src.params.data(), s.params.size());
+    return cuda::CopyOnDevice(s.params.data(), src.f32, s.params.size());
   }
+  const float* src_f32 = static_cast<const float*>(src.f32);
   for (const auto& b : s.f32_index) {  // the norms and biases out of src's master copy
-    RETURN_IF_ERROR(cuda::CopyOnDevice(s.params.as<float>() + b.packed, src.F32(b.flat),
+    RETURN_IF_ERROR(cuda::CopyOnDevice(s.params.as<float>() + b.packed, src_f32 + b.flat,
                                        sizeof(float) * b.numel));
   }
   return absl::OkStatus();
@@ -824,6 +855,8 @@ absl::Status CudaModel::SetParams(absl::Span<const float>) { return NoCuda(); }
 absl::Status CudaModel::GetParams(absl::Span<float>) const { return NoCuda(); }
 absl::Status CudaModel::GetGrads(absl::Span<float>) const { return NoCuda(); }
 absl::Status CudaModel::CopyWeightsFrom(const CudaModel&) { return NoCuda(); }
+CudaModel::WeightBuffers CudaModel::weight_buffers() const { return {}; }
+absl::Status CudaModel::CopyWeightsFrom(const WeightBuffers&) { return NoCuda(); }
 absl::Status CudaModel::ZeroGrads() { return NoCuda(); }
 absl::StatusOr<float*> CudaModel::GradsOnDevice() { return NoCuda(); }
 void CudaModel::set_grad_ready_callback(GradReadyCallback) {}

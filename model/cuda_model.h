@@ -81,6 +81,23 @@ class CudaModel {
   // GPU, or on two with peer access. What a colocated rollout engine takes from the learner's
   // device copy instead of a host upload. Bitwise: the bf16 copy and the fp32 values move as is.
   absl::Status CopyWeightsFrom(const CudaModel& src);
+  // The device allocations behind this model's weights, whole (what comm/cuda_ipc.h exports to a
+  // rollout server in another process on the same GPU): the bf16 copy, and the fp32 buffer (the
+  // master weights, or without them only the norms and biases, packed in layout order).
+  struct WeightBuffers {
+    const void* bf16 = nullptr;
+    size_t bf16_bytes = 0;
+    const void* f32 = nullptr;
+    size_t f32_bytes = 0;
+    bool master = false;
+  };
+  WeightBuffers weight_buffers() const;
+  // INVALID_ARGUMENT unless `src` has the sizes a model of `layout` gives (any build).
+  static absl::Status CheckWeightBuffers(const ParamLayout& layout, const WeightBuffers& src);
+  // CopyWeightsFrom for a source known by its buffers: another model of the same config (its
+  // weight_buffers()), possibly another process's, imported. INVALID_ARGUMENT when a size is not
+  // the one this config gives, FAILED_PRECONDITION as above.
+  absl::Status CopyWeightsFrom(const WeightBuffers& src);
   // Gradients (same layout); Backward() accumulates into them.
   absl::Status GetGrads(absl::Span<float> host) const;
   absl::Status ZeroGrads();

@@ -97,7 +97,7 @@ class CudaDecodeModel final : public DecodeModel {
   absl::Status SetParams(const float* params) override {
     return model_->SetParams(absl::MakeConstSpan(params, model_->num_params()));
   }
-  absl::Status SetParamsFrom(const CudaModel& src) override {
+  absl::Status SetParamsFrom(const CudaModel::WeightBuffers& src) override {
     return model_->CopyWeightsFrom(src);
   }
   bool samples_on_device() const override { return true; }

@@ -60,9 +60,10 @@ class DecodeModel {
                               std::vector<int32_t>* routing) = 0;
   // New weights (num_params floats, the CPU model's flat layout). No sequence may be running.
   virtual absl::Status SetParams(const float* params) = 0;
-  // New weights copied device to device from `src` (a colocated learner's GPU copy; the same
-  // config). No sequence may be running. UNIMPLEMENTED on the CPU.
-  virtual absl::Status SetParamsFrom(const CudaModel& src) {
+  // New weights copied device to device from `src` (a colocated learner's GPU copy, the buffers
+  // of CudaModel::weight_buffers(); the same config). No sequence may be running. UNIMPLEMENTED on
+  // the CPU.
+  virtual absl::Status SetParamsFrom(const CudaModel::WeightBuffers& src) {
     return absl::UnimplementedError("a CPU rollout engine takes its weights from the host");
   }
 

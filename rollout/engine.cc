@@ -186,10 +186,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<Model<flo
   const int64_t row_bytes = decode->kv_bytes_per_token();
   const int64_t pool_rows = options.kv_budget_bytes / row_bytes;
   if (pool_rows < 2) {
-    return absl::InvalidArgumentError(absl::StrCat("kv budget of ", options.kv_budget_bytes,
-                                                   " bytes holds fewer than 2 tokens (", row_bytes,
-                                                   " bytes per token for this model on ",
-                                                   decode->device(), "); raise it"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "kv budget of ", options.kv_budget_bytes, " bytes holds fewer than 2 tokens (", row_bytes,
+        " bytes per token for this model on ", decode->device(), "); raise it"));
   }
   RETURN_IF_ERROR(WithContext(decode->InitPool(options.max_batch, pool_rows),
                               absl::StrCat("rollout engine: KV pool of ", pool_rows, " tokens")));
@@ -240,7 +239,7 @@ absl::Status Engine::StageWeights(uint64_t version, std::vector<float> params) {
   RETURN_IF_ERROR(CheckStageable(version));
   staged_version_ = version;
   staged_params_ = std::move(params);
-  staged_device_ = nullptr;
+  staged_device_ = {};
   return absl::OkStatus();
 }
 
@@ -260,13 +259,20 @@ absl::Status Engine::WaitApplied(uint64_t version, absl::Time deadline) {
 
 absl::Status Engine::StageDeviceWeights(uint64_t version, const CudaModel* src) {
   if (src == nullptr || src->num_params() != num_params_) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("stage device weights: the source model has ",
-                     src == nullptr ? 0 : src->num_params(), " params, this one ", num_params_));
+    return absl::InvalidArgumentError(absl::StrCat("stage device weights: the source model has ",
+                                                   src == nullptr ? 0 : src->num_params(),
+                                                   " params, this one ", num_params_));
   }
+  return StageDeviceWeights(version, src->weight_buffers());
+}
+
+absl::Status Engine::StageDeviceWeights(uint64_t version, const CudaModel::WeightBuffers& src) {
   if (options_.device != Device::kCuda) {
     return absl::FailedPreconditionError(
         "stage device weights: this rollout engine runs on the CPU; weights come from the host");
+  }
+  if (src.bf16 == nullptr || src.f32 == nullptr) {
+    return absl::InvalidArgumentError("stage device weights: no source buffers");
   }
   absl::MutexLock lock(&mu_);
   RETURN_IF_ERROR(CheckStageable(version));
@@ -274,6 +280,21 @@ absl::Status Engine::StageDeviceWeights(uint64_t version, const CudaModel* src) 
   staged_params_.clear();
   staged_device_ = src;
   return absl::OkStatus();
+}
+
+void Engine::WithdrawDeviceWeights(uint64_t version) {
+  absl::MutexLock lock(&mu_);
+  if (staged_version_ == version && staged_device_.bf16 != nullptr) {
+    staged_version_ = 0;
+    staged_device_ = {};
+    GRPO_LOG(WARNING,
+             "rollout engine: device weight version %d withdrawn before the swap; "
+             "still serving %d",
+             version, version_);
+    return;
+  }
+  auto done = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !copying_device_; };
+  mu_.Await(absl::Condition(&done));
 }
 
 RolloutStatus Engine::GetStatus() const {
@@ -354,15 +375,15 @@ absl::StatusOr<std::shared_ptr<RolloutRequest>> Engine::Submit(std::vector<Rollo
           " exceed the model's context of ", config_.max_position_embeddings, " tokens"));
     }
     const bool shared = shares_prefix_ && sampling.group_size > 1;
-    const int64_t group_rows = GroupRows(static_cast<int64_t>(p.size()),
-                                         sampling.max_new_tokens, sampling.group_size, shared);
+    const int64_t group_rows = GroupRows(static_cast<int64_t>(p.size()), sampling.max_new_tokens,
+                                         sampling.group_size, shared);
     if (group_rows > pool_rows) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "prompts[", i, "]: a group of ", sampling.group_size, " samples (", p.size(),
-          " prompt tokens", shared ? ", shared," : "", " + ", sampling.max_new_tokens,
-          " new each) needs ", group_rows * kv_row_bytes_,
-          " bytes of KV cache; the server's budget is ", pool_rows * kv_row_bytes_,
-          " bytes (--kv-budget-mb)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("prompts[", i, "]: a group of ", sampling.group_size, " samples (", p.size(),
+                       " prompt tokens", shared ? ", shared," : "", " + ", sampling.max_new_tokens,
+                       " new each) needs ", group_rows * kv_row_bytes_,
+                       " bytes of KV cache; the server's budget is ", pool_rows * kv_row_bytes_,
+                       " bytes (--kv-budget-mb)"));
     }
   }
   auto shared_sampling = std::make_shared<const SamplingParams>(sampling);
@@ -557,8 +578,8 @@ void Engine::Loop() {
 
   while (true) {
     std::vector<std::unique_ptr<Group>> admitted;
-    std::vector<float> swap_params;  // a weight update to apply before this iteration's work
-    const CudaModel* swap_device = nullptr;  // or its device source
+    std::vector<float> swap_params;        // a weight update to apply before this iteration's work
+    CudaModel::WeightBuffers swap_device;  // or its device source (bf16 null: none)
     {
       absl::MutexLock lock(&mu_);
       auto has_work = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -571,7 +592,8 @@ void Engine::Loop() {
         // lock (the CPU re-pack or the GPU upload takes a while), before anything is computed.
         swap_params.swap(staged_params_);
         swap_device = staged_device_;
-        staged_device_ = nullptr;
+        staged_device_ = {};
+        copying_device_ = swap_device.bf16 != nullptr;
         version_ = staged_version_;
         w.version = version_;
         staged_version_ = 0;
@@ -625,16 +647,17 @@ void Engine::Loop() {
       }
     }
 
-    if (swap_device != nullptr || !swap_params.empty()) {
+    if (swap_device.bf16 != nullptr || !swap_params.empty()) {
       // Only a device fault can fail this (the CPU copy cannot); the model then holds no usable
       // weights and the GPU context is gone, so the process ends (its learner re-issues this
       // worker's groups elsewhere) rather than serve anything wrong.
-      const absl::Status st = swap_device != nullptr ? model.SetParamsFrom(*swap_device)
-                                                     : model.SetParams(swap_params.data());
+      const absl::Status st = swap_device.bf16 != nullptr ? model.SetParamsFrom(swap_device)
+                                                          : model.SetParams(swap_params.data());
       GRPO_CHECK_MSG(st.ok(), absl::StrCat("rollout engine: applying weight version ", w.version,
                                            ": ", st.message()));
       absl::MutexLock lock(&mu_);
       if (!swap_params.empty()) spare_params_ = std::move(swap_params);
+      copying_device_ = false;
       applied_version_ = w.version;
     }
 
@@ -727,8 +750,8 @@ void Engine::Loop() {
         const Sequence* s = w.running[b].get();
         if (s->routing_pending) continue;
         const SamplingParams& sp = *s->group->sampling;
-        on_device = sp.top_k == 0 && sp.top_p >= 1.f &&
-                    (temperature < 0 || sp.temperature == temperature);
+        on_device =
+            sp.top_k == 0 && sp.top_p >= 1.f && (temperature < 0 || sp.temperature == temperature);
         temperature = sp.temperature;
       }
       absl::Status st = model.Extend(slots, feed, on_device ? nullptr : w.logits.data(),
@@ -737,7 +760,8 @@ void Engine::Loop() {
       if (st.ok() && on_device) {
         std::vector<float> u(B, 0.f);
         for (int64_t b = 0; b < B; ++b) {
-          if (!w.running[b]->routing_pending) u[b] = static_cast<float>(uniform(w.running[b].get()));
+          if (!w.running[b]->routing_pending)
+            u[b] = static_cast<float>(uniform(w.running[b].get()));
         }
         st = model.SampleOnDevice(std::max(temperature, 0.f), u, &picks);
       } else if (st.ok()) {

@@ -147,6 +147,15 @@ class Engine {
   // `src` alive and unchanged until the swap: until the next Generate returns, or
   // newest_version() no longer reports this version as staged. FAILED_PRECONDITION on the CPU.
   absl::Status StageDeviceWeights(uint64_t version, const CudaModel* src);
+  // The same with a source known by its device buffers (CudaModel::weight_buffers() of a model
+  // of this config, e.g. a learner's in another process imported through CUDA IPC: RolloutService
+  // UpdateWeightsIpc). The caller keeps them alive and unchanged until WaitApplied returns OK, or
+  // until WithdrawDeviceWeights returns.
+  absl::Status StageDeviceWeights(uint64_t version, const CudaModel::WeightBuffers& src);
+  // After a failed WaitApplied: takes back a device-staged `version` that the engine has not
+  // started copying (the serving version stays), or waits for the copy that has started to end.
+  // Either way the staged source is never read after this returns.
+  void WithdrawDeviceWeights(uint64_t version);
   // Waits until weights of `version` or newer are in the model (the swap applied, not just
   // staged): after it, a StageDeviceWeights source may change. DEADLINE_EXCEEDED otherwise.
   absl::Status WaitApplied(uint64_t version, absl::Time deadline);
@@ -181,7 +190,7 @@ class Engine {
   const int64_t num_params_;
   const uint64_t fingerprint_;
   int64_t max_context_ = 0;
-  int64_t kv_row_bytes_ = 0;  // one token's K and V over all layers
+  int64_t kv_row_bytes_ = 0;    // one token's K and V over all layers
   bool shares_prefix_ = false;  // a group's samples read the prompt's rows (DecodeModel)
   std::unique_ptr<Work> work_;
 
@@ -195,7 +204,9 @@ class Engine {
   // `version` is newer than the serving and any staged one.
   absl::Status CheckStageable(uint64_t version) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::vector<float> staged_params_ ABSL_GUARDED_BY(mu_);
-  const CudaModel* staged_device_ ABSL_GUARDED_BY(mu_) = nullptr;  // instead of staged_params_
+  // Instead of staged_params_: the device source of the staged version (bf16 null: none).
+  CudaModel::WeightBuffers staged_device_ ABSL_GUARDED_BY(mu_);
+  bool copying_device_ ABSL_GUARDED_BY(mu_) = false;      // the engine thread reads the source now
   std::vector<float> spare_params_ ABSL_GUARDED_BY(mu_);  // TakeSpareParams
   // Status figures, written by the engine thread.
   int64_t running_ ABSL_GUARDED_BY(mu_) = 0;

@@ -157,14 +157,23 @@ absl::StatusOr<rollout::BeginWeightUpdateResponse> RolloutClient::BeginWeightUpd
   return response;
 }
 
-absl::StatusOr<rollout::UpdateWeightsResponse> RolloutClient::EndWeightUpdate(
-    uint64_t version, absl::Time deadline) {
+absl::StatusOr<rollout::UpdateWeightsResponse> RolloutClient::EndWeightUpdate(uint64_t version,
+                                                                              absl::Time deadline) {
   grpc::ClientContext ctx;
   ctx.set_deadline(ToChrono(deadline));
   rollout::EndWeightUpdateRequest request;
   request.set_version(version);
   rollout::UpdateWeightsResponse response;
   RETURN_IF_ERROR(FromGrpc(address_, impl_->stub->EndWeightUpdate(&ctx, request, &response)));
+  return response;
+}
+
+absl::StatusOr<rollout::UpdateWeightsResponse> RolloutClient::UpdateWeightsIpc(
+    const rollout::IpcWeightUpdate& request, absl::Time deadline) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(ToChrono(deadline));
+  rollout::UpdateWeightsResponse response;
+  RETURN_IF_ERROR(FromGrpc(address_, impl_->stub->UpdateWeightsIpc(&ctx, request, &response)));
   return response;
 }
 

@@ -67,6 +67,10 @@ class RolloutClient {
       const rollout::WeightManifest& manifest, absl::Time deadline);
   absl::StatusOr<rollout::UpdateWeightsResponse> EndWeightUpdate(uint64_t version,
                                                                  absl::Time deadline);
+  // weight_sync.transport "ipc" to a server on this machine's GPU (UpdateWeightsIpc): returns
+  // once the server serves the weights the handles name.
+  absl::StatusOr<rollout::UpdateWeightsResponse> UpdateWeightsIpc(
+      const rollout::IpcWeightUpdate& request, absl::Time deadline);
 
   const std::string& address() const { return address_; }
 

@@ -3,9 +3,11 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "comm/cuda_ipc.h"
 #include "comm/nccl_communicator.h"
 #include "common/status.h"
 #include "rollout/convert.h"
@@ -76,6 +78,56 @@ grpc::Status RolloutServiceImpl::UpdateWeights(grpc::ServerContext* ctx,
   if (!s.ok()) return ToGrpcStatus(s);
   response->set_version(version);
   response->set_bytes_received(static_cast<uint64_t>(bytes));
+  return grpc::Status::OK;
+}
+
+grpc::Status RolloutServiceImpl::UpdateWeightsIpc(grpc::ServerContext*,
+                                                  const rollout::IpcWeightUpdate* request,
+                                                  rollout::UpdateWeightsResponse* response) {
+  if (request->machine_id() != comm::MachineId()) {
+    return ToGrpcStatus(absl::FailedPreconditionError(absl::StrCat(
+        "UpdateWeightsIpc: the handles come from another machine (", request->machine_id(),
+        ", this is ", comm::MachineId(), "); send the weights over UpdateWeights")));
+  }
+  if (request->num_params() != static_cast<uint64_t>(engine_->num_params()) ||
+      request->layout_fingerprint() != engine_->layout_fingerprint()) {
+    return ToGrpcStatus(absl::InvalidArgumentError(
+        absl::StrCat("UpdateWeightsIpc: weights of ", request->num_params(), " parameters, layout ",
+                     request->layout_fingerprint(), "; this server serves ", engine_->num_params(),
+                     ", layout ", engine_->layout_fingerprint(), " (another model?)")));
+  }
+  if (!(request->timeout_s() > 0) || !std::isfinite(request->timeout_s())) {
+    return ToGrpcStatus(absl::InvalidArgumentError(
+        absl::StrCat("UpdateWeightsIpc: timeout_s ", request->timeout_s(), " must be > 0")));
+  }
+  if (engine_->device() != Device::kCuda) {
+    return ToGrpcStatus(absl::FailedPreconditionError(
+        "UpdateWeightsIpc: this server's engine runs on the CPU; send the weights over "
+        "UpdateWeights"));
+  }
+  // The engine's GPU is this process's device 0 (EngineOptions has no other).
+  auto bf16 = comm::IpcBuffer::Import(request->bf16_handle(), 0);
+  if (!bf16.ok()) return ToGrpcStatus(WithContext(bf16.status(), "UpdateWeightsIpc: bf16 weights"));
+  auto f32 = comm::IpcBuffer::Import(request->f32_handle(), 0);
+  if (!f32.ok()) return ToGrpcStatus(WithContext(f32.status(), "UpdateWeightsIpc: fp32 weights"));
+  const CudaModel::WeightBuffers src{bf16->data(), bf16->size(), f32->data(), f32->size(),
+                                     request->master()};
+  // Sizes checked here, not at the swap: a wrong one must be this call's error, not a device fault.
+  if (absl::Status sized =
+          CudaModel::CheckWeightBuffers(ParamLayout::Build(engine_->config()), src);
+      !sized.ok()) {
+    return ToGrpcStatus(WithContext(sized, "UpdateWeightsIpc"));
+  }
+  const uint64_t version = request->version();
+  absl::Status s = engine_->StageDeviceWeights(version, src);
+  if (!s.ok()) return ToGrpcStatus(s);
+  s = engine_->WaitApplied(version, absl::Now() + absl::Seconds(request->timeout_s()));
+  // The handles close when this returns, so the engine must be done with them whatever the wait
+  // said (a deadline, or a shutdown that cut it short): withdrawn, or the copy finished.
+  engine_->WithdrawDeviceWeights(version);
+  if (!s.ok()) return ToGrpcStatus(s);
+  response->set_version(version);
+  response->set_bytes_received(static_cast<uint64_t>(src.bf16_bytes + src.f32_bytes));
   return grpc::Status::OK;
 }
 

@@ -6,6 +6,9 @@
 //    the engine frees its sequences at its next step.
 //  - UpdateWeights: feeds chunks to a WeightAssembler; only a complete, verified stream is staged
 //    (Engine::StageWeights); any error leaves the serving weights untouched.
+//  - UpdateWeightsIpc: the learner's device weights by CUDA IPC handle (same machine, engine on a
+//    GPU), staged as a device source (Engine::StageDeviceWeights) and waited for, so the handles
+//    are closed only once the engine no longer reads them (WithdrawDeviceWeights on any error).
 //  - GetStatus: Engine::GetStatus.
 //  - JoinWeightGroup / BeginWeightUpdate / EndWeightUpdate: the collective weight sync, handed to
 //    a WeightGroupMember (rollout/weight_receiver.h), whose own thread joins and receives.
@@ -48,6 +51,8 @@ class RolloutServiceImpl final : public rollout::RolloutService::Service {
   grpc::Status EndWeightUpdate(grpc::ServerContext* ctx,
                                const rollout::EndWeightUpdateRequest* request,
                                rollout::UpdateWeightsResponse* response) override;
+  grpc::Status UpdateWeightsIpc(grpc::ServerContext* ctx, const rollout::IpcWeightUpdate* request,
+                                rollout::UpdateWeightsResponse* response) override;
 
  private:
   Engine* engine_;  // not owned

@@ -13,10 +13,13 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "common/status.h"
+#include "learner/rollout_workers.h"
 #include "model/cuda_model.h"
 #include "model/model.h"
 #include "rollout/engine.h"
+#include "rollout/rollout_service.h"
 #include "tests/gpu/gpu_test_util.h"
 #include "tests/model/tiny_models.h"
 
@@ -242,8 +245,8 @@ TEST_CASE("two cuda models decoding from two threads at once give what each give
     for (int i = 0; i < 2; ++i) {
       double worst = 0;
       for (int step = 0; step < kSteps; ++step) {
-        worst = std::max(worst, NormErr("concurrent decode logits", runs[i].logits[step],
-                                        alone[i][step]));
+        worst = std::max(worst,
+                         NormErr("concurrent decode logits", runs[i].logits[step], alone[i][step]));
       }
       INFO("model " << i << ", round " << round);
       CHECK(worst < 1e-6);
@@ -330,6 +333,35 @@ TEST_CASE(
   auto cpu2 = CpuModel(c, w2);
   CheckAgainstCpu(*cpu2, prompts, *via_device, 2, 4, 10);
   CHECK((*engine)->GetStatus().weight_version == 2);
+
+  // The same to a rollout server (weight_sync.transport "ipc" to grpo train's rollout service on
+  // the learner's GPU): version 3 as CUDA IPC handles over loopback gRPC (UpdateWeightsIpc). In
+  // one process the handles resolve to the learner's own pointers, so this covers the protocol,
+  // the staging and the copy; cudaIpcOpenMemHandle itself is comm_test's.
+  std::vector<float> w3 = w0;
+  for (float& x : w3) x *= 0.5f;
+  w3 = RoundBf16(w3);
+  REQUIRE((*source)->SetParams(w3).ok());
+  RolloutServiceImpl service(engine->get());
+  int port = 0;
+  auto server = StartRolloutServer(&service, "127.0.0.1", 0, &port);
+  REQUIRE(server.ok());
+  auto remote = RemoteRolloutWorker::Connect(absl::StrCat("127.0.0.1:", port), absl::Seconds(60));
+  REQUIRE(remote.ok());
+  CHECK((*remote)->PushDeviceWeights(**source, 2, absl::Now() + absl::Seconds(60)).code() ==
+        absl::StatusCode::kFailedPrecondition);  // not newer than the serving version
+  const absl::Status pushed =
+      (*remote)->PushDeviceWeights(**source, 3, absl::Now() + absl::Seconds(60));
+  INFO(pushed.message());
+  REQUIRE(pushed.ok());
+  CHECK((*remote)->last_push_bytes() == (*source)->WeightDeviceBytes());
+  REQUIRE((*source)->SetParams(w0).ok());  // after the push returned: must not reach the engine
+  auto via_ipc = (*engine)->GenerateAll(prompts, sp);
+  REQUIRE(via_ipc.ok());
+  auto cpu3 = CpuModel(c, w3);
+  CheckAgainstCpu(*cpu3, prompts, *via_ipc, 3, 4, 10);
+  CHECK((*engine)->GetStatus().weight_version == 3);
+  (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
 }
 
 }  // namespace

@@ -117,10 +117,11 @@ TEST_CASE("config: device is cpu, cuda or auto, and cuda refuses what only the C
   j["rollout"] = {{"deterministic", true}};
   CHECK(Contains(Error(j), "'rollout.deterministic' needs 'device' cpu"));
   j = Minimal();
-  j["weight_sync"] = {{"transport", "ipc"}};  // the learner's GPU weights into cuda engines
+  j["weight_sync"] = {{"transport", "ipc"}};  // the learner's GPU weights, device to device
   CHECK(Contains(Error(j), "'weight_sync.transport' \"ipc\""));
-  CHECK(Contains(Error(j), "'rollout.local_device' \"cuda\""));
-  j["device"] = "cuda";
+  CHECK(Contains(Error(j), "needs 'device' \"cuda\""));
+  j["device"] = "cuda";  // in-process engines on the CPU, or remote servers: fine
+  CHECK(ParseLearnerConfig(j, "run.json").ok());
   j["rollout"] = {{"local_device", "cuda"}};
   CHECK(ParseLearnerConfig(j, "run.json").ok());
   j = Minimal();

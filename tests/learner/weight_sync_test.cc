@@ -116,7 +116,7 @@ TEST_CASE("weight_sync config: unknown values are one error naming the key",
 }
 
 // "auto" picks a transport from where the run computes; anything else is taken as written.
-TEST_CASE("weight_sync transport auto: ipc for in-process engines on the GPU, grpc otherwise",
+TEST_CASE("weight_sync transport auto: ipc for a GPU learner with GPU engines or servers",
           "[learner][weight_sync]") {
   WeightSyncConfig c;
   auto pick = [&](bool learner_cuda, bool in_process, bool engines_cuda, bool remote, bool nccl) {
@@ -136,9 +136,10 @@ TEST_CASE("weight_sync transport auto: ipc for in-process engines on the GPU, gr
   CHECK(pick(true, true, true, false, false) == "ipc");   // in-process needs no NCCL
   CHECK(pick(true, true, false, false, true) == "grpc");  // CPU engines
   CHECK(pick(false, true, true, false, true) == "grpc");  // CPU learner
-  // Remote workers may share the learner's GPU (NCCL refuses that): never collective by itself.
-  CHECK(pick(true, false, false, true, true) == "grpc");
-  CHECK(pick(true, false, false, true, false) == "grpc");  // no NCCL on the learner
+  // Remote workers may share the learner's GPU (NCCL refuses that): never collective by itself;
+  // ipc, which servers that cannot take handles refuse once (then grpc).
+  CHECK(pick(true, false, false, true, true) == "ipc");
+  CHECK(pick(true, false, false, true, false) == "ipc");   // needs no NCCL
   CHECK(pick(false, false, false, true, true) == "grpc");  // CPU learner, remote workers
   CHECK(pick(true, false, false, false, true) == "grpc");  // workers handed in by the caller
   CHECK(pick(false, false, false, false, false) == "grpc");
@@ -149,21 +150,30 @@ TEST_CASE("weight_sync transport auto: ipc for in-process engines on the GPU, gr
   }
 }
 
-// "ipc" moves weights device to device into in-process engines on cuda only; any other worker (a
-// CPU engine here, as a remote one would be) gets the point-to-point push and the new version.
-// The device path itself is tests/gpu/rollout_cuda_test.cc's.
+// "ipc" moves weights device to device into in-process engines on cuda, and tries CUDA IPC
+// handles on remote servers; an in-process CPU engine goes point to point at once, a remote
+// worker after the device path failed (here: no learner GPU weights, as without CUDA), and both
+// serve the new version. The device paths themselves are tests/gpu/rollout_cuda_test.cc's; the
+// server's refusals are tests/rollout/service_test.cc's.
 TEST_CASE("ipc publish: workers not on cuda go point to point", "[learner][weight_sync]") {
   const ModelConfig c = testing::MustParse(testing::TinyQwen3MoeJson());
   auto learner = testing::MakeModel<float>(c, 45);
   auto w0 = MakeLocalWorker(*learner, "local0");
-  std::vector<RolloutWorker*> workers = {w0.get()};
+  std::unique_ptr<Engine> engine = testing::MakeEngine(c, 46);
+  RolloutServiceImpl service(engine.get());
+  int port = 0;
+  auto server = StartRolloutServer(&service, "127.0.0.1", 0, &port);
+  REQUIRE(server.ok());
+  auto w1 = RemoteRolloutWorker::Connect(absl::StrCat("127.0.0.1:", port), absl::Seconds(30));
+  REQUIRE(w1.ok());
+  std::vector<RolloutWorker*> workers = {w0.get(), w1->get()};
   std::vector<bool> alive;
   WeightPublisherOptions o;
   o.config.transport = "ipc";
   int asked = 0;
   o.device_weights = [&]() -> absl::StatusOr<const CudaModel*> {
     ++asked;
-    return absl::FailedPreconditionError("not asked for without a cuda engine");
+    return absl::FailedPreconditionError("no learner GPU weights in this test");
   };
   auto pub = WeightPublisher::Create(o);
   REQUIRE(pub.ok());
@@ -174,10 +184,13 @@ TEST_CASE("ipc publish: workers not on cuda go point to point", "[learner][weigh
               ->Publish(workers, &alive, learner->layout(),
                         absl::MakeConstSpan(learner->params(), learner->num_params()), 1, &m)
               .ok());
-  CHECK(asked == 0);
+  CHECK(asked == 1);  // for the remote worker only
   CHECK(m.at("weight_sync/ipc_workers") == 0);
-  CHECK(m.at("weight_sync/p2p_workers") == 1);
+  CHECK(m.at("weight_sync/p2p_workers") == 2);
   CheckServes(w0.get(), *learner, Prompts(c.vocab_size), 1);
+  CheckServes(w1->get(), *learner, Prompts(c.vocab_size), 1);
+  engine->Shutdown();
+  (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
 }
 
 TEST_CASE("collective publish to in-process workers: new version, learner's logprobs",

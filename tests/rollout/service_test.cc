@@ -7,6 +7,8 @@
 #include <random>
 #include <thread>
 
+#include "comm/cuda_ipc.h"
+#include "model/cuda_model.h"
 #include "proto/rollout.grpc.pb.h"
 #include "rollout/rollout_client.h"
 #include "rollout/rollout_service.h"
@@ -198,8 +200,8 @@ grpc::Status SendChunks(const std::string& address, const std::vector<rollout::W
 }
 
 std::vector<rollout::WeightChunk> MakeChunks(uint64_t version, const ParamLayout& layout,
-                                             const std::vector<float>& params,
-                                             int64_t chunk_bytes, const std::string& dtype = "f32") {
+                                             const std::vector<float>& params, int64_t chunk_bytes,
+                                             const std::string& dtype = "f32") {
   std::vector<rollout::WeightChunk> chunks;
   std::vector<uint16_t> half(params.size());
   FloatsToBf16(params.data(), static_cast<int64_t>(params.size()), half.data());
@@ -347,6 +349,81 @@ TEST_CASE("weight updates: only a complete verified stream is applied",
   CHECK(st->num_params == new_model->num_params());
   CHECK(st->layout_fingerprint == LayoutFingerprint(layout));
   CHECK(st->model_type == "qwen3_moe");
+}
+
+// UpdateWeightsIpc (weight_sync.transport "ipc" to a server on the learner's machine): every
+// refusal the server can give without a GPU, each naming what is wrong, and the weights untouched.
+// The device copy itself: tests/gpu/rollout_cuda_test.cc.
+TEST_CASE("UpdateWeightsIpc refuses what it cannot take and keeps serving",
+          "[rollout][service][weights]") {
+  const ModelConfig c = MustParse(testing::TinyQwen3MoeJson());
+  EngineOptions opt;
+  opt.initial_version = 2;
+  Loopback lb(c, 32, opt);
+  auto client = RolloutClient::Connect(lb.address);
+  REQUIRE(client.ok());
+  rollout::IpcWeightUpdate ok;
+  ok.set_version(3);
+  ok.set_num_params(static_cast<uint64_t>(lb.engine->num_params()));
+  ok.set_layout_fingerprint(lb.engine->layout_fingerprint());
+  ok.set_bf16_handle("not a handle");
+  ok.set_f32_handle("not a handle");
+  ok.set_machine_id(comm::MachineId());
+  ok.set_timeout_s(30);
+  auto refuses = [&](const rollout::IpcWeightUpdate& r, absl::StatusCode code,
+                     const std::string& says) {
+    auto got = (*client)->UpdateWeightsIpc(r, Soon());
+    REQUIRE_FALSE(got.ok());
+    INFO(got.status().message());
+    CHECK(got.status().code() == code);
+    CHECK(std::string(got.status().message()).find(says) != std::string::npos);
+  };
+  rollout::IpcWeightUpdate r = ok;
+  r.set_machine_id("boot:some-other-machine");
+  refuses(r, absl::StatusCode::kFailedPrecondition, "another machine");
+  r = ok;
+  r.set_num_params(r.num_params() + 1);
+  refuses(r, absl::StatusCode::kInvalidArgument, "another model");
+  r = ok;
+  r.set_layout_fingerprint(r.layout_fingerprint() ^ 1);
+  refuses(r, absl::StatusCode::kInvalidArgument, "another model");
+  r = ok;
+  r.set_timeout_s(0);
+  refuses(r, absl::StatusCode::kInvalidArgument, "timeout_s");
+  // Everything in order, but this engine is on the CPU: the learner's cue to use UpdateWeights.
+  refuses(ok, absl::StatusCode::kFailedPrecondition, "runs on the CPU");
+  auto st = (*client)->GetStatus(Soon());
+  REQUIRE(st.ok());
+  CHECK(st->weight_version == 2);
+  CHECK(st->staged_version == 0);
+}
+
+// The size check UpdateWeightsIpc applies to imported buffers before staging them (a wrong size
+// would otherwise surface as a device fault at the swap), on the host in any build.
+TEST_CASE("CudaModel::CheckWeightBuffers wants the sizes the model config gives",
+          "[rollout][weights]") {
+  const ModelConfig c = MustParse(testing::TinyQwen3MoeJson());
+  const ParamLayout layout = ParamLayout::Build(c);
+  size_t norms = 0;
+  for (const ParamTensor& t : layout.tensors) {
+    if (t.is_norm || t.is_bias) norms += static_cast<size_t>(t.numel);
+  }
+  REQUIRE(norms > 0);
+  const char dummy[2] = {};
+  CudaModel::WeightBuffers b{dummy, 2 * static_cast<size_t>(layout.total), dummy + 1, 4 * norms,
+                             false};
+  CHECK(CudaModel::CheckWeightBuffers(layout, b).ok());
+  b.master = true;  // a master copy holds every parameter
+  CHECK(CudaModel::CheckWeightBuffers(layout, b).code() == absl::StatusCode::kInvalidArgument);
+  b.f32_bytes = 4 * static_cast<size_t>(layout.total);
+  CHECK(CudaModel::CheckWeightBuffers(layout, b).ok());
+  b.bf16_bytes -= 2;
+  const absl::Status short_bf16 = CudaModel::CheckWeightBuffers(layout, b);
+  CHECK(short_bf16.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(std::string(short_bf16.message()).find("another model config") != std::string::npos);
+  b.bf16_bytes += 2;
+  b.f32 = nullptr;
+  CHECK(CudaModel::CheckWeightBuffers(layout, b).code() == absl::StatusCode::kInvalidArgument);
 }
 
 TEST_CASE("WeightAssembler names what is wrong", "[rollout][weights]") {
