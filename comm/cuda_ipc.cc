@@ -49,17 +49,20 @@ IpcBuffer& IpcBuffer::operator=(IpcBuffer&& o) noexcept {
 IpcBuffer::~IpcBuffer() { Close(); }
 
 std::string MachineId() {
-  std::string id;
-  if (std::FILE* f = std::fopen("/proc/sys/kernel/random/boot_id", "r")) {
-    char buf[128] = {};
-    if (std::fgets(buf, sizeof(buf), f) != nullptr) id = buf;
-    std::fclose(f);
-  }
-  while (!id.empty() && (id.back() == '\n' || id.back() == ' ')) id.pop_back();
-  if (!id.empty()) return "boot:" + id;
-  char host[256] = {};
-  if (gethostname(host, sizeof(host) - 1) == 0) return std::string("host:") + host;
-  return "unknown";
+  static const std::string kId = [] {  // fixed for the life of the process
+    std::string id;
+    if (std::FILE* f = std::fopen("/proc/sys/kernel/random/boot_id", "r")) {
+      char buf[128] = {};
+      if (std::fgets(buf, sizeof(buf), f) != nullptr) id = buf;
+      std::fclose(f);
+    }
+    while (!id.empty() && (id.back() == '\n' || id.back() == ' ')) id.pop_back();
+    if (!id.empty()) return "boot:" + id;
+    char host[256] = {};
+    if (gethostname(host, sizeof(host) - 1) == 0) return std::string("host:") + host;
+    return std::string("unknown");
+  }();
+  return kId;
 }
 
 #ifndef GRPO_HAVE_CUDA

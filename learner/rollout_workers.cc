@@ -52,11 +52,9 @@ absl::Status LocalRolloutWorker::PushWeights(const ParamLayout& layout,
 absl::Status LocalRolloutWorker::PushDeviceWeights(const CudaModel& src, uint64_t version,
                                                    absl::Time deadline) {
   RETURN_IF_ERROR(WithContext(engine_->StageDeviceWeights(version, &src), name_));
-  const absl::Status applied = engine_->WaitApplied(version, deadline);
-  // `src` changes after this returns (the next optimizer step): on a failed wait the engine must
-  // not copy it later, half updated, under this version.
-  engine_->WithdrawDeviceWeights(version);
-  return WithContext(applied, name_);
+  // `src` changes after this returns (the next optimizer step): even on a failed wait the engine
+  // must not copy it later, half updated, under this version.
+  return WithContext(engine_->WaitDeviceWeights(version, deadline), name_);
 }
 
 absl::Status RemoteRolloutWorker::PushDeviceWeights(const CudaModel& src, uint64_t version,

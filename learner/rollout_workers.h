@@ -37,6 +37,13 @@ class RolloutWorker {
   // NewestVersion(). Every Generate after an OK push runs on these weights.
   virtual absl::Status PushWeights(const ParamLayout& layout, absl::Span<const float> params,
                                    uint64_t version) = 0;
+  // weight_sync.transport "ipc": the worker takes `src`'s weights device to device as `version`
+  // and returns once it serves them, so `src` may change afterwards. FAILED_PRECONDITION (or
+  // UNIMPLEMENTED, here) where the worker cannot: use PushWeights.
+  virtual absl::Status PushDeviceWeights(const CudaModel& src, uint64_t version,
+                                         absl::Time deadline) {
+    return absl::UnimplementedError("this rollout worker takes its weights from the host");
+  }
   // The bytes the last successful PushWeights moved (the weight_sync/bytes metric).
   virtual int64_t last_push_bytes() const = 0;
   // The newest version the worker serves or has staged.
@@ -60,7 +67,8 @@ class LocalRolloutWorker : public RolloutWorker {
   // weight_sync.transport "ipc": the engine (on cuda) copies `src`'s weights device to device
   // (CudaModel::CopyWeightsFrom); returns once it serves them, so `src` may change afterwards.
   // FAILED_PRECONDITION for an engine on the CPU.
-  absl::Status PushDeviceWeights(const CudaModel& src, uint64_t version, absl::Time deadline);
+  absl::Status PushDeviceWeights(const CudaModel& src, uint64_t version,
+                                 absl::Time deadline) override;
   // A staged fp32 copy.
   int64_t last_push_bytes() const override { return engine_->num_params() * 4; }
   absl::StatusOr<uint64_t> NewestVersion() override { return engine_->newest_version(); }
@@ -88,7 +96,8 @@ class RemoteRolloutWorker : public RolloutWorker {
   // `src`'s device weights by CUDA IPC handle (RolloutService UpdateWeightsIpc); returns once the
   // server serves them, so `src` may change afterwards. FAILED_PRECONDITION when the server cannot
   // take them this way (engine on the CPU, another machine): push over PushWeights instead.
-  absl::Status PushDeviceWeights(const CudaModel& src, uint64_t version, absl::Time deadline);
+  absl::Status PushDeviceWeights(const CudaModel& src, uint64_t version,
+                                 absl::Time deadline) override;
   // The UpdateWeights payload: bf16 when every weight is a bf16 value (RolloutClient).
   int64_t last_push_bytes() const override { return last_push_bytes_; }
   absl::StatusOr<uint64_t> NewestVersion() override;

@@ -286,14 +286,9 @@ absl::Status WeightPublisher::Publish(absl::Span<RolloutWorker* const> workers,
     absl::StatusOr<const CudaModel*> src = options_.device_weights();
     const absl::Time deadline = absl::Now() + absl::Seconds(options_.timeout_s);
     for (size_t w : ipc) {
-      absl::Status s = src.status();
+      const absl::Status s =
+          src.ok() ? workers[w]->PushDeviceWeights(**src, version, deadline) : src.status();
       auto* remote = dynamic_cast<RemoteRolloutWorker*>(workers[w]);
-      if (src.ok() && remote != nullptr) {
-        s = remote->PushDeviceWeights(**src, version, deadline);
-      } else if (src.ok()) {
-        s = static_cast<LocalRolloutWorker*>(workers[w])
-                ->PushDeviceWeights(**src, version, deadline);
-      }
       if (s.ok()) {
         ++ipc_ok;
         bytes += static_cast<double>((*src)->WeightDeviceBytes());

@@ -282,7 +282,8 @@ absl::Status Engine::StageDeviceWeights(uint64_t version, const CudaModel::Weigh
   return absl::OkStatus();
 }
 
-void Engine::WithdrawDeviceWeights(uint64_t version) {
+absl::Status Engine::WaitDeviceWeights(uint64_t version, absl::Time deadline) {
+  const absl::Status applied = WaitApplied(version, deadline);
   absl::MutexLock lock(&mu_);
   if (staged_version_ == version && staged_device_.bf16 != nullptr) {
     staged_version_ = 0;
@@ -291,10 +292,11 @@ void Engine::WithdrawDeviceWeights(uint64_t version) {
              "rollout engine: device weight version %d withdrawn before the swap; "
              "still serving %d",
              version, version_);
-    return;
+  } else {
+    auto done = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !copying_device_; };
+    mu_.Await(absl::Condition(&done));
   }
-  auto done = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !copying_device_; };
-  mu_.Await(absl::Condition(&done));
+  return applied;
 }
 
 RolloutStatus Engine::GetStatus() const {

@@ -144,20 +144,18 @@ class Engine {
   absl::Status StageWeights(uint64_t version, std::vector<float> params);
   // The same with the weights of `src`, copied device to device at the swap (an engine on cuda
   // colocated with a learner on the same GPU: weight_sync.transport "ipc"). The caller keeps
-  // `src` alive and unchanged until the swap: until the next Generate returns, or
-  // newest_version() no longer reports this version as staged. FAILED_PRECONDITION on the CPU.
+  // `src` alive and unchanged until WaitDeviceWeights returns. FAILED_PRECONDITION on the CPU.
   absl::Status StageDeviceWeights(uint64_t version, const CudaModel* src);
   // The same with a source known by its device buffers (CudaModel::weight_buffers() of a model
   // of this config, e.g. a learner's in another process imported through CUDA IPC: RolloutService
-  // UpdateWeightsIpc). The caller keeps them alive and unchanged until WaitApplied returns OK, or
-  // until WithdrawDeviceWeights returns.
+  // UpdateWeightsIpc). The caller keeps them alive and unchanged until WaitDeviceWeights returns.
   absl::Status StageDeviceWeights(uint64_t version, const CudaModel::WeightBuffers& src);
-  // After a failed WaitApplied: takes back a device-staged `version` that the engine has not
-  // started copying (the serving version stays), or waits for the copy that has started to end.
-  // Either way the staged source is never read after this returns.
-  void WithdrawDeviceWeights(uint64_t version);
+  // WaitApplied for a device-staged `version`, after which the source is never read again, OK or
+  // not: on a failed wait (deadline, shutdown) a staged version the engine has not started copying
+  // is taken back (the serving version stays), and a copy under way is waited for.
+  absl::Status WaitDeviceWeights(uint64_t version, absl::Time deadline);
   // Waits until weights of `version` or newer are in the model (the swap applied, not just
-  // staged): after it, a StageDeviceWeights source may change. DEADLINE_EXCEEDED otherwise.
+  // staged). DEADLINE_EXCEEDED otherwise.
   absl::Status WaitApplied(uint64_t version, absl::Time deadline);
   // Newest version known (staged, else serving): the floor for the next update.
   uint64_t newest_version() const;

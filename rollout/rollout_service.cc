@@ -121,10 +121,8 @@ grpc::Status RolloutServiceImpl::UpdateWeightsIpc(grpc::ServerContext*,
   const uint64_t version = request->version();
   absl::Status s = engine_->StageDeviceWeights(version, src);
   if (!s.ok()) return ToGrpcStatus(s);
-  s = engine_->WaitApplied(version, absl::Now() + absl::Seconds(request->timeout_s()));
-  // The handles close when this returns, so the engine must be done with them whatever the wait
-  // said (a deadline, or a shutdown that cut it short): withdrawn, or the copy finished.
-  engine_->WithdrawDeviceWeights(version);
+  // The handles close when this returns; the engine no longer reads them once this wait is over.
+  s = engine_->WaitDeviceWeights(version, absl::Now() + absl::Seconds(request->timeout_s()));
   if (!s.ok()) return ToGrpcStatus(s);
   response->set_version(version);
   response->set_bytes_received(static_cast<uint64_t>(src.bf16_bytes + src.f32_bytes));

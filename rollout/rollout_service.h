@@ -8,7 +8,7 @@
 //    (Engine::StageWeights); any error leaves the serving weights untouched.
 //  - UpdateWeightsIpc: the learner's device weights by CUDA IPC handle (same machine, engine on a
 //    GPU), staged as a device source (Engine::StageDeviceWeights) and waited for, so the handles
-//    are closed only once the engine no longer reads them (WithdrawDeviceWeights on any error).
+//    are closed only once the engine no longer reads them (Engine::WaitDeviceWeights).
 //  - GetStatus: Engine::GetStatus.
 //  - JoinWeightGroup / BeginWeightUpdate / EndWeightUpdate: the collective weight sync, handed to
 //    a WeightGroupMember (rollout/weight_receiver.h), whose own thread joins and receives.
