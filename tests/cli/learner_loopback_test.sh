@@ -39,7 +39,7 @@ cat > "$work/run.json" <<JSON
   "model": "$work/init",
   "output_dir": "$work/run",
   "seed": 7,
-  "total_steps": 3,
+  "total_steps": 6,
   "data": {"path": "$work/train.jsonl", "seed": 1},
   "chat_template": {"name": "custom", "custom": "{prompt} Answer: "},
   "reward": {"rewards": [{"name": "remote", "params": {"address": "127.0.0.1:$port_r"}}]},
@@ -53,14 +53,15 @@ JSON
 "$grpo" learner "$work/run.json" 2> "$work/learner.err" &
 learner=$!
 pids+=($learner)
-# Kill worker 1 as soon as step 1 is done, i.e. while step 2 is generating.
+# Kill worker 1 as soon as step 1 is done, i.e. while a later step is generating. A step of this
+# tiny model can take under 0.1 s on an idle machine, so the run has 6 steps: the kill lands
+# well before the last one.
 for _ in $(seq 1 600); do
-  grep -q "^step 1/3" "$work/learner.err" && break
+  grep -q "^step 1/6" "$work/learner.err" && break
   kill -0 "$learner" 2>/dev/null || fail "learner died in step 1: $(cat "$work/learner.err")"
   sleep 0.05
 done
-grep -q "^step 1/3" "$work/learner.err" || fail "learner did not finish step 1 in 30 s"
-sleep 0.2
+grep -q "^step 1/6" "$work/learner.err" || fail "learner did not finish step 1 in 30 s"
 kill -KILL "$pid1"
 rc=0
 wait "$learner" || rc=$?
@@ -69,16 +70,16 @@ wait "$learner" || rc=$?
 python3 - "$work/run/metrics.jsonl" <<'PY' || fail "metrics: $(cat "$work/learner.err")"
 import json, sys
 m = [json.loads(l) for l in open(sys.argv[1])]
-assert [x["step"] for x in m] == [1, 2, 3], m
+assert [x["step"] for x in m] == [1, 2, 3, 4, 5, 6], m
 for x in m:
     assert x["rollout/groups_trained"] == 8, x      # every group, every step
     assert x["reward/errors"] == 0, x              # the remote reward answered
-assert m[0]["rollout/workers_alive"] == 2 and m[2]["rollout/workers_alive"] == 1, m
+assert m[0]["rollout/workers_alive"] == 2 and m[-1]["rollout/workers_alive"] == 1, m
 reissued = sum(x["rollout/groups_reissued"] for x in m)
-print(f"loopback: 3 steps, 8 groups each; worker killed; {reissued:.0f} groups re-issued; "
-      f"reward {m[0]['reward/mean']:.3f} -> {m[2]['reward/mean']:.3f}")
+print(f"loopback: 6 steps, 8 groups each; worker killed; {reissued:.0f} groups re-issued; "
+      f"reward {m[0]['reward/mean']:.3f} -> {m[-1]['reward/mean']:.3f}")
 PY
 grep -q "rollout worker lost\|weight push to" "$work/learner.err" || fail "no sign of the lost worker in the log"
-"$grpo" model info --model "$work/run/checkpoints/step_00000003" >/dev/null || fail "final checkpoint"
+"$grpo" model info --model "$work/run/checkpoints/step_00000006" >/dev/null || fail "final checkpoint"
 cat "$work/learner.err" >&2
 echo "learner loopback: ok"
