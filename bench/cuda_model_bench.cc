@@ -5,7 +5,9 @@
 // (finite logprobs, non-zero gradients, decode tokens in range) before timing.
 //
 // Run: build/bench/cuda_model_bench --config configs/bench_moe.json [--train-batch 16 --seq 512
-//      --train-steps 5 --decode-batches 64,256 --prompt 32 --decode-tokens 64]
+//      --train-steps 5 --decode-batches 64,256 --prompt 32 --decode-tokens 64 --decode-graphs 1]
+// --decode-graphs 0 launches every op of a decode step instead of replaying a CUDA graph
+// (CudaModelOptions::decode_graphs; graphs cover batches of at most 64).
 //      (bench/cuda_bench.sh also runs the transformers baseline and prints the ratios)
 #include <algorithm>
 #include <chrono>
@@ -81,7 +83,8 @@ int main(int argc, char** argv) {
   std::printf("ceilings: copy %.0f GB/s (read+write), bf16 GEMM 8192^3 %.1f TFLOP/s\n", *bw / 1e9,
               *peak / 1e12);
 
-  auto model_or = grpo::CudaModel::Create(c);
+  const bool decode_graphs = std::atoi(Arg(argc, argv, "--decode-graphs", "1")) != 0;
+  auto model_or = grpo::CudaModel::Create(c, {.decode_graphs = decode_graphs});
   if (!model_or.ok()) return Fail("create", model_or.status());
   grpo::CudaModel& model = **model_or;
   {
@@ -177,6 +180,7 @@ int main(int argc, char** argv) {
       for (auto& t : p) t = tok(rng);
     std::vector<float> u(B, 0.5f);
     double mean_touched = 0;  // distinct experts per MoE layer per step (untimed probe)
+    const int64_t replays_before = model.decode_graph_replays();
     std::vector<double> times;
     for (int rep = 0; rep < 2; ++rep) {  // rep 0: warm-up + routing probe; rep 1: timed
       for (int64_t b = 0; b < B; ++b) model.ResetSlot(b);
@@ -212,6 +216,7 @@ int main(int argc, char** argv) {
       if (rep == 0 && probe_layers > 0) mean_touched /= probe_layers;
       if (rep == 1) times.push_back(Seconds(t0, t1));
     }
+    const int64_t replays = model.decode_graph_replays() - replays_before;
     const double step_time = times[0] / gen;
     const double tps = B * gen / times[0];
     // Bytes one decode step must read: every non-expert weight, the touched experts, lm_head,
@@ -230,9 +235,10 @@ int main(int argc, char** argv) {
     const double roofline = bytes / *bw;  // bw counts read + write; a decode step only reads
     std::printf(
         "decode B=%lld: %.0f tokens/s, step %.3f ms, %.1f MB read/step (experts touched "
-        "per layer %.1f of %lld), roofline step %.3f ms -> %.1f%% of roofline\n",
+        "per layer %.1f of %lld), roofline step %.3f ms -> %.1f%% of roofline; %lld of %lld "
+        "steps replayed as CUDA graphs\n",
         (long long)B, tps, 1e3 * step_time, bytes / 1e6, mean_touched, (long long)E, 1e3 * roofline,
-        100 * roofline / step_time);
+        100 * roofline / step_time, (long long)replays, (long long)(2 * gen));
     if (grpo::cuda::OpTimingEnabled()) {
       std::printf("decode B=%lld: per-op device time (2 x prefill + decode):\n%s", (long long)B,
                   grpo::cuda::OpTimingReport().c_str());

@@ -2,6 +2,8 @@
 // cache slots, mixed freely) and Sample (argmax / temperature / top-k / top-p on the device).
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
@@ -185,22 +187,6 @@ absl::Status CudaModel::Extend(absl::Span<const int64_t> slots,
   const int64_t T = static_cast<int64_t>(tokens.size());
   RETURN_IF_ERROR(s.EnsureRope(max_pos));
   RETURN_IF_ERROR(s.Prepare(T, false));
-  RETURN_IF_ERROR(cuda::CopyToDevice(s.tokens, tokens.data(), sizeof(int32_t) * T));
-  RETURN_IF_ERROR(cuda::CopyToDevice(s.pos, pos.data(), sizeof(int32_t) * T));
-  RETURN_IF_ERROR(cuda::CopyToDevice(s.kv_row, kv_row.data(), sizeof(int64_t) * T));
-  RETURN_IF_ERROR(cuda::CopyToDevice(s.targets, last.data(), sizeof(int32_t) * B));
-  TIMED("EmbeddingForward", cuda::EmbeddingForward(s.x, s.tokens, s.P16() + s.layout.embed, T, H));
-  if (routing != nullptr) routing->clear();
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    RETURN_IF_ERROR(
-        WithContext(s.LayerForward(l, s.scratch, T, seqs, true, nullptr, routing, nullptr),
-                    absl::StrCat("cuda extend, layer ", l)));
-  }
-  for (int64_t b = 0; b < B; ++b) s.cache_len[slots[b]] += offsets[b + 1] - offsets[b];
-  TIMED("RmsNormForward", cuda::RmsNormForward(nullptr, s.lnf, s.rstdf, s.x, s.F32(s.layout.norm),
-                                               T, H, c.rms_norm_eps));
-  // Last new token of each slot: rows `last` of lnf, gathered into dx16 (B, H).
-  TIMED("GatherRows", cuda::GatherRows(s.dx16, s.lnf, s.targets, B, H));
   if (s.dec_B < B) {
     s.decode_arena.Begin();
     s.decode_arena.Take<float>(B * V);
@@ -209,15 +195,102 @@ absl::Status CudaModel::Extend(absl::Span<const int64_t> slots,
   }
   s.decode_arena.Begin();
   s.dec_logits = s.decode_arena.Take<float>(B * V);
-  TIMED("GemmBf16", cuda::GemmBf16(false, true, B, V, H, 1.f, s.dx16, H, s.P16() + s.layout.lm_head,
-                                   H, 0.f, s.dec_logits, V));
-  s.dec_B = std::max(s.dec_B, B);
+  const int64_t K = c.num_experts > 0 ? c.num_experts_per_tok : 0;
+  const int64_t routing_n = c.NumMoeLayers() * T * K;
+  const bool record = routing != nullptr && routing_n > 0;
+  if (record) RETURN_IF_ERROR(s.routing_buf.Reserve(sizeof(int32_t) * routing_n));
+  // The step's inputs, one block, one copy (StepInputs).
+  const StepInputs in(T);
+  s.host_inputs.resize(in.bytes);
+  char* h = s.host_inputs.data();
+  std::copy(tokens.begin(), tokens.end(), in.Tokens(h));
+  std::copy(last.begin(), last.end(), in.Targets(h));
+  std::copy(pos.begin(), pos.end(), in.Pos(h));
+  std::copy(kv_row.begin(), kv_row.end(), in.KvRow(h));
+  std::copy(seqs.begin(), seqs.end(), in.Seqs(h));
+  RETURN_IF_ERROR(cuda::CopyToDevice(s.inputs, h, in.seqs_at + sizeof(cuda::AttnSeq) * B));
+  s.step_seqs = B;
+  s.step_max_q = 1;
+  for (const cuda::AttnSeq& q : seqs) s.step_max_q = std::max(s.step_max_q, q.q_len);
+
+  // Everything from the embedding to the logits, on the device with no host round trip.
+  auto step = [&]() -> absl::Status {
+    s.routing_next = record ? s.routing_buf.as<int32_t>() : nullptr;
+    TIMED("EmbeddingForward",
+          cuda::EmbeddingForward(s.x, s.tokens, s.P16() + s.layout.embed, T, H));
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+      RETURN_IF_ERROR(
+          WithContext(s.LayerForward(l, s.scratch, T, seqs, true, nullptr, nullptr, nullptr),
+                      absl::StrCat("cuda extend, layer ", l)));
+    }
+    s.routing_next = nullptr;
+    TIMED("RmsNormForward", cuda::RmsNormForward(nullptr, s.lnf, s.rstdf, s.x,
+                                                 s.F32(s.layout.norm), T, H, c.rms_norm_eps));
+    // Last new token of each slot: rows `last` of lnf, gathered into dx16 (B, H).
+    TIMED("GatherRows", cuda::GatherRows(s.dx16, s.lnf, s.targets, B, H));
+    TIMED("GemmBf16", cuda::GemmBf16(false, true, B, V, H, 1.f, s.dx16, H,
+                                     s.P16() + s.layout.lm_head, H, 0.f, s.dec_logits, V));
+    return absl::OkStatus();
+  };
+  // A decode step (one token per slot, few enough for the sync-free MoE path) replays a graph.
+  const bool graphable = s.decode_graphs && T == B && T <= Impl::kSyncFreeTokens &&
+                         !cuda::OpTimingEnabled() && !ForcePackedExperts();
+  bool ran = false;
+  if (graphable) {
+    Impl::DecodeGraph* g = &s.graphs[{B, record}];
+    std::vector<const void*> key = s.DecodeGraphKey();
+    if (g->graph == nullptr || g->key != key) {
+      g->graph.reset();
+      auto captured = cuda::DeviceGraph::Capture(step);
+      s.routing_next = nullptr;
+      if (captured.ok()) {
+        g->graph = std::move(*captured);
+        g->key = std::move(key);
+        ++s.graph_captures;
+      } else {
+        // Not an error of this step: nothing ran. Decode on without graphs.
+        std::fprintf(stderr,
+                     "grpo cuda: capturing a decode step as a CUDA graph failed (%s); this model "
+                     "decodes without graphs from now on\n",
+                     std::string(captured.status().message()).c_str());
+        s.decode_graphs = false;
+        s.graphs.clear();
+        g = nullptr;
+      }
+    }
+    if (g != nullptr) {
+      RETURN_IF_ERROR(g->graph->Launch());
+      ++s.graph_replays;
+      ran = true;
+    }
+  }
+  if (!ran) RETURN_IF_ERROR(step());
+  for (int64_t b = 0; b < B; ++b) s.cache_len[slots[b]] += offsets[b + 1] - offsets[b];
   s.last_B = B;
+  if (routing != nullptr) {
+    routing->assign(routing_n, 0);
+    if (record) {
+      RETURN_IF_ERROR(cuda::CopyToHost(routing->data(), s.routing_buf.data(),
+                                       sizeof(int32_t) * routing_n));
+    }
+  }
   if (logits != nullptr) {
     RETURN_IF_ERROR(cuda::CopyToHost(logits, s.dec_logits, sizeof(float) * B * V));
   }
   return absl::OkStatus();
 }
+
+std::vector<const void*> CudaModel::Impl::DecodeGraphKey() const {
+  std::vector<const void*> key = {scratch_arena.data(), decode_arena.data(), rope_cos.data(),
+                                  rope_sin.data(),      params16.data(),     params.data(),
+                                  padded_begin.data(),  routing_buf.data()};
+  for (const DeviceBuffer& b : cache_k) key.push_back(b.data());
+  for (const DeviceBuffer& b : cache_v) key.push_back(b.data());
+  return key;
+}
+
+int64_t CudaModel::decode_graph_replays() const { return impl_->graph_replays; }
+int64_t CudaModel::decode_graph_captures() const { return impl_->graph_captures; }
 
 absl::Status CudaModel::Impl::SampleLastExtend(float temperature, int64_t top_k, float top_p,
                                                absl::Span<const float> u,

@@ -150,10 +150,13 @@ void CudaModel::Impl::PlanHead(DeviceArena& A, int64_t T, bool training) {
   const Dims d(config);
   const int64_t NK = T * d.K, R = ExpertRowsCapacity(NK, d.E, d.K);
   chunk = HeadChunk(T, d.V);
-  tokens = A.Take<int32_t>(T);
-  targets = A.Take<int32_t>(T);
-  pos = A.Take<int32_t>(T);
-  kv_row = A.Take<int64_t>(T);
+  const StepInputs in(T);
+  inputs = A.Take<char>(static_cast<int64_t>(in.bytes));
+  tokens = in.Tokens(inputs);
+  targets = in.Targets(inputs);
+  pos = in.Pos(inputs);
+  kv_row = in.KvRow(inputs);
+  seqs_dev = in.Seqs(inputs);
   forced = A.Take<int32_t>(std::max<int64_t>(1, config.NumMoeLayers() * NK));
   counts = A.Take<int32_t>(std::max<int64_t>(1, d.E));
   x = A.Take<float>(T * d.H);
@@ -228,9 +231,7 @@ absl::Status CudaModel::Impl::FfnForward(int64_t l, CudaLayerActs& a, int64_t T,
                              a.router_logits, d.E));
   TIMED("RouterForward", cuda::RouterForward(a.probs, a.idx, a.w, a.router_logits, forced_l, T, d.E,
                                              d.K, config.norm_topk_prob));
-  // GRPO_CUDA_EXPERT_LAYOUT=packed forces the packed layout (tests cover both).
-  const char* layout_env = std::getenv("GRPO_CUDA_EXPERT_LAYOUT");
-  const bool force_packed = layout_env != nullptr && std::string(layout_env) == "packed";
+  const bool force_packed = ForcePackedExperts();
   const int64_t* expert_begin = a.expert_begin;
   if (!need_counts && !force_packed && T <= kSyncFreeTokens) {
     // A token picks an expert at most once, so no expert has more than T <= 64 rows: the padded
@@ -309,8 +310,14 @@ absl::Status CudaModel::Impl::LayerForward(int64_t l, CudaLayerActs& a, int64_t 
                          decode ? kv_row : nullptr, rope_cos.as<float>(), rope_sin.as<float>(),
                          {T, d.nh, d.nkv, d.hd}, eps));
   const float scale = 1.f / std::sqrt(static_cast<float>(d.hd));
-  TIMED("AttentionForward",
-        cuda::AttentionForward(a.attn, a.lse, a.q, kb, vb, seqs, d.nh, d.nkv, d.hd, scale));
+  if (decode) {  // the table came up with the step's inputs (Extend)
+    TIMED("AttentionForward",
+          cuda::AttentionForwardDevice(a.attn, a.lse, a.q, kb, vb, seqs_dev, step_seqs, step_max_q,
+                                       d.nh, d.nkv, d.hd, scale));
+  } else {
+    TIMED("AttentionForward",
+          cuda::AttentionForward(a.attn, a.lse, a.q, kb, vb, seqs, d.nh, d.nkv, d.hd, scale));
+  }
   RETURN_IF_ERROR(
       GemmBf16(false, true, T, d.H, d.qd, 1.f, a.attn, d.qd, P16() + o.o, d.qd, 1.f, x, d.H));
   if (o.ob >= 0) TIMED("AddRowBias", cuda::AddRowBias(x, F32(o.ob), T, d.H));
@@ -321,7 +328,10 @@ absl::Status CudaModel::Impl::LayerForward(int64_t l, CudaLayerActs& a, int64_t 
         cuda::RmsNormForward(nullptr, a.ln2, a.rstd2, x, F32(o.ln2), T, d.H, eps));
   RETURN_IF_ERROR(FfnForward(l, a, T, forced_l, count_acc != nullptr));
   if (o.moe) {
-    if (routing_out != nullptr) {
+    if (routing_next != nullptr) {
+      RETURN_IF_ERROR(cuda::CopyOnDevice(routing_next, a.idx, sizeof(int32_t) * T * d.K));
+      routing_next += T * d.K;
+    } else if (routing_out != nullptr) {
       const size_t n = routing_out->size();
       routing_out->resize(n + T * d.K);
       RETURN_IF_ERROR(cuda::CopyToHost(routing_out->data() + n, a.idx, sizeof(int32_t) * T * d.K));
@@ -461,6 +471,7 @@ absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(const ModelConfig& 
   impl->layout = ParamLayout::Build(config);
   const int64_t n = impl->layout.total;
   impl->master = options.master_weights;
+  impl->decode_graphs = options.decode_graphs;
   int64_t f32_values = n;
   if (!impl->master) {
     f32_values = 0;
@@ -873,6 +884,8 @@ absl::Status CudaModel::AssignSlot(int64_t, int64_t, int64_t) { return NoCuda();
 absl::Status CudaModel::CopyPrefix(int64_t, int64_t, int64_t) { return NoCuda(); }
 absl::Status CudaModel::SharePrefix(int64_t, int64_t, int64_t) { return NoCuda(); }
 int64_t CudaModel::cache_length(int64_t) const { return 0; }
+int64_t CudaModel::decode_graph_replays() const { return 0; }
+int64_t CudaModel::decode_graph_captures() const { return 0; }
 void CudaModel::ResetSlot(int64_t) {}
 absl::Status CudaModel::Extend(absl::Span<const int64_t>,
                                absl::Span<const absl::Span<const int32_t>>, float*,

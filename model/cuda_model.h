@@ -57,6 +57,10 @@ struct CudaModelOptions {
   // The GPU it lives on (< CudaDeviceCount()). Every call makes it the calling thread's current
   // device first, so models on several GPUs can be driven from one thread or from many.
   int device = 0;
+  // Decode steps (Extend with one new token per slot, at most 64 slots) replay a CUDA graph
+  // captured once per batch size, instead of launching each op: bitwise the same results, the
+  // launch overhead of a step paid once. Off: every step launches its ops one by one.
+  bool decode_graphs = true;
 };
 
 class CudaModel {
@@ -159,6 +163,12 @@ class CudaModel {
   // when temperature is 0 (greedy), as the rollout engine's host sampler reports it.
   absl::Status SampleWithLogprobs(float temperature, absl::Span<const float> u,
                                   std::vector<int32_t>* tokens, std::vector<float>* logprobs);
+
+  // Decode steps run as a graph replay so far (decode_graphs), and graphs captured: for tests
+  // and benchmarks. A capture that fails (e.g. a cuBLAS without capture support) turns graphs
+  // off for this model, with one line on stderr saying why.
+  int64_t decode_graph_replays() const;
+  int64_t decode_graph_captures() const;
 
   // Bytes of weights (bf16) the model reads per decode step if every expert is used; for the
   // bandwidth roofline in benchmarks.

@@ -4,7 +4,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <functional>
+#include <map>
+#include <memory>
+#include <string>
 #include <vector>
 
 #include "common/status.h"
@@ -32,6 +36,13 @@ inline absl::Status TimedOp(const char* name, const std::function<absl::Status()
 #define TIMED(name, expr) \
   RETURN_IF_ERROR(::grpo::TimedOp(name, [&]() -> absl::Status { return (expr); }))
 
+// GRPO_CUDA_EXPERT_LAYOUT=packed forces the packed expert layout (tests cover both); its
+// grouped GEMM uploads pointer arrays, so decode steps then run without graphs.
+inline bool ForcePackedExperts() {
+  const char* e = std::getenv("GRPO_CUDA_EXPERT_LAYOUT");
+  return e != nullptr && std::string(e) == "packed";
+}
+
 // Bump allocator over one device buffer, re-planned when the token count grows: Plan() runs
 // once with the old buffer to measure, and once more after growing it.
 class DeviceArena {
@@ -46,10 +57,31 @@ class DeviceArena {
   }
   bool Fits() const { return used_ <= buf_.size(); }
   absl::Status Grow() { return buf_.Reserve(used_ + used_ / 4); }
+  const void* data() const { return buf_.data(); }
 
  private:
   DeviceBuffer buf_;
   size_t used_ = 0;
+};
+
+// The layout of a step's host inputs for T tokens, one block on the host and on the device:
+// tokens, targets, pos (T int32 each), kv_row (T int64), the attention table (T AttnSeq, at
+// most one per token). Pointers into a null block are null (a plan pass that did not fit).
+struct StepInputs {
+  explicit StepInputs(int64_t T)
+      : T(T),
+        kv_row_at((12 * static_cast<size_t>(T) + 7) / 8 * 8),
+        seqs_at(kv_row_at + 8 * static_cast<size_t>(T)),
+        bytes(seqs_at + sizeof(cuda::AttnSeq) * static_cast<size_t>(T)) {}
+  int64_t T;
+  size_t kv_row_at, seqs_at, bytes;
+  int32_t* Tokens(char* b) const { return b ? reinterpret_cast<int32_t*>(b) : nullptr; }
+  int32_t* Targets(char* b) const { return b ? Tokens(b) + T : nullptr; }
+  int32_t* Pos(char* b) const { return b ? Tokens(b) + 2 * T : nullptr; }
+  int64_t* KvRow(char* b) const { return b ? reinterpret_cast<int64_t*>(b + kv_row_at) : nullptr; }
+  cuda::AttnSeq* Seqs(char* b) const {
+    return b ? reinterpret_cast<cuda::AttnSeq*>(b + seqs_at) : nullptr;
+  }
 };
 
 // One layer's activations (saved for backward, or scratch for inference). NK = T*K.
@@ -127,24 +159,27 @@ struct CudaModel::Impl {
   int64_t T = 0;
   float temperature = 1.f;
   std::vector<int64_t> offsets;
-  // Head and per-batch device arrays (in scratch_arena).
-  int32_t* tokens = nullptr;     // (T)
-  int32_t* targets = nullptr;    // (T)
-  int32_t* pos = nullptr;        // (T)
-  int64_t* kv_row = nullptr;     // (T) decode only
-  int32_t* forced = nullptr;     // (num_moe, T, K) replay
-  int32_t* counts = nullptr;     // (E)
-  float* x = nullptr;            // (T, H) residual stream
-  float* x_final = nullptr;      // (T, H)
-  bf16_bits* lnf = nullptr;      // (T, H)
-  float* rstdf = nullptr;        // (T)
-  float* lp = nullptr;           // (T)
-  float* ent = nullptr;          // (T)
-  float* lse = nullptr;          // (T)
-  float* logits = nullptr;       // (chunk, V)
-  bf16_bits* dlogits = nullptr;  // (chunk, V)
-  float* prob_sum = nullptr;     // (E)
-  float* aux_dprobs = nullptr;   // (E)
+  // Head and per-batch device arrays (in scratch_arena). The host inputs of a step are one
+  // block (StepInputs), so Extend uploads them with one copy.
+  char* inputs = nullptr;             // the block: tokens, targets, pos, kv_row, seqs
+  int32_t* tokens = nullptr;          // (T)
+  int32_t* targets = nullptr;         // (T)
+  int32_t* pos = nullptr;             // (T)
+  int64_t* kv_row = nullptr;          // (T) decode only
+  cuda::AttnSeq* seqs_dev = nullptr;  // (T) decode only: the attention table, one per slot
+  int32_t* forced = nullptr;          // (num_moe, T, K) replay
+  int32_t* counts = nullptr;          // (E)
+  float* x = nullptr;                 // (T, H) residual stream
+  float* x_final = nullptr;           // (T, H)
+  bf16_bits* lnf = nullptr;           // (T, H)
+  float* rstdf = nullptr;             // (T)
+  float* lp = nullptr;                // (T)
+  float* ent = nullptr;               // (T)
+  float* lse = nullptr;               // (T)
+  float* logits = nullptr;            // (chunk, V)
+  bf16_bits* dlogits = nullptr;       // (chunk, V)
+  float* prob_sum = nullptr;          // (E)
+  float* aux_dprobs = nullptr;        // (E)
   bool use_aux = false;
   int64_t chunk = 0;
   // Backward scratch.
@@ -161,10 +196,27 @@ struct CudaModel::Impl {
   std::vector<int64_t> cache_shared_offset, cache_shared_len;    // SharePrefix's prompt rows
   std::vector<DeviceBuffer> cache_k, cache_v;  // per layer (cache_rows, nkv, hd) bf16
   DeviceArena decode_arena;
-  float* dec_logits = nullptr;  // (B, V)
-  int64_t dec_B = 0;            // rows dec_logits has room for
-  int64_t last_B = 0;           // slots of the last Extend
-  DeviceBuffer sample_buf;      // u (B) floats then tokens (B) int32
+  float* dec_logits = nullptr;            // (B, V)
+  int64_t dec_B = 0;                      // rows dec_logits has room for
+  int64_t last_B = 0;                     // slots of the last Extend
+  DeviceBuffer sample_buf;                // u (B) floats then tokens (B) int32
+  std::vector<char> host_inputs;          // the step's input block, packed on the host
+  int64_t step_seqs = 0, step_max_q = 0;  // Extend's attention table: entries, longest q_len
+  // Expert choices of a decode step, when asked for: each MoE layer copies its (T, K) indices
+  // to routing_next on the device and advances it; one copy to the host at the end.
+  DeviceBuffer routing_buf;
+  int32_t* routing_next = nullptr;
+  // Decode graphs (CudaModelOptions::decode_graphs), by batch size and whether routing is
+  // recorded. A graph holds the device pointers its capture used; `key` lists them, and a
+  // graph whose key no longer matches (an arena grew, the cache was rebuilt) is captured anew.
+  struct DecodeGraph {
+    std::vector<const void*> key;
+    std::unique_ptr<cuda::DeviceGraph> graph;
+  };
+  bool decode_graphs = true;
+  std::map<std::pair<int64_t, bool>, DecodeGraph> graphs;
+  int64_t graph_replays = 0, graph_captures = 0;
+  std::vector<const void*> DecodeGraphKey() const;
 
   // The fp32 values of the parameter at flat offset `off` (norm weights and biases: the only
   // parameters the kernels read in fp32). Several tensors adjacent in the flat layout (the q/k/v

@@ -40,6 +40,9 @@ if [[ $what == *tests* ]]; then
 fi
 if [[ $what == *bench* ]]; then
   step cuda_bench env BENCH="$bin/cuda_model_bench" bash bench/cuda_bench.sh
+  # The same decode with every op launched (no CUDA graphs), for the graphs' share of a step.
+  step cuda_bench_no_graphs "$bin/cuda_model_bench" --config configs/bench_moe.json \
+    --train-steps 1 --decode-batches 16,64 --prompt 32 --decode-tokens 64 --decode-graphs 0
   step rollout_bench "$bin/rollout_bench" --device cuda --config configs/bench_moe.json \
     --batches 1,16,64 --prompt 32 --decode-tokens 64 --repeats 3 --weights bf16
 fi

@@ -360,6 +360,24 @@ absl::Status Upload(absl::Span<const AttnSeq> seqs, int warps, AttnSeq** dev, un
 
 }  // namespace
 
+namespace {
+
+absl::Status LaunchForward(bf16_bits* out, float* lse, const float* q, const bf16_bits* k,
+                           const bf16_bits* v, const AttnSeq* dev, int64_t num_seqs, int warps,
+                           unsigned gz, int64_t nh, int64_t nkv, int64_t hd, float scale) {
+  RETURN_IF_ERROR(AllowSmem(attention_forward_kernel, ForwardSmem(warps, hd)));
+  attention_forward_kernel<<<dim3(static_cast<unsigned>(num_seqs), static_cast<unsigned>(nh), gz),
+                             warps * 32, ForwardSmem(warps, hd), Stream()>>>(
+      reinterpret_cast<__nv_bfloat16*>(out), lse, q, reinterpret_cast<const __nv_bfloat16*>(k),
+      reinterpret_cast<const __nv_bfloat16*>(v), dev, nh, nkv, hd, scale);
+  return LaunchStatus("attention_forward_kernel");
+}
+
+// Warps per block: decode (one query per sequence) takes one warp per block.
+int ForwardWarps(int64_t max_q_len) { return max_q_len >= 16 ? 4 : 1; }
+
+}  // namespace
+
 absl::Status AttentionForward(bf16_bits* out, float* lse, const float* q, const bf16_bits* k,
                               const bf16_bits* v, absl::Span<const AttnSeq> seqs, int64_t nh,
                               int64_t nkv, int64_t hd, float scale) {
@@ -374,17 +392,28 @@ absl::Status AttentionForward(bf16_bits* out, float* lse, const float* q, const 
                        " keys in a sequence of ", sq.kv_len, " keys and ", sq.q_len, " queries"));
     }
   }
-  const int warps = max_q >= 16 ? 4 : 1;  // decode: one query per sequence, one warp per block
+  const int warps = ForwardWarps(max_q);
   AttnSeq* dev = nullptr;
   unsigned gz = 1;
   RETURN_IF_ERROR(Upload(seqs, warps, &dev, &gz));
-  RETURN_IF_ERROR(AllowSmem(attention_forward_kernel, ForwardSmem(warps, hd)));
-  attention_forward_kernel<<<dim3(static_cast<unsigned>(seqs.size()), static_cast<unsigned>(nh),
-                                  gz),
-                             warps * 32, ForwardSmem(warps, hd)>>>(
-      reinterpret_cast<__nv_bfloat16*>(out), lse, q, reinterpret_cast<const __nv_bfloat16*>(k),
-      reinterpret_cast<const __nv_bfloat16*>(v), dev, nh, nkv, hd, scale);
-  return LaunchStatus("attention_forward_kernel");
+  return LaunchForward(out, lse, q, k, v, dev, static_cast<int64_t>(seqs.size()), warps, gz, nh,
+                       nkv, hd, scale);
+}
+
+absl::Status AttentionForwardDevice(bf16_bits* out, float* lse, const float* q, const bf16_bits* k,
+                                    const bf16_bits* v, const AttnSeq* seqs, int64_t num_seqs,
+                                    int64_t max_q_len, int64_t nh, int64_t nkv, int64_t hd,
+                                    float scale) {
+  if (num_seqs == 0) return absl::OkStatus();
+  RETURN_IF_ERROR(CheckDims(nh, nkv, hd));
+  if (num_seqs < 0 || max_q_len < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("AttentionForwardDevice: ", num_seqs,
+                                                   " sequences, longest query run ", max_q_len));
+  }
+  const int warps = ForwardWarps(max_q_len);
+  const unsigned gz =
+      static_cast<unsigned>(std::min<int64_t>((max_q_len + warps - 1) / warps, 65535));
+  return LaunchForward(out, lse, q, k, v, seqs, num_seqs, warps, gz, nh, nkv, hd, scale);
 }
 
 absl::Status AttentionBackward(float* dq, float* dk, float* dv, float* delta, const bf16_bits* dout,
@@ -415,7 +444,7 @@ absl::Status AttentionBackward(float* dq, float* dk, float* dv, float* delta, co
   const auto* dob = reinterpret_cast<const __nv_bfloat16*>(dout);
   const auto* kb = reinterpret_cast<const __nv_bfloat16*>(k);
   const auto* vb = reinterpret_cast<const __nv_bfloat16*>(v);
-  attention_delta_kernel<<<CeilDiv(T * nh, 8), 256>>>(
+  attention_delta_kernel<<<CeilDiv(T * nh, 8), 256, 0, Stream()>>>(
       delta, dob, reinterpret_cast<const __nv_bfloat16*>(out), T * nh, hd);
   RETURN_IF_ERROR(LaunchStatus("attention_delta_kernel"));
   RETURN_IF_ERROR(mark("attention_bwd.delta"));
@@ -426,13 +455,12 @@ absl::Status AttentionBackward(float* dq, float* dk, float* dv, float* delta, co
   const unsigned B = static_cast<unsigned>(seqs.size());
   RETURN_IF_ERROR(AllowSmem(attention_dq_kernel, DqSmem(kWarps, hd)));
   RETURN_IF_ERROR(AllowSmem(attention_dkv_kernel, DkvSmem(kWarps, hd)));
-  attention_dq_kernel<<<dim3(B, static_cast<unsigned>(nh), gz), kWarps * 32, DqSmem(kWarps, hd)>>>(
-      dq, dob, lse, delta, q, kb, vb, dev, nh, nkv, hd, scale);
+  attention_dq_kernel<<<dim3(B, static_cast<unsigned>(nh), gz), kWarps * 32, DqSmem(kWarps, hd),
+                        Stream()>>>(dq, dob, lse, delta, q, kb, vb, dev, nh, nkv, hd, scale);
   RETURN_IF_ERROR(LaunchStatus("attention_dq_kernel"));
   RETURN_IF_ERROR(mark("attention_bwd.dq"));
-  attention_dkv_kernel<<<dim3(B, static_cast<unsigned>(nkv), gz), kWarps * 32,
-                         DkvSmem(kWarps, hd)>>>(dk, dv, dob, lse, delta, q, kb, vb, dev, nh, nkv,
-                                                hd, scale);
+  attention_dkv_kernel<<<dim3(B, static_cast<unsigned>(nkv), gz), kWarps * 32, DkvSmem(kWarps, hd),
+                         Stream()>>>(dk, dv, dob, lse, delta, q, kb, vb, dev, nh, nkv, hd, scale);
   RETURN_IF_ERROR(LaunchStatus("attention_dkv_kernel"));
   return mark("attention_bwd.dkv");
 }

@@ -26,6 +26,11 @@ inline absl::Status LaunchStatus(const char* kernel) {
   return CudaStatus(cudaGetLastError(), kernel);
 }
 
+// The stream every kernel launch, asynchronous copy and cuBLAS call of the calling thread goes
+// to: the legacy default stream (nullptr), except while a DeviceGraph (device.h) captures this
+// thread's work, when it is the capture stream.
+cudaStream_t Stream();
+
 inline unsigned CeilDiv(int64_t a, int64_t b) { return static_cast<unsigned>((a + b - 1) / b); }
 
 __device__ __forceinline__ float WarpSum(float v) {

@@ -77,7 +77,67 @@ std::string OpTimingReport() {
   return out;
 }
 
-absl::Status Synchronize() { return CudaStatus(cudaDeviceSynchronize(), "cudaDeviceSynchronize"); }
+namespace {
+thread_local cudaStream_t t_stream = nullptr;  // non-null while this thread captures a graph
+
+// What graph capture needs on one device, shared by the process (captures take turns, under
+// CaptureMutex): a non-blocking stream to capture on, and a cuBLAS handle bound to it with a
+// workspace of its own, since cuBLAS must not allocate while capturing. The captured GEMMs use
+// that workspace whenever their graph replays; every replay is on the legacy default stream, so
+// two never overlap. Never freed: a graph may be replayed until the process ends.
+struct CaptureContext {
+  cudaStream_t stream = nullptr;
+  cublasHandle_t blas = nullptr;
+  void* workspace = nullptr;
+};
+constexpr size_t kCaptureWorkspaceBytes = size_t{32} << 20;  // cuBLAS's advice for Hopper
+
+std::mutex& CaptureMutex() {
+  static std::mutex mu;
+  return mu;
+}
+
+// The current device's context, made on first use. Call with CaptureMutex held.
+absl::StatusOr<CaptureContext*> GetCaptureContext() {
+  int device = 0;
+  RETURN_IF_ERROR(CudaStatus(cudaGetDevice(&device), "cudaGetDevice"));
+  static std::map<int, CaptureContext*> contexts;
+  auto it = contexts.find(device);
+  if (it != contexts.end()) return it->second;
+  auto* c = new CaptureContext;
+  RETURN_IF_ERROR(CudaStatus(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking),
+                             "cudaStreamCreateWithFlags (graph capture)"));
+  RETURN_IF_ERROR(CudaStatus(cudaMalloc(&c->workspace, kCaptureWorkspaceBytes),
+                             "cudaMalloc (cuBLAS workspace for graph capture)"));
+  RETURN_IF_ERROR(CublasStatus(cublasCreate(&c->blas), "cublasCreate (graph capture)"));
+  cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH);
+  // cublasSetStream resets the workspace to cuBLAS's own: set ours after it.
+  RETURN_IF_ERROR(CublasStatus(cublasSetStream(c->blas, c->stream), "cublasSetStream"));
+  RETURN_IF_ERROR(CublasStatus(cublasSetWorkspace(c->blas, c->workspace, kCaptureWorkspaceBytes),
+                               "cublasSetWorkspace"));
+  contexts.emplace(device, c);
+  return c;
+}
+
+thread_local CaptureContext* t_capture = nullptr;  // set with t_stream
+}  // namespace
+
+cudaStream_t Stream() { return t_stream; }
+
+namespace {
+// What a capture cannot record (a synchronous copy, an allocation, a wait) is refused here, so a
+// capture fails the same way whatever the driver would make of the call.
+absl::Status NotWhileCapturing(const char* what) {
+  if (t_stream == nullptr) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      absl::StrCat(what, " cannot be recorded in a CUDA graph (DeviceGraph::Capture)"));
+}
+}  // namespace
+
+absl::Status Synchronize() {
+  RETURN_IF_ERROR(NotWhileCapturing("Synchronize"));
+  return CudaStatus(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+}
 
 absl::StatusOr<std::shared_ptr<StreamMark>> StreamMark::Record() {
   int device = 0;
@@ -122,6 +182,7 @@ absl::Status StreamMark::Wait(absl::Duration timeout) const {
 absl::StatusOr<DeviceBuffer> DeviceBuffer::Allocate(size_t bytes) {
   DeviceBuffer b;
   if (bytes == 0) return b;
+  RETURN_IF_ERROR(NotWhileCapturing("DeviceBuffer::Allocate"));
   absl::Status s = CudaStatus(cudaMalloc(&b.ptr_, bytes), "cudaMalloc");
   if (!s.ok()) {
     return absl::ResourceExhaustedError(absl::StrCat(s.message(), " (", bytes, " bytes)"));
@@ -172,20 +233,22 @@ absl::Status DeviceBuffer::Reserve(size_t bytes) {
 
 absl::Status CopyToDevice(void* dst, const void* src, size_t bytes) {
   if (bytes == 0) return absl::OkStatus();
+  RETURN_IF_ERROR(NotWhileCapturing("a host-to-device copy"));
   return CudaStatus(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "cudaMemcpy H2D");
 }
 absl::Status CopyToHost(void* dst, const void* src, size_t bytes) {
   if (bytes == 0) return absl::OkStatus();
+  RETURN_IF_ERROR(NotWhileCapturing("a device-to-host copy"));
   return CudaStatus(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy D2H");
 }
 absl::Status CopyOnDevice(void* dst, const void* src, size_t bytes) {
   if (bytes == 0) return absl::OkStatus();
-  return CudaStatus(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, 0),
+  return CudaStatus(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, Stream()),
                     "cudaMemcpyAsync D2D");
 }
 absl::Status Memset(void* dst, int value, size_t bytes) {
   if (bytes == 0) return absl::OkStatus();
-  return CudaStatus(cudaMemsetAsync(dst, value, bytes, 0), "cudaMemsetAsync");
+  return CudaStatus(cudaMemsetAsync(dst, value, bytes, Stream()), "cudaMemsetAsync");
 }
 
 bf16_bits FloatToBf16(float x) {
@@ -200,6 +263,61 @@ float Bf16ToFloat(bf16_bits x) {
   float f;
   std::memcpy(&f, &u, 4);
   return f;
+}
+
+absl::StatusOr<std::unique_ptr<DeviceGraph>> DeviceGraph::Capture(
+    const std::function<absl::Status()>& fn) {
+  if (t_stream != nullptr) {
+    return absl::FailedPreconditionError("DeviceGraph::Capture called while capturing");
+  }
+  int device = 0;
+  RETURN_IF_ERROR(CudaStatus(cudaGetDevice(&device), "cudaGetDevice"));
+  std::lock_guard<std::mutex> lock(CaptureMutex());
+  ASSIGN_OR_RETURN(CaptureContext * ctx, GetCaptureContext());
+  RETURN_IF_ERROR(CudaStatus(cudaStreamBeginCapture(ctx->stream, cudaStreamCaptureModeThreadLocal),
+                             "cudaStreamBeginCapture"));
+  t_stream = ctx->stream;
+  t_capture = ctx;
+  absl::Status st = fn();
+  t_stream = nullptr;
+  t_capture = nullptr;
+  cudaGraph_t graph = nullptr;
+  const cudaError_t end = cudaStreamEndCapture(ctx->stream, &graph);
+  if (st.ok() && end != cudaSuccess) st = CudaStatus(end, "cudaStreamEndCapture");
+  if (st.ok() && graph == nullptr) st = absl::InternalError("cudaStreamEndCapture: no graph");
+  if (!st.ok()) {
+    if (graph != nullptr) cudaGraphDestroy(graph);
+    cudaGetLastError();  // a refused call inside the capture is not the caller's next error
+    return st;
+  }
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
+  if (inst != cudaSuccess) {
+    cudaGraphDestroy(graph);
+    cudaGetLastError();
+    return CudaStatus(inst, "cudaGraphInstantiate");
+  }
+  return std::unique_ptr<DeviceGraph>(new DeviceGraph(graph, exec, device));
+}
+
+DeviceGraph::~DeviceGraph() {
+  int current = 0;
+  const bool restore = cudaGetDevice(&current) == cudaSuccess && current != device_;
+  if (restore) cudaSetDevice(device_);
+  cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec_));
+  cudaGraphDestroy(static_cast<cudaGraph_t>(graph_));
+  if (restore) cudaSetDevice(current);
+}
+
+absl::Status DeviceGraph::Launch() const {
+  int current = 0;
+  RETURN_IF_ERROR(CudaStatus(cudaGetDevice(&current), "cudaGetDevice"));
+  if (current != device_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("DeviceGraph: captured on device ", device_, ", launched on ", current));
+  }
+  return CudaStatus(cudaGraphLaunch(static_cast<cudaGraphExec_t>(exec_), Stream()),
+                    "cudaGraphLaunch");
 }
 
 absl::StatusOr<double> TimeOnDevice(const std::function<absl::Status()>& fn, int iters) {
@@ -248,8 +366,8 @@ absl::StatusOr<double> MeasureBf16GemmRate(int64_t n) {
   ASSIGN_OR_RETURN(DeviceBuffer a, DeviceBuffer::Allocate(2 * n * n));
   ASSIGN_OR_RETURN(DeviceBuffer b, DeviceBuffer::Allocate(2 * n * n));
   ASSIGN_OR_RETURN(DeviceBuffer c, DeviceBuffer::Allocate(4 * n * n));
-  fill_random_bf16_kernel<<<1024, 256>>>(a.as<__nv_bfloat16>(), n * n, 1);
-  fill_random_bf16_kernel<<<1024, 256>>>(b.as<__nv_bfloat16>(), n * n, 2);
+  fill_random_bf16_kernel<<<1024, 256, 0, Stream()>>>(a.as<__nv_bfloat16>(), n * n, 1);
+  fill_random_bf16_kernel<<<1024, 256, 0, Stream()>>>(b.as<__nv_bfloat16>(), n * n, 2);
   RETURN_IF_ERROR(CudaStatus(cudaGetLastError(), "fill_random_bf16_kernel"));
   ASSIGN_OR_RETURN(double s, TimeOnDevice(
                                  [&] {
@@ -265,8 +383,10 @@ namespace {
 // One handle per device for the process (a handle belongs to the device current when it was
 // made), on the default stream; cuBLAS workspace is its own. Host threads share it: cuBLAS allows
 // that as long as nobody reconfigures the handle, and nothing here does after creation. Never
-// destroyed (work may be queued on it until the process ends).
+// destroyed (work may be queued on it until the process ends). While this thread captures a
+// graph: the capture context's handle instead.
 absl::StatusOr<cublasHandle_t> Handle() {
+  if (t_capture != nullptr) return t_capture->blas;
   int device = 0;
   RETURN_IF_ERROR(CudaStatus(cudaGetDevice(&device), "cudaGetDevice"));
   thread_local int cached_device = -1;

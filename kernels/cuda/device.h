@@ -3,7 +3,9 @@
 // that can fail returns an absl::Status naming the CUDA/cuBLAS call and its error string.
 //
 // Streams: all work is issued on the legacy default stream, in order; functions are asynchronous
-// unless they say otherwise, and Synchronize() surfaces errors of kernels still in flight.
+// unless they say otherwise, and Synchronize() surfaces errors of kernels still in flight. The
+// one exception is a DeviceGraph capture, which records the capturing thread's work instead of
+// running it, and replays it on the legacy default stream.
 #pragma once
 
 #include <cstddef>
@@ -45,6 +47,31 @@ class StreamMark {
  private:
   StreamMark(void* event, int device) : event_(event), device_(device) {}
   void* event_;  // cudaEvent_t
+  int device_;
+};
+
+// A recorded sequence of device work (a CUDA graph), replayed by one launch: what turns a
+// decode step's few hundred small launches into one. Capture() runs `fn` with this thread's
+// kernels, asynchronous copies and GEMMs going to a private capture stream, which records them
+// without running them (so `fn` must not read results back). Synchronous copies, allocation and
+// synchronization are not capturable: Capture() then returns the error (no graph) and the
+// caller runs `fn` uncaptured instead. Other threads are unaffected (thread-local capture mode).
+// The graph holds the pointers and sizes `fn` used: replaying it is valid while those
+// allocations live and hold what `fn`'s kernels expect. Launch() queues it on the legacy default
+// stream, in order with everything else. One graph at a time per thread may be captured.
+class DeviceGraph {
+ public:
+  static absl::StatusOr<std::unique_ptr<DeviceGraph>> Capture(
+      const std::function<absl::Status()>& fn);
+  ~DeviceGraph();
+  DeviceGraph(const DeviceGraph&) = delete;
+  DeviceGraph& operator=(const DeviceGraph&) = delete;
+  absl::Status Launch() const;
+
+ private:
+  DeviceGraph(void* graph, void* exec, int device) : graph_(graph), exec_(exec), device_(device) {}
+  void* graph_;  // cudaGraph_t
+  void* exec_;   // cudaGraphExec_t
   int device_;
 };
 

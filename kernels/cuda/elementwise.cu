@@ -135,17 +135,19 @@ __global__ void adamw_kernel(float* p, __nv_bfloat16* p_bf16, const float* g, fl
 
 absl::Status CastToBf16(bf16_bits* out, const float* in, int64_t n) {
   if (n == 0) return absl::OkStatus();
-  cast_to_bf16_kernel<<<Blocks(n), kThreads>>>(reinterpret_cast<__nv_bfloat16*>(out), in, n);
+  cast_to_bf16_kernel<<<Blocks(n), kThreads, 0, Stream()>>>(reinterpret_cast<__nv_bfloat16*>(out),
+                                                            in, n);
   return LaunchStatus("cast_to_bf16_kernel");
 }
 absl::Status CastToFloat(float* out, const bf16_bits* in, int64_t n) {
   if (n == 0) return absl::OkStatus();
-  cast_to_float_kernel<<<Blocks(n), kThreads>>>(out, reinterpret_cast<const __nv_bfloat16*>(in), n);
+  cast_to_float_kernel<<<Blocks(n), kThreads, 0, Stream()>>>(
+      out, reinterpret_cast<const __nv_bfloat16*>(in), n);
   return LaunchStatus("cast_to_float_kernel");
 }
 absl::Status AddRowBias(float* y, const float* b, int64_t R, int64_t C) {
   if (R * C == 0) return absl::OkStatus();
-  add_row_bias_kernel<<<Blocks(R * C), kThreads>>>(y, b, R, C);
+  add_row_bias_kernel<<<Blocks(R * C), kThreads, 0, Stream()>>>(y, b, R, C);
   return LaunchStatus("add_row_bias_kernel");
 }
 
@@ -162,9 +164,9 @@ absl::Status ColumnReduceAdd(float* out, const float* a, const float* b, const f
   RETURN_IF_ERROR(GetScratch(kScratchPartials, sizeof(float) * parts * C, &scratch));
   float* partial = static_cast<float*>(scratch);
   column_partial_kernel<<<dim3(static_cast<unsigned>(col_blocks), static_cast<unsigned>(parts)),
-                          dim3(32, 8)>>>(partial, a, b, s, R, C, rows_per);
+                          dim3(32, 8), 0, Stream()>>>(partial, a, b, s, R, C, rows_per);
   RETURN_IF_ERROR(LaunchStatus("column_partial_kernel"));
-  column_finish_kernel<<<CeilDiv(C, 256), 256>>>(out, partial, parts, C);
+  column_finish_kernel<<<CeilDiv(C, 256), 256, 0, Stream()>>>(out, partial, parts, C);
   return LaunchStatus("column_finish_kernel");
 }
 
@@ -175,27 +177,28 @@ absl::Status ColumnSumAdd(float* out, const float* in, int64_t R, int64_t C) {
 absl::Status EmbeddingForward(float* x, const int32_t* tokens, const bf16_bits* table, int64_t T,
                               int64_t H) {
   if (T == 0) return absl::OkStatus();
-  embedding_forward_kernel<<<static_cast<unsigned>(T), 128>>>(
+  embedding_forward_kernel<<<static_cast<unsigned>(T), 128, 0, Stream()>>>(
       x, tokens, reinterpret_cast<const __nv_bfloat16*>(table), H);
   return LaunchStatus("embedding_forward_kernel");
 }
 absl::Status EmbeddingBackward(float* dtable, const int32_t* tokens, const float* dx, int64_t T,
                                int64_t H) {
   if (T == 0) return absl::OkStatus();
-  embedding_backward_kernel<<<static_cast<unsigned>(T), 128>>>(dtable, tokens, dx, H);
+  embedding_backward_kernel<<<static_cast<unsigned>(T), 128, 0, Stream()>>>(dtable, tokens, dx, H);
   return LaunchStatus("embedding_backward_kernel");
 }
 
 absl::Status SwiGluForward(bf16_bits* h, const float* gu, int64_t N, int64_t I) {
   if (N * I == 0) return absl::OkStatus();
-  swiglu_forward_kernel<<<Blocks(N * I), kThreads>>>(reinterpret_cast<__nv_bfloat16*>(h), gu, N, I);
+  swiglu_forward_kernel<<<Blocks(N * I), kThreads, 0, Stream()>>>(
+      reinterpret_cast<__nv_bfloat16*>(h), gu, N, I);
   return LaunchStatus("swiglu_forward_kernel");
 }
 absl::Status SwiGluBackward(bf16_bits* dgu, const float* dh, const float* gu, int64_t N,
                             int64_t I) {
   if (N * I == 0) return absl::OkStatus();
-  swiglu_backward_kernel<<<Blocks(N * I), kThreads>>>(reinterpret_cast<__nv_bfloat16*>(dgu), dh, gu,
-                                                      N, I);
+  swiglu_backward_kernel<<<Blocks(N * I), kThreads, 0, Stream()>>>(
+      reinterpret_cast<__nv_bfloat16*>(dgu), dh, gu, N, I);
   return LaunchStatus("swiglu_backward_kernel");
 }
 
@@ -205,8 +208,8 @@ absl::Status AdamW(float* p, bf16_bits* p_bf16, const float* g, float* m, float*
   if (a.step < 1) return absl::InvalidArgumentError("AdamW: step counts from 1");
   const float bc1 = 1.f - std::pow(a.beta1, static_cast<float>(a.step));
   const float bc2 = 1.f - std::pow(a.beta2, static_cast<float>(a.step));
-  adamw_kernel<<<Blocks(n), kThreads>>>(p, reinterpret_cast<__nv_bfloat16*>(p_bf16), g, m, v, n, a,
-                                        bc1, bc2);
+  adamw_kernel<<<Blocks(n), kThreads, 0, Stream()>>>(p, reinterpret_cast<__nv_bfloat16*>(p_bf16), g,
+                                                     m, v, n, a, bc1, bc2);
   return LaunchStatus("adamw_kernel");
 }
 

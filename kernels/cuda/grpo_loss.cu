@@ -519,7 +519,7 @@ absl::StatusOr<GrpoLossResult> RunGrpoLoss(const GrpoLossInput<Real>& in,
   const size_t bytes = sizeof(SeqRecord) * static_cast<size_t>(B);
   SeqRecord* d_records = nullptr;
   RETURN_IF_ERROR(RecordScratch(bytes, &d_records));
-  grpo_loss_kernel<Real><<<static_cast<unsigned>(B), kThreads>>>(
+  grpo_loss_kernel<Real><<<static_cast<unsigned>(B), kThreads, 0, Stream()>>>(
       d_records, dlogprobs, dentropy, in, cfg, norm.num_tokens, static_cast<double>(norm.num_seqs));
   RETURN_IF_ERROR(LaunchStatus("grpo_loss_kernel"));
   std::vector<SeqRecord> recs(B);

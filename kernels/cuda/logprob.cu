@@ -204,8 +204,8 @@ __global__ void sample_kernel(int32_t* out, const float* logits, const float* u,
 absl::Status LogprobForward(float* lp, float* ent, float* lse, const float* logits,
                             const int32_t* target, int64_t T, int64_t V, float tau) {
   if (T == 0) return absl::OkStatus();
-  logprob_forward_kernel<<<static_cast<unsigned>(T), kThreads>>>(lp, ent, lse, logits, target, V,
-                                                                 tau);
+  logprob_forward_kernel<<<static_cast<unsigned>(T), kThreads, 0, Stream()>>>(lp, ent, lse, logits,
+                                                                              target, V, tau);
   return LaunchStatus("logprob_forward_kernel");
 }
 
@@ -213,7 +213,7 @@ absl::Status LogprobBackward(bf16_bits* dlogits, const float* logits, const floa
                              const float* dent, const float* lse, const int32_t* target, int64_t T,
                              int64_t V, float tau) {
   if (T == 0) return absl::OkStatus();
-  logprob_backward_kernel<<<static_cast<unsigned>(T), kThreads>>>(
+  logprob_backward_kernel<<<static_cast<unsigned>(T), kThreads, 0, Stream()>>>(
       reinterpret_cast<__nv_bfloat16*>(dlogits), logits, dlp, dent, lse, target, V, tau);
   return LaunchStatus("logprob_backward_kernel");
 }
@@ -224,8 +224,8 @@ absl::Status SampleTokens(int32_t* out, const float* logits, const float* u, int
   if (!(top_p > 0.f && top_p <= 1.f) || top_k < 0) {
     return absl::InvalidArgumentError("SampleTokens: need top_p in (0, 1] and top_k >= 0");
   }
-  sample_kernel<<<static_cast<unsigned>(B), kThreads>>>(out, logits, u, V, temperature, top_k,
-                                                        top_p);
+  sample_kernel<<<static_cast<unsigned>(B), kThreads, 0, Stream()>>>(out, logits, u, V, temperature,
+                                                                     top_k, top_p);
   return LaunchStatus("sample_kernel");
 }
 

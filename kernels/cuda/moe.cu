@@ -204,7 +204,7 @@ absl::Status RouterForward(float* probs, int32_t* idx, float* w, const float* lo
         absl::StrCat("RouterForward: need 1 <= K (", K, ") <= E (", E, ") <= 1024"));
   }
   constexpr int kWarps = 4;
-  router_forward_kernel<<<CeilDiv(T, kWarps), kWarps * 32, kWarps * E * sizeof(float)>>>(
+  router_forward_kernel<<<CeilDiv(T, kWarps), kWarps * 32, kWarps * E * sizeof(float), Stream()>>>(
       probs, idx, w, logits, forced_idx, T, E, K, norm_topk);
   return LaunchStatus("router_forward_kernel");
 }
@@ -214,7 +214,7 @@ absl::Status RouterBackward(float* dlogits, const float* dw, const float* dprobs
                             int64_t E, int64_t K, bool norm_topk) {
   if (T == 0) return absl::OkStatus();
   constexpr int kWarps = 4;
-  router_backward_kernel<<<CeilDiv(T, kWarps), kWarps * 32, kWarps * E * sizeof(float)>>>(
+  router_backward_kernel<<<CeilDiv(T, kWarps), kWarps * 32, kWarps * E * sizeof(float), Stream()>>>(
       dlogits, dw, dprobs_extra, probs, idx, w, T, E, K, norm_topk);
   return LaunchStatus("router_backward_kernel");
 }
@@ -222,22 +222,23 @@ absl::Status RouterBackward(float* dlogits, const float* dw, const float* dprobs
 absl::Status MoeCount(int32_t* counts, const int32_t* idx, int64_t NK, int64_t E) {
   absl::Status s = Memset(counts, 0, sizeof(int32_t) * E);
   if (!s.ok() || NK == 0) return s;
-  moe_count_kernel<<<std::min<unsigned>(CeilDiv(NK, 256), 1024), 256>>>(counts, idx, NK);
+  moe_count_kernel<<<std::min<unsigned>(CeilDiv(NK, 256), 1024), 256, 0, Stream()>>>(counts, idx,
+                                                                                     NK);
   return LaunchStatus("moe_count_kernel");
 }
 
 absl::Status MoeAssign(int32_t* slot_token, int32_t* slot_of, const int32_t* idx,
                        const int64_t* expert_begin, int64_t NK, int64_t K, int64_t E) {
   if (NK == 0) return absl::OkStatus();
-  moe_assign_kernel<1024>
-      <<<static_cast<unsigned>(E), 1024>>>(slot_token, slot_of, idx, expert_begin, NK, K);
+  moe_assign_kernel<1024><<<static_cast<unsigned>(E), 1024, 0, Stream()>>>(slot_token, slot_of, idx,
+                                                                           expert_begin, NK, K);
   return LaunchStatus("moe_assign_kernel");
 }
 
 absl::Status GatherRows(bf16_bits* xe, const bf16_bits* x, const int32_t* slot_token, int64_t NK,
                         int64_t H) {
   if (NK == 0) return absl::OkStatus();
-  gather_rows_kernel<<<static_cast<unsigned>(NK), RowThreads(H)>>>(
+  gather_rows_kernel<<<static_cast<unsigned>(NK), RowThreads(H), 0, Stream()>>>(
       reinterpret_cast<__nv_bfloat16*>(xe), reinterpret_cast<const __nv_bfloat16*>(x), slot_token,
       H);
   return LaunchStatus("gather_rows_kernel");
@@ -246,7 +247,8 @@ absl::Status GatherRows(bf16_bits* xe, const bf16_bits* x, const int32_t* slot_t
 absl::Status MoeCombine(float* out, const float* ye, const float* w, const int32_t* slot_of,
                         int64_t T, int64_t K, int64_t H) {
   if (T == 0) return absl::OkStatus();
-  moe_combine_kernel<<<static_cast<unsigned>(T), RowThreads(H)>>>(out, ye, w, slot_of, K, H);
+  moe_combine_kernel<<<static_cast<unsigned>(T), RowThreads(H), 0, Stream()>>>(out, ye, w, slot_of,
+                                                                               K, H);
   return LaunchStatus("moe_combine_kernel");
 }
 
@@ -254,7 +256,7 @@ absl::Status MoeCombineBackward(bf16_bits* dye, float* dw, const float* dout, co
                                 const float* w, const int32_t* slot_of, int64_t T, int64_t K,
                                 int64_t H) {
   if (T == 0) return absl::OkStatus();
-  moe_combine_backward_kernel<<<static_cast<unsigned>(T), RowThreads(H)>>>(
+  moe_combine_backward_kernel<<<static_cast<unsigned>(T), RowThreads(H), 0, Stream()>>>(
       reinterpret_cast<__nv_bfloat16*>(dye), dw, dout, ye, w, slot_of, K, H);
   return LaunchStatus("moe_combine_backward_kernel");
 }
@@ -262,7 +264,8 @@ absl::Status MoeCombineBackward(bf16_bits* dye, float* dw, const float* dout, co
 absl::Status MoeGatherAdd(float* dx, const float* dxe, const int32_t* slot_of, int64_t T, int64_t K,
                           int64_t H) {
   if (T == 0) return absl::OkStatus();
-  moe_gather_add_kernel<<<static_cast<unsigned>(T), RowThreads(H)>>>(dx, dxe, slot_of, K, H);
+  moe_gather_add_kernel<<<static_cast<unsigned>(T), RowThreads(H), 0, Stream()>>>(dx, dxe, slot_of,
+                                                                                  K, H);
   return LaunchStatus("moe_gather_add_kernel");
 }
 

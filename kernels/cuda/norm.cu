@@ -160,7 +160,7 @@ int RowThreads(int64_t C) { return C >= 1024 ? 512 : C >= 256 ? 256 : 128; }
 absl::Status RmsNormForward(float* out_f32, bf16_bits* out_bf16, float* rstd, const float* x,
                             const float* w, int64_t T, int64_t C, float eps) {
   if (T == 0) return absl::OkStatus();
-  rmsnorm_forward_kernel<<<static_cast<unsigned>(T), RowThreads(C)>>>(
+  rmsnorm_forward_kernel<<<static_cast<unsigned>(T), RowThreads(C), 0, Stream()>>>(
       out_f32, reinterpret_cast<__nv_bfloat16*>(out_bf16), rstd, x, w, C, eps);
   return LaunchStatus("rmsnorm_forward_kernel");
 }
@@ -169,7 +169,8 @@ absl::Status RmsNormBackward(float* dx, float* dw, const float* dout, const floa
                              const float* w, const float* rstd, int64_t T, int64_t C) {
   if (T == 0) return absl::OkStatus();
   if (dx != nullptr) {
-    rmsnorm_backward_kernel<<<static_cast<unsigned>(T), RowThreads(C)>>>(dx, dout, x, w, rstd, C);
+    rmsnorm_backward_kernel<<<static_cast<unsigned>(T), RowThreads(C), 0, Stream()>>>(dx, dout, x,
+                                                                                      w, rstd, C);
     RETURN_IF_ERROR(LaunchStatus("rmsnorm_backward_kernel"));
   }
   if (dw != nullptr) return ColumnReduceAdd(dw, dout, x, rstd, T, C);
@@ -184,9 +185,10 @@ absl::Status QkvForward(float* q, bf16_bits* kbuf, bf16_bits* vbuf, float* rstd_
   if (d.hd % 2 != 0 || d.hd > 1024) return absl::InvalidArgumentError("QkvForward: bad head_dim");
   const int64_t items = d.T * (d.nh + 2 * d.nkv);
   constexpr int kWarps = 4;
-  qkv_forward_kernel<<<CeilDiv(items, kWarps), kWarps * 32, kWarps * d.hd * sizeof(float)>>>(
-      q, reinterpret_cast<__nv_bfloat16*>(kbuf), reinterpret_cast<__nv_bfloat16*>(vbuf), rstd_q,
-      rstd_k, qkv, bias, q_norm, k_norm, pos, kv_row, cos, sin, d, eps);
+  qkv_forward_kernel<<<CeilDiv(items, kWarps), kWarps * 32, kWarps * d.hd * sizeof(float),
+                       Stream()>>>(q, reinterpret_cast<__nv_bfloat16*>(kbuf),
+                                   reinterpret_cast<__nv_bfloat16*>(vbuf), rstd_q, rstd_k, qkv,
+                                   bias, q_norm, k_norm, pos, kv_row, cos, sin, d, eps);
   return LaunchStatus("qkv_forward_kernel");
 }
 
@@ -197,8 +199,9 @@ absl::Status QkvBackward(float* dqkv, float* dq_norm, float* dk_norm, float* dq,
   if (d.T == 0) return absl::OkStatus();
   const int64_t items = d.T * (d.nh + 2 * d.nkv);
   constexpr int kWarps = 4;
-  qkv_backward_kernel<<<CeilDiv(items, kWarps), kWarps * 32, kWarps * d.hd * sizeof(float)>>>(
-      dqkv, dq, dk, dv, qkv, bias, q_norm, k_norm, rstd_q, rstd_k, pos, cos, sin, d);
+  qkv_backward_kernel<<<CeilDiv(items, kWarps), kWarps * 32, kWarps * d.hd * sizeof(float),
+                        Stream()>>>(dqkv, dq, dk, dv, qkv, bias, q_norm, k_norm, rstd_q, rstd_k,
+                                    pos, cos, sin, d);
   RETURN_IF_ERROR(LaunchStatus("qkv_backward_kernel"));
   if (q_norm != nullptr && dq_norm != nullptr) {
     RETURN_IF_ERROR(ColumnSumAdd(dq_norm, dq, d.T * d.nh, d.hd));

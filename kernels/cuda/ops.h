@@ -2,7 +2,8 @@
 // non-GEMM op (GEMMs: device.h). No CUDA types here; every pointer is a device pointer. bf16
 // tensors are passed as bf16_bits (their 16-bit patterns); accumulation is always fp32.
 //
-// Conventions: all launches go on the default stream and are asynchronous; a returned error is a
+// Conventions: all launches go on the default stream (or, inside a DeviceGraph capture, the
+// capture stream: device.h) and are asynchronous; a returned error is a
 // launch/configuration error (execution errors appear at the next Synchronize()). Row-major dense
 // buffers. Unlike the CPU ops, backward functions OVERWRITE their data-gradient outputs unless a
 // comment says "+=" (parameter gradients always accumulate). Ops share device scratch, so one host
@@ -80,6 +81,14 @@ struct AttnSeq {
 absl::Status AttentionForward(bf16_bits* out, float* lse, const float* q, const bf16_bits* k,
                               const bf16_bits* v, absl::Span<const AttnSeq> seqs, int64_t nh,
                               int64_t nkv, int64_t hd, float scale);
+// The same with the sequence table already on the device (seqs: num_seqs entries, device
+// memory; max_q_len >= the largest q_len), so that no host copy is made: what a captured decode
+// step (DeviceGraph) uses, its table uploaded with the step's other inputs. The table is not
+// validated here; the caller keeps 0 <= kv_shared <= kv_len - q_len.
+absl::Status AttentionForwardDevice(bf16_bits* out, float* lse, const float* q, const bf16_bits* k,
+                                    const bf16_bits* v, const AttnSeq* seqs, int64_t num_seqs,
+                                    int64_t max_q_len, int64_t nh, int64_t nkv, int64_t hd,
+                                    float scale);
 // Training backward (q_len == kv_len, kv_begin == q_begin). dq (T,nh,hd), dk/dv (T,nkv,hd) fp32,
 // overwritten. delta (T, nh) fp32 scratch. Deterministic (no atomics).
 absl::Status AttentionBackward(float* dq, float* dk, float* dv, float* delta, const bf16_bits* dout,
