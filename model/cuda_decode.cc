@@ -232,9 +232,9 @@ absl::Status CudaModel::Extend(absl::Span<const int64_t> slots,
                                      s.P16() + s.layout.lm_head, H, 0.f, s.dec_logits, V));
     return absl::OkStatus();
   };
-  // A decode step (one token per slot, few enough for the sync-free MoE path) replays a graph.
-  const bool graphable = s.decode_graphs && T == B && T <= Impl::kSyncFreeTokens &&
-                         !cuda::OpTimingEnabled() && !ForcePackedExperts();
+  // A decode step (one token per slot, few enough for a sync-free MoE path) replays a graph.
+  const bool graphable =
+      s.decode_graphs && T == B && s.DecodeSyncFree(T) && !cuda::OpTimingEnabled();
   bool ran = false;
   if (graphable) {
     Impl::DecodeGraph* g = &s.graphs[{B, record}];

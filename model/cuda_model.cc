@@ -214,8 +214,14 @@ absl::Status CudaModel::Impl::Prepare(int64_t T, bool save) {
   return absl::OkStatus();
 }
 
+bool CudaModel::Impl::DecodeSyncFree(int64_t T) const {
+  if (T > kDeviceLoadTokens) return false;  // also bounds the graphs a model keeps
+  if (config.num_experts == 0 || config.NumMoeLayers() == 0) return true;
+  return !ForcePackedExperts();
+}
+
 absl::Status CudaModel::Impl::FfnForward(int64_t l, CudaLayerActs& a, int64_t T,
-                                         const int32_t* forced_l, bool need_counts) {
+                                         const int32_t* forced_l, bool need_counts, bool decode) {
   const Dims d(config);
   const LayerOffsets& o = layout.layers[l];
   if (!o.moe) {
@@ -233,7 +239,18 @@ absl::Status CudaModel::Impl::FfnForward(int64_t l, CudaLayerActs& a, int64_t T,
                                              d.K, config.norm_topk_prob));
   const bool force_packed = ForcePackedExperts();
   const int64_t* expert_begin = a.expert_begin;
-  if (!need_counts && !force_packed && T <= kSyncFreeTokens) {
+  a.device_loads = false;
+  if (decode && !need_counts && !force_packed && T > kSyncFreeTokens && T <= kDeviceLoadTokens) {
+    // Packed rows whose ranges are computed on the device, and expert GEMMs that read them there:
+    // no host sync. A token picks an expert at most once, so no expert has more than T rows.
+    TIMED("MoeCount", cuda::MoeCount(counts, a.idx, NK, d.E));
+    TIMED("ExpertBeginFromCounts", cuda::ExpertBeginFromCounts(a.expert_begin, counts, d.E));
+    a.device_loads = true;
+    a.padded = false;
+    a.cap = 0;
+    a.rows = NK;
+    a.host_begin.clear();
+  } else if (!need_counts && !force_packed && T <= kSyncFreeTokens) {
     // A token picks an expert at most once, so no expert has more than T <= 64 rows: the padded
     // layout at cap 64 (what the loads would give, since 1 <= max load <= 64) without reading
     // them back. Decode steps take this path: no host sync per MoE layer. It always fits:
@@ -266,7 +283,11 @@ absl::Status CudaModel::Impl::FfnForward(int64_t l, CudaLayerActs& a, int64_t T,
   if (a.padded) RETURN_IF_ERROR(cuda::Memset(a.slot_token, 0xff, sizeof(int32_t) * a.rows));
   TIMED("MoeAssign", cuda::MoeAssign(a.slot_token, a.slot_of, a.idx, expert_begin, NK, d.K, d.E));
   TIMED("GatherRows", cuda::GatherRows(a.xe, a.ln2, a.slot_token, a.rows, d.H));
-  if (a.padded) {
+  if (a.device_loads) {
+    TIMED("GroupedLinearForwardDevice",
+          cuda::GroupedLinearForwardDevice(a.gu_e, a.xe, P16() + o.experts_gate_up, expert_begin,
+                                           d.E, T, d.H, 2 * d.Im));
+  } else if (a.padded) {
     TIMED("BatchedLinearForward",
           cuda::BatchedLinearForward(a.gu_e, a.xe, P16() + o.experts_gate_up, d.E, a.cap, d.H,
                                      2 * d.Im));
@@ -276,7 +297,11 @@ absl::Status CudaModel::Impl::FfnForward(int64_t l, CudaLayerActs& a, int64_t T,
                                      d.E, d.H, 2 * d.Im, 0.f));
   }
   TIMED("SwiGluForward", cuda::SwiGluForward(a.h_e, a.gu_e, a.rows, d.Im));
-  if (a.padded) {
+  if (a.device_loads) {
+    TIMED("GroupedLinearForwardDevice",
+          cuda::GroupedLinearForwardDevice(a.ye, a.h_e, P16() + o.experts_down, expert_begin, d.E,
+                                           T, d.Im, d.H));
+  } else if (a.padded) {
     TIMED("BatchedLinearForward",
           cuda::BatchedLinearForward(a.ye, a.h_e, P16() + o.experts_down, d.E, a.cap, d.Im, d.H));
   } else {
@@ -326,7 +351,7 @@ absl::Status CudaModel::Impl::LayerForward(int64_t l, CudaLayerActs& a, int64_t 
   }
   TIMED("RmsNormForward",
         cuda::RmsNormForward(nullptr, a.ln2, a.rstd2, x, F32(o.ln2), T, d.H, eps));
-  RETURN_IF_ERROR(FfnForward(l, a, T, forced_l, count_acc != nullptr));
+  RETURN_IF_ERROR(FfnForward(l, a, T, forced_l, count_acc != nullptr, decode));
   if (o.moe) {
     if (routing_next != nullptr) {
       RETURN_IF_ERROR(cuda::CopyOnDevice(routing_next, a.idx, sizeof(int32_t) * T * d.K));

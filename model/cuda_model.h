@@ -57,7 +57,7 @@ struct CudaModelOptions {
   // The GPU it lives on (< CudaDeviceCount()). Every call makes it the calling thread's current
   // device first, so models on several GPUs can be driven from one thread or from many.
   int device = 0;
-  // Decode steps (Extend with one new token per slot, at most 64 slots) replay a CUDA graph
+  // Decode steps (Extend with one new token per slot, at most 256 slots) replay a CUDA graph
   // captured once per batch size, instead of launching each op: bitwise the same results, the
   // launch overhead of a step paid once. Off: every step launches its ops one by one.
   bool decode_graphs = true;

@@ -117,6 +117,7 @@ struct CudaLayerActs {
   float* ye;                         // (NK, H)
   std::vector<int64_t> host_begin;   // (E+1)
   std::vector<int32_t> host_counts;  // (E) pairs routed to each expert
+  bool device_loads = false;         // expert_begin was computed on the device; host_begin is unset
   // Expert rows: padded (every expert owns cap rows, zeros past its count, one batched GEMM per
   // projection) when E*cap fits the arena, else packed (host_begin = prefix sums, a GEMM per
   // expert). rows = E*cap or NK.
@@ -251,9 +252,16 @@ struct CudaModel::Impl {
   // need_counts: a.host_counts must hold the expert loads (the aux-loss statistics). Without it
   // and with T <= kSyncFreeTokens, the expert layout is known without reading the loads back
   // (padded, kSyncFreeTokens rows per expert), so the layer enqueues with no host sync.
+  // decode (Extend: nothing is saved for a backward): batches of kSyncFreeTokens < T <=
+  // kDeviceLoadTokens keep the expert loads on the device too (packed rows, the tensor-core
+  // GroupedLinearForwardDevice); a backward would need them on the host.
   absl::Status FfnForward(int64_t l, CudaLayerActs& a, int64_t T, const int32_t* forced_l,
-                          bool need_counts);
+                          bool need_counts, bool decode);
   static constexpr int64_t kSyncFreeTokens = 64;
+  static constexpr int64_t kDeviceLoadTokens = 256;
+  // An Extend of T <= kDeviceLoadTokens tokens enqueues with no host sync, so a decode step
+  // of up to that many slots may be a graph (unless GRPO_CUDA_EXPERT_LAYOUT=packed).
+  bool DecodeSyncFree(int64_t T) const;
   DeviceBuffer padded_begin;  // (E+1) int64: e * kSyncFreeTokens, the sync-free expert_begin
   absl::Status LayerBackward(int64_t l, CudaLayerActs& a, int64_t T,
                              const std::vector<cuda::AttnSeq>& seqs);

@@ -135,6 +135,19 @@ absl::Status MoeCombineBackward(bf16_bits* dye, float* dw, const float* dout, co
 absl::Status MoeGatherAdd(float* dx, const float* dxe, const int32_t* slot_of, int64_t T, int64_t K,
                           int64_t H);
 
+// begin (E+1, device int64) = 0 then the running sums of counts (E, device): the packed expert
+// row ranges, computed where the counts are (no host round trip).
+absl::Status ExpertBeginFromCounts(int64_t* begin, const int32_t* counts, int64_t E);
+// y[rows, out] (fp32, overwritten) = x[rows, in] (bf16) @ W_g[out, in]^T for the rows
+// [begin[g], begin[g+1]) of each group g, begin a DEVICE array (num_groups+1), W_g = W + g*out*in:
+// GroupedLinearForward (device.h) without the host sizes. Tensor cores (WMMA bf16, fp32
+// accumulation). max_rows: the caller's bound on a group's rows (sizes the grid; larger groups
+// are still computed, with fewer blocks). Fastest with in % 8 == 0 and 16-byte aligned x and W
+// (16-byte loads); any shape works.
+absl::Status GroupedLinearForwardDevice(float* y, const bf16_bits* x, const bf16_bits* W,
+                                        const int64_t* begin, int64_t num_groups, int64_t max_rows,
+                                        int64_t in, int64_t out);
+
 // ---- Logprobs and entropy over the vocabulary at temperature tau. -------------------------------
 // Per row t of logits (T, V) fp32: lse, lp = logits[target]/tau - lse (0 when target < 0),
 // entropy. Any pointer among lp/ent/lse may be null.

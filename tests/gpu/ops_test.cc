@@ -119,6 +119,41 @@ TEST_CASE("cuda batched (padded) expert GEMMs equal the grouped ones", "[cuda][g
              0, 0);
 }
 
+// The tensor-core expert GEMM that reads the group ranges on the device, on small integers (every
+// product and sum exact in fp32, so exact against the CPU): group row ranges from device counts
+// (ExpertBeginFromCounts), an empty group, a group larger than the row bound (covered by the
+// stride over row tiles), widths that are not tile multiples, and both loaders (in % 8 == 0:
+// 16-byte loads; else element loads).
+TEST_CASE("cuda grouped expert GEMM with device row ranges matches the CPU", "[cuda][gpu]") {
+  for (int64_t in : {64, 20}) {
+    INFO("in " << in);
+    const int64_t out = 72, max_rows = 64;
+    const std::vector<int32_t> counts = {3, 0, 150, 64, 1};
+    const int64_t G = static_cast<int64_t>(counts.size());
+    std::vector<int64_t> begin(G + 1, 0);
+    for (int64_t g = 0; g < G; ++g) begin[g + 1] = begin[g] + counts[g];
+    const int64_t R = begin.back();
+    std::vector<float> x = SmallInts(R * in, 23), W = SmallInts(G * out * in, 24);
+    std::vector<float> y(R * out);
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t r0 = begin[g], n = begin[g + 1] - r0;
+      if (n == 0) continue;
+      cpu::LinearForward<float>(y.data() + r0 * out, x.data() + r0 * in, W.data() + g * out * in,
+                                nullptr, n, in, out);
+    }
+    auto dX = Upload(ToBf16(x)), dWt = Upload(ToBf16(W)), dCounts = Upload(counts);
+    auto dBegin = Zeros<int64_t>(G + 1);
+    auto dY = Upload(std::vector<float>(R * out, 7.f));  // every element must be written
+    REQUIRE(cuda::ExpertBeginFromCounts(dBegin.as<int64_t>(), dCounts.as<int32_t>(), G).ok());
+    CHECK(Download<int64_t>(dBegin, G + 1) == begin);
+    REQUIRE(cuda::GroupedLinearForwardDevice(dY.as<float>(), dX.as<bf16_bits>(),
+                                             dWt.as<bf16_bits>(), dBegin.as<int64_t>(), G, max_rows,
+                                             in, out)
+                .ok());
+    CheckClose("grouped (device ranges) y", Download<float>(dY, R * out), y, 0, 0);
+  }
+}
+
 TEST_CASE("cuda embedding forward/backward match the CPU", "[cuda][gpu]") {
   const int64_t V = 50, H = 33, T = 80;
   std::vector<float> table = RoundBf16(Randn(V * H, 1));
@@ -320,8 +355,7 @@ TEST_CASE("cuda attention forward matches the CPU (training, prefix cache, decod
     CHECK(Download<bf16_bits>(split, 5 * qd) == Download<bf16_bits>(whole, 5 * qd));
     CHECK(Download<float>(ls, 5 * c.nh) == Download<float>(lw, 5 * c.nh));
     CheckClose("attn shared prefix" + tag, FromBf16(Download<bf16_bits>(split, 5 * qd)),
-               std::vector<float>(ref.begin() + (T - 5) * qd, ref.begin() + T * qd), 1e-5,
-               kBf16);
+               std::vector<float>(ref.begin() + (T - 5) * qd, ref.begin() + T * qd), 1e-5, kBf16);
     // A shared prefix longer than the keys before the queries is refused.
     const std::vector<cuda::AttnSeq> bad = {{0, 5, T, 128, s3, 124}};
     CHECK(cuda::AttentionForward(split.as<bf16_bits>(), nullptr, dq3.as<float>(),
