@@ -7,7 +7,7 @@
 // Run: build/bench/cuda_model_bench --config configs/bench_moe.json [--train-batch 16 --seq 512
 //      --train-steps 5 --decode-batches 64,256 --prompt 32 --decode-tokens 64 --decode-graphs 1]
 // --decode-graphs 0 launches every op of a decode step instead of replaying a CUDA graph
-// (CudaModelOptions::decode_graphs; graphs cover batches of at most 64).
+// (CudaModelOptions::decode_graphs; graphs cover batches of at most 256).
 //      (bench/cuda_bench.sh also runs the transformers baseline and prints the ratios)
 #include <algorithm>
 #include <chrono>

@@ -59,8 +59,8 @@ absl::Status CudaModel::AssignSlot(int64_t slot, int64_t row_offset, int64_t cap
   RETURN_IF_ERROR(impl_->Activate());
   Impl& s = *impl_;
   if (slot < 0 || slot >= s.cache_slots) {
-    return absl::InvalidArgumentError(absl::StrCat("cuda cache: slot ", slot, " out of [0, ",
-                                                   s.cache_slots, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("cuda cache: slot ", slot, " out of [0, ", s.cache_slots, ")"));
   }
   if (row_offset < 0 || capacity < 0 || row_offset + capacity > s.cache_rows) {
     return absl::InvalidArgumentError(absl::StrCat("cuda cache: rows [", row_offset, ", ",
@@ -81,12 +81,10 @@ absl::Status CudaModel::CopyPrefix(int64_t src, int64_t dst, int64_t n) {
     return absl::InvalidArgumentError(
         absl::StrCat("cuda cache: copy prefix from slot ", src, " to slot ", dst));
   }
-  if (n < 0 || n > s.cache_len[src] || n > s.cache_capacity[dst] ||
-      s.cache_shared_len[src] != 0) {
+  if (n < 0 || n > s.cache_len[src] || n > s.cache_capacity[dst] || s.cache_shared_len[src] != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "cuda cache: copy prefix of ", n, " tokens; slot ", src, " holds ", s.cache_len[src],
-        " (", s.cache_shared_len[src], " shared), slot ", dst, " has room for ",
-        s.cache_capacity[dst]));
+        "cuda cache: copy prefix of ", n, " tokens; slot ", src, " holds ", s.cache_len[src], " (",
+        s.cache_shared_len[src], " shared), slot ", dst, " has room for ", s.cache_capacity[dst]));
   }
   const ModelConfig& c = s.config;
   const int64_t row = c.num_key_value_heads * c.head_dim;
@@ -113,8 +111,8 @@ absl::Status CudaModel::SharePrefix(int64_t src, int64_t dst, int64_t n) {
   }
   if (n < 0 || n > s.cache_len[src] || s.cache_shared_len[src] != 0 || s.cache_len[dst] != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "cuda cache: share prefix of ", n, " tokens; slot ", src, " holds ", s.cache_len[src],
-        " (", s.cache_shared_len[src], " shared), slot ", dst, " holds ", s.cache_len[dst]));
+        "cuda cache: share prefix of ", n, " tokens; slot ", src, " holds ", s.cache_len[src], " (",
+        s.cache_shared_len[src], " shared), slot ", dst, " holds ", s.cache_len[dst]));
   }
   s.cache_shared_offset[dst] = s.cache_offset[src];
   s.cache_shared_len[dst] = n;
@@ -214,18 +212,21 @@ absl::Status CudaModel::Extend(absl::Span<const int64_t> slots,
   for (const cuda::AttnSeq& q : seqs) s.step_max_q = std::max(s.step_max_q, q.q_len);
 
   // Everything from the embedding to the logits, on the device with no host round trip.
+  // Idempotent (it rewrites what it writes from the same inputs): DeviceGraph::Capture runs it
+  // once uncaptured first.
   auto step = [&]() -> absl::Status {
-    s.routing_next = record ? s.routing_buf.as<int32_t>() : nullptr;
     TIMED("EmbeddingForward",
           cuda::EmbeddingForward(s.x, s.tokens, s.P16() + s.layout.embed, T, H));
+    int32_t* routing_dev = record ? s.routing_buf.as<int32_t>() : nullptr;
     for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-      RETURN_IF_ERROR(
-          WithContext(s.LayerForward(l, s.scratch, T, seqs, true, nullptr, nullptr, nullptr),
-                      absl::StrCat("cuda extend, layer ", l)));
+      const bool moe = s.layout.layers[l].moe;
+      RETURN_IF_ERROR(WithContext(s.LayerForward(l, s.scratch, T, seqs, true, nullptr, nullptr,
+                                                 moe ? routing_dev : nullptr, nullptr),
+                                  absl::StrCat("cuda extend, layer ", l)));
+      if (moe && routing_dev != nullptr) routing_dev += T * K;
     }
-    s.routing_next = nullptr;
-    TIMED("RmsNormForward", cuda::RmsNormForward(nullptr, s.lnf, s.rstdf, s.x,
-                                                 s.F32(s.layout.norm), T, H, c.rms_norm_eps));
+    TIMED("RmsNormForward", cuda::RmsNormForward(nullptr, s.lnf, s.rstdf, s.x, s.F32(s.layout.norm),
+                                                 T, H, c.rms_norm_eps));
     // Last new token of each slot: rows `last` of lnf, gathered into dx16 (B, H).
     TIMED("GatherRows", cuda::GatherRows(s.dx16, s.lnf, s.targets, B, H));
     TIMED("GemmBf16", cuda::GemmBf16(false, true, B, V, H, 1.f, s.dx16, H,
@@ -242,13 +243,15 @@ absl::Status CudaModel::Extend(absl::Span<const int64_t> slots,
     if (g->graph == nullptr || g->key != key) {
       g->graph.reset();
       auto captured = cuda::DeviceGraph::Capture(step);
-      s.routing_next = nullptr;
       if (captured.ok()) {
         g->graph = std::move(*captured);
         g->key = std::move(key);
         ++s.graph_captures;
       } else {
-        // Not an error of this step: nothing ran. Decode on without graphs.
+        // Launched one by one instead. If that fails too, the step is at fault, not the
+        // capture: its error, graphs kept. Otherwise graphs are off for this model.
+        RETURN_IF_ERROR(step());
+        ran = true;
         std::fprintf(stderr,
                      "grpo cuda: capturing a decode step as a CUDA graph failed (%s); this model "
                      "decodes without graphs from now on\n",
@@ -270,8 +273,8 @@ absl::Status CudaModel::Extend(absl::Span<const int64_t> slots,
   if (routing != nullptr) {
     routing->assign(routing_n, 0);
     if (record) {
-      RETURN_IF_ERROR(cuda::CopyToHost(routing->data(), s.routing_buf.data(),
-                                       sizeof(int32_t) * routing_n));
+      RETURN_IF_ERROR(
+          cuda::CopyToHost(routing->data(), s.routing_buf.data(), sizeof(int32_t) * routing_n));
     }
   }
   if (logits != nullptr) {
@@ -316,8 +319,7 @@ absl::Status CudaModel::Impl::SampleLastExtend(float temperature, int64_t top_k,
   for (float& x : uh) x = std::min(std::max(x, 0.f), 0x1.fffffep-1f);  // [0, 1) as floats
   RETURN_IF_ERROR(cuda::CopyToDevice(du, uh.data(), sizeof(float) * B));
   const int64_t V = s.config.vocab_size;
-  TIMED("SampleTokens",
-        cuda::SampleTokens(dt, s.dec_logits, du, B, V, temperature, top_k, top_p));
+  TIMED("SampleTokens", cuda::SampleTokens(dt, s.dec_logits, du, B, V, temperature, top_k, top_p));
   tokens->resize(B);
   RETURN_IF_ERROR(cuda::CopyToHost(tokens->data(), dt, sizeof(int32_t) * B));
   if (logprobs == nullptr) return absl::OkStatus();

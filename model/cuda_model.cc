@@ -316,7 +316,8 @@ absl::Status CudaModel::Impl::FfnForward(int64_t l, CudaLayerActs& a, int64_t T,
 absl::Status CudaModel::Impl::LayerForward(int64_t l, CudaLayerActs& a, int64_t T,
                                            const std::vector<cuda::AttnSeq>& seqs, bool decode,
                                            const int32_t* forced_l,
-                                           std::vector<int32_t>* routing_out, double* count_acc) {
+                                           std::vector<int32_t>* routing_out, int32_t* routing_dev,
+                                           double* count_acc) {
   const Dims d(config);
   const LayerOffsets& o = layout.layers[l];
   const float eps = config.rms_norm_eps;
@@ -353,10 +354,10 @@ absl::Status CudaModel::Impl::LayerForward(int64_t l, CudaLayerActs& a, int64_t 
         cuda::RmsNormForward(nullptr, a.ln2, a.rstd2, x, F32(o.ln2), T, d.H, eps));
   RETURN_IF_ERROR(FfnForward(l, a, T, forced_l, count_acc != nullptr, decode));
   if (o.moe) {
-    if (routing_next != nullptr) {
-      RETURN_IF_ERROR(cuda::CopyOnDevice(routing_next, a.idx, sizeof(int32_t) * T * d.K));
-      routing_next += T * d.K;
-    } else if (routing_out != nullptr) {
+    if (routing_dev != nullptr) {
+      RETURN_IF_ERROR(cuda::CopyOnDevice(routing_dev, a.idx, sizeof(int32_t) * T * d.K));
+    }
+    if (routing_out != nullptr) {
       const size_t n = routing_out->size();
       routing_out->resize(n + T * d.K);
       RETURN_IF_ERROR(cuda::CopyToHost(routing_out->data() + n, a.idx, sizeof(int32_t) * T * d.K));
@@ -739,7 +740,7 @@ absl::Status CudaModel::Forward(const TokenBatch& batch, const ForwardOptions& o
         moe && !opt.replay_routing.empty() ? s.forced + moe_idx * T * d.K : nullptr;
     RETURN_IF_ERROR(WithContext(s.LayerForward(l, a, T, seqs, false, forced_l,
                                                opt.record_routing ? &result->routing : nullptr,
-                                               aux ? count.data() : nullptr),
+                                               nullptr, aux ? count.data() : nullptr),
                                 absl::StrCat("cuda forward, layer ", l)));
     moe_idx += moe;
   }

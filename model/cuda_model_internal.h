@@ -203,10 +203,10 @@ struct CudaModel::Impl {
   DeviceBuffer sample_buf;                // u (B) floats then tokens (B) int32
   std::vector<char> host_inputs;          // the step's input block, packed on the host
   int64_t step_seqs = 0, step_max_q = 0;  // Extend's attention table: entries, longest q_len
-  // Expert choices of a decode step, when asked for: each MoE layer copies its (T, K) indices
-  // to routing_next on the device and advances it; one copy to the host at the end.
+  // Expert choices of a decode step, when asked for: MoE layer m copies its (T, K) indices to
+  // rows [m*T, (m+1)*T) on the device (LayerForward's routing_dev); one copy to the host at the
+  // end.
   DeviceBuffer routing_buf;
-  int32_t* routing_next = nullptr;
   // Decode graphs (CudaModelOptions::decode_graphs), by batch size and whether routing is
   // recorded. A graph holds the device pointers its capture used; `key` lists them, and a
   // graph whose key no longer matches (an arena grew, the cache was rebuilt) is captured anew.
@@ -245,9 +245,12 @@ struct CudaModel::Impl {
   void PlanHead(DeviceArena& arena, int64_t T, bool training);
   absl::Status Prepare(int64_t T, bool save);
   // One decoder layer over x (T, H) in place. kv: null for training (K/V into a.k/a.v).
+  // routing_out (host) gets this layer's (T, K) expert choices appended; routing_dev (device,
+  // Extend) gets them copied there instead. Either may be null.
   absl::Status LayerForward(int64_t l, CudaLayerActs& a, int64_t T,
                             const std::vector<cuda::AttnSeq>& seqs, bool decode,
                             const int32_t* forced_l, std::vector<int32_t>* routing_out,
+                            int32_t* routing_dev,
                             double* count_acc);  // count_acc (E) += expert loads; aux stats
   // need_counts: a.host_counts must hold the expert loads (the aux-loss statistics). Without it
   // and with T <= kSyncFreeTokens, the expert layout is known without reading the loads back

@@ -172,8 +172,9 @@ absl::Status StreamMark::Wait(absl::Duration timeout) const {
                                               " (a kernel queued before the mark failed)"));
     }
     if (absl::Now() >= deadline) {
-      return absl::DeadlineExceededError(absl::StrCat(
-          "device work queued before the mark did not finish within ", absl::FormatDuration(timeout)));
+      return absl::DeadlineExceededError(
+          absl::StrCat("device work queued before the mark did not finish within ",
+                       absl::FormatDuration(timeout)));
     }
     absl::SleepFor(absl::Microseconds(20));
   }
@@ -274,13 +275,43 @@ absl::StatusOr<std::unique_ptr<DeviceGraph>> DeviceGraph::Capture(
   RETURN_IF_ERROR(CudaStatus(cudaGetDevice(&device), "cudaGetDevice"));
   std::lock_guard<std::mutex> lock(CaptureMutex());
   ASSIGN_OR_RETURN(CaptureContext * ctx, GetCaptureContext());
+  // While `fn` runs: GEMMs through the capture handle, and (capturing) everything else to the
+  // capture stream; restored however `fn` ends.
+  struct Route {
+    Route(CaptureContext* c, bool capturing) {
+      t_capture = c;
+      t_stream = capturing ? c->stream : nullptr;
+    }
+    ~Route() {
+      t_stream = nullptr;
+      t_capture = nullptr;
+    }
+  };
+  // Warm-up: `fn` run once on the legacy stream, in order with all other work (other threads'
+  // replays, which use the same cuBLAS workspace, included), through the capture handle switched
+  // to that stream. So the handle's first use (cuBLAS's set-up) and each kernel's (lazy loading)
+  // happen outside the capture, and an error of `fn` itself shows here.
+  auto bind = [&](cudaStream_t stream) -> absl::Status {
+    // cublasSetStream resets the workspace to cuBLAS's own: set ours after it.
+    RETURN_IF_ERROR(CublasStatus(cublasSetStream(ctx->blas, stream), "cublasSetStream"));
+    return CublasStatus(cublasSetWorkspace(ctx->blas, ctx->workspace, kCaptureWorkspaceBytes),
+                        "cublasSetWorkspace");
+  };
+  RETURN_IF_ERROR(bind(nullptr));
+  absl::Status warm;
+  {
+    Route route(ctx, /*capturing=*/false);
+    warm = fn();
+  }
+  RETURN_IF_ERROR(bind(ctx->stream));
+  RETURN_IF_ERROR(warm);
   RETURN_IF_ERROR(CudaStatus(cudaStreamBeginCapture(ctx->stream, cudaStreamCaptureModeThreadLocal),
                              "cudaStreamBeginCapture"));
-  t_stream = ctx->stream;
-  t_capture = ctx;
-  absl::Status st = fn();
-  t_stream = nullptr;
-  t_capture = nullptr;
+  absl::Status st;
+  {
+    Route route(ctx, /*capturing=*/true);
+    st = fn();
+  }
   cudaGraph_t graph = nullptr;
   const cudaError_t end = cudaStreamEndCapture(ctx->stream, &graph);
   if (st.ok() && end != cudaSuccess) st = CudaStatus(end, "cudaStreamEndCapture");
@@ -401,6 +432,13 @@ absl::StatusOr<cublasHandle_t> Handle() {
     const cublasStatus_t init = cublasCreate(&h);
     if (init != CUBLAS_STATUS_SUCCESS) return CublasStatus(init, "cublasCreate");
     cublasSetMathMode(h, CUBLAS_DEFAULT_MATH);
+    // A workspace of the capture handle's size: cuBLAS picks algorithms partly by workspace, so
+    // a GEMM launched here and one replayed from a graph run the same algorithm (bitwise equal).
+    void* workspace = nullptr;
+    RETURN_IF_ERROR(CudaStatus(cudaMalloc(&workspace, kCaptureWorkspaceBytes),
+                               "cudaMalloc (cuBLAS workspace)"));
+    RETURN_IF_ERROR(CublasStatus(cublasSetWorkspace(h, workspace, kCaptureWorkspaceBytes),
+                                 "cublasSetWorkspace"));
     it = handles.emplace(device, h).first;
   }
   cached_device = device;

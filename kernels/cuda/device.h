@@ -51,11 +51,13 @@ class StreamMark {
 };
 
 // A recorded sequence of device work (a CUDA graph), replayed by one launch: what turns a
-// decode step's few hundred small launches into one. Capture() runs `fn` with this thread's
-// kernels, asynchronous copies and GEMMs going to a private capture stream, which records them
-// without running them (so `fn` must not read results back). Synchronous copies, allocation and
-// synchronization are not capturable: Capture() then returns the error (no graph) and the
-// caller runs `fn` uncaptured instead. Other threads are unaffected (thread-local capture mode).
+// decode step's few hundred small launches into one. Capture() runs `fn` twice: once queued on
+// the legacy stream like any other work (a warm-up: `fn` must be idempotent, and an error of its
+// own comes back here), then with this thread's kernels, asynchronous copies and GEMMs going to
+// a private capture stream, which records them without running them (so `fn` must not read
+// results back). Synchronous copies, allocation and synchronization are not capturable:
+// Capture() then returns the error (no graph), and the caller may run `fn` uncaptured instead.
+// Other threads are unaffected (thread-local capture mode).
 // The graph holds the pointers and sizes `fn` used: replaying it is valid while those
 // allocations live and hold what `fn`'s kernels expect. Launch() queues it on the legacy default
 // stream, in order with everything else. One graph at a time per thread may be captured.

@@ -40,9 +40,10 @@ TEST_CASE("DeviceGraph replays what it captured on the inputs of the replay",
   auto graph = cuda::DeviceGraph::Capture(work);
   INFO(graph.status().ToString());
   REQUIRE(graph.ok());
-  // Capturing ran nothing.
-  const std::vector<float> untouched = Download<float>(c, M * N);
-  CHECK(untouched == std::vector<float>(M * N, 0.f));
+  // Capture ran `work` once (its warm-up), and recording ran nothing more.
+  const std::vector<float> warmed = Download<float>(c, M * N);
+  CHECK(warmed != std::vector<float>(M * N, 0.f));
+  REQUIRE(c.CopyFromHost(std::vector<float>(M * N, 0.f).data(), sizeof(float) * M * N).ok());
   for (int round = 0; round < 3; ++round) {
     a = Randn(M * K, 10 + round);
     REQUIRE(da.CopyFromHost(a.data(), sizeof(float) * a.size()).ok());
@@ -90,12 +91,14 @@ TEST_CASE("DeviceGraph refuses work it cannot capture and leaves the thread usab
 struct Twins {
   std::unique_ptr<CudaModel> graph, eager;
   int64_t V = 0;
+  bool moe = false;
   int64_t graphable_steps = 0;
   std::mt19937_64 rng{5};
 
   Twins(const nlohmann::json& j, int64_t slots, int64_t rows_per_slot) {
     const ModelConfig c = MustParse(j);
     V = c.vocab_size;
+    moe = c.num_experts > 0;
     const std::vector<float> params = ScaledBf16Params(ParamLayout::Build(c), 31, 1.f);
     auto g = CudaModel::Create(c);
     auto e = CudaModel::Create(c, {.decode_graphs = false});
@@ -138,7 +141,7 @@ struct Twins {
     CHECK(graph->decode_graph_replays() == before + (decode ? 1 : 0));
     CHECK(lg == le);
     CHECK(rg == re);
-    if (routing) CHECK(!rg.empty());
+    if (routing && moe) CHECK(!rg.empty());  // a dense model has no expert choices
     std::vector<float> u(B);
     std::uniform_real_distribution<float> ud(0.f, 1.f);
     for (float& x : u) x = ud(rng);
@@ -179,16 +182,23 @@ void CheckDecodeGraphs(const char* name, const nlohmann::json& j) {
   // Expert choices recorded: a graph of its own, copied out after the replay.
   for (int i = 0; i < 3; ++i) next = t.Decode({0, 1, 2}, next, true, "decode recording routing");
   next = t.Decode({0, 1, 2}, next, false, "decode, 3 slots, no routing");
-  // A rebuilt cache (new device buffers): graphs holding the old pointers are not replayed.
-  for (CudaModel* m : {t.graph.get(), t.eager.get()}) Twins::InitCache(m, 8, 40);
+  // A rebuilt, larger cache (new device buffers, most likely at new addresses): graphs holding
+  // the old pointers must not be replayed. Whether the addresses moved is the allocator's call,
+  // so only the results are checked; the capture count says which way it went.
+  const int64_t captures_before = t.graph->decode_graph_captures();
+  for (CudaModel* m : {t.graph.get(), t.eager.get()}) Twins::InitCache(m, 8, 96);
   next = t.Step({5, 6}, {t.Prompt(6), t.Prompt(2)}, false, "prefill after the cache rebuild");
   for (int i = 0; i < 3; ++i) next = t.Decode({5, 6}, next, i == 1, "decode after the rebuild");
-  std::printf("%s: %lld decode steps replayed, %lld graphs captured\n", name,
-              static_cast<long long>(t.graph->decode_graph_replays()),
-              static_cast<long long>(t.graph->decode_graph_captures()));
+  std::printf("%s: %lld decode steps replayed, %lld graphs captured (%lld after the rebuild)\n",
+              name, static_cast<long long>(t.graph->decode_graph_replays()),
+              static_cast<long long>(t.graph->decode_graph_captures()),
+              static_cast<long long>(t.graph->decode_graph_captures() - captures_before));
   CHECK(t.graph->decode_graph_replays() == t.graphable_steps);
-  CHECK(t.graph->decode_graph_captures() >= 5);  // B = 4, 3, 5, 3 with routing, 2 (+ 2 routing)
-  CHECK(t.graph->decode_graph_captures() < t.graphable_steps);  // and replayed, not recaptured
+  // At least B = 4, 3, 5, 2, and for MoE 3 and 2 with routing (a dense model records none);
+  // more when a buffer a graph holds moved (an arena or rope table grew, the routing buffer
+  // appeared, the cache rebuild).
+  CHECK(t.graph->decode_graph_captures() >= (t.moe ? 6 : 4));
+  CHECK(t.graph->decode_graph_captures() < t.graphable_steps);  // graphs are replayed
   CHECK(t.eager->decode_graph_replays() == 0);
 }
 
