@@ -360,24 +360,6 @@ absl::Status Upload(absl::Span<const AttnSeq> seqs, int warps, AttnSeq** dev, un
 
 }  // namespace
 
-namespace {
-
-absl::Status LaunchForward(bf16_bits* out, float* lse, const float* q, const bf16_bits* k,
-                           const bf16_bits* v, const AttnSeq* dev, int64_t num_seqs, int warps,
-                           unsigned gz, int64_t nh, int64_t nkv, int64_t hd, float scale) {
-  RETURN_IF_ERROR(AllowSmem(attention_forward_kernel, ForwardSmem(warps, hd)));
-  attention_forward_kernel<<<dim3(static_cast<unsigned>(num_seqs), static_cast<unsigned>(nh), gz),
-                             warps * 32, ForwardSmem(warps, hd), Stream()>>>(
-      reinterpret_cast<__nv_bfloat16*>(out), lse, q, reinterpret_cast<const __nv_bfloat16*>(k),
-      reinterpret_cast<const __nv_bfloat16*>(v), dev, nh, nkv, hd, scale);
-  return LaunchStatus("attention_forward_kernel");
-}
-
-// Warps per block: decode (one query per sequence) takes one warp per block.
-int ForwardWarps(int64_t max_q_len) { return max_q_len >= 16 ? 4 : 1; }
-
-}  // namespace
-
 absl::Status AttentionForward(bf16_bits* out, float* lse, const float* q, const bf16_bits* k,
                               const bf16_bits* v, absl::Span<const AttnSeq> seqs, int64_t nh,
                               int64_t nkv, int64_t hd, float scale) {
@@ -392,12 +374,11 @@ absl::Status AttentionForward(bf16_bits* out, float* lse, const float* q, const 
                        " keys in a sequence of ", sq.kv_len, " keys and ", sq.q_len, " queries"));
     }
   }
-  const int warps = ForwardWarps(max_q);
   AttnSeq* dev = nullptr;
-  unsigned gz = 1;
-  RETURN_IF_ERROR(Upload(seqs, warps, &dev, &gz));
-  return LaunchForward(out, lse, q, k, v, dev, static_cast<int64_t>(seqs.size()), warps, gz, nh,
-                       nkv, hd, scale);
+  unsigned gz = 1;  // unused: AttentionForwardDevice sizes the grid
+  RETURN_IF_ERROR(Upload(seqs, 1, &dev, &gz));
+  return AttentionForwardDevice(out, lse, q, k, v, dev, static_cast<int64_t>(seqs.size()),
+                                std::max<int64_t>(max_q, 1), nh, nkv, hd, scale);
 }
 
 absl::Status AttentionForwardDevice(bf16_bits* out, float* lse, const float* q, const bf16_bits* k,
@@ -410,10 +391,15 @@ absl::Status AttentionForwardDevice(bf16_bits* out, float* lse, const float* q, 
     return absl::InvalidArgumentError(absl::StrCat("AttentionForwardDevice: ", num_seqs,
                                                    " sequences, longest query run ", max_q_len));
   }
-  const int warps = ForwardWarps(max_q_len);
+  const int warps = max_q_len >= 16 ? 4 : 1;  // decode: one query per sequence, one warp a block
   const unsigned gz =
       static_cast<unsigned>(std::min<int64_t>((max_q_len + warps - 1) / warps, 65535));
-  return LaunchForward(out, lse, q, k, v, seqs, num_seqs, warps, gz, nh, nkv, hd, scale);
+  RETURN_IF_ERROR(AllowSmem(attention_forward_kernel, ForwardSmem(warps, hd)));
+  attention_forward_kernel<<<dim3(static_cast<unsigned>(num_seqs), static_cast<unsigned>(nh), gz),
+                             warps * 32, ForwardSmem(warps, hd), Stream()>>>(
+      reinterpret_cast<__nv_bfloat16*>(out), lse, q, reinterpret_cast<const __nv_bfloat16*>(k),
+      reinterpret_cast<const __nv_bfloat16*>(v), seqs, nh, nkv, hd, scale);
+  return LaunchStatus("attention_forward_kernel");
 }
 
 absl::Status AttentionBackward(float* dq, float* dk, float* dv, float* delta, const bf16_bits* dout,

@@ -110,11 +110,7 @@ absl::StatusOr<CaptureContext*> GetCaptureContext() {
   RETURN_IF_ERROR(CudaStatus(cudaMalloc(&c->workspace, kCaptureWorkspaceBytes),
                              "cudaMalloc (cuBLAS workspace for graph capture)"));
   RETURN_IF_ERROR(CublasStatus(cublasCreate(&c->blas), "cublasCreate (graph capture)"));
-  cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH);
-  // cublasSetStream resets the workspace to cuBLAS's own: set ours after it.
-  RETURN_IF_ERROR(CublasStatus(cublasSetStream(c->blas, c->stream), "cublasSetStream"));
-  RETURN_IF_ERROR(CublasStatus(cublasSetWorkspace(c->blas, c->workspace, kCaptureWorkspaceBytes),
-                               "cublasSetWorkspace"));
+  cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH);  // stream and workspace: bound by Capture
   contexts.emplace(device, c);
   return c;
 }
